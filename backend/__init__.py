@@ -1,0 +1,7 @@
+"""NeRF-Art for Blender backend: captures, hash-grid NeRF, NeRF-Art stylization, rendering, meshes, server.
+
+Layers, each importing only those below it: ``captures`` (data) -> ``nerf`` (field, rendering, training)
+-> ``stylize`` (losses, loop) -> ``jobs`` (one runner per job kind) -> ``server`` (ZeroMQ) and ``cli``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,14 @@
+"""One runner per job kind: ``run(ctx: JobContext) -> outputs``.
+
+:func:`default_runners` is what ``python -m backend serve`` registers. A kind appears here once its runner
+exists; submitting any other kind is answered with an ``unknown_kind`` error naming the kinds that run.
+"""
+
+from __future__ import annotations
+
+from backend.server.jobs import RunnerFn
+
+
+def default_runners() -> dict[str, RunnerFn]:
+    """Job kind -> runner, for every kind this backend version implements."""
+    return {}

@@ -1,0 +1,385 @@
+"""Jobs: records on disk, the queue, and the worker thread that runs one GPU job at a time.
+
+Every job has an id, a state and a directory ``<work_dir>/jobs/<job_id>/`` holding ``job.json`` (the record,
+rewritten atomically on every state change), ``inputs/`` (uploads) and ``outputs/`` (checkpoints, frames,
+meshes). A client that disconnects loses nothing: the outputs stay on disk and ``attach`` re-sends them.
+
+Job runners are plain functions ``run(ctx: JobContext) -> dict`` (the outputs). They report progress through
+``ctx.progress``, stream frames through ``ctx.send`` and call ``ctx.check_cancel()`` at every step boundary,
+which is how a cancel stops a running job within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import FINAL_STATES, ErrorCode, Message, ProtocolError
+
+log = logging.getLogger("nerfart.jobs")
+
+INPUT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PROGRESS_INTERVAL_S = 0.1  # at most ten progress messages a second; stage changes and previews always go
+
+
+class JobCancelled(Exception):
+    """Raised by :meth:`JobContext.check_cancel` when the job was cancelled."""
+
+
+class JobFailed(Exception):
+    """A job failed for a reason the user can act on; ``code`` is an :class:`protocol.ErrorCode`."""
+
+    def __init__(self, message: str, code: str = ErrorCode.JOB_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class JobRecord:
+    """What ``job.json`` holds. ``owner`` is the submitting client's routing id (hex)."""
+
+    job_id: str
+    kind: str
+    params: dict[str, Any]
+    owner: str
+    state: str = "queued"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    inputs: dict[str, str] = field(default_factory=dict)  # upload name -> file name in inputs/
+
+    def info(self, position: int = -1) -> dict[str, Any]:
+        """The record as a ``status_reply`` job entry."""
+        return {"job_id": self.job_id, "kind": self.kind, "state": self.state, "created": self.created,
+                "started": self.started, "finished": self.finished, "position": position, "stage": self.stage,
+                "step": self.step, "total": self.total, "params": self.params, "outputs": self.outputs,
+                "error": self.error}
+
+
+RunnerFn = Callable[["JobContext"], dict[str, Any]]
+
+
+class JobStore:
+    """Job records and their directories under ``work_dir``.
+
+    On start it reloads every record: jobs that were running when the last process died are marked
+    ``interrupted`` (their checkpoints stay), jobs that were queued are queued again.
+    """
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = Path(work_dir).resolve()
+        self.jobs_dir = self.work_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, JobRecord] = {}
+        self._lock = threading.RLock()
+        self._load()
+
+    def _load(self) -> None:
+        records = []
+        for path in self.jobs_dir.glob("*/job.json"):
+            try:
+                data = json.loads(path.read_text())
+                records.append(JobRecord(**data))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("ignoring unreadable job record %s: %s", path, exc)
+        for rec in sorted(records, key=lambda r: r.created):
+            if rec.state == "running":
+                rec.state = "interrupted"
+                rec.finished = time.time()
+                rec.error = {"code": "interrupted", "message": "the backend stopped while this job was running; "
+                             "its last checkpoint is kept in the job folder"}
+                self.save(rec)
+            self.jobs[rec.job_id] = rec
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def create(self, kind: str, params: dict[str, Any], owner: str,
+               inputs: dict[str, tuple[bytes | memoryview, str]] | None = None) -> JobRecord:
+        """A new queued job with its directory and uploaded inputs written.
+
+        Raises:
+            ProtocolError: an input name that is not a plain file-name stem (nothing is written outside the
+                job's own directory).
+        """
+        for name, (_, fmt) in (inputs or {}).items():
+            if not INPUT_NAME.match(name):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, f"input name {name[:80]!r} must be 1-64 letters, "
+                                    "digits, '_' or '-'", f"inputs.{name[:80]}")
+            if not INPUT_NAME.match(fmt):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "input format must be a plain word",
+                                    f"inputs.{name}.format")
+        job_id = uuid.uuid4().hex[:16]
+        rec = JobRecord(job_id=job_id, kind=kind, params=params, owner=owner)
+        job_dir = self.job_dir(job_id)
+        (job_dir / "inputs").mkdir(parents=True)
+        (job_dir / "outputs").mkdir()
+        for name, (data, fmt) in (inputs or {}).items():
+            file_name = f"{name}.{fmt}"
+            (job_dir / "inputs" / file_name).write_bytes(data)
+            rec.inputs[name] = file_name
+        with self._lock:
+            self.jobs[job_id] = rec
+            self.save(rec)
+        return rec
+
+    def save(self, rec: JobRecord) -> None:
+        """Write ``job.json`` atomically (write a temporary file, then rename), so a crash never leaves half."""
+        path = self.job_dir(rec.job_id) / "job.json"
+        tmp = path.with_suffix(".json.tmp")
+        with self._lock:
+            tmp.write_text(json.dumps(asdict(rec), indent=1, allow_nan=False))
+            os.replace(tmp, path)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self.jobs.get(job_id)
+
+    def all(self) -> list[JobRecord]:
+        with self._lock:
+            return list(self.jobs.values())
+
+
+class JobContext:
+    """What a runner gets: its parameters, its folders, the device, progress and cancel.
+
+    Attributes:
+        record: the job's record (``params`` validated against the protocol schema).
+        job_dir, inputs_dir, outputs_dir: its folders.
+        device: the compute device the server was started with (``"cuda"`` or ``"cpu"``).
+    """
+
+    def __init__(self, record: JobRecord, store: JobStore, emit: Callable[[Message], None],
+                 cancel_event: threading.Event, device: str) -> None:
+        self.record = record
+        self.store = store
+        self.device = device
+        self.job_dir = store.job_dir(record.job_id)
+        self.inputs_dir = self.job_dir / "inputs"
+        self.outputs_dir = self.job_dir / "outputs"
+        self._emit = emit
+        self._cancel = cancel_event
+        self._last_progress = 0.0
+        self._last_stage = ""
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.record.params
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancel(self) -> None:
+        """Raise :class:`JobCancelled` if a cancel arrived. Call at every step boundary."""
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def progress(self, stage: str, step: int, total: int, *, eta_s: float | None = None,
+                 losses: dict[str, float] | None = None, metrics: dict[str, float] | None = None,
+                 preview_png: bytes | None = None, message: str = "") -> None:
+        """Report progress (rate-limited to ten a second; stage changes, the last step and previews always go)."""
+        now = time.monotonic()
+        self.record.stage, self.record.step, self.record.total = stage, step, total
+        important = stage != self._last_stage or step >= total or preview_png is not None
+        if not important and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress, self._last_stage = now, stage
+        msg = Message("progress", {"job_id": self.job_id, "stage": stage, "step": int(step), "total": int(total),
+                                   "eta_s": None if eta_s is None else float(eta_s),
+                                   "losses": _finite(losses), "metrics": _finite(metrics), "message": message})
+        if preview_png is not None:
+            msg.content["preview"] = msg.add_blob(preview_png, "png")
+        self._emit(msg)
+
+    def send(self, msg: Message) -> None:
+        """Send a ``frame`` or ``mesh`` message of this job to its client (dropped if none is attached)."""
+        msg.content["job_id"] = self.job_id
+        self._emit(msg)
+
+    def source_job(self, job_id: str, kinds: tuple[str, ...]) -> JobRecord:
+        """A finished job this one builds on (e.g. the reconstruction a stylization starts from).
+
+        Raises:
+            JobFailed: unknown, unfinished or of the wrong kind.
+        """
+        rec = self.store.get(job_id)
+        if rec is None:
+            raise JobFailed(f"source job {job_id!r} does not exist on this backend", ErrorCode.UNKNOWN_JOB)
+        if rec.kind not in kinds:
+            raise JobFailed(f"source job {job_id} is a {rec.kind} job; expected one of {', '.join(kinds)}")
+        if rec.state != "done":
+            raise JobFailed(f"source job {job_id} is {rec.state}, not done")
+        return rec
+
+
+def _finite(values: dict[str, float] | None) -> dict[str, float]:
+    # JSON has no NaN; a diverging loss is reported as a huge number rather than breaking the message.
+    out = {}
+    for k, v in (values or {}).items():
+        v = float(v)
+        out[k] = v if v == v and abs(v) != float("inf") else 3.0e38
+    return out
+
+
+class Worker:
+    """Runs queued jobs one at a time, in order, on a thread of its own.
+
+    ``emit`` is called from the worker thread with each outgoing message; the server hands it to its socket
+    thread (ZeroMQ sockets are not thread-safe).
+    """
+
+    def __init__(self, store: JobStore, runners: dict[str, RunnerFn], emit: Callable[[Message], None],
+                 device: str) -> None:
+        self.store = store
+        self.runners = runners
+        self.device = device
+        self._emit = emit
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._running: tuple[str, threading.Event] | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="nerfart-worker", daemon=True)
+        for rec in store.all():
+            if rec.state == "queued":
+                self._queue.append(rec.job_id)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Cancel the running job at its next step boundary and wait for the thread; queued jobs stay queued."""
+        with self._cond:
+            self._stop = True
+            if self._running is not None:
+                self._running[1].set()
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def enqueue(self, job_id: str) -> int:
+        """Queue a job; returns its position (0 = next)."""
+        with self._cond:
+            self._queue.append(job_id)
+            self._cond.notify_all()
+            return len(self._queue) - 1 + (1 if self._running else 0)
+
+    def position(self, job_id: str) -> int:
+        with self._cond:
+            if self._running and self._running[0] == job_id:
+                return 0
+            try:
+                return self._queue.index(job_id) + (1 if self._running else 0)
+            except ValueError:
+                return -1
+
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._queue) + (1 if self._running else 0)
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued one at once, a running one at its next step boundary. Returns its state."""
+        with self._cond:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                rec = self.store.get(job_id)
+                assert rec is not None
+                self._finish(rec, "cancelled", None)
+                return "cancelled"
+            if self._running and self._running[0] == job_id:
+                self._running[1].set()
+                return "running"
+        rec = self.store.get(job_id)
+        return rec.state if rec else "failed"
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job_id = self._queue.popleft()
+                cancel = threading.Event()
+                self._running = (job_id, cancel)
+            try:
+                self._run(job_id, cancel)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _run(self, job_id: str, cancel: threading.Event) -> None:
+        rec = self.store.get(job_id)
+        if rec is None:
+            return
+        rec.state, rec.started = "running", time.time()
+        self.store.save(rec)
+        runner = self.runners.get(rec.kind)
+        ctx = JobContext(rec, self.store, self._emit, cancel, self.device)
+        try:
+            if runner is None:
+                raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
+            outputs = runner(ctx)
+            ctx.check_cancel()
+            rec.outputs.update(outputs or {})
+            self._finish(rec, "done", None)
+        except JobCancelled:
+            if self._stop:
+                # Shut down mid-job: mark it interrupted so a restart can offer to resume from its checkpoint.
+                self._finish(rec, "interrupted", {"code": "interrupted", "message": "the backend was shut down "
+                                                  "while this job ran; its last checkpoint is kept"})
+            else:
+                self._finish(rec, "cancelled", None)
+        except JobFailed as exc:
+            self._finish(rec, "failed", {"code": exc.code, "message": str(exc)})
+        except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
+            self._finish(rec, "failed", _error_for(exc))
+
+    def _finish(self, rec: JobRecord, state: str, error: dict[str, Any] | None) -> None:
+        assert state in FINAL_STATES
+        rec.state, rec.finished, rec.error = state, time.time(), error
+        self.store.save(rec)
+        self._emit(result_message(rec))
+        log.info("job %s (%s) %s%s", rec.job_id, rec.kind, state, f": {error['message']}" if error else "")
+
+
+def result_message(rec: JobRecord) -> Message:
+    """The ``result`` message for a job in a final state."""
+    return Message("result", {"job_id": rec.job_id, "state": rec.state, "outputs": rec.outputs,
+                              "error": None if rec.error is None else
+                              {"code": rec.error["code"], "message": rec.error["message"]}})
+
+
+def _error_for(exc: Exception) -> dict[str, Any]:
+    """A user-facing error for an exception raised by a runner."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return {"code": ErrorCode.OUT_OF_MEMORY, "message": "the GPU ran out of memory; try a smaller "
+                "setting (lower resolution scale, fewer rays per batch, or the 'fast' preset). "
+                f"Details: {str(exc)[:300]}"}
+    if isinstance(exc, ValueError | FileNotFoundError | PermissionError | ProtocolError):
+        # Bad input (an unreadable capture, a bad parameter): the message is for the user as it is.
+        return {"code": ErrorCode.JOB_FAILED, "message": str(exc)}
+    log.error("job failed with an unexpected error:\n%s", traceback.format_exc())
+    return {"code": ErrorCode.INTERNAL, "message": f"internal error ({name}: {exc}); the backend log has the "
+            "traceback"}

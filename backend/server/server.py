@@ -1,0 +1,324 @@
+"""The backend server: a ZeroMQ ROUTER socket, a job worker, heartbeats.
+
+Threads and sockets (ZeroMQ sockets are used only by the thread that made them):
+
+* the *socket thread* (``Server.serve``) owns the ROUTER bound to the public endpoint and an inproc PULL
+  socket; it decodes requests, answers them at once, and forwards job messages to their clients;
+* the *worker thread* runs one job at a time and pushes its messages through an inproc PUSH socket.
+
+Answering never waits on a job, so hello/status/cancel stay instant while a GPU job runs, and a client that
+vanishes costs nothing: sends are non-blocking and messages for an absent client are dropped (the job's
+outputs are on disk, and ``attach`` re-sends the result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import backend
+from protocol import (
+    DEFAULT_LIMITS,
+    JOB_KINDS,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Limits,
+    Message,
+    ProtocolError,
+    Signer,
+    decode,
+    encode,
+    make_reply,
+    split_identities,
+)
+
+from .jobs import JobStore, RunnerFn, Worker, result_message
+
+log = logging.getLogger("nerfart.server")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+OUTBOX = "inproc://nerfart-outbox"
+REQUEST_TYPES = ("hello", "submit", "cancel", "status", "attach", "heartbeat")
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
+    """Refuse to listen beyond this machine unless asked to explicitly.
+
+    Raises:
+        ValueError: with the reason and the way out, for a non-loopback endpoint without ``allow_remote``
+            or an endpoint that is not ``tcp://host:port`` / ``ipc://path``.
+    """
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "ipc":
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme != "tcp" or not host or not (port.isdigit() or port == "*"):
+        raise ValueError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555 (or port * for any free port)")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name, an interface name or '*': reachable from other machines
+    if not loopback and not allow_remote:
+        raise ValueError(
+            f"refusing to listen on {endpoint}: it is reachable from other machines, and anyone who can reach "
+            "it could submit jobs and read your captures. Listen on tcp://127.0.0.1:PORT and use an SSH "
+            "tunnel (see README 'Security'), or pass --allow-remote to accept the risk.")
+
+
+def device_info(device: str) -> dict[str, Any] | None:
+    """``hello_reply.gpu``: name and memory of the compute device (None if torch cannot be imported)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return {"name": torch.cuda.get_device_name(), "memory_total": int(total), "memory_free": int(free)}
+    return {"name": "cpu", "memory_total": 0, "memory_free": 0}
+
+
+class Server:
+    """A backend server.
+
+    Args:
+        endpoint: where the ROUTER binds (checked by :func:`check_bind_endpoint`).
+        work_dir: job records and outputs live under ``<work_dir>/jobs``.
+        runners: job kind -> runner function.
+        device: ``"cuda"`` or ``"cpu"``; passed to runners.
+        allow_remote: allow a non-loopback endpoint.
+        hmac_key: sign and check every message with this key (None: unsigned, for loopback).
+        single_user: every client sees and may cancel every job (the loopback default); otherwise a client
+            sees only the jobs it submitted.
+        limits: size limits for incoming messages.
+        max_queued_per_client: queued jobs a client may have at once.
+        clip_models: advertised in ``hello_reply``.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, work_dir: str | Path = "work_dir", *,
+                 runners: dict[str, RunnerFn] | None = None, device: str = "cpu", allow_remote: bool = False,
+                 hmac_key: bytes | None = None, single_user: bool = True, limits: Limits = DEFAULT_LIMITS,
+                 max_queued_per_client: int = 32, clip_models: tuple[str, ...] = ()) -> None:
+        check_bind_endpoint(endpoint, allow_remote)
+        self.endpoint = endpoint
+        self.session = uuid.uuid4().hex
+        self.device = device
+        self.single_user = single_user
+        self.limits = limits
+        self.max_queued_per_client = max_queued_per_client
+        self.clip_models = clip_models
+        self.store = JobStore(Path(work_dir))
+        self.runners = dict(runners or {})
+        self._signer = Signer(hmac_key)
+        self._ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._worker = Worker(self.store, self.runners, self._emit_from_worker, device)
+        self._push_local = threading.local()
+        self.bound_endpoint: str | None = None
+        self.ready = threading.Event()
+
+    # Lifecycle ---------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT and SIGTERM stop the server cleanly: the running job is interrupted at its next step."""
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            self.stop()
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def serve(self) -> None:
+        """Run until :meth:`stop`. Binds, starts the worker, then serves; always cleans up."""
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # know when a client is gone instead of silently queueing
+        router.setsockopt(zmq.SNDHWM, 10000)
+        router.setsockopt(zmq.RCVHWM, 1000)
+        # The kernel-level guard: ZeroMQ drops the connection of a peer that sends an over-sized message.
+        router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        outbox = self._ctx.socket(zmq.PULL)
+        outbox.setsockopt(zmq.LINGER, 0)
+        try:
+            router.bind(self.endpoint)
+            self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            outbox.bind(OUTBOX)
+            self._worker.start()
+            log.info("NeRF-Art backend %s listening on %s (device %s, work dir %s)", backend.__version__,
+                     self.bound_endpoint, self.device, self.store.work_dir)
+            self.ready.set()
+            poller = zmq.Poller()
+            poller.register(router, zmq.POLLIN)
+            poller.register(outbox, zmq.POLLIN)
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if outbox in events:
+                    self._drain_outbox(outbox, router)
+                if router in events:
+                    self._drain_requests(router)
+        finally:
+            self._worker.stop()
+            # Deliver what the worker said while stopping (e.g. 'interrupted' results) if clients are there.
+            self._drain_outbox(outbox, router)
+            # destroy() also closes the PUSH sockets the worker thread made, which term() would wait for.
+            self._ctx.destroy(linger=0)
+            log.info("backend stopped")
+
+    # Incoming ------------------------------------------------------------------------------------------------
+
+    def _drain_requests(self, router: zmq.Socket, budget: int = 200) -> None:
+        for _ in range(budget):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(router, frames)
+
+    def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        request: Message | None = None
+        try:
+            ids, body = split_identities(frames)
+            request = decode(body, self._signer, self.limits)
+            self._dispatch(router, ids, request)
+        except ProtocolError as exc:
+            self._send(router, [identity], self._error(exc.code, exc.message, exc.field, request))
+        except Exception as exc:  # never let one message take the server down
+            log.exception("error while handling a message")
+            self._send(router, [identity], self._error(ErrorCode.INTERNAL, f"internal error: {exc}", None, request))
+
+    def _dispatch(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> None:
+        owner = ids[-1].hex()
+        if msg.type not in REQUEST_TYPES:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.type!r} is sent by the server, not to it", "msg_type")
+        if msg.type == "heartbeat":
+            self._send(router, ids, make_reply(msg, "heartbeat", {}))
+        elif msg.type == "hello":
+            self._hello(router, ids, msg)
+        elif msg.type == "submit":
+            self._submit(router, ids, msg, owner)
+        elif msg.type == "status":
+            job_id = msg.content.get("job_id")
+            recs = [self._visible_job(job_id, owner)] if job_id else [
+                r for r in self.store.all() if self.single_user or r.owner == owner]
+            jobs = [r.info(self._worker.position(r.job_id)) for r in recs]
+            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": jobs}))
+        elif msg.type == "cancel":
+            rec = self._visible_job(msg.content["job_id"], owner)
+            if rec.state not in ("queued", "running"):
+                raise ProtocolError(ErrorCode.BAD_STATE, f"job {rec.job_id} is already {rec.state}", "job_id")
+            state = self._worker.cancel(rec.job_id)
+            self._send(router, ids, make_reply(msg, "cancel_reply", {"job_id": rec.job_id, "state": state}))
+        elif msg.type == "attach":
+            rec = self._visible_job(msg.content["job_id"], owner)
+            rec.owner = owner  # further messages of the job go to this client
+            self.store.save(rec)
+            info = rec.info(self._worker.position(rec.job_id))
+            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [info]}))
+            if rec.state in ("done", "failed", "cancelled", "interrupted"):
+                self._send(router, ids, result_message(rec))
+
+    def _hello(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> None:
+        version = msg.content["protocol_version"]
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"this backend speaks protocol v{PROTOCOL_VERSION} "
+                                f"but the client ({msg.content['client'][:80]}) speaks v{version}; update the "
+                                f"{'add-on' if version < PROTOCOL_VERSION else 'backend'} so both match",
+                                "protocol_version")
+        log.info("hello from %s", msg.content["client"][:200])
+        content = {"protocol_version": PROTOCOL_VERSION, "backend_version": backend.__version__,
+                   "session": self.session, "gpu": device_info(self.device),
+                   "clip_models": list(self.clip_models), "job_kinds": sorted(self.runners),
+                   "queue_length": self._worker.queue_length(),
+                   "limits": {"max_message_bytes": self.limits.max_message_bytes,
+                              "max_queued_jobs_per_client": self.max_queued_per_client}}
+        self._send(router, ids, make_reply(msg, "hello_reply", content))
+
+    def _submit(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
+        kind = msg.content["kind"]
+        if kind not in self.runners:
+            available = ", ".join(sorted(self.runners)) or "none yet"
+            known = kind in JOB_KINDS
+            raise ProtocolError(ErrorCode.UNKNOWN_KIND, f"job kind {kind!r} is "
+                                f"{'not available in this backend version' if known else 'unknown'}; this "
+                                f"backend runs: {available}", "kind")
+        queued = sum(1 for r in self.store.all() if r.owner == owner and r.state == "queued")
+        if queued >= self.max_queued_per_client:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, f"you already have {queued} queued jobs (limit "
+                                f"{self.max_queued_per_client}); wait or cancel some", "kind")
+        for key in ("source_job",):
+            if key in msg.content["params"]:
+                self._visible_job(msg.content["params"][key], owner, field=f"params.{key}")
+        inputs = {name: (msg.blob(spec), spec["format"]) for name, spec in msg.content.get("inputs", {}).items()}
+        rec = self.store.create(kind, msg.content["params"], owner, inputs)
+        position = self._worker.enqueue(rec.job_id)
+        log.info("job %s (%s) accepted at queue position %d", rec.job_id, kind, position)
+        self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": kind,
+                                                             "position": position}))
+
+    def _visible_job(self, job_id: str, owner: str, field: str = "job_id") -> Any:
+        rec = self.store.get(job_id)
+        if rec is None or not (self.single_user or rec.owner == owner):
+            # The same answer for "absent" and "not yours", so job ids of others cannot be probed.
+            raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id[:40]!r} on this backend", field)
+        return rec
+
+    def _error(self, code: str, message: str, field: str | None, request: Message | None) -> Message:
+        content = {"code": code, "message": message, "field": field,
+                   "job_id": request.job_id if request is not None else None}
+        msg = Message("error", content, parent_id=request.msg_id if request is not None else None)
+        return msg
+
+    # Outgoing ------------------------------------------------------------------------------------------------
+
+    def _send(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> bool:
+        msg.session = self.session
+        try:
+            router.send_multipart([*ids, *encode(msg, self._signer)], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (client gone) or EAGAIN (client not reading)
+            log.debug("dropped a %s message for an unreachable client: %s", msg.type, exc)
+            return False
+
+    def _emit_from_worker(self, msg: Message) -> None:
+        """Called on the worker thread: hand the message to the socket thread through inproc PUSH/PULL."""
+        push = getattr(self._push_local, "socket", None)
+        if push is None:
+            push = self._ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            push.connect(OUTBOX)
+            self._push_local.socket = push
+        msg.session = self.session
+        push.send_multipart([msg.job_id.encode() if msg.job_id else b"", *encode(msg, self._signer)], copy=False)
+
+    def _drain_outbox(self, outbox: zmq.Socket, router: zmq.Socket, budget: int = 500) -> None:
+        for _ in range(budget):
+            try:
+                frames = outbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            rec = self.store.get(frames[0].bytes.decode())
+            if rec is None:
+                continue
+            # A client that is gone (or not reading) loses nothing: the job's outputs are on disk and
+            # 'attach' re-sends the result.
+            with contextlib.suppress(zmq.ZMQError):
+                router.send_multipart([bytes.fromhex(rec.owner), *frames[1:]], flags=zmq.NOBLOCK, copy=False)
+
+
+def serve(endpoint: str, work_dir: str | Path, runners: dict[str, RunnerFn], **kwargs: Any) -> None:
+    """Run a server in this (main) thread until SIGINT or SIGTERM."""
+    server = Server(endpoint, work_dir, runners=runners, **kwargs)
+    server.install_signal_handlers()
+    server.serve()

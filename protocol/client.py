@@ -1,0 +1,310 @@
+"""The client both the Blender add-on and the command line use.
+
+A ``zmq.DEALER`` socket talks to the backend's ``ROUTER`` (the ZeroMQ guide's asynchronous client/server
+pattern): requests carry a ``msg_id``, replies name it as ``parent_id``, and a job streams any number of
+``progress``/``frame``/``mesh`` messages followed by one ``result``.
+
+* :meth:`Client.poll` never blocks longer than its time budget: Blender calls it from a timer about 20 times
+  a second. It also sends heartbeats, so :meth:`Client.alive` tells within seconds when the backend is gone.
+* :meth:`Client.request` and :meth:`Client.wait_job` block, for scripts and Blender's background mode.
+
+Every socket call happens on the thread that owns the client (ZeroMQ sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .errors import ErrorCode, ProtocolError
+from .framing import DEFAULT_LIMITS, Limits, Message, Signer, decode, encode, split_identities
+from .schema import PROTOCOL_VERSION
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class BackendError(RuntimeError):
+    """The backend answered a request with an ``error`` message."""
+
+    def __init__(self, message: Message) -> None:
+        self.code = str(message.content.get("code", ErrorCode.INTERNAL))
+        self.field = message.content.get("field")
+        self.job_id = message.content.get("job_id")
+        super().__init__(str(message.content.get("message", "backend error")))
+
+
+class Client:
+    """An asynchronous connection to one backend.
+
+    Args:
+        endpoint: ZeroMQ endpoint of the backend, e.g. ``tcp://127.0.0.1:5555``.
+        hmac_key: shared signing key, or None (loopback default: unsigned).
+        client_name: sent in ``hello`` so the server log says who connected.
+        heartbeat_interval_s: how often to send a heartbeat while connected.
+        context: a ``zmq.Context`` to use (the add-on owns one per Blender session); a new one otherwise.
+        curve: optional ``(server_public, client_public, client_secret)`` Z85 keys for CURVE encryption.
+        limits: size limits for received messages.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, hmac_key: bytes | None = None,
+                 client_name: str = "nerfart-client", heartbeat_interval_s: float = 1.0,
+                 context: zmq.Context | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.endpoint = endpoint
+        self.client_name = client_name
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.session = uuid.uuid4().hex
+        self.server_info: dict[str, Any] | None = None
+        self.last_seen: float | None = None  # time.monotonic() of the last message from the backend
+        self._signer = Signer(hmac_key)
+        self._limits = limits
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._curve = curve
+        self._socket: zmq.Socket | None = None
+        self._pending: deque[Message] = deque()  # received while a blocking call waited for something else
+        self._last_heartbeat = 0.0
+
+    # Connection ----------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether a socket is open (not whether the backend answers: see :meth:`alive`)."""
+        return self._socket is not None
+
+    def connect(self) -> None:
+        """Open the socket. Never blocks and never fails for a missing backend: ZeroMQ connects lazily."""
+        if self._socket is not None:
+            return
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A fixed routing id keeps the server's job routing intact across ZeroMQ's automatic reconnects.
+        sock.setsockopt(zmq.ROUTING_ID, self.session.encode())
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 200)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
+        if self._curve is not None:
+            server_public, public, secret = self._curve
+            sock.curve_serverkey = server_public
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(self.endpoint)
+        self._socket = sock
+        self._last_heartbeat = time.monotonic()
+
+    def close(self) -> None:
+        """Close the socket (and the context if this client created it)."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._own_context:
+            self._context.term()
+            self._own_context = False
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def alive(self, timeout_s: float = 3.0) -> bool:
+        """Whether the backend sent anything (a heartbeat at least) within ``timeout_s`` seconds."""
+        return self.last_seen is not None and time.monotonic() - self.last_seen < timeout_s
+
+    # Sending ---------------------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> str:
+        """Send a message; returns its ``msg_id``. Never blocks.
+
+        Raises:
+            ProtocolError: the content does not match the schema (a client bug).
+            ConnectionError: the outgoing queue is full because the backend has not been reachable.
+        """
+        if self._socket is None:
+            self.connect()
+        assert self._socket is not None
+        msg.session = self.session
+        frames = encode(msg, self._signer)
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise ConnectionError(f"cannot send to the backend at {self.endpoint}: its queue is full because "
+                                  "the backend has not been reachable") from None
+        return msg.msg_id
+
+    def hello(self) -> str:
+        """Ask for the backend's capabilities (answered by ``hello_reply``, or ``error`` on a version mismatch)."""
+        return self.send(Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name}))
+
+    def submit(self, kind: str, params: dict[str, Any],
+               inputs: dict[str, tuple[bytes | memoryview, str]] | None = None) -> str:
+        """Queue a job (answered by ``accepted`` or ``error``).
+
+        Args:
+            kind: job kind, e.g. ``"reconstruct"``.
+            params: job parameters (see SPEC.md).
+            inputs: named uploads as ``(bytes, format)``, e.g. ``{"capture": (zip_bytes, "zip")}``.
+        """
+        msg = Message("submit", {"kind": kind, "params": params})
+        if inputs:
+            msg.content["inputs"] = {name: msg.add_blob(data, fmt) for name, (data, fmt) in inputs.items()}
+        return self.send(msg)
+
+    def cancel(self, job_id: str) -> str:
+        return self.send(Message("cancel", {"job_id": job_id}))
+
+    def status(self, job_id: str | None = None) -> str:
+        return self.send(Message("status", {"job_id": job_id}))
+
+    def attach(self, job_id: str) -> str:
+        return self.send(Message("attach", {"job_id": job_id}))
+
+    # Receiving -------------------------------------------------------------------------------------------
+
+    def poll(self, budget_s: float = 0.005, max_messages: int = 1000) -> list[Message]:
+        """Messages that have arrived, drained within ``budget_s`` seconds; never waits for new ones.
+
+        Heartbeats are consumed here (they only update :attr:`last_seen`) and one is sent when due.
+        A message from the backend that fails to decode is returned as a local ``error`` message, so a
+        caller sees every problem in one place.
+        """
+        if self._socket is None:
+            return []
+        deadline = time.monotonic() + budget_s
+        out: list[Message] = []
+        while self._pending and len(out) < max_messages:
+            out.append(self._pending.popleft())
+        while len(out) < max_messages and time.monotonic() < deadline:
+            msg = self._recv(zmq.NOBLOCK)
+            if msg is None:
+                break
+            if msg.type != "heartbeat":
+                out.append(msg)
+        self._maybe_heartbeat()
+        return out
+
+    def request(self, msg: Message, timeout_s: float = 5.0) -> Message:
+        """Send ``msg`` and wait for its reply; other messages stay queued for :meth:`poll`.
+
+        Raises:
+            TimeoutError: no reply within ``timeout_s`` (the message says how to start a backend).
+            BackendError: the reply is an ``error`` message.
+        """
+        msg_id = self.send(msg)
+        reply = self._wait(lambda m: m.parent_id == msg_id, timeout_s, f"a reply to {msg.type}")
+        if reply.type == "error":
+            raise BackendError(reply)
+        if reply.type == "hello_reply":
+            self.server_info = reply.content
+        return reply
+
+    def handshake(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Blocking ``hello``: the backend's capabilities, or an error that says what is wrong."""
+        reply = self.request(Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name}),
+                             timeout_s)
+        return reply.content
+
+    def wait_job(self, job_id: str, on_message: Callable[[Message], None] | None = None,
+                 timeout_s: float | None = None) -> Message:
+        """Block until job ``job_id`` sends its ``result``; other jobs' messages stay queued.
+
+        Args:
+            on_message: called with each ``progress``/``frame``/``mesh`` message of the job as it arrives.
+            timeout_s: give up after this long (None waits as long as the backend stays alive).
+
+        Raises:
+            TimeoutError: the timeout passed, or the backend stopped answering heartbeats for 30 s.
+            BackendError: an ``error`` message about this job.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = 0.5 if remaining is None else min(0.5, remaining)
+            msg = self._next(step)
+            if msg is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
+                if self.last_seen is not None and not self.alive(30.0):
+                    raise TimeoutError(f"the backend at {self.endpoint} stopped answering while job {job_id} "
+                                       "was running; its outputs stay in the job folder on the backend")
+                continue
+            if msg.job_id != job_id:
+                self._pending.append(msg)
+                continue
+            if msg.type == "error":
+                raise BackendError(msg)
+            if msg.type == "result":
+                return msg
+            if on_message is not None:
+                on_message(msg)
+
+    # Internals -------------------------------------------------------------------------------------------
+
+    def _next(self, timeout_s: float) -> Message | None:
+        """The next non-heartbeat message, waiting up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._maybe_heartbeat()
+            remaining = deadline - time.monotonic()
+            assert self._socket is not None
+            if not self._socket.poll(max(0, int(min(remaining, self.heartbeat_interval_s) * 1000))):
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            msg = self._recv(zmq.NOBLOCK)
+            if msg is not None and msg.type != "heartbeat":
+                return msg
+
+    def _wait(self, match: Callable[[Message], bool], timeout_s: float, what: str) -> Message:
+        if self._socket is None:
+            self.connect()
+        for i, msg in enumerate(self._pending):
+            if match(msg):
+                del self._pending[i]
+                return msg
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            msg = self._next(max(0.0, remaining))
+            if msg is None:
+                raise TimeoutError(f"no answer from the backend at {self.endpoint} within {timeout_s:g} s "
+                                   f"(waiting for {what}). Is it running? Start one with "
+                                   "'python -m backend serve'.")
+            if match(msg):
+                return msg
+            self._pending.append(msg)
+
+    def _recv(self, flags: int) -> Message | None:
+        assert self._socket is not None
+        try:
+            frames = self._socket.recv_multipart(flags=flags, copy=False)
+        except zmq.Again:
+            return None
+        self.last_seen = time.monotonic()
+        try:
+            _, body = split_identities(frames)
+            msg = decode(body, self._signer, self._limits)
+        except ProtocolError as exc:
+            return Message("error", {"code": exc.code, "message": f"undecodable message from the backend: "
+                                     f"{exc.message}", "field": exc.field, "job_id": None})
+        if msg.type == "hello_reply":
+            self.server_info = msg.content
+        return msg
+
+    def _maybe_heartbeat(self) -> None:
+        now = time.monotonic()
+        if self._socket is not None and now - self._last_heartbeat >= self.heartbeat_interval_s:
+            self._last_heartbeat = now
+            # Not reachable: alive() already reports it, so a failed heartbeat needs no error of its own.
+            with contextlib.suppress(ConnectionError):
+                self.send(Message("heartbeat", {}))
+

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's .venv with the pinned requirements. Idempotent and quick when nothing changed:
+# a hash of requirements.txt is stamped into the venv, and pip runs only when it differs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# bpy (real Blender as a module) exists for CPython 3.11 only, so the venv must be 3.11.
+pick_python() {
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            echo "$candidate"; return 0
+        fi
+    done
+    echo "error: Python 3.11 is needed (bpy, Blender as a Python module, is built for 3.11 only)." >&2
+    echo "       Install it (e.g. apt-get install python3.11 python3.11-venv) or set PYTHON=/path/to/python3.11." >&2
+    return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+    py=$(pick_python)
+    echo "Creating .venv with $py ..." >&2
+    "$py" -m venv .venv
+fi
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat .venv/.requirements.sha256 2>/dev/null || true)" != "$want" ]; then
+    echo "Installing the pinned requirements into .venv (first run: about two minutes) ..." >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    echo "$want" > .venv/.requirements.sha256
+fi

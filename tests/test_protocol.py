@@ -1,0 +1,227 @@
+"""Protocol v1: schema, framing and signing, without a server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import protocol
+from protocol import Limits, Message, ProtocolError, Signer, decode, encode
+from protocol.schema import CAMERA, JOB_PARAMS, MESSAGES, Field
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_value(f: Field, msg: Message, rng: np.random.Generator) -> Any:
+    """A valid value for a schema field (arrays and blobs become real buffers of ``msg``)."""
+    if f.choices:
+        return f.choices[int(rng.integers(len(f.choices)))]
+    lo = 0 if f.min is None else f.min
+    if f.kind == "str":
+        return "näme-" + str(int(rng.integers(1000)))
+    if f.kind == "int":
+        return int(lo) + int(rng.integers(3))
+    if f.kind == "float":
+        return float(lo) + 0.5
+    if f.kind == "bool":
+        return bool(rng.integers(2))
+    if f.kind == "float_map":
+        return {"loss": 0.25, "psnr": 31.5}
+    if f.kind == "str_list":
+        return ["a", "b"]
+    if f.kind == "array":
+        return msg.add_array(rng.standard_normal((5, 3)).astype(np.float32))
+    if f.kind == "blob":
+        return msg.add_blob(rng.bytes(100), "png")
+    if f.kind == "dict":
+        return sample_object(f.item, msg, rng) if f.item else {"k": 1}
+    if f.kind == "list":
+        if f.item is CAMERA:
+            return [sample_camera()]
+        if f.item:
+            return [sample_object(f.item, msg, rng)]
+        return [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    return 1
+
+
+def sample_object(fields: tuple[Field, ...], msg: Message, rng: np.random.Generator) -> dict[str, Any]:
+    return {f.name: sample_value(f, msg, rng) for f in fields}
+
+
+def sample_camera() -> dict[str, Any]:
+    return {"name": "Camera.001", "frame": 12, "c2w": np.eye(4).tolist(), "fx": 800.0, "fy": 800.0,
+            "cx": 480.0, "cy": 270.0, "width": 960, "height": 540}
+
+
+def sample_message(msg_type: str, rng: np.random.Generator) -> Message:
+    msg = Message(msg_type, {})
+    msg.content = sample_object(MESSAGES[msg_type].fields, msg, rng)
+    if msg_type == "submit":
+        kind = msg.content["kind"]
+        msg.content["params"] = sample_object(JOB_PARAMS[kind], msg, rng)
+        msg.content["inputs"] = {"capture": msg.add_blob(rng.bytes(64), "zip")}
+    return msg
+
+
+@pytest.mark.parametrize("msg_type", sorted(MESSAGES))
+def test_every_message_type_round_trips(msg_type: str) -> None:
+    rng = np.random.default_rng(0)
+    msg = sample_message(msg_type, rng)
+    msg.parent_id = "parent-1"
+    msg.session = "s1"
+    out = decode(encode(msg))
+    assert out.type == msg_type
+    assert out.content == json.loads(json.dumps(msg.content))
+    assert out.msg_id == msg.msg_id and out.parent_id == "parent-1" and out.session == "s1"
+    assert [bytes(b) for b in out.buffers] == [bytes(b) for b in msg.buffers]
+
+
+@pytest.mark.parametrize("kind", sorted(JOB_PARAMS))
+def test_every_job_kind_params_validate(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    msg = Message("submit", {"kind": kind})
+    msg.content["params"] = sample_object(JOB_PARAMS[kind], msg, rng)
+    protocol.validate_content("submit", msg.content)
+    with pytest.raises(ProtocolError) as err:
+        protocol.validate_params(kind, {**msg.content["params"], "stpes": 3})
+    assert err.value.field == "params.stpes"
+
+
+def test_large_binary_payloads_travel_as_raw_frames() -> None:
+    rng = np.random.default_rng(2)
+    vertices = rng.standard_normal((2_000_000, 3)).astype(np.float32)  # 24 MB
+    faces = rng.integers(0, 2_000_000, (1_000_000, 3), dtype=np.int32)  # 12 MB
+    colors = rng.integers(0, 255, (2_000_000, 4), dtype=np.uint8)
+    msg = Message("mesh", {"job_id": "j1"})
+    msg.content.update(vertices=msg.add_array(vertices), faces=msg.add_array(faces), colors=msg.add_array(colors))
+    frames = encode(msg)
+    assert len(frames[3]) < 1000, "content JSON must hold specs only, never the payload"
+    out = decode(frames)
+    np.testing.assert_array_equal(out.array(out.content["vertices"]), vertices)
+    np.testing.assert_array_equal(out.array(out.content["faces"]), faces)
+    np.testing.assert_array_equal(out.array(out.content["colors"]), colors)
+
+
+def test_signed_messages_reject_tampering_and_replay() -> None:
+    signer = Signer(b"secret")
+    msg = Message("progress", {"job_id": "j", "stage": "training", "step": 1, "total": 10})
+    msg.content["preview"] = msg.add_blob(b"\x89PNG....", "png")
+    frames = encode(msg, signer)
+    assert decode(frames, Signer(b"secret")).content["step"] == 1
+    tampered = list(frames)
+    tampered[-1] = b"\x89PNG...!"  # the signature covers the buffers too
+    with pytest.raises(ProtocolError) as err:
+        decode(tampered, Signer(b"secret"))
+    assert err.value.code == "unauthorized"
+    with pytest.raises(ProtocolError):
+        decode(frames, Signer(b"other key"))
+    checker = Signer(b"secret")
+    decode(frames, checker)
+    with pytest.raises(ProtocolError, match="replayed"):
+        decode(frames, checker)
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    ([b"junk"], "malformed"),
+    ([protocol.DELIMITER, b"", b"{", b"{}"], "malformed"),
+    ([protocol.DELIMITER, b"", b"[]", b"{}"], "malformed"),
+    ([protocol.DELIMITER, b"", b'{"v":1}', b"{}"], "malformed"),
+])
+def test_malformed_frames_give_typed_errors(frames: list[bytes], code: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == code
+
+
+def _frames(msg_type: str, content: Any, buffers: tuple[bytes, ...] = (), v: int = 1) -> list[bytes]:
+    header = {"v": v, "msg_id": "m1", "msg_type": msg_type, "session": "", "date": 0.0, "parent_id": None}
+    return [protocol.DELIMITER, b"", json.dumps(header).encode(), json.dumps(content).encode(), *buffers]
+
+
+def test_invalid_fields_are_named() -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("progress", {"job_id": "j", "stage": "s", "step": "many", "total": 3}))
+    assert (err.value.code, err.value.field) == ("invalid_field", "step")
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("submit", {"kind": "render", "params": {"source_job": "j", "cameras": [
+            {**sample_camera(), "width": 0}]}}))
+    assert err.value.field == "params.cameras[0].width"
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("submit", {"kind": "render", "params": {"source_job": "j", "cameras": [
+            sample_camera(), {**sample_camera(), "c2w": [[1, 0, 0, 0]] * 3}]}}))
+    assert err.value.field == "params.cameras[1].c2w"
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("frame", {"job_id": "j", "index": 0, "camera_name": "c", "width": 1, "height": 1,
+                                 "image": {"buffer": 3, "format": "png"}}))
+    assert "frame 3" in err.value.message
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("mesh", {"job_id": "j", "vertices": {"buffer": 0, "dtype": "float32", "shape": [2, 3]},
+                                "faces": {"buffer": 0, "dtype": "int32", "shape": [0, 3]},
+                                "colors": {"buffer": 0, "dtype": "uint8", "shape": [0, 4]}}, (b"x" * 5,)))
+    assert "need 24" in err.value.message
+
+
+def test_nan_is_rejected_on_the_wire() -> None:
+    frames = _frames("progress", {"job_id": "j", "stage": "s", "step": 1, "total": 3})
+    frames[3] = b'{"job_id":"j","stage":"s","step":1,"total":3,"eta_s":NaN}'
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == "malformed"
+    with pytest.raises(ProtocolError):
+        encode(Message("progress", {"job_id": "j", "stage": "s", "step": 1, "total": 3, "eta_s": float("nan")}))
+
+
+def test_limits_reject_oversized_input_before_parsing() -> None:
+    small = Limits(max_frames=6, max_content_bytes=100, max_message_bytes=10_000)
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("heartbeat", {"pad": "x" * 200}), limits=small)
+    assert err.value.code == "too_large"
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("heartbeat", {}, (b"x" * 20_000,)), limits=small)
+    assert err.value.code == "too_large"
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("heartbeat", {}, (b"",) * 5), limits=small)
+    assert err.value.code == "too_large"
+
+
+def test_unknown_type_and_version() -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("launch_missiles", {}))
+    assert err.value.code == "unknown_type"
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("status", {}, v=2))
+    assert err.value.code == "version_mismatch"
+    # A hello of another version decodes, so that the server can answer it precisely.
+    assert decode(_frames("hello", {"protocol_version": 2, "client": "future"}, v=2)).type == "hello"
+
+
+def test_extra_content_fields_are_ignored() -> None:
+    out = decode(_frames("cancel", {"job_id": "j", "reason": "added in a later version"}))
+    assert out.content["job_id"] == "j"
+
+
+def test_spec_md_tables_match_the_schema() -> None:
+    spec = (ROOT / "protocol" / "SPEC.md").read_text()
+    from protocol.spec import spec_markdown
+
+    assert spec == spec_markdown(), "SPEC.md is stale: regenerate it with python -m protocol.spec"
+
+
+def test_protocol_imports_nothing_but_stdlib_numpy_zmq() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name.split('.')[0] in ('torch', 'bpy', 'backend', 'blender_addon'):\n"
+            "        raise ImportError('forbidden import ' + name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import protocol\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
