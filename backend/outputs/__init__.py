@@ -1,0 +1,1 @@
+"""What the backend hands back: meshes (marching cubes + PLY) and rendered frames."""
