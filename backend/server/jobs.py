@@ -330,37 +330,53 @@ class Worker:
 
     def _run(self, job_id: str, cancel: threading.Event) -> None:
         rec = self.store.get(job_id)
-        if rec is None:
-            return
-        rec.state, rec.started = "running", time.time()
-        self.store.save(rec)
-        runner = self.runners.get(rec.kind)
-        ctx = JobContext(rec, self.store, self._emit, cancel, self.device)
-        try:
-            if runner is None:
-                raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
-            outputs = runner(ctx)
-            ctx.check_cancel()
-            rec.outputs.update(outputs or {})
-            self._finish(rec, "done", None)
-        except JobCancelled:
-            if self._stop:
-                # Shut down mid-job: mark it interrupted so a restart can offer to resume from its checkpoint.
-                self._finish(rec, "interrupted", {"code": "interrupted", "message": "the backend was shut down "
-                                                  "while this job ran; its last checkpoint is kept"})
-            else:
-                self._finish(rec, "cancelled", None)
-        except JobFailed as exc:
-            self._finish(rec, "failed", {"code": exc.code, "message": str(exc)})
-        except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
-            self._finish(rec, "failed", _error_for(exc))
+        if rec is not None:
+            execute_job(rec, self.store, self.runners.get(rec.kind), self._emit, cancel, self.device,
+                        shutting_down=lambda: self._stop)
 
     def _finish(self, rec: JobRecord, state: str, error: dict[str, Any] | None) -> None:
-        assert state in FINAL_STATES
-        rec.state, rec.finished, rec.error = state, time.time(), error
-        self.store.save(rec)
-        self._emit(result_message(rec))
-        log.info("job %s (%s) %s%s", rec.job_id, rec.kind, state, f": {error['message']}" if error else "")
+        finish_job(rec, self.store, self._emit, state, error)
+
+
+def execute_job(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: Callable[[Message], None],
+                cancel: threading.Event, device: str,
+                shutting_down: Callable[[], bool] = lambda: False) -> None:
+    """Run one job to a final state: the server's worker and the command line both use this.
+
+    Every outcome is recorded in ``job.json`` and announced with a ``result`` message: done, cancelled,
+    interrupted (cancelled because the process is shutting down), or failed with a user-facing error.
+    """
+    rec.state, rec.started = "running", time.time()
+    store.save(rec)
+    ctx = JobContext(rec, store, emit, cancel, device)
+    try:
+        if runner is None:
+            raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
+        outputs = runner(ctx)
+        ctx.check_cancel()
+        rec.outputs.update(outputs or {})
+        finish_job(rec, store, emit, "done", None)
+    except JobCancelled:
+        if shutting_down():
+            # Shut down mid-job: mark it interrupted so a restart can offer to resume from its checkpoint.
+            finish_job(rec, store, emit, "interrupted", {"code": "interrupted", "message": "the backend was "
+                       "shut down while this job ran; its last checkpoint is kept"})
+        else:
+            finish_job(rec, store, emit, "cancelled", None)
+    except JobFailed as exc:
+        finish_job(rec, store, emit, "failed", {"code": exc.code, "message": str(exc)})
+    except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
+        finish_job(rec, store, emit, "failed", _error_for(exc))
+
+
+def finish_job(rec: JobRecord, store: JobStore, emit: Callable[[Message], None], state: str,
+               error: dict[str, Any] | None) -> None:
+    """Record a final state and announce it."""
+    assert state in FINAL_STATES
+    rec.state, rec.finished, rec.error = state, time.time(), error
+    store.save(rec)
+    emit(result_message(rec))
+    log.info("job %s (%s) %s%s", rec.job_id, rec.kind, state, f": {error['message']}" if error else "")
 
 
 def result_message(rec: JobRecord) -> Message:

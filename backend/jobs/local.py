@@ -1,0 +1,46 @@
+"""Running a job in this process, for the command line: the same runners, checks and job folders as the server."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backend.server.jobs import JobRecord, JobStore, execute_job
+from protocol import Message, validate_params
+
+
+def run_job_locally(kind: str, params: dict[str, Any], work_dir: Path, device: str,
+                    on_message: Callable[[Message], None], runners: dict[str, Any] | None = None) -> JobRecord:
+    """Run one job to a final state and return its record; Ctrl-C cancels it at its next step.
+
+    Args:
+        kind, params: as in a ``submit`` message (checked against the protocol schema the same way).
+        work_dir: the job folder goes under ``<work_dir>/jobs/<job_id>``.
+        device: ``"cuda"`` or ``"cpu"``.
+        on_message: receives every ``progress``, ``frame``, ``mesh`` and ``result`` message.
+        runners: kind -> runner (default: :func:`backend.jobs.default_runners`).
+
+    Raises:
+        ProtocolError: invalid parameters, named the same way the server names them.
+    """
+    from backend.jobs import default_runners
+
+    validate_params(kind, params)
+    runner = (runners if runners is not None else default_runners()).get(kind)
+    store = JobStore(work_dir)
+    rec = store.create(kind, params, owner="cli")
+    cancel = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        cancel.set()  # the runner sees it at its next step boundary and the job ends as 'cancelled'
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        execute_job(rec, store, runner, on_message, cancel, device)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return rec
