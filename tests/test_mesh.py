@@ -22,15 +22,11 @@ def sphere_density(x: torch.Tensor) -> torch.Tensor:
     return torch.where(inside | floater, 1000.0, 5.0)  # haze of 5 stays under the isolevel rule
 
 
-def sphere_radiance(rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float) -> torch.Tensor:
-    """March the ray to the analytic sphere and return the colour where it enters: red on top, blue below."""
-    oc = rays_o - CENTER
-    b = (oc * rays_d).sum(-1)
-    c = (oc * oc).sum(-1) - RADIUS**2
-    t = -b - torch.sqrt(torch.clamp(b * b - c, min=0))
-    hit = rays_o + t[:, None] * rays_d
-    up = (hit[:, 2] - CENTER[2]) > 0
-    return torch.where(up[:, None], torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))
+def sphere_radiance(x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sphere's field: red on its upper half, blue below, seen from any direction."""
+    up = (x[:, 2] - CENTER[2]) > 0
+    rgb = torch.where(up[:, None], torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))
+    return rgb, sphere_density(x)
 
 
 def test_sphere_mesh_lies_on_the_sphere_with_the_right_colours(tmp_path: Path) -> None:
