@@ -11,4 +11,8 @@ from backend.server.jobs import RunnerFn
 
 def default_runners() -> dict[str, RunnerFn]:
     """Job kind -> runner, for every kind this backend version implements."""
-    return {}
+    from .extract_mesh import run_extract_mesh
+    from .reconstruct import run_reconstruct
+    from .render import run_render
+
+    return {"reconstruct": run_reconstruct, "render": run_render, "extract_mesh": run_extract_mesh}
