@@ -83,6 +83,9 @@ CAMERA = (
     Field("cy", "float", "Principal point y in pixels.", min=-1e7, max=1e7),
     Field("width", "int", "Image width in pixels.", min=1, max=16384),
     Field("height", "int", "Image height in pixels.", min=1, max=16384),
+    Field("time", "float", "Scene time in seconds (frame / fps), for reference.", required=False),
+    Field("clip_start", "float", "Blender's near clip distance, capture-world units.", required=False, min=0),
+    Field("clip_end", "float", "Blender's far clip distance, capture-world units.", required=False, min=0),
 )
 
 GPU = (

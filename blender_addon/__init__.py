@@ -1,0 +1,42 @@
+"""NeRF-Art for Blender: text-driven stylization of captured heads with a NeRF backend.
+
+Registration only. The metadata lives in ``blender_manifest.toml`` (a Blender 4.2+ extension, so no
+``bl_info``). ``core/`` is Blender-free and importable anywhere; the modules beside it form the bpy layer and
+are imported only when Blender is present, so ``import blender_addon.core`` works on any Python.
+"""
+
+try:
+    import bpy
+except ImportError:  # imported outside Blender (plain pytest of core/): there is nothing to register
+    bpy = None
+
+if bpy is not None:
+    from . import connection, operators, panels, preferences, properties, tick
+
+    classes = (
+        *properties.CLASSES,
+        *preferences.CLASSES,
+        *operators.CLASSES,
+        *panels.CLASSES,
+    )
+else:
+    classes = ()
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.nerfart = bpy.props.PointerProperty(
+        type=properties.NERFART_PG_settings, name="NeRF-Art", description="NeRF-Art settings of this scene")
+    bpy.types.WindowManager.nerfart_runtime = bpy.props.PointerProperty(
+        type=properties.NERFART_PG_runtime, name="NeRF-Art Runtime", description="Live NeRF-Art state (not saved)")
+    tick.register_timer()
+
+
+def unregister():
+    tick.unregister_timer()
+    connection.shutdown()
+    del bpy.types.WindowManager.nerfart_runtime
+    del bpy.types.Scene.nerfart
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

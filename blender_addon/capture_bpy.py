@@ -1,0 +1,215 @@
+"""Captures in the scene: import a capture's cameras under one placement empty, or render a ring of cameras.
+
+An imported capture is a collection holding a *placement* empty and one camera per photo, parented to it with
+an identity parent-inverse, so ``camera.matrix_world = placement.matrix_world · c2w_file``. Moving, rotating or
+uniformly scaling the empty moves the whole capture (and every mesh or render that comes back) into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from .cameras_bpy import (
+    apply_blender_camera,
+    apply_render_settings,
+    blender_camera,
+    matrix_to_numpy,
+    numpy_to_matrix,
+)
+from .core.camera_export import record_from_blender
+from .core.captures import Capture
+from .core.intrinsics import BlenderCamera, blender_from_intrinsics, intrinsics_from_blender
+from .core.nerfstudio import transforms_json
+from .core.poses import placement_scale
+from .core.ring import RingCamera, bounding_sphere, framing_distance, ring_cameras
+
+CAPTURE_ROOT_KEY = "nerfart_capture_root"
+CAPTURE_FORMAT_KEY = "nerfart_capture_format"
+
+
+def _new_collection(scene: bpy.types.Scene, name: str) -> bpy.types.Collection:
+    coll = bpy.data.collections.new(name)
+    scene.collection.children.link(coll)
+    return coll
+
+
+def _new_placement(coll: bpy.types.Collection, name: str) -> bpy.types.Object:
+    empty = bpy.data.objects.new(name, None)
+    empty.empty_display_type = "ARROWS"
+    empty.empty_display_size = 0.5
+    coll.objects.link(empty)
+    return empty
+
+
+def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool = True,
+                   set_resolution: bool = True) -> tuple[bpy.types.Collection, bpy.types.Object, list[str]]:
+    """Create the capture's cameras in a new collection under one placement empty.
+
+    Returns:
+        The collection, the placement empty, and warnings for the user (distortion, mixed image sizes).
+    """
+    name = f"NeRF-Art {capture.root.name or 'capture'}"
+    coll = _new_collection(scene, name)
+    placement = _new_placement(coll, f"{name} Placement")
+    coll[CAPTURE_ROOT_KEY] = str(capture.root)
+    coll[CAPTURE_FORMAT_KEY] = capture.format
+    warnings = list(capture.warnings)
+    sizes = {(c.intrinsics.width, c.intrinsics.height) for c in capture.cameras}
+    first = capture.cameras[0]
+    first_obj = None
+    for cam in capture.cameras:
+        bc = blender_from_intrinsics(cam.intrinsics, clip_start=0.01, clip_end=1000.0)
+        data = bpy.data.cameras.new(cam.name)
+        apply_blender_camera(data, bc)
+        data.display_size = 0.2
+        obj = bpy.data.objects.new(cam.name, data)
+        coll.objects.link(obj)
+        obj.parent = placement
+        obj.matrix_parent_inverse.identity()
+        obj.rotation_mode = "QUATERNION"
+        obj.matrix_basis = numpy_to_matrix(cam.c2w_blender)
+        first_obj = first_obj or obj
+        obj["nerfart_width"] = cam.intrinsics.width
+        obj["nerfart_height"] = cam.intrinsics.height
+        if cam.image is not None:
+            obj["nerfart_image"] = str(cam.image)
+            if show_photos:
+                img = bpy.data.images.load(str(cam.image), check_existing=True)
+                bg = data.background_images.new()
+                bg.image = img
+                bg.alpha = 0.8
+                data.show_background_images = True
+    if set_resolution:
+        apply_render_settings(scene.render, blender_from_intrinsics(first.intrinsics))
+    if len(sizes) > 1:
+        warnings.append(f"the capture mixes {len(sizes)} image sizes; a camera frames its photo exactly only "
+                        "when the scene resolution matches its size (stored as nerfart_width/height)")
+    if capture.has_distortion:
+        warnings.append("the capture's lens distortion (k1 k2 p1 p2) cannot be shown by Blender cameras; the "
+                        "backend uses it, the viewport shows the pinhole part only")
+    if scene.camera is None:
+        scene.camera = first_obj
+    return coll, placement, warnings
+
+
+def placement_matrix(placement: bpy.types.Object | None) -> np.ndarray | None:
+    """The placement empty's matrix_world (validated: uniform scale), or None for no placement."""
+    if placement is None:
+        return None
+    m = matrix_to_numpy(placement.matrix_world)
+    placement_scale(m)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Capture from scene
+# ---------------------------------------------------------------------------------------------------------
+
+
+def selection_bounds(objects) -> tuple[np.ndarray, float]:
+    """Bounding sphere (centre, radius) of the objects' world-space bounding boxes."""
+    corners = []
+    for obj in objects:
+        if obj.type in ("CAMERA", "LIGHT", "EMPTY", "SPEAKER", "LIGHT_PROBE"):
+            continue
+        m = matrix_to_numpy(obj.matrix_world)
+        for corner in obj.bound_box:
+            corners.append(m[:3, :3] @ np.array(corner[:]) + m[:3, 3])
+    if not corners:
+        raise ValueError("select the objects to capture (meshes, curves...) first; the selection has no geometry")
+    return bounding_sphere(np.array(corners))
+
+
+def create_ring(scene: bpy.types.Scene, objects, count: int, elevations: list[float], lens: float,
+                width: int, height: int, margin: float) -> tuple[bpy.types.Collection, list[RingCamera]]:
+    """A collection of ring cameras framing ``objects`` (placement empty at the world origin, identity)."""
+    centre, radius = selection_bounds(objects)
+    bc = BlenderCamera(lens=lens, sensor_width=36.0, sensor_fit="AUTO", resolution_x=width, resolution_y=height)
+    intr = intrinsics_from_blender(bc)
+    fov_x, fov_y = intr.fov()
+    distance = framing_distance(radius, fov_x, fov_y, margin)
+    ring = ring_cameras(centre, distance, count, elevations)
+    coll = _new_collection(scene, "NeRF-Art Scene Capture")
+    placement = _new_placement(coll, "NeRF-Art Scene Capture Placement")
+    for rc in ring:
+        data = bpy.data.cameras.new(rc.name)
+        apply_blender_camera(data, BlenderCamera(lens=lens, sensor_width=36.0, sensor_fit="AUTO",
+                                                 clip_start=max(1e-3, (distance - 2 * radius) * 0.5),
+                                                 clip_end=distance + 4 * radius))
+        data.display_size = 0.2 * radius
+        obj = bpy.data.objects.new(rc.name, data)
+        coll.objects.link(obj)
+        obj.parent = placement
+        obj.matrix_parent_inverse.identity()
+        obj.matrix_basis = numpy_to_matrix(rc.matrix_world)
+    return coll, ring
+
+
+class RenderSettingsGuard:
+    """Change render settings for the capture and put every one back afterwards."""
+
+    FIELDS = ("engine", "resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x",
+              "pixel_aspect_y", "film_transparent", "filepath", "use_file_extension")
+
+    def __init__(self, scene: bpy.types.Scene) -> None:
+        self.scene = scene
+        r = scene.render
+        self.saved = {f: getattr(r, f) for f in self.FIELDS}
+        self.saved_format = (r.image_settings.file_format, r.image_settings.color_mode)
+        self.saved_camera = scene.camera
+        self.saved_samples = scene.cycles.samples if hasattr(scene, "cycles") else None
+
+    def apply(self, width: int, height: int, samples: int, transparent: bool) -> None:
+        r = self.scene.render
+        r.engine = "CYCLES"
+        r.resolution_x, r.resolution_y, r.resolution_percentage = width, height, 100
+        r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+        r.film_transparent = transparent
+        r.use_file_extension = True
+        r.image_settings.file_format = "PNG"
+        r.image_settings.color_mode = "RGBA" if transparent else "RGB"
+        self.scene.cycles.samples = samples
+
+    def restore(self) -> None:
+        r = self.scene.render
+        for f, v in self.saved.items():
+            setattr(r, f, v)
+        r.image_settings.file_format, r.image_settings.color_mode = self.saved_format
+        self.scene.camera = self.saved_camera
+        if self.saved_samples is not None:
+            self.scene.cycles.samples = self.saved_samples
+
+
+def render_ring_view(scene: bpy.types.Scene, camera: bpy.types.Object, out_dir: Path) -> Path:
+    """Render one capture view with the scene's current render settings; returns the PNG written."""
+    scene.camera = camera
+    path = out_dir / "images" / f"{camera.name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene.render.filepath = str(path.with_suffix(""))
+    bpy.ops.render.render(write_still=True)
+    if not path.is_file():
+        raise RuntimeError(f"Cycles did not write {path}")
+    return path
+
+
+def write_ring_transforms(scene: bpy.types.Scene, cameras, out_dir: Path) -> Path:
+    """Write the capture's transforms.json (Blender world; OpenGL c2w) for the rendered views."""
+    records = [record_from_blender(obj.name, scene.frame_current, matrix_to_numpy(obj.matrix_world),
+                                   blender_camera(obj.data, scene.render)) for obj in cameras]
+    data = transforms_json(records, [f"images/{r.name}.png" for r in records],
+                           extra={"nerfart": {"source": "blender scene capture", "blend": bpy.data.filepath}})
+    path = out_dir / "transforms.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def ring_cameras_of(coll: bpy.types.Collection) -> list[bpy.types.Object]:
+    return sorted((o for o in coll.objects if o.type == "CAMERA"), key=lambda o: o.name)
+

@@ -1,0 +1,181 @@
+"""Turn the scene's settings into backend jobs (parameters, uploads and bookkeeping). Operators stay thin:
+they call one builder here, then :func:`.connection.submit`."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import bpy
+
+from . import cameras_bpy
+from .capture_bpy import CAPTURE_ROOT_KEY, placement_matrix
+from .core.camera_export import camera_list_to_dicts
+from .core.jobs import JobState
+from .core.presets import split_negative_prompts
+from .core.sampling import frame_range, plan_active_camera, plan_rig
+from .preferences import is_loopback
+from .results_bpy import job_output_dir
+
+CAPTURE_FORMATS = {"TRANSFORMS_JSON": "transforms_json", "COLMAP": "colmap", "IDR": "idr", "LLFF": "llff"}
+UPLOAD_SKIP_DIRS = {"__pycache__", ".git"}
+
+
+def capture_folder(scene: bpy.types.Scene) -> Path:
+    """The capture folder to reconstruct (the folder field, else the imported collection's source).
+
+    Raises:
+        ValueError: when none is set or it does not exist.
+    """
+    cap = scene.nerfart.capture
+    text = cap.folder or (cap.cameras.get(CAPTURE_ROOT_KEY, "") if cap.cameras is not None else "")
+    if not text:
+        raise ValueError("choose a capture folder first (Capture panel), or capture the scene")
+    folder = Path(bpy.path.abspath(text))
+    if not folder.is_dir():
+        raise ValueError(f"the capture folder {folder} does not exist")
+    return folder
+
+
+def zip_folder(folder: Path, limit_bytes: int | None = None) -> bytes:
+    """The folder as an uncompressed zip (photos are compressed already), for uploading.
+
+    Raises:
+        ValueError: if it would exceed ``limit_bytes`` (the backend's message size limit).
+    """
+    buf = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if d not in UPLOAD_SKIP_DIRS and not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = Path(root) / name
+                total += path.stat().st_size
+                if limit_bytes is not None and total > limit_bytes:
+                    raise ValueError(f"the capture is larger than the backend accepts in one message "
+                                     f"({limit_bytes / 2**20:.0f} MiB); use a backend on this machine or a shared "
+                                     "folder and the Path transfer")
+                zf.write(path, path.relative_to(folder).as_posix())
+    return buf.getvalue()
+
+
+def reconstruct_job(scene: bpy.types.Scene, endpoint: str, max_bytes: int | None = None
+                    ) -> tuple[JobState, dict | None]:
+    """The reconstruct job for the scene's capture, with the upload if the backend is remote."""
+    cap = scene.nerfart.capture
+    folder = capture_folder(scene)
+    params: dict = {"preset": cap.preset.lower(), "scale": float(cap.scale), "background": cap.background.lower(),
+                    "holdout_every": int(cap.holdout_every), "seed": int(cap.seed)}
+    if cap.steps > 0:
+        params["steps"] = int(cap.steps)
+    if cap.format in CAPTURE_FORMATS:
+        params["capture_format"] = CAPTURE_FORMATS[cap.format]
+    transfer = cap.transfer
+    if transfer == "AUTO":
+        transfer = "PATH" if is_loopback(endpoint) else "UPLOAD"
+    inputs = None
+    if transfer == "PATH":
+        params["capture_path"] = str(folder)
+    else:
+        inputs = {"capture": (zip_folder(folder, max_bytes), "zip")}
+    label = f"reconstruct {folder.name}"
+    return JobState("reconstruct", label, params=params, meta={"scene": scene.name}), inputs
+
+
+def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = None) -> JobState:
+    """A stylize job from the stylize settings, or from a queued prompt ``item``."""
+    st = scene.nerfart.stylize
+    source = scene.nerfart.backend.reconstruct_job
+    if not source:
+        raise ValueError("reconstruct the capture first: stylization starts from a finished reconstruction")
+    src = item if item is not None else st
+    prompt = (src.name if item is not None else st.prompt).strip()
+    if not prompt:
+        raise ValueError("write a prompt first (or pick a preset style)")
+    params = {
+        "source_job": source, "prompt": prompt, "source_text": src.source_text.strip() or "photo",
+        "strength": float(src.strength), "colour_only": bool(src.colour_only), "scale": float(st.scale),
+        "preset": st.preset.lower(), "seed": int(st.seed),
+    }
+    negatives = split_negative_prompts(src.negative_prompts)
+    if negatives:
+        params["negative_prompts"] = negatives
+    if src.iterations > 0:
+        params["iterations"] = int(src.iterations)
+    if src.clip_model.strip():
+        params["clip_model"] = src.clip_model.strip()
+    meta = {"scene": scene.name}
+    if queue_index is not None:
+        meta["queue_index"] = queue_index
+    return JobState("stylize", f"stylize '{prompt[:40]}'", params=params, meta=meta)
+
+
+def resolve_source_job(scene: bpy.types.Scene) -> str:
+    """The job Render and Extract Mesh use, by the Render From setting.
+
+    Raises:
+        ValueError: when there is no finished job of the wanted kind.
+    """
+    be = scene.nerfart.backend
+    if be.render_source == "RECONSTRUCTION":
+        if not be.reconstruct_job:
+            raise ValueError("no finished reconstruction yet")
+        return be.reconstruct_job
+    if be.render_source == "SELECTED":
+        if not 0 <= be.jobs_index < len(be.jobs):
+            raise ValueError("select a job in the job list first")
+        ref = be.jobs[be.jobs_index]
+        if ref.kind not in ("RECONSTRUCT", "STYLIZE") or ref.state != "done":
+            raise ValueError(f"the selected job '{ref.name}' is not a finished reconstruction or stylization")
+        return ref.job_id
+    done = [r for r in be.jobs if r.kind == "STYLIZE" and r.state == "done" and r.job_id]
+    if not done:
+        raise ValueError("no finished stylization yet (or set Render From to Reconstruction)")
+    return done[-1].job_id
+
+
+def render_job(scene: bpy.types.Scene) -> JobState:
+    """A render job: the active camera over the frame range, or every camera of the rig."""
+    out = scene.nerfart.outputs
+    source = resolve_source_job(scene)
+    if out.use_scene_range:
+        frames = frame_range(scene.frame_start, scene.frame_end, scene.frame_step)
+    else:
+        frames = frame_range(out.frame_start, out.frame_end, out.frame_step)
+    if out.mode == "RIG":
+        if out.rig is None:
+            raise ValueError("choose the rig collection whose cameras to render")
+        names = cameras_bpy.rig_camera_names(out.rig)
+        plan = plan_rig(names, [scene.frame_current] if out.rig_frames == "CURRENT" else frames)
+        what = out.rig.name
+    else:
+        if scene.camera is None and not any(m.camera for m in scene.timeline_markers):
+            raise ValueError("the scene has no active camera")
+        plan = plan_active_camera(frames)
+        what = "camera"
+    placement = placement_matrix(scene.nerfart.capture.placement)
+    records = cameras_bpy.sample_cameras(scene, plan, placement)
+    label = f"render {what} {plan[0].frame}-{plan[-1].frame}"
+    multi = len({r.name for r in records}) > 1 and out.mode == "RIG"
+    params = {"source_job": source, "cameras": camera_list_to_dicts(records), "format": out.file_format.lower()}
+    job = JobState("render", label, params=params, frames_expected=len(records),
+                   meta={"scene": scene.name, "output_dir": str(job_output_dir(out.output_dir, label)),
+                         "multi_camera": multi, "open_sequence": bool(out.open_sequence)})
+    return job
+
+
+def mesh_job(scene: bpy.types.Scene) -> JobState:
+    out = scene.nerfart.outputs
+    source = resolve_source_job(scene)
+    placement = scene.nerfart.capture.placement
+    if placement is not None:
+        placement_matrix(placement)  # validate the placement before the backend works
+    params = {"source_job": source, "resolution": int(out.mesh_resolution),
+              "keep_largest_only": bool(out.mesh_keep_largest)}
+    return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
+                    meta={"scene": scene.name, "placement": placement.name if placement else "",
+                          "decimate": float(out.mesh_decimate)})

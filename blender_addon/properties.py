@@ -1,0 +1,290 @@
+"""Property groups: one per concern, saved with the .blend under ``Scene.nerfart``; runtime state on the
+WindowManager (``WindowManager.nerfart_runtime``, never saved)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .core.jobs import CONNECTION_STATES
+
+SIZE_PRESETS = [
+    ("TINY", "Tiny", "Minutes on any GPU; for checking a setup, not for final results"),
+    ("FAST", "Fast", "A quick preview quality"),
+    ("DEFAULT", "Default", "The backend's standard settings"),
+    ("QUALITY", "Quality", "Slower, sharper results"),
+]
+JOB_KINDS = [
+    ("RECONSTRUCT", "Reconstruct", "Fit a NeRF to the capture"),
+    ("STYLIZE", "Stylize", "Stylize a reconstruction from a text prompt"),
+    ("RENDER", "Render", "Render frames from a reconstruction or stylization"),
+    ("EXTRACT_MESH", "Extract Mesh", "Extract a coloured mesh"),
+]
+
+
+def _is_empty(_self, obj) -> bool:
+    return obj.type == "EMPTY"
+
+
+class NERFART_PG_job(bpy.types.PropertyGroup):
+    """A job this file submitted (saved, so that a reopened file can reattach to it)."""
+
+    __slots__ = ()
+
+    name: StringProperty(name="Label", description="What the job does, as shown in the job list", default="")
+    job_id: StringProperty(name="Job ID", description="The backend's id of this job", default="")
+    kind: EnumProperty(name="Kind", description="Job kind", items=JOB_KINDS, default="RECONSTRUCT")
+    state: StringProperty(name="State", description="Last known state: queued, running, done, failed, "
+                          "cancelled, interrupted or lost", default="queued")
+    endpoint: StringProperty(name="Backend", description="Address of the backend that runs the job", default="")
+    source_job: StringProperty(name="Source Job", description="Job whose result this job used", default="")
+    output_dir: StringProperty(name="Output Folder", description="Where this job's frames or mesh were written",
+                               default="", subtype="DIR_PATH")
+    progress: FloatProperty(name="Progress", description="Progress of the current stage", default=0.0, min=0.0,
+                            max=1.0, subtype="FACTOR")
+    stage: StringProperty(name="Stage", description="Last reported stage", default="")
+    error: StringProperty(name="Error", description="Why the job failed", default="")
+
+
+class NERFART_PG_backend(bpy.types.PropertyGroup):
+    """The backend jobs of this file and which results to build on."""
+
+    __slots__ = ()
+
+    jobs: CollectionProperty(type=NERFART_PG_job, name="Jobs", description="Jobs submitted from this file")
+    jobs_index: IntProperty(name="Active Job", description="Selected job in the list", default=0, min=0,
+                            max=100_000)
+    reconstruct_job: StringProperty(name="Reconstruction", description="Job id of the reconstruction that "
+                                    "stylization starts from (set when a reconstruction finishes)", default="")
+    render_source: EnumProperty(
+        name="Render From", description="Which result Render and Extract Mesh use",
+        items=[("LATEST_STYLIZED", "Latest Stylization", "The most recent finished stylization"),
+               ("RECONSTRUCTION", "Reconstruction", "The unstylized reconstruction"),
+               ("SELECTED", "Selected Job", "The job selected in the job list")],
+        default="LATEST_STYLIZED")
+
+
+class NERFART_PG_capture(bpy.types.PropertyGroup):
+    """Where the capture comes from, how it sits in the scene, and how to reconstruct it."""
+
+    __slots__ = ()
+
+    source: EnumProperty(
+        name="Source", description="Where the multi-view capture comes from",
+        items=[("FOLDER", "Capture Folder", "A folder of photos with cameras (transforms.json, COLMAP, "
+                "IDR cameras.npz or LLFF poses_bounds.npy)"),
+               ("SCENE", "From Scene", "Render the selected objects from a ring of cameras with Cycles")],
+        default="FOLDER")
+    folder: StringProperty(name="Capture Folder", description="Folder holding the capture's images and camera "
+                           "file", default="", subtype="DIR_PATH")
+    format: EnumProperty(
+        name="Format", description="How to read the capture's cameras",
+        items=[("AUTO", "Auto-detect", "transforms.json, then COLMAP, then cameras.npz, then poses_bounds.npy"),
+               ("TRANSFORMS_JSON", "transforms.json", "nerfstudio / NeRF-synthetic / instant-ngp"),
+               ("COLMAP", "COLMAP", "A COLMAP sparse model (sparse/0)"),
+               ("IDR", "IDR cameras.npz", "IDR / VolSDF / NeRF-Art world_mat projections"),
+               ("LLFF", "LLFF poses_bounds.npy", "LLFF poses (centred principal point)")],
+        default="AUTO")
+    placement: PointerProperty(type=bpy.types.Object, name="Placement", poll=_is_empty,
+                               description="Empty that carries the capture: move, rotate and scale it (uniformly) "
+                               "to place the captured head in the scene")
+    cameras: PointerProperty(type=bpy.types.Collection, name="Capture Cameras",
+                             description="Collection of the imported or generated capture cameras")
+    show_photos: BoolProperty(name="Photos as Backgrounds", description="Show each capture photo as its "
+                              "camera's background image", default=True)
+    set_resolution: BoolProperty(name="Set Scene Resolution", description="Set the scene's render resolution "
+                                 "to the capture's image size so the cameras frame exactly like the photos",
+                                 default=True)
+    ring_count: IntProperty(name="Cameras per Ring", description="Number of cameras on each ring", default=24,
+                            min=3, max=256)
+    ring_elevations: StringProperty(name="Ring Elevations", description="Elevation of each ring in degrees, "
+                                    "separated by commas (one ring per value)", default="-10, 15, 40")
+    ring_margin: FloatProperty(name="Margin", description="Extra space around the selection in each view (1 = "
+                               "tight fit)", default=1.2, min=1.0, max=5.0)
+    ring_lens: FloatProperty(name="Focal Length", description="Lens of the generated cameras (millimetres, "
+                             "36 mm sensor)", default=50.0, min=5.0, max=500.0, unit="CAMERA")
+    ring_width: IntProperty(name="Width", description="Width of each capture image in pixels", default=512,
+                            min=32, max=4096, subtype="PIXEL")
+    ring_height: IntProperty(name="Height", description="Height of each capture image in pixels", default=512,
+                             min=32, max=4096, subtype="PIXEL")
+    ring_samples: IntProperty(name="Samples", description="Cycles samples per capture image", default=64,
+                              min=1, max=4096)
+    ring_transparent: BoolProperty(name="Transparent Background", description="Render with a transparent "
+                                   "background so the backend gets a matte", default=True)
+    ring_output: StringProperty(name="Capture Output", description="Folder for the rendered capture (a "
+                                "transforms.json and images); // is the .blend's folder",
+                                default="//nerfart/capture/", subtype="DIR_PATH")
+    transfer: EnumProperty(
+        name="Transfer", description="How the backend gets the capture",
+        items=[("AUTO", "Automatic", "Pass the folder path to a backend on this machine, upload it otherwise"),
+               ("PATH", "Path", "Pass the folder path: the backend can read this machine's disk"),
+               ("UPLOAD", "Upload", "Send the capture as a zip (remote backends)")],
+        default="AUTO")
+    preset: EnumProperty(name="Quality", description="Reconstruction size preset", items=SIZE_PRESETS,
+                         default="DEFAULT")
+    steps: IntProperty(name="Steps", description="Training steps (0 = the preset's number)", default=0, min=0,
+                       max=1_000_000)
+    scale: FloatProperty(name="Image Scale", description="Resolution scale of the training images",
+                         default=1.0, min=0.05, max=1.0, subtype="FACTOR")
+    background: EnumProperty(
+        name="Background", description="How the background is handled",
+        items=[("AUTO", "Automatic", "Use mattes when the capture has them, else model the background"),
+               ("MATTE", "Matte", "Use the capture's mattes (alpha or matte/ folder)"),
+               ("CONTRACT", "Model Background", "Reconstruct the background too")],
+        default="AUTO")
+    holdout_every: IntProperty(name="Hold-out Every", description="Keep every n-th view out of training to "
+                               "measure quality (0 = none)", default=8, min=0, max=1000)
+    seed: IntProperty(name="Seed", description="Random seed", default=0, min=0, max=2**31 - 1)
+
+
+class NERFART_PG_queued_style(bpy.types.PropertyGroup):
+    """One prompt of the batch queue."""
+
+    __slots__ = ()
+
+    name: StringProperty(name="Prompt", description="Target text of this stylization", default="")
+    source_text: StringProperty(name="Source Text", description="What the capture shows now", default="photo")
+    negative_prompts: StringProperty(name="Negative Prompts", description="Extra negative texts, separated by "
+                                     "semicolons", default="")
+    strength: FloatProperty(name="Strength", description="Style strength", default=0.5, min=0.0, max=1.0,
+                            subtype="FACTOR")
+    iterations: IntProperty(name="Iterations", description="Stylization iterations (0 = from strength)",
+                            default=0, min=0, max=100_000)
+    colour_only: BoolProperty(name="Colour Only", description="Keep the geometry exactly as reconstructed",
+                              default=False)
+    clip_model: StringProperty(name="CLIP Model", description="open_clip model name", default="ViT-B-32")
+    job_id: StringProperty(name="Job ID", description="The job that ran this prompt", default="")
+    state: StringProperty(name="State", description="State of that job", default="")
+
+
+class NERFART_PG_stylize(bpy.types.PropertyGroup):
+    """The text prompt and stylization settings, plus the batch queue."""
+
+    __slots__ = ()
+
+    prompt: StringProperty(name="Prompt", description="What the head should look like, e.g. 'a marble statue'",
+                           default="painting, oil on canvas, Vincent van gogh self-portrait style")
+    source_text: StringProperty(name="Source Text", description="What the capture shows now (the start of the "
+                                "text direction)", default="photo")
+    negative_prompts: StringProperty(name="Negative Prompts", description="Extra texts the result should not "
+                                     "look like, separated by semicolons (added to the built-in list)",
+                                     default="")
+    strength: FloatProperty(name="Strength", description="Style strength, from subtle (0) to strong (1)",
+                            default=0.5, min=0.0, max=1.0, subtype="FACTOR")
+    iterations: IntProperty(name="Iterations", description="Stylization iterations (0 = chosen from the "
+                            "strength)", default=0, min=0, max=100_000)
+    colour_only: BoolProperty(name="Colour Only", description="Freeze the density: only colours change, the "
+                              "geometry stays exactly as reconstructed", default=False)
+    clip_model: StringProperty(name="CLIP Model", description="open_clip model the style loss uses (the backend "
+                               "lists the ones it has)", default="ViT-B-32")
+    scale: FloatProperty(name="Image Scale", description="Resolution scale of the stylization views",
+                         default=0.5, min=0.05, max=1.0, subtype="FACTOR")
+    preset: EnumProperty(name="Quality", description="Stylization size preset", items=SIZE_PRESETS,
+                         default="DEFAULT")
+    seed: IntProperty(name="Seed", description="Random seed", default=0, min=0, max=2**31 - 1)
+    queue: CollectionProperty(type=NERFART_PG_queued_style, name="Batch Queue",
+                              description="Prompts to stylize one after another")
+    queue_index: IntProperty(name="Queued Prompt", description="Selected prompt in the queue", default=0, min=0,
+                             max=100_000)
+
+
+class NERFART_PG_outputs(bpy.types.PropertyGroup):
+    """What to render and where the frames and meshes go."""
+
+    __slots__ = ()
+
+    mode: EnumProperty(
+        name="Cameras", description="Which cameras to render",
+        items=[("ACTIVE", "Active Camera", "The scene camera over the frame range (keyframed motion, animated "
+                "lens and cameras switched by timeline markers)"),
+               ("RIG", "Camera Rig", "Every camera in a collection")],
+        default="ACTIVE")
+    rig: PointerProperty(type=bpy.types.Collection, name="Rig", description="Collection whose cameras to render")
+    rig_frames: EnumProperty(
+        name="Rig Frames", description="Which frames a rig renders",
+        items=[("CURRENT", "Current Frame", "Every rig camera once, at the current frame"),
+               ("RANGE", "Frame Range", "Every rig camera at every frame of the range")],
+        default="CURRENT")
+    use_scene_range: BoolProperty(name="Scene Frame Range", description="Use the scene's start, end and step",
+                                  default=True)
+    frame_start: IntProperty(name="Start", description="First frame", default=1, min=-1_000_000, max=1_000_000)
+    frame_end: IntProperty(name="End", description="Last frame", default=250, min=-1_000_000, max=1_000_000)
+    frame_step: IntProperty(name="Step", description="Frames to advance between renders", default=1, min=1,
+                            max=10_000)
+    output_dir: StringProperty(name="Output Folder", description="Where frames are written, one sub-folder per "
+                               "job; // is the .blend's folder", default="//nerfart/renders/", subtype="DIR_PATH")
+    file_format: EnumProperty(
+        name="Format", description="Frame file format",
+        items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
+        default="PNG")
+    open_sequence: BoolProperty(name="Open as Image Sequence", description="Load the frames as an image "
+                                "sequence as they arrive (view it in an Image Editor)", default=True)
+    mesh_resolution: IntProperty(name="Resolution", description="Marching-cubes grid resolution per axis",
+                                 default=256, min=16, max=1024)
+    mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
+                                 default=1.0, min=0.01, max=1.0, subtype="FACTOR")
+    mesh_keep_largest: BoolProperty(name="Largest Part Only", description="Drop every disconnected piece but "
+                                    "the largest", default=True)
+
+
+class NERFART_PG_settings(bpy.types.PropertyGroup):
+    """All NeRF-Art settings of a scene (``Scene.nerfart``)."""
+
+    __slots__ = ()
+
+    backend: PointerProperty(type=NERFART_PG_backend, name="Backend", description="Backend jobs")
+    capture: PointerProperty(type=NERFART_PG_capture, name="Capture", description="Capture settings")
+    stylize: PointerProperty(type=NERFART_PG_stylize, name="Stylize", description="Stylization settings")
+    outputs: PointerProperty(type=NERFART_PG_outputs, name="Outputs", description="Render and mesh settings")
+
+
+class NERFART_PG_runtime(bpy.types.PropertyGroup):
+    """Live connection and job state for drawing (``WindowManager.nerfart_runtime``; not saved)."""
+
+    __slots__ = ()
+
+    connection: EnumProperty(
+        name="Connection", description="State of the connection to the backend",
+        items=[(s, s.title(), f"The backend connection is {s.lower()}") for s in CONNECTION_STATES],
+        default="DISCONNECTED")
+    status_text: StringProperty(name="Status", description="Connection status", default="not connected")
+    backend_version: StringProperty(name="Backend Version", description="Version of the backend", default="")
+    gpu_name: StringProperty(name="GPU", description="The backend's compute device", default="")
+    gpu_memory: StringProperty(name="GPU Memory", description="Free and total GPU memory", default="")
+    queue_length: IntProperty(name="Queue", description="Jobs queued or running on the backend", default=0,
+                              min=0, max=1_000_000)
+    clip_models: StringProperty(name="CLIP Models", description="CLIP models the backend offers", default="")
+    busy: BoolProperty(name="Busy", description="A job of this session is running", default=False)
+    job_text: StringProperty(name="Job", description="What the running job is doing", default="")
+    progress: FloatProperty(name="Progress", description="Progress of the current stage", default=0.0, min=0.0,
+                            max=1.0, subtype="FACTOR")
+    current_job_id: StringProperty(name="Current Job", description="Id of the job shown in the progress bar",
+                                   default="")
+    error: StringProperty(name="Error", description="The last error, in words", default="")
+    error_detail: StringProperty(name="Details", description="Error code or backend trace", default="")
+    show_error_detail: BoolProperty(name="Show Details", description="Show the error's details", default=False)
+    preview: PointerProperty(type=bpy.types.Image, name="Preview", description="Latest preview from the backend")
+    local_backend: StringProperty(name="Local Backend", description="State of the local backend process",
+                                  default="")
+    reattach_pending: IntProperty(name="Jobs to Reattach", description="Jobs of this file that may still be on "
+                                  "the backend", default=0, min=0, max=100_000)
+
+
+CLASSES = (
+    NERFART_PG_job,
+    NERFART_PG_backend,
+    NERFART_PG_capture,
+    NERFART_PG_queued_style,
+    NERFART_PG_stylize,
+    NERFART_PG_outputs,
+    NERFART_PG_settings,
+    NERFART_PG_runtime,
+)

@@ -1,0 +1,328 @@
+"""The main-thread timer that drives all socket work, and the blocking loop used in background mode.
+
+:func:`tick` is a plain function (tests call it directly; ``bpy.app.timers`` does not fire in module mode or
+while a ``-b`` script runs). Each call drains the client for at most :data:`DRAIN_BUDGET_S`, applies the
+messages to the session, turns events into Blender data (frames, meshes, previews), mirrors the state into
+``WindowManager.nerfart_runtime`` and redraws the sidebar. It returns the next interval: 0.05 s (about 20 polls a
+second) while something is in flight, 0.5 s otherwise. It never raises: an unexpected error becomes a message
+in the panel instead of killing the timer.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import connection
+from .core.jobs import ACTIVE_STATES, Event, JobState, format_bytes
+
+DRAIN_BUDGET_S = 0.005  # time to drain the socket per tick
+HANDLE_BUDGET_S = 0.015  # time to turn events into Blender data per tick; the rest waits for the next tick
+MAX_MESSAGES_PER_TICK = 64
+BUSY_INTERVAL_S = 0.05
+IDLE_INTERVAL_S = 0.5
+_KIND_ENUM = {"reconstruct": "RECONSTRUCT", "stylize": "STYLIZE", "render": "RENDER", "extract_mesh": "EXTRACT_MESH"}
+
+
+_backlog: deque[Event] = deque()  # events drained but not yet applied to Blender (frames arriving in bursts)
+_last_status: str | None = None
+_last_shown: tuple = ()
+_preview_serial = 0
+
+
+def tick() -> float:
+    """One step of the bridge; returns the delay until the next one."""
+    try:
+        _backlog.extend(connection.poll(DRAIN_BUDGET_S, MAX_MESSAGES_PER_TICK))
+        deadline = time.perf_counter() + HANDLE_BUDGET_S
+        while _backlog and time.perf_counter() < deadline:
+            event = _backlog.popleft()
+            try:
+                handle_event(event)
+            except OSError as exc:  # a full disk or a read-only output folder: say which job and where
+                what = event.job.label if event.job is not None else "a result"
+                connection.session.set_error(f"cannot save {what}: {exc}")
+        sync_runtime(bpy.context.window_manager)
+    except Exception as exc:  # never let the timer die; show the problem instead
+        connection.session.set_error(f"internal error in the NeRF-Art add-on: {exc}", traceback.format_exc())
+        try:
+            sync_runtime(bpy.context.window_manager)
+        except Exception:
+            traceback.print_exc()
+    s = connection.session
+    busy = bool(_backlog) or s.busy or s.state == "CONNECTING" or connection.local_backend.stopping
+    return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events -> Blender data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def handle_event(event: Event) -> None:
+    job = event.job
+    if event.kind == "connected":
+        reattach_saved_jobs()
+    elif event.kind == "accepted" and job is not None:
+        _record_job(job)
+    elif event.kind == "frame" and job is not None:
+        _on_frame(job, event.message)
+    elif event.kind == "mesh" and job is not None:
+        _on_mesh(job, event.message)
+    elif event.kind == "preview" and job is not None:
+        preview = event.message.content.get("preview") or {}
+        img = _results().update_preview(event.message.blob(preview), preview.get("format", "png"))
+        bpy.context.window_manager.nerfart_runtime.preview = img
+        global _preview_serial
+        _preview_serial += 1
+    elif event.kind == "finished" and job is not None:
+        _on_finished(job)
+    if job is not None:
+        _update_job_ref(job)
+
+
+def _results():
+    from . import results_bpy
+
+    return results_bpy
+
+
+def _scene_of(job: JobState) -> bpy.types.Scene:
+    return bpy.data.scenes.get(job.meta.get("scene", "")) or bpy.context.scene
+
+
+def _record_job(job: JobState) -> None:
+    """Save an accepted job in its scene so a reopened file can reattach to it."""
+    scene = _scene_of(job)
+    jobs = scene.nerfart.backend.jobs
+    ref = next((j for j in jobs if j.job_id == job.job_id), None) or jobs.add()
+    ref.job_id = job.job_id or ""
+    ref.name = job.label or job.kind
+    ref.kind = _KIND_ENUM.get(job.kind, "RECONSTRUCT")
+    ref.endpoint = connection.session.endpoint
+    ref.source_job = str(job.params.get("source_job", ""))
+    ref.output_dir = str(job.meta.get("output_dir", ""))
+    scene.nerfart.backend.jobs_index = len(jobs) - 1
+    qi = job.meta.get("queue_index")
+    if qi is not None and qi < len(scene.nerfart.stylize.queue):
+        scene.nerfart.stylize.queue[qi].job_id = job.job_id or ""
+
+
+def _update_job_ref(job: JobState) -> None:
+    if not job.job_id:
+        return
+    scene = _scene_of(job)
+    for ref in scene.nerfart.backend.jobs:
+        if ref.job_id == job.job_id:
+            ref.state = job.state
+            ref.stage = job.stage
+            ref.progress = job.progress
+            ref.error = job.error[:1000]
+    for item in scene.nerfart.stylize.queue:
+        if item.job_id and item.job_id == job.job_id:
+            item.state = job.state
+
+
+def _on_frame(job: JobState, msg) -> None:
+    from pathlib import Path
+
+    results = _results()
+    out_dir = Path(job.meta["output_dir"])
+    path = results.save_frame(msg, out_dir, bool(job.meta.get("multi_camera")))
+    job.meta.setdefault("files", []).append(str(path))
+    if job.meta.get("open_sequence") and not job.meta.get("multi_camera"):
+        first = Path(job.meta["files"][0])
+        frames = sorted([*job.meta.setdefault("frames", []), int(msg.content.get("frame", 0))])
+        job.meta["frames"] = frames
+        results.show_sequence(first, frames[0], frames[-1] - frames[0] + 1, f"NeRF-Art {job.label}")
+
+
+def _on_mesh(job: JobState, msg) -> None:
+    c = msg.content
+    scene = _scene_of(job)
+    vertices = msg.array(c["vertices"])
+    faces = msg.array(c["faces"])
+    colors = msg.array(c["colors"]) if c.get("colors") else None
+    placement = bpy.data.objects.get(job.meta.get("placement", "")) if job.meta.get("placement") else None
+    coll = placement.users_collection[0] if placement is not None and placement.users_collection else scene.collection
+    obj = _results().mesh_object(f"NeRF-Art {job.label}", vertices, faces, colors, coll, placement,
+                                 float(job.meta.get("decimate", 1.0)))
+    job.meta["object"] = obj.name
+
+
+def _on_finished(job: JobState) -> None:
+    scene = _scene_of(job)
+    if job.state == "done" and job.kind == "reconstruct" and job.job_id:
+        scene.nerfart.backend.reconstruct_job = job.job_id
+    if bpy.app.background:
+        print(f"[nerfart] {job.status_line()}", flush=True)
+
+
+def reattach_saved_jobs() -> int:
+    """Ask the backend for the jobs saved in this file that were not final; returns how many."""
+    ids = []
+    for scene in bpy.data.scenes:
+        for ref in scene.nerfart.backend.jobs:
+            if ref.job_id and ref.state in (*ACTIVE_STATES, "lost") and ref.job_id not in connection.session.jobs:
+                job = JobState(kind=ref.kind.lower(), label=ref.name, job_id=ref.job_id, state="queued",
+                               meta={"scene": scene.name, "output_dir": ref.output_dir})
+                connection.session.track(job)
+                ids.append(ref.job_id)
+    if ids:
+        connection.attach(ids)
+    return len(ids)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Session -> WindowManager runtime properties
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sync_runtime(wm: bpy.types.WindowManager) -> None:
+    """Mirror the session into ``wm.nerfart_runtime``, update the status bar and redraw the sidebar."""
+    rt = wm.nerfart_runtime
+    s = connection.session
+    rt.connection = s.state
+    rt.status_text = s.status_line()
+    info = s.info or {}
+    rt.backend_version = str(info.get("backend_version", ""))
+    gpu = info.get("gpu") or {}
+    rt.gpu_name = str(gpu.get("name", "")) if gpu else ("no GPU" if info else "")
+    rt.gpu_memory = (f"{format_bytes(gpu['memory_free'])} free of {format_bytes(gpu['memory_total'])}"
+                     if gpu and gpu.get("memory_total") else "")
+    rt.queue_length = int(info.get("queue_length", 0) or 0)
+    rt.clip_models = ", ".join(info.get("clip_models", []) or [])
+    job = s.current_job()
+    rt.busy = job is not None
+    rt.job_text = job.status_line() if job else ""
+    rt.progress = job.progress if job else 0.0
+    rt.current_job_id = (job.job_id or "") if job else ""
+    rt.error = s.last_error[:1000]
+    rt.error_detail = s.last_error_detail[:4000]
+    lb = connection.local_backend
+    rt.local_backend = (f"running (pid {lb.proc.pid})" if lb.running else lb.exit_message)
+    pending = 0
+    for scene in bpy.data.scenes:
+        pending += sum(1 for ref in scene.nerfart.backend.jobs
+                       if ref.job_id and ref.state in (*ACTIVE_STATES, "lost") and ref.job_id not in s.jobs)
+    rt.reattach_pending = pending
+    _status_bar(wm, rt.job_text if rt.busy else None)
+    shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.progress, rt.error,
+             rt.local_backend, rt.reattach_pending, _preview_serial,
+             sum(len(sc.nerfart.backend.jobs) for sc in bpy.data.scenes))
+    global _last_shown
+    if shown != _last_shown:
+        _last_shown = shown
+        _redraw(wm)
+
+
+def _status_bar(wm, text: str | None) -> None:
+    """Set our status bar text when it changes (and clear it once), never touching other add-ons' text."""
+    global _last_status
+    value = f"NeRF-Art: {text}" if text else None
+    if value == _last_status:
+        return
+    _last_status = value
+    for window in wm.windows:
+        workspace = window.workspace
+        if workspace is not None:
+            workspace.status_text_set(value)
+
+
+def _redraw(wm) -> None:
+    """Redraw the sidebars (only the UI regions: the viewport itself is not redrawn) and preferences."""
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
+            elif area.type == "PREFERENCES":
+                area.tag_redraw()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Background mode: the same operations, blocking, with progress on stdout
+# ---------------------------------------------------------------------------------------------------------
+
+
+def wait_connected(timeout_s: float) -> None:
+    """Block until the hello is answered (background mode only).
+
+    Raises:
+        RuntimeError: with the session's error text if the backend does not answer.
+    """
+    deadline = time.monotonic() + timeout_s
+    while connection.session.state == "CONNECTING" and time.monotonic() < deadline:
+        for event in connection.poll(0.05):
+            handle_event(event)
+        time.sleep(0.01)
+    if connection.session.state != "CONNECTED":
+        raise RuntimeError(connection.session.last_error or f"no answer from a backend at "
+                           f"{connection.session.endpoint} within {timeout_s:g} s")
+
+
+def run_blocking(job: JobState, lost_timeout_s: float = 60.0) -> JobState:
+    """Drive the bridge until ``job`` (already submitted) finishes, printing progress lines.
+
+    Raises:
+        RuntimeError: if the job fails or the backend stops answering.
+    """
+    last_line = ""
+    lost_since: float | None = None
+    while job.state not in ("done", "failed", "cancelled", "interrupted", "lost"):
+        for event in connection.poll(0.05):
+            handle_event(event)
+        line = job.status_line()
+        if line != last_line:
+            print(f"[nerfart] {line} ({job.progress * 100:.0f}%)", flush=True)
+            last_line = line
+        if connection.session.state == "LOST":
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > lost_timeout_s:
+                job.state = "lost"
+                raise RuntimeError(f"the backend at {connection.session.endpoint} stopped answering while "
+                                   f"{job.label or job.kind} ran")
+        else:
+            lost_since = None
+        time.sleep(0.01)
+    print(f"[nerfart] {job.status_line()}", flush=True)
+    if job.state != "done":
+        raise RuntimeError(f"{job.label or job.kind} {job.state}: {job.error or 'no reason given'}")
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@persistent
+def on_load_post(*_args) -> None:
+    """After a file loads: forget the previous file's jobs and reattach this file's unfinished ones."""
+    s = connection.session
+    s.jobs = {k: v for k, v in s.jobs.items() if v.active and v.meta.get("scene") in bpy.data.scenes}
+    if s.state == "CONNECTED":
+        reattach_saved_jobs()
+    sync_runtime(bpy.context.window_manager)
+
+
+def register_timer() -> None:
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=IDLE_INTERVAL_S, persistent=True)
+    if on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(on_load_post)
+
+
+def unregister_timer() -> None:
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+    while on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(on_load_post)
+    _backlog.clear()
+    _status_bar(bpy.context.window_manager, None)
+

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Build the installable Blender extension zip of NeRF-Art for Blender, in one command.
+
+    .venv/bin/python build_addon.py                      # dist/nerfart_blender-<version>.zip, all platforms
+    .venv/bin/python build_addon.py --split-platforms    # one zip per platform (smaller downloads)
+    .venv/bin/python build_addon.py --platform linux-x64 # one platform only
+    .venv/bin/python build_addon.py --no-wheels          # no pyzmq wheels (fast, for tests)
+
+Steps:
+
+1. Stage ``blender_addon/`` and the repository's ``protocol/`` package (copied in as ``<zip>/protocol/``; the
+   add-on imports it relatively) without ``__pycache__``.
+2. Fetch the pinned pyzmq wheels for CPython 3.11 (Blender 4.2 to 5.0 embed 3.11) with
+   ``pip download --only-binary=:all: --no-deps --platform ... --python-version 3.11`` into a cache
+   (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
+3. Build the zip with Blender's own extension builder and check it with Blender's own validator
+   (``blender_ext.py build`` / ``validate`` from ``addons_core/bl_pkg/cli``, the code behind
+   ``blender --command extension build|validate``), found in the installed ``bpy`` module or a ``blender``
+   binary; then check that every listed wheel is in the zip, unmodified.
+
+macOS: pyzmq publishes only ``universal2`` wheels for macOS. Blender 4.2.0 skipped universal2 wheels when
+installing (fixed in later 4.2 releases; 4.2.23 is known good), so any zip that carries the macOS wheel gets
+``blender_version_min`` raised to :data:`MACOS_MIN_BLENDER`. ``--split-platforms`` keeps 4.2.0 for the
+Linux and Windows zips. Wheels are bundled exactly as downloaded from PyPI (extensions must not modify them).
+
+The add-on never installs anything at run time: everything it needs is in the zip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ADDON_DIR = ROOT / "blender_addon"
+PROTOCOL_DIR = ROOT / "protocol"
+MANIFEST = "blender_manifest.toml"
+
+PYZMQ_VERSION = "27.3.0"
+PYTHON_VERSION = "3.11"
+# Blender platform -> the pip ``--platform`` tag to ask for (pip also accepts compatible older tags and, for
+# macOS, universal2 wheels).
+PIP_PLATFORMS = {
+    "linux-x64": "manylinux_2_28_x86_64",
+    "windows-x64": "win_amd64",
+    "macos-arm64": "macosx_11_0_arm64",
+    "macos-x64": "macosx_10_15_x86_64",
+}
+ALL_PLATFORMS = tuple(PIP_PLATFORMS)
+MACOS_MIN_BLENDER = "4.2.23"
+EXCLUDE_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+EXCLUDE_SUFFIXES = {".pyc", ".pyo", ".zip", ".blend1"}
+
+
+class BuildError(RuntimeError):
+    """A build step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Wheel:
+    path: Path
+    platforms: tuple[str, ...]  # Blender platforms this wheel serves
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wheels
+# ---------------------------------------------------------------------------------------------------------
+
+
+def blender_platforms_of_wheel(filename: str) -> tuple[str, ...]:
+    """Blender platforms a wheel file serves, from its platform tag (``universal2`` serves both Macs)."""
+    tags = filename[:-4].split("-")[-1].split(".")
+    out: set[str] = set()
+    for tag in tags:
+        if tag.startswith("manylinux") and tag.endswith("x86_64"):
+            out.add("linux-x64")
+        elif tag == "win_amd64":
+            out.add("windows-x64")
+        elif tag.startswith("macosx_") and tag.endswith("universal2"):
+            out.update(("macos-arm64", "macos-x64"))
+        elif tag.startswith("macosx_") and tag.endswith("arm64"):
+            out.add("macos-arm64")
+        elif tag.startswith("macosx_") and tag.endswith("x86_64"):
+            out.add("macos-x64")
+    return tuple(sorted(out))
+
+
+def cached_wheel(cache: Path, platform: str) -> Path | None:
+    """A pyzmq wheel already in the cache for ``platform``, preferring architecture-specific over universal2."""
+    found = sorted(cache.glob(f"pyzmq-{PYZMQ_VERSION}-cp311-cp311-*.whl"))
+    matches = [p for p in found if platform in blender_platforms_of_wheel(p.name)]
+    matches.sort(key=lambda p: "universal2" in p.name)
+    return matches[0] if matches else None
+
+
+def fetch_wheels(platforms: tuple[str, ...], cache: Path, offline: bool) -> list[Wheel]:
+    """The pyzmq wheels serving ``platforms``, downloaded into ``cache`` when missing."""
+    cache.mkdir(parents=True, exist_ok=True)
+    by_path: dict[Path, set[str]] = {}
+    for platform in platforms:
+        wheel = cached_wheel(cache, platform)
+        if wheel is None:
+            if offline:
+                raise BuildError(f"no cached pyzmq {PYZMQ_VERSION} wheel for {platform} in {cache} and --offline "
+                                 "was given; run once with network access")
+            cmd = [sys.executable, "-m", "pip", "download", f"pyzmq=={PYZMQ_VERSION}", "--only-binary=:all:",
+                   "--no-deps", "--platform", PIP_PLATFORMS[platform], "--python-version", PYTHON_VERSION,
+                   "--implementation", "cp", "--abi", "cp311", "--dest", str(cache), "--quiet",
+                   "--disable-pip-version-check"]
+            print(f"downloading pyzmq {PYZMQ_VERSION} for {platform} ({PIP_PLATFORMS[platform]})")
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BuildError(f"pip download failed for {platform}:\n{result.stderr.strip()}")
+            wheel = cached_wheel(cache, platform)
+            if wheel is None:
+                raise BuildError(f"pip download gave no pyzmq wheel usable on {platform} in {cache}")
+        by_path.setdefault(wheel, set()).add(platform)
+    return [Wheel(p, tuple(sorted(blender_platforms_of_wheel(p.name)))) for p in sorted(by_path)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Staging
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in EXCLUDE_DIRS or Path(n).suffix in EXCLUDE_SUFFIXES
+            or (n == "wheels" and Path(directory).resolve() == ADDON_DIR)}
+
+
+def set_manifest_value(text: str, key: str, value: str) -> str:
+    """Replace the single-line top-level ``key = ...`` of a manifest (the key must be present)."""
+    pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.MULTILINE)
+    if not pattern.search(text):
+        raise BuildError(f"{MANIFEST} has no one-line '{key} = ...' entry to fill in")
+    return pattern.sub(lambda _m: f"{key} = {value}", text, count=1)
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def stage(dest: Path, platforms: tuple[str, ...], wheels: list[Wheel]) -> dict:
+    """Copy the add-on, the protocol package and the wheels into ``dest``; write its manifest. Returns it."""
+    if not (ADDON_DIR / "__init__.py").is_file():
+        raise BuildError(f"{ADDON_DIR} has no __init__.py")
+    shutil.copytree(ADDON_DIR, dest, ignore=_ignore)
+    if (dest / "protocol").exists():
+        raise BuildError("blender_addon/ must not contain its own protocol/ (it is copied from the repository)")
+    if PROTOCOL_DIR.is_dir():
+        shutil.copytree(PROTOCOL_DIR, dest / "protocol", ignore=_ignore)
+    else:
+        print(f"warning: {PROTOCOL_DIR} does not exist; the zip carries no protocol package")
+    if wheels:
+        (dest / "wheels").mkdir()
+        for w in wheels:
+            shutil.copy2(w.path, dest / "wheels" / w.path.name)
+    text = (ADDON_DIR / MANIFEST).read_text(encoding="utf-8")
+    text = set_manifest_value(text, "platforms", toml_list(list(platforms)))
+    text = set_manifest_value(text, "wheels", toml_list([f"./wheels/{w.path.name}" for w in wheels]))
+    if any("universal2" in w.path.name for w in wheels):
+        current = tomllib.loads(text)["blender_version_min"]
+        if _version_tuple(current) < _version_tuple(MACOS_MIN_BLENDER):
+            text = set_manifest_value(text, "blender_version_min", f'"{MACOS_MIN_BLENDER}"')
+            print(f"note: the macOS pyzmq wheel is universal2, which Blender {current} does not install; "
+                  f"blender_version_min raised to {MACOS_MIN_BLENDER} for this zip")
+    (dest / MANIFEST).write_text(text, encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Blender's extension tool
+# ---------------------------------------------------------------------------------------------------------
+
+
+def find_extension_tool(blender: str | None) -> list[str]:
+    """The command prefix that runs Blender's extension CLI (``build``/``validate`` sub-commands follow).
+
+    Order: ``--blender`` (``blender --command extension``), then ``blender_ext.py`` inside the installed
+    ``bpy`` module (run with this Python, which needs 3.11+ for tomllib), then ``blender`` on PATH.
+    """
+    if blender:
+        return [blender, "--factory-startup", "--command", "extension"]
+    spec = importlib.util.find_spec("bpy")
+    if spec is not None and spec.submodule_search_locations:
+        for base in spec.submodule_search_locations:
+            hits = sorted(Path(base).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+            if hits:
+                return [sys.executable, str(hits[-1])]
+    on_path = shutil.which("blender")
+    if on_path:
+        return [on_path, "--factory-startup", "--command", "extension"]
+    raise BuildError("Blender's extension tool was not found: install the bpy module in this Python "
+                     "(pip install bpy==5.0.1) or pass --blender /path/to/blender")
+
+
+def run_tool(tool: list[str], *args: str) -> str:
+    result = subprocess.run([*tool, *args], capture_output=True, text=True)
+    out = (result.stdout + result.stderr).strip()
+    failed = any(line.startswith(("FATAL_ERROR", "Error")) for line in out.splitlines())
+    if result.returncode != 0 or failed:
+        raise BuildError(f"Blender's extension {args[0]} failed:\n{out}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks on the result
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_zip(path: Path, wheels: list[Wheel], expect_protocol: bool) -> dict:
+    """Our own checks beyond Blender's validator; returns the zip's manifest."""
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        bad = zf.testzip()
+        if bad is not None:
+            raise BuildError(f"{path.name}: member {bad} is corrupt")
+        manifest = tomllib.loads(zf.read(MANIFEST).decode("utf-8"))
+        if "__init__.py" not in names:
+            raise BuildError(f"{path.name} has no __init__.py at its root")
+        if expect_protocol and "protocol/__init__.py" not in names:
+            raise BuildError(f"{path.name} has no protocol/__init__.py")
+        junk = sorted(n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo")))
+        if junk:
+            raise BuildError(f"{path.name} contains build junk: {junk[:5]}")
+        listed = manifest.get("wheels", [])
+        for entry in listed:
+            member = entry.removeprefix("./")
+            if member not in names:
+                raise BuildError(f"{path.name}: manifest lists {entry} but the zip does not contain it")
+        in_zip = sorted(n for n in names if n.startswith("wheels/") and n.endswith(".whl"))
+        if sorted(e.removeprefix("./") for e in listed) != in_zip:
+            raise BuildError(f"{path.name}: wheels in the zip {in_zip} differ from the manifest's {listed}")
+        digests = {w.path.name: w.sha256 for w in wheels}
+        for member in in_zip:
+            name = member.split("/", 1)[1]
+            if hashlib.sha256(zf.read(member)).hexdigest() != digests.get(name):
+                raise BuildError(f"{path.name}: {member} differs from the downloaded wheel")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build(platforms: tuple[str, ...], *, with_wheels: bool = True, split: bool = False,
+          output_dir: Path = ROOT / "dist", cache: Path = ROOT / ".whl", offline: bool = False,
+          blender: str | None = None) -> list[Path]:
+    """Build and validate the zip(s); returns their paths."""
+    for p in platforms:
+        if p not in PIP_PLATFORMS:
+            raise BuildError(f"unknown platform {p!r}; choose from {', '.join(ALL_PLATFORMS)}")
+    tool = find_extension_tool(blender)
+    wheels = fetch_wheels(platforms, cache, offline) if with_wheels else []
+    version = tomllib.loads((ADDON_DIR / MANIFEST).read_text(encoding="utf-8"))["version"]
+    ext_id = tomllib.loads((ADDON_DIR / MANIFEST).read_text(encoding="utf-8"))["id"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    groups = [(p,) for p in platforms] if split else [platforms]
+    outputs = []
+    for group in groups:
+        group_wheels = [w for w in wheels if set(w.platforms) & set(group)]
+        suffix = f"-{group[0].replace('-', '_')}" if split else ""
+        out = output_dir / f"{ext_id}-{version}{suffix}.zip"
+        with tempfile.TemporaryDirectory(prefix="nerfart_build_") as tmp:
+            src = Path(tmp) / ext_id
+            stage(src, group, group_wheels)
+            run_tool(tool, "validate", str(src))
+            if out.exists():
+                out.unlink()
+            run_tool(tool, "build", "--source-dir", str(src), "--output-filepath", str(out))
+        run_tool(tool, "validate", str(out))
+        manifest = check_zip(out, group_wheels, PROTOCOL_DIR.is_dir())
+        size = out.stat().st_size / 1e6
+        print(f"built {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} ({size:.1f} MB): "
+              f"platforms {', '.join(manifest['platforms'])}; Blender >= {manifest['blender_version_min']}; "
+              f"wheels: {', '.join(w.path.name for w in group_wheels) or 'none'}; passed Blender's validation")
+        outputs.append(out)
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--platform", action="append", choices=ALL_PLATFORMS,
+                    help="a platform to build for (repeatable; default: all four)")
+    ap.add_argument("--split-platforms", action="store_true", help="write one zip per platform")
+    ap.add_argument("--no-wheels", action="store_true", help="bundle no pyzmq wheels (for fast tests)")
+    ap.add_argument("--output-dir", type=Path, default=ROOT / "dist", help="where the zip goes (default dist/)")
+    ap.add_argument("--wheel-cache", type=Path, default=ROOT / ".whl", help="wheel download cache (default .whl/)")
+    ap.add_argument("--offline", action="store_true", help="use cached wheels only, never download")
+    ap.add_argument("--blender", help="a Blender executable to validate with instead of the bpy module's tool")
+    args = ap.parse_args(argv)
+    platforms = tuple(dict.fromkeys(args.platform)) if args.platform else ALL_PLATFORMS
+    try:
+        build(platforms, with_wheels=not args.no_wheels, split=args.split_platforms, output_dir=args.output_dir,
+              cache=args.wheel_cache, offline=args.offline, blender=args.blender)
+    except BuildError as exc:
+        print(f"build failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
