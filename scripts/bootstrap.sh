@@ -18,14 +18,26 @@ pick_python() {
     return 1
 }
 
-if [ ! -x .venv/bin/python ]; then
-    py=$(pick_python)
-    echo "Creating .venv with $py ..." >&2
-    "$py" -m venv .venv
-fi
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat .venv/.requirements.sha256 2>/dev/null || true)" != "$want" ]; then
-    echo "Installing the pinned requirements into .venv (first run: about two minutes) ..." >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-    echo "$want" > .venv/.requirements.sha256
+# ensure_venv DIR REQUIREMENTS: create DIR if needed and install REQUIREMENTS when they changed.
+ensure_venv() {
+    local dir=$1 req=$2
+    if [ ! -x "$dir/bin/python" ]; then
+        local py
+        py=$(pick_python)
+        echo "Creating $dir with $py ..." >&2
+        "$py" -m venv "$dir"
+    fi
+    local want
+    want=$(sha256sum "$req" | cut -d' ' -f1)
+    if [ "$(cat "$dir/.requirements.sha256" 2>/dev/null || true)" != "$want" ]; then
+        echo "Installing $req into $dir (first run: a minute or two) ..." >&2
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+        echo "$want" > "$dir/.requirements.sha256"
+    fi
+}
+
+ensure_venv .venv requirements.txt
+# The add-on is also tested under Blender 4.2 LTS (--with-bpy42, used by the test command).
+if [ "${1:-}" = "--with-bpy42" ]; then
+    ensure_venv .venv-bpy42 requirements-bpy42.txt
 fi

@@ -1,0 +1,185 @@
+"""Output benchmark: camera-path rendering throughput and mesh extraction time, on one GPU.
+
+A fangzhou_nature model is trained first (``--train-s`` seconds at half resolution, or ``--checkpoint`` is
+loaded), then:
+
+* **Frames.** A turntable of ``--frames`` cameras around the head at 512x512 and at 1920x1080, rendered
+  exactly as the ``render`` job does (``render_image`` then PNG encoding, whose time is reported apart).
+  Frames per second is the median over the path after one warm-up frame. Targets: >= 30 fps at 512x512 and
+  >= 5 fps at 1920x1080.
+* **Mesh.** ``extract_mesh`` at 256^3 (and 512^3) with colours, as the ``extract_mesh`` job does. Target:
+  256^3 under 5 s.
+
+Peak GPU memory is ``torch.cuda.max_memory_allocated`` per measurement. Writes
+``bench/results/outputs_<gpu>_<date>.md``.
+
+Usage::
+
+    python bench/bench_outputs.py --commit $(git rev-parse --short HEAD)
+    python bench/bench_outputs.py --smoke     # tiny sizes on the CPU, to check the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend.captures import Cameras, load_capture  # noqa: E402
+from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
+from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
+from backend.nerf.evaluate import render_image  # noqa: E402
+from backend.outputs.images import encode_png  # noqa: E402
+from backend.outputs.mesh import extract_mesh  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def turntable(ckpt, n: int, width: int, height: int) -> Cameras:
+    """``n`` world cameras circling the head at the capture's mean camera distance, looking at its centre."""
+    norm = ckpt.normalization
+    cams = ckpt.cameras
+    centre = norm.center
+    dist = float(np.median(np.linalg.norm(cams.c2w[:, :3, 3] - centre, axis=1)))
+    up = -np.mean(cams.c2w[:, :3, 1], axis=0)  # OpenCV +Y is down: the mean "up" of the capture
+    up /= np.linalg.norm(up)
+    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    c2ws = []
+    for k in range(n):
+        ang = 2 * np.pi * k / n
+        pos = centre + dist * (np.cos(ang) * a + np.sin(ang) * b)
+        fwd = (centre - pos) / np.linalg.norm(centre - pos)
+        right = np.cross(fwd, up)
+        right /= np.linalg.norm(right)
+        down = np.cross(fwd, right)
+        m = np.eye(4)
+        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, down, fwd, pos
+        c2ws.append(m)
+    # The capture's focal length, scaled so the head fills the frame as it does in the photos.
+    f = float(np.median(cams.fy / cams.height)) * height
+    return Cameras(c2w=np.stack(c2ws), fx=f, fy=f, cx=width / 2, cy=height / 2, width=width, height=height)
+
+
+def bench_frames(ckpt, n: int, width: int, height: int, device: torch.device) -> dict[str, float]:
+    cams = turntable(ckpt, n + 1, width, height)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    render_s, encode_s, alpha = [], [], []
+    for i in range(n + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        rgba, _ = render_image(ckpt, cams, i)
+        out = rgba.cpu().numpy()
+        sync(device)
+        t1 = time.perf_counter()
+        encode_png(out)
+        t2 = time.perf_counter()
+        if i > 0:  # frame 0 warms up (allocations, compiled kernels for this size)
+            render_s.append(t1 - t0)
+            encode_s.append(t2 - t1)
+            alpha.append(float(out[..., 3].mean()))
+    med = statistics.median(render_s)
+    return {"fps_render": 1.0 / med, "ms_render": 1e3 * med, "ms_png": 1e3 * statistics.median(encode_s),
+            "fps_with_png": 1.0 / (med + statistics.median(encode_s)), "mean_alpha": float(np.mean(alpha)),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+
+
+def bench_mesh(ckpt, resolution: int, device: torch.device, isolevel: float | None = None) -> dict[str, float]:
+    model = ckpt.model
+    bound = float(model.domain.bound) if model.domain.kind == "bounded" else 1.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(2):  # the first run includes one-off start-up (scikit-image, kernels)
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            mesh = extract_mesh(model.density, model.radiance, resolution=resolution, aabb=(-bound, bound),
+                                isolevel=isolevel, device=device)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": times[-1], "first_seconds": times[0], "vertices": len(mesh.vertices),
+            "faces": len(mesh.faces),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training one")
+    parser.add_argument("--train-s", type=float, default=60.0, help="training budget for the model")
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--commit", default="unknown")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint, device)
+    else:
+        capture = load_capture(args.data / "fangzhou_nature")
+        config = (ReconstructConfig.tiny(steps=20, resolution_scale=0.1) if args.smoke else
+                  ReconstructConfig(time_budget_s=args.train_s, resolution_scale=0.5))
+        t0 = time.perf_counter()
+        ckpt = train_reconstruction(capture, config, device)
+        print(f"trained in {time.perf_counter() - t0:.1f} s: {ckpt.metrics}", flush=True)
+
+    sizes = [(64, 64), (96, 54)] if args.smoke else [(512, 512), (1920, 1080)]
+    n = 2 if args.smoke else args.frames
+    rows = []
+    for w, h in sizes:
+        r = bench_frames(ckpt, n, w, h, device)
+        rows.append((f"{w}x{h}", r))
+        print(f"frames {w}x{h}: {r}", flush=True)
+    mesh_rows = []
+    for res in ([32] if args.smoke else [256, 512]):
+        # A 20-step smoke model is haze, below the surface rule's density: mesh it at a low isolevel.
+        r = bench_mesh(ckpt, res, device, isolevel=0.05 if args.smoke else None)
+        mesh_rows.append((res, r))
+        print(f"mesh {res}^3: {r}", flush=True)
+
+    date = dt.date.today().isoformat()
+    lines = [f"# Output benchmark: frames and meshes ({'smoke' if args.smoke else 'full'})", "",
+             f"- GPU: {gpu}", f"- date: {date}", f"- commit: {args.commit}", f"- torch: {torch.__version__}",
+             f"- model: fangzhou_nature, {ckpt.metrics.get('elapsed_s', float('nan')):.0f} s of training, "
+             f"held-out PSNR {ckpt.metrics.get('heldout_psnr', float('nan')):.2f} dB, background "
+             f"{ckpt.background}", "",
+             "| frames | render fps | ms/frame | PNG ms/frame | fps incl. PNG | mean alpha | peak GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for size, r in rows:
+        lines.append(f"| {size} | {r['fps_render']:.1f} | {r['ms_render']:.1f} | {r['ms_png']:.1f} | "
+                     f"{r['fps_with_png']:.1f} | {r['mean_alpha']:.3f} | {r['peak_gib']:.2f} |")
+    lines += ["", "| mesh grid | seconds (warm) | first run s | vertices | faces | peak GiB |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for res, r in mesh_rows:
+        lines.append(f"| {res}^3 | {r['seconds']:.2f} | {r['first_seconds']:.2f} | {r['vertices']} | "
+                     f"{r['faces']} | {r['peak_gib']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = args.out or REPO / "bench" / "results" / f"outputs_{gpu.replace(' ', '_')}_{date}.md"
+    if not args.smoke or args.out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
