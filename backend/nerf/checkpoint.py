@@ -1,0 +1,125 @@
+"""Trained reconstructions: the :class:`NeRFCheckpoint` bundle and its file format.
+
+A checkpoint file is a ``torch.save`` dict of tensors and plain Python values only, loaded with
+``weights_only=True`` (no pickled classes, so a checkpoint from elsewhere cannot run code):
+
+``format`` ("nerfart-nerf"), ``version``, ``model_config`` (dict), ``model_state`` (field parameters and the
+occupancy grid), ``config`` (:class:`ReconstructConfig` dict), ``background`` ("matte" or "contract"),
+``normalization`` (``Normalization.to_dict()`` or None), ``cameras`` (world cameras as tensors and names),
+``train_indices``, ``heldout_indices``, ``step``, ``metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.captures.cameras import Cameras
+
+from .config import ReconstructConfig
+from .model import ModelConfig, NeRFModel
+
+CHECKPOINT_FORMAT = "nerfart-nerf"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class NeRFCheckpoint:
+    """A trained model with everything needed to render it from world-space cameras.
+
+    Attributes:
+        model: the :class:`NeRFModel` (model coordinates).
+        config: the training configuration.
+        background: ``"matte"`` (subject alone, alpha out) or ``"contract"`` (background modelled).
+        normalization: the capture's world <-> model mapping (``backend.captures.Normalization``), or None
+            when the cameras were already in model coordinates.
+        cameras: the views trained and held out, world coordinates, at training resolution (or None).
+        train_indices, heldout_indices: indices into ``cameras``.
+        step: optimizer steps done.
+        metrics: final numbers (``heldout_psnr``, ``train_psnr``, ``elapsed_s``, ...).
+    """
+
+    model: NeRFModel
+    config: ReconstructConfig
+    background: str
+    normalization: Any | None = None
+    cameras: Cameras | None = None
+    train_indices: list[int] = field(default_factory=list)
+    heldout_indices: list[int] = field(default_factory=list)
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _cameras_to_dict(cameras: Cameras) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        name: torch.from_numpy(np.ascontiguousarray(getattr(cameras, name)))
+        for name in ("c2w", "fx", "fy", "cx", "cy", "width", "height", "distortion")
+    }
+    d["names"] = list(cameras.names)
+    return d
+
+
+def _cameras_from_dict(d: dict[str, Any]) -> Cameras:
+    arrays = {k: v.numpy() for k, v in d.items() if isinstance(v, torch.Tensor)}
+    return Cameras(**arrays, names=list(d.get("names", [])))
+
+
+def _normalization_from_dict(d: dict[str, Any]) -> Any:
+    # Imported here so that this module does not need the capture readers unless a checkpoint has one.
+    from backend.captures.normalize import Normalization
+
+    return Normalization.from_dict(d)
+
+
+def save_checkpoint(ckpt: NeRFCheckpoint, path: str | Path) -> None:
+    """Write ``ckpt`` to ``path`` (atomically: a temporary file is renamed into place)."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": ckpt.model.config.to_dict(),
+        "model_state": {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()},
+        "config": ckpt.config.to_dict(),
+        "background": ckpt.background,
+        "normalization": None if ckpt.normalization is None else ckpt.normalization.to_dict(),
+        "cameras": None if ckpt.cameras is None else _cameras_to_dict(ckpt.cameras),
+        "train_indices": [int(i) for i in ckpt.train_indices],
+        "heldout_indices": [int(i) for i in ckpt.heldout_indices],
+        "step": int(ckpt.step),
+        "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` onto ``device``.
+
+    Raises:
+        ValueError: the file is not a checkpoint of this format or version.
+    """
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload.get('version')} (this code reads {CHECKPOINT_VERSION})")
+    model = NeRFModel(ModelConfig.from_dict(payload["model_config"]), device=device)
+    model.load_state_dict(payload["model_state"])
+    norm = payload.get("normalization")
+    cams = payload.get("cameras")
+    return NeRFCheckpoint(
+        model=model,
+        config=ReconstructConfig.from_dict(payload["config"]),
+        background=payload["background"],
+        normalization=None if norm is None else _normalization_from_dict(norm),
+        cameras=None if cams is None else _cameras_from_dict(cams),
+        train_indices=list(payload.get("train_indices", [])),
+        heldout_indices=list(payload.get("heldout_indices", [])),
+        step=int(payload.get("step", 0)),
+        metrics=dict(payload.get("metrics", {})),
+    )

@@ -1,0 +1,107 @@
+"""Occupancy grid for empty-space skipping (instant-ngp / nerfacc ``OccGridEstimator`` update rule).
+
+The grid lives in the unit cube of the scene domain (:mod:`backend.nerf.contraction`). It keeps an
+exponential moving maximum of ``density * step_size`` per cell and a binary mask of cells whose value
+exceeds ``min(threshold, mean)``. Updates are explicit (:meth:`OccupancyGrid.update`); nothing changes
+between two calls, so deferred back-propagation can rely on identical marching between its two passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class OccupancyGrid(nn.Module):
+    """A ``resolution^3`` occupancy grid over the unit cube.
+
+    Buffers (saved in checkpoints):
+        occs: ``(R^3,)`` float32 running value of ``density * step_size`` per cell, flat index
+            ``ix * R^2 + iy * R + iz`` (see :meth:`cell_index`).
+        binary: ``(R, R, R)`` bool, indexed ``[ix, iy, iz]``.
+
+    Args:
+        resolution: cells per axis ``R``.
+        device: of the buffers.
+    """
+
+    def __init__(self, resolution: int = 128, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        if resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {resolution}")
+        self.resolution = resolution
+        self.register_buffer("occs", torch.zeros(resolution**3, device=device))
+        # Everything is occupied until the first update, so early training can find the object.
+        self.register_buffer("binary", torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device))
+        r = torch.arange(resolution, device=device)
+        grid = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(-1, 3)
+        self.register_buffer("cell_coords", grid.to(torch.int32), persistent=False)
+
+    def cell_index(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat cell index of unit-cube points and whether they are inside the cube.
+
+        Args:
+            u: ``(..., 3)`` points in unit-cube coordinates.
+
+        Returns:
+            ``index`` ``(...,)`` int64 into ``binary.view(-1)`` (clamped; only meaningful where ``inside``)
+            and ``inside`` ``(...,)`` bool.
+        """
+        r = self.resolution
+        inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)
+        ijk = (u * r).long().clamp(0, r - 1)
+        return ijk[..., 0] * (r * r) + ijk[..., 1] * r + ijk[..., 2], inside
+
+    def query(self, u: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [...]
+        """Occupied (True) or empty for unit-cube points; points outside the cube are empty."""
+        index, inside = self.cell_index(u)
+        return self.binary.view(-1)[index] & inside
+
+    @torch.no_grad()
+    def update(
+        self,
+        step: int,
+        occ_eval_fn: Callable[[torch.Tensor], torch.Tensor],
+        generator: torch.Generator | None = None,
+        threshold: float = 0.01,
+        ema_decay: float = 0.95,
+        warmup_steps: int = 256,
+        max_points: int = 2**21,
+    ) -> None:
+        """One update of the grid (call every n training steps).
+
+        During warm-up every cell is re-evaluated; afterwards a quarter of the cells uniformly at random
+        plus as many occupied cells (nerfacc's rule), each at a random point inside the cell.
+
+        Args:
+            step: the training step (selects warm-up or sparse updates).
+            occ_eval_fn: maps ``(n, 3)`` unit-cube points to ``(n,)`` opacity proxies (``density * step``).
+            generator: random source for cell selection and jitter (on the grid's device).
+            threshold: opacity proxy above which a cell is occupied (capped by the grid mean).
+            ema_decay: decay of the running value of re-evaluated cells.
+            warmup_steps: steps during which every cell is re-evaluated.
+            max_points: evaluate in chunks of this many points (bounds memory).
+        """
+        device = self.occs.device
+        n_cells = self.resolution**3
+        if step < warmup_steps:
+            indices = torch.arange(n_cells, device=device)
+        else:
+            n = n_cells // 4
+            uniform = torch.randint(0, n_cells, (n,), device=device, generator=generator)
+            occupied = torch.nonzero(self.binary.view(-1)).squeeze(-1)
+            if occupied.numel() > n:
+                pick = torch.randint(0, occupied.numel(), (n,), device=device, generator=generator)
+                occupied = occupied[pick]
+            indices = torch.cat([uniform, occupied])
+        jitter = torch.rand(indices.shape[0], 3, device=device, generator=generator)
+        u = (self.cell_coords[indices].to(jitter.dtype) + jitter) / self.resolution
+        occ = torch.cat([occ_eval_fn(u[i : i + max_points]) for i in range(0, u.shape[0], max_points)])
+        # Cells picked twice get the maximum of their new values (scatter_reduce amax is order-independent).
+        new = torch.full_like(self.occs, -1.0).scatter_reduce(0, indices, occ.to(self.occs.dtype), reduce="amax")
+        visited = new >= 0.0
+        self.occs.copy_(torch.where(visited, torch.maximum(self.occs * ema_decay, new), self.occs))
+        thre = torch.clamp(self.occs.mean(), max=threshold)
+        self.binary.copy_((self.occs > thre).view(self.binary.shape))
