@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -279,6 +280,16 @@ def breakdown(model: NeRFModel, capture: Capture, config: ReconstructConfig, dev
     return lines
 
 
+def _source_digest() -> str:
+    """Identifies the code that ran when the checkout has no commit to name (first 16 hex digits)."""
+    h = hashlib.sha256()
+    files = sorted((REPO / "backend" / "nerf").glob("*.py")) + sorted((REPO / "backend" / "captures").glob("*.py"))
+    for path in [*files, Path(__file__).resolve()]:
+        h.update(path.relative_to(REPO).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _fmt(v: float | None, unit: str = "", digits: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}{unit}"
 
@@ -318,6 +329,7 @@ def main() -> None:
         f"- GPU: {gpu} ({torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB)",
         f"- Date: {now:%Y-%m-%d %H:%M} UTC",
         f"- Commit: {commit}",
+        f"- Source digest (sha256 of backend/nerf/*.py, backend/captures/*.py and this script): {_source_digest()}",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}",
         f"- Command: `python bench/bench_reconstruct.py {' '.join(sys.argv[1:])}`",
         "",

@@ -60,7 +60,9 @@ class HashGridEncoding(nn.Module):
         log2_table_size: ``log2 T``, the maximum number of entries per level.
         base_resolution: resolution of the coarsest level.
         max_resolution: resolution of the finest level.
-        device, dtype: of the table (float32 is what the optimizer expects).
+        device, dtype: of the table (float32 is what the optimizer expects). The device also picks the
+            implementation (attribute ``impl``): built on CUDA with Triton importable, the Triton kernels;
+            otherwise the PyTorch twin, which a module moved to CUDA later keeps unless ``impl`` is set.
 
     Shapes: ``forward(x)`` maps ``(N, 3)`` in ``[0, 1]`` to ``(N, L * F)``.
     """

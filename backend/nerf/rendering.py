@@ -85,7 +85,8 @@ def render_samples(
         background: ``(3,)`` or ``(n_rays, 3)`` colour behind the scene, or None (premultiplied output).
 
     Returns:
-        :class:`RenderOutput` with ``samples`` set.
+        :class:`RenderOutput` with ``samples`` set. When ``samples`` is empty the output is the background
+        (or zeros) and does not depend on the model (``rgb.requires_grad`` is False): skip its backward.
     """
     _check_rays(None, rays_d)
     n_rays = rays_d.shape[0]
