@@ -98,9 +98,11 @@ def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = Non
         raise ValueError("write a prompt first (or pick a preset style)")
     params = {
         "source_job": source, "prompt": prompt, "source_text": src.source_text.strip() or "photo",
-        "strength": float(src.strength), "colour_only": bool(src.colour_only), "scale": float(st.scale),
-        "preset": st.preset.lower(), "seed": int(st.seed),
+        "strength": float(src.strength), "colour_only": bool(src.colour_only), "preset": st.preset.lower(),
+        "seed": int(st.seed),
     }
+    if st.scale > 0:  # 0: the preset's resolution (an explicit scale would override every preset's)
+        params["scale"] = float(st.scale)
     negatives = split_negative_prompts(src.negative_prompts)
     if negatives:
         params["negative_prompts"] = negatives
@@ -108,6 +110,8 @@ def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = Non
         params["iterations"] = int(src.iterations)
     if src.clip_model.strip():
         params["clip_model"] = src.clip_model.strip()
+    if src.clip_pretrained.strip():
+        params["clip_pretrained"] = src.clip_pretrained.strip()
     meta = {"scene": scene.name}
     if queue_index is not None:
         meta["queue_index"] = queue_index

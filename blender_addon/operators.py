@@ -571,7 +571,8 @@ class NERFART_OT_queue_add(bpy.types.Operator):
         st = context.scene.nerfart.stylize
         item = st.queue.add()
         item.name = st.prompt.strip()
-        for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only", "clip_model"):
+        for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only", "clip_model",
+                    "clip_pretrained"):
             setattr(item, key, getattr(st, key))
         st.queue_index = len(st.queue) - 1
         return {"FINISHED"}

@@ -218,6 +218,7 @@ class NERFART_PT_stylize(_Panel, bpy.types.Panel):
         col.prop(st, "iterations")
         col.prop(st, "colour_only")
         col.prop(st, "clip_model")
+        col.prop(st, "clip_pretrained")
         if rt.clip_models:
             col.label(text=f"Available: {rt.clip_models}"[:80])
         col.prop(st, "scale")

@@ -161,6 +161,8 @@ class NERFART_PG_queued_style(bpy.types.PropertyGroup):
     colour_only: BoolProperty(name="Colour Only", description="Keep the geometry exactly as reconstructed",
                               default=False)
     clip_model: StringProperty(name="CLIP Model", description="open_clip model name", default="ViT-B-32")
+    clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag or checkpoint "
+                                    "path on the backend (empty = the backend's default)", default="")
     job_id: StringProperty(name="Job ID", description="The job that ran this prompt", default="")
     state: StringProperty(name="State", description="State of that job", default="")
 
@@ -185,8 +187,13 @@ class NERFART_PG_stylize(bpy.types.PropertyGroup):
                               "geometry stays exactly as reconstructed", default=False)
     clip_model: StringProperty(name="CLIP Model", description="open_clip model the style loss uses (the backend "
                                "lists the ones it has)", default="ViT-B-32")
-    scale: FloatProperty(name="Image Scale", description="Resolution scale of the stylization views",
-                         default=0.5, min=0.05, max=1.0, subtype="FACTOR")
+    clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag (e.g. openai) or "
+                                    "a checkpoint path on the backend's disk; empty = the backend's default. "
+                                    "'random' uses untrained weights: an explicit, unstyled test mode for "
+                                    "checking a setup without downloading CLIP", default="")
+    scale: FloatProperty(name="Image Scale", description="Resolution scale of the stylization views (0 = the "
+                         "Quality preset's: Fast 0.25, Default 0.5, Quality 1, Tiny at most 48 pixels)",
+                         default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     preset: EnumProperty(name="Quality", description="Stylization size preset", items=SIZE_PRESETS,
                          default="DEFAULT")
     seed: IntProperty(name="Seed", description="Random seed", default=0, min=0, max=2**31 - 1)

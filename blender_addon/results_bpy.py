@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .core.sampling import frame_file_name
+from .core.sampling import frame_file_name, sequence_image_user
 
 PREVIEW_IMAGE = "NeRF-Art Preview"
 
@@ -54,21 +54,24 @@ def save_frame(msg, out_dir: Path, multi_camera: bool) -> Path:
 
 
 def show_sequence(first_frame: Path, frame_start: int, count: int, name: str) -> bpy.types.Image:
-    """Load (or refresh) ``first_frame`` as an image sequence and show it in every open Image Editor."""
+    """Load (or refresh) ``first_frame`` as an image sequence and show it in every open Image Editor, each
+    file at the scene frame it was rendered for (``frame_0012.png`` at frame 12)."""
     img = bpy.data.images.get(name)
     if img is None or Path(bpy.path.abspath(img.filepath)) != first_frame:
         img = bpy.data.images.load(str(first_frame), check_existing=False)
         img.name = name
     img.source = "SEQUENCE"
     img.reload()
+    start, duration, offset = sequence_image_user(frame_start, frame_start + max(1, count) - 1)
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
             if area.type != "IMAGE_EDITOR":
                 continue
             space = area.spaces.active
             space.image = img
-            space.image_user.frame_start = frame_start
-            space.image_user.frame_duration = max(1, count)
+            space.image_user.frame_start = start
+            space.image_user.frame_duration = duration
+            space.image_user.frame_offset = offset
             space.image_user.use_auto_refresh = True
             area.tag_redraw()
     return img

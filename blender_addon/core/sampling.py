@@ -97,3 +97,17 @@ def frame_file_name(index: int, camera: str, frame: int, extension: str = "png",
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in camera) or "camera"
     stem = f"frame_{frame:04d}" if frame >= 0 else f"frame_m{-frame:04d}"
     return f"{safe}/{stem}.{extension}" if multi_camera else f"{stem}.{extension}"
+
+
+def sequence_image_user(first_frame: int, last_frame: int) -> tuple[int, int, int]:
+    """``(frame_start, frame_duration, frame_offset)`` for an ``ImageUser`` that shows the frame files
+    ``frame_<first>`` .. ``frame_<last>`` of a sequence at the scene frames they were rendered for.
+
+    Blender picks the file number ``scene_frame - frame_start + 1 + frame_offset`` (clamped to
+    ``1..frame_duration`` before the offset is added), so a sequence that starts at frame 10 needs an offset
+    of 9: without it scene frame 10 would show ``frame_0001`` (a file that does not exist).
+    """
+    first, last = int(first_frame), int(last_frame)
+    if last < first:
+        raise ValueError(f"the sequence is empty: last frame {last} is before the first {first}")
+    return first, last - first + 1, first - 1

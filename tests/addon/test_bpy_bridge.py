@@ -89,6 +89,8 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     assert bpy.ops.nerfart.stylize() == {"FINISHED"}
     params = stub.of_type("submit")[-1].content["params"]
     assert params["source_job"] == nerf.backend.reconstruct_job and params["prompt"].startswith("painting")
+    # Unset optional settings are not sent: the backend's preset decides (scale) and its default weights load.
+    assert "scale" not in params and "clip_pretrained" not in params and "iterations" not in params
     bpy.ops.nerfart.apply_style_preset(preset="MARBLE")
     bpy.ops.nerfart.queue_add()
     bpy.ops.nerfart.apply_style_preset(preset="FAUVISM")
@@ -191,7 +193,9 @@ def test_frame_bursts_are_spread_over_ticks(connected, stub, tmp_path):
     assert job.state == "done" and len(list((tmp_path / "burst").glob("*.png"))) == 120
     # The first tick may pay Blender's one-time image-system start-up (~30 ms for the first image load);
     # after that each tick stays near its 5 ms drain + 15 ms handling budget.
-    assert len(durations) > 2 and durations[0] < 0.3 and max(durations[1:]) < 0.04, durations
+    # A tick drains at most MAX_MESSAGES_PER_TICK (64) messages, so the 121 messages take two ticks at least
+    # (exactly two when handling is fast enough: that is not a failure).
+    assert len(durations) >= 2 and durations[0] < 0.3 and max(durations[1:]) < 0.04, durations
 
 
 def test_failures_reach_the_panel(connected, stub):

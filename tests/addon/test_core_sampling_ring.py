@@ -17,6 +17,7 @@ from blender_addon.core.sampling import (
     marker_camera_at,
     plan_active_camera,
     plan_rig,
+    sequence_image_user,
 )
 
 
@@ -56,6 +57,21 @@ def test_frame_file_names():
     assert frame_file_name(0, "Cam", 7) == "frame_0007.png"
     assert frame_file_name(0, "Cam/1 x", 7, "exr", multi_camera=True) == "Cam_1_x/frame_0007.exr"
     assert frame_file_name(0, "Cam", -3) == "frame_m0003.png"
+
+
+def _blender_sequence_frame(scene_frame: int, start: int, duration: int, offset: int) -> int:
+    """Blender's BKE_image_user_frame_get (not cyclic): the file number an ImageUser shows."""
+    return min(max(scene_frame - start + 1, 0), duration) + offset
+
+
+@pytest.mark.parametrize("first,last", [(1, 3), (10, 20), (0, 4), (250, 250)])
+def test_sequence_image_user_shows_each_file_at_its_frame(first, last):
+    start, duration, offset = sequence_image_user(first, last)
+    assert duration == last - first + 1
+    for f in range(first, last + 1):
+        assert _blender_sequence_frame(f, start, duration, offset) == f
+    with pytest.raises(ValueError, match="empty"):
+        sequence_image_user(5, 4)
 
 
 def test_ring_cameras_look_at_centre():
