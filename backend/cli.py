@@ -107,6 +107,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return _run_local("reconstruct", params, args)[0]
 
 
+def cmd_stylize(args: argparse.Namespace) -> int:
+    params = {"source_job": args.job, "prompt": args.prompt, **_params(args, {
+        "source_text": "source_text", "negative_prompts": "negative", "strength": "strength",
+        "iterations": "iterations", "clip_model": "clip_model", "clip_pretrained": "clip_pretrained",
+        "scale": "scale", "preset": "preset", "seed": "seed"})}
+    if args.colour_only:
+        params["colour_only"] = True
+    return _run_local("stylize", params, args)[0]
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from backend.captures import CaptureError
     from backend.captures.camera_path import load_camera_path
@@ -187,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("transforms_json", "colmap", "idr", "llff"), help="force a reader")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_reconstruct)
+
+    p = local_job_parser("stylize", "stylize a finished reconstruction with a text prompt, in this process")
+    p.add_argument("job", help="id of a finished reconstruct job (in --work-dir)")
+    p.add_argument("--prompt", required=True, help="target text, e.g. 'oil painting by Van Gogh'")
+    p.add_argument("--source-text", help="source text of the directional loss (default 'photo')")
+    p.add_argument("--negative", action="append", help="an extra negative text (repeat for several)")
+    p.add_argument("--strength", type=float, help="style strength, 0 (subtle) to 1 (strong); default 0.5")
+    p.add_argument("--iterations", type=int, help="iterations, one view each (default from strength and preset)")
+    p.add_argument("--colour-only", action="store_true", help="freeze geometry: train colours only")
+    p.add_argument("--clip-model", help="open_clip model name (default ViT-B-32)")
+    p.add_argument("--clip-pretrained", help="open_clip tag (default openai), a local checkpoint file, or 'random' "
+                   "(random CLIP and perceptual weights: a test mode, NOT prompt-driven)")
+    p.add_argument("--scale", type=float, help="image size relative to the capture's original size (default 0.5)")
+    p.add_argument("--preset", choices=("tiny", "fast", "default", "quality"), help="size preset (default: default)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_stylize)
 
     p = local_job_parser("render", "render frames of a finished job along a camera path")
     p.add_argument("job", help="id of a finished reconstruct or stylize job (in --work-dir)")

@@ -14,5 +14,7 @@ def default_runners() -> dict[str, RunnerFn]:
     from .extract_mesh import run_extract_mesh
     from .reconstruct import run_reconstruct
     from .render import run_render
+    from .stylize import run_stylize
 
-    return {"reconstruct": run_reconstruct, "render": run_render, "extract_mesh": run_extract_mesh}
+    return {"reconstruct": run_reconstruct, "stylize": run_stylize, "render": run_render,
+            "extract_mesh": run_extract_mesh}

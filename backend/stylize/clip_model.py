@@ -273,7 +273,10 @@ class ClipModel:
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
-        self.device = device
+        # The device the parameters really live on: tensors report an indexed device ("cuda:0"), and
+        # torch.device("cuda") != torch.device("cuda:0"), so keeping the caller's unindexed "cuda" would make
+        # encode_images reject every CUDA image.
+        self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         image_size = model.visual.image_size
         self.image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)

@@ -1,0 +1,157 @@
+"""The ``stylize`` job: a reconstruction and a text prompt in, a stylized NeRF checkpoint out.
+
+The checkpoint is an ordinary :class:`~backend.nerf.checkpoint.NeRFCheckpoint` (``checkpoint.pt``), so the
+``render`` and ``extract_mesh`` jobs take a stylize job as their source unchanged. Next to it, ``stylize.json``
+records the prompt and every setting used.
+
+Order of work, so that mistakes surface before anything heavy runs: parameters (preset, prompt, strength,
+CLIP name) -> the source job -> CLIP and perceptual weights (missing weights fail here with the
+:class:`~backend.stylize.weights.WeightsUnavailableError` message) -> prompt lengths (CLIP's tokenizer) -> the
+checkpoint -> stylization.
+
+``clip_pretrained="random"`` is the explicitly requested test mode: random-initialised CLIP **and** perceptual
+network. The job then runs the whole pipeline, but the result is not driven by the prompt; the progress
+message and the outputs (``prompt_driven: false``) say so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from backend.server.jobs import JobContext, JobFailed
+
+from .checkpoints import load_source_checkpoint
+from .reconstruct import preview_png
+
+CHECKPOINT = "checkpoint.pt"
+SETTINGS = "stylize.json"
+RANDOM_WEIGHTS = "random"
+NOT_PROMPT_DRIVEN = ("random CLIP and perceptual weights were requested (clip_pretrained='random'): this is the "
+                     "unstyled test mode, the result is NOT driven by the prompt")
+
+
+def config_from_params(params: dict[str, Any]) -> Any:
+    """The :class:`~backend.stylize.loop.StylizeConfig` for a job's parameters (preset, then overrides).
+
+    Raises:
+        ValueError: a bad prompt or setting, naming it.
+    """
+    from backend.stylize.loop import preset_config
+
+    negatives = params.get("negative_prompts")
+    return preset_config(
+        params.get("preset", "default"), params.get("prompt", ""), source_text=params.get("source_text"),
+        negative_prompts=None if negatives is None else tuple(negatives), strength=params.get("strength"),
+        iterations=params.get("iterations"), colour_only=params.get("colour_only"), scale=params.get("scale"),
+        seed=params.get("seed"))
+
+
+def check_clip_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is an open_clip model name."""
+    import open_clip
+
+    known = open_clip.list_models()
+    if name not in known:
+        close = [m for m in known if m.lower().startswith(name.lower()[:5])][:8]
+        raise ValueError(f"unknown CLIP model {name!r}; open_clip names look like 'ViT-B-32'"
+                         + (f" (similar: {', '.join(close)})" if close else ""))
+
+
+def load_loss_models(clip_name: str, clip_pretrained: str, perceptual_kind: str, device: str,
+                     seed: int = 0) -> tuple[Any, Any, bool]:
+    """CLIP and the perceptual loss for a job: ``(clip, perceptual, prompt_driven)``.
+
+    ``clip_pretrained`` is an open_clip tag (``"openai"``), a checkpoint path, or ``"random"`` (random CLIP and
+    random perceptual trunk, explicitly; ``prompt_driven`` is then False).
+
+    Raises:
+        WeightsUnavailableError: weights neither cached nor downloadable now.
+        FileNotFoundError, ValueError: a bad path, tag or model name.
+    """
+    from backend.stylize.clip_model import load_clip
+    from backend.stylize.perceptual import load_perceptual
+
+    if clip_pretrained == RANDOM_WEIGHTS:
+        clip = load_clip(clip_name, pretrained=None, device=device, random_init=True, random_seed=seed)
+        perceptual = load_perceptual(perceptual_kind, device, random_init=True, random_seed=seed)
+        return clip, perceptual, False
+    clip = load_clip(clip_name, clip_pretrained, device=device)
+    perceptual = load_perceptual(perceptual_kind, device)
+    return clip, perceptual, True
+
+
+def run_stylize(ctx: JobContext) -> dict[str, Any]:
+    import torch
+
+    from backend.nerf.checkpoint import save_checkpoint
+    from backend.nerf.evaluate import render_image
+    from backend.stylize.loop import StylizeProgress, stylize
+    from backend.stylize.weights import WeightsUnavailableError
+
+    params = ctx.params
+    clip_name = params.get("clip_model", "ViT-B-32")
+    clip_pretrained = params.get("clip_pretrained", "openai")
+    try:
+        config = config_from_params(params)
+        check_clip_name(clip_name)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from exc
+    ctx.source_job(params["source_job"], ("reconstruct",))  # unknown / unfinished / wrong kind: fail now
+
+    ctx.progress("loading models", 0, 2, message=f"CLIP {clip_name} ({clip_pretrained})")
+    try:
+        clip, perceptual, prompt_driven = load_loss_models(clip_name, clip_pretrained, config.loss.perceptual,
+                                                           ctx.device, config.seed)
+    except (WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
+        # The weights error's message says what is missing and the three ways to provide it: shown verbatim.
+        raise JobFailed(str(exc)) from exc
+    templates = config.templates()
+    try:
+        clip.check_prompt(config.prompt, templates, what="prompt")
+        clip.check_prompt(config.source_text, templates, what="source text")
+        for i, text in enumerate(config.negative_prompts):
+            clip.check_prompt(text, templates, what=f"negative prompt #{i + 1}")
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from exc
+    note = "" if prompt_driven else NOT_PROMPT_DRIVEN
+    ctx.progress("loading models", 1, 2, message=note)
+    ctx.check_cancel()
+    ckpt_rec = load_source_checkpoint(ctx, ("reconstruct",))
+    ctx.progress("loading models", 2, 2, message=note)
+    settings = {**config.to_dict(), "source_job": params["source_job"], "clip_model": clip_name,
+                "clip_pretrained": clip_pretrained, "clip_source": clip.source,
+                "perceptual_source": getattr(perceptual, "source", None), "prompt_driven": prompt_driven}
+    (ctx.outputs_dir / SETTINGS).write_text(json.dumps(settings, indent=1, default=str))
+
+    def on_progress(p: StylizeProgress) -> None:
+        if p.stage == "sources":
+            ctx.progress("rendering sources", p.step, p.total, message=note)
+            return
+        if p.stage == "done":
+            return
+        ctx.progress("stylizing", p.step, p.total, eta_s=p.eta_s, losses=p.losses, metrics=p.metrics,
+                     preview_png=None if p.preview is None else preview_png(p.preview), message=note)
+
+    def on_checkpoint(ckpt: Any) -> None:
+        # Overwritten in place (atomically), so an interrupted job keeps its latest state.
+        save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
+
+    try:
+        ckpt = stylize(ckpt_rec, config, torch.device(ctx.device), on_progress, lambda: ctx.cancelled,
+                       clip=clip, perceptual=perceptual, on_checkpoint=on_checkpoint)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from exc
+    # Saved even when cancelled: the partly stylized model is kept, like a stopped reconstruction.
+    save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
+    ctx.check_cancel()
+    view = ckpt.heldout_indices[0] if ckpt.heldout_indices else 0
+    rgba, _ = render_image(ckpt, ckpt.cameras, view)
+    ctx.progress("done", 1, 1, metrics=ckpt.metrics, preview_png=preview_png(rgba.cpu().numpy()), message=note)
+    outputs: dict[str, Any] = {k: float(v) for k, v in ckpt.metrics.items()}
+    outputs.update({"checkpoint": CHECKPOINT, "settings": SETTINGS, "prompt": config.prompt,
+                    "prompt_driven": prompt_driven, "iterations": int(ckpt.metrics["stylize_iterations"]),
+                    "background": ckpt.background, "colour_only": config.colour_only})
+    if not prompt_driven:
+        outputs["note"] = NOT_PROMPT_DRIVEN
+    return outputs

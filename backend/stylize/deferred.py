@@ -1,0 +1,350 @@
+"""Deferred back-propagation with exact sample reuse (NeRF-Art spec, Section 6, project form).
+
+An image-space loss (CLIP, LPIPS) needs the whole rendered view at once, but the autograd graph of a full view
+(hundreds of thousands of rays, tens of samples each) does not fit in memory. Deferred back-propagation (ARF,
+NeRF-Art) splits the work in two passes:
+
+1. **Pass 1, no gradients** (:func:`render_view_pass1`): march every ray of the view in chunks and composite
+   the image. Each chunk's :class:`~backend.nerf.packed.PackedSamples` (intervals *and* evaluation points) are
+   kept.
+2. **Image-space gradient**: the image becomes a leaf ``(1, 3, H, W)`` tensor with ``requires_grad``; the image
+   loss is evaluated and back-propagated, giving ``g = ∂L_img/∂rgb`` ``(n_rays, 3)``.
+3. **Pass 2, with gradients** (:func:`backward_pass2`): for each chunk, re-evaluate the field at exactly the
+   stored samples (:func:`~backend.nerf.rendering.render_samples`), add ``λ_reg · L_reg`` on the same samples,
+   and call ``torch.autograd.backward([rgb_chunk, reg_chunk], [g_chunk, None])``: the vector-Jacobian product
+   accumulates ``g_chunk · ∂rgb_chunk/∂θ + λ_reg ∂L_reg_chunk/∂θ`` into the parameters' ``.grad``. The chunk's
+   graph is then freed.
+
+Because pass 2 sees the same samples and the same compositing as pass 1, the accumulated gradient equals
+direct back-propagation through the full image, up to floating-point summation order (tested in
+tests/test_stylize_deferred.py). Peak memory is one chunk's graph plus the stored samples (about 28 bytes per
+sample: positions 12, intervals 8, ray index 8) and the image-space buffers.
+
+**Normalised ray distance of** ``L_reg``. The distortion loss measures spread in ``s = (t − t_near) /
+(t_far − t_near)`` per ray (spec Section 10). We take the interval each ray is marched over
+(:func:`~backend.nerf.marching.ray_interval`): for a bounded scene ("matte" checkpoints) ``t_near`` is the box
+entry (at least ``settings.near``) and ``t_far`` the box exit; for a contracted scene ("contract" checkpoints)
+``t_near = settings.near`` but ``settings.far`` (1000 model units) would squash the region of interest, which is
+a few units deep, into ``s < 0.005`` and turn the loss off, so ``t_far`` is the end of the ray's last stored
+sample instead. Both are per-ray constants that do not depend on how rays are chunked, so the chunked sum equals
+the full-image value. ``L_reg`` is summed over a chunk's rays and divided by the view's pixel count: the chunks
+add up to the per-pixel mean (spec Section 6, step 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from backend.nerf.marching import ray_interval
+from backend.nerf.model import NeRFModel
+from backend.nerf.packed import PackedSamples
+from backend.nerf.rendering import render_rays, render_samples
+
+from .losses import distortion_loss
+
+__all__ = [
+    "DeferredAborted",
+    "DeferredStep",
+    "ViewPass1",
+    "backward_pass2",
+    "deferred_backward",
+    "distortion_bounds",
+    "image_from_rays",
+    "rays_from_image",
+    "render_view_pass1",
+]
+
+#: A loss on the full image: ``(1, 3, H, W)`` leaf -> ``(scalar loss, {name: scalar term})``.
+ImageLossFn = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
+
+
+class DeferredAborted(Exception):
+    """Raised between chunks when ``should_stop()`` returned True; no optimizer step should follow."""
+
+
+@dataclass
+class ViewPass1:
+    """Pass 1 of one view: the image without gradients and the samples that produced it.
+
+    Attributes:
+        rgb: ``(n_rays, 3)`` colour, composited over ``background`` (premultiplied when it is None).
+        opacity: ``(n_rays,)`` accumulated weight per ray.
+        depth: ``(n_rays,)`` expected distance per ray (model units).
+        samples: the view's :class:`~backend.nerf.packed.PackedSamples` (all rays, raster order).
+        rays_o: ``(n_rays, 3)`` origins (model coordinates).
+        rays_d: ``(n_rays, 3)`` unit directions.
+        background: ``(3,)`` or ``(n_rays, 3)`` background used, or None.
+        t_near, t_far: ``(n_rays,)`` per-ray normalisation of ``L_reg`` (see :func:`distortion_bounds`).
+    """
+
+    rgb: Tensor
+    opacity: Tensor
+    depth: Tensor
+    samples: PackedSamples
+    rays_o: Tensor
+    rays_d: Tensor
+    background: Tensor | None
+    t_near: Tensor
+    t_far: Tensor
+
+    @property
+    def n_rays(self) -> int:
+        return int(self.rays_d.shape[0])
+
+
+@dataclass
+class DeferredStep:
+    """What one deferred back-propagation returns (gradients are left in the parameters' ``.grad``).
+
+    Attributes:
+        image_loss: value of the image-space loss ``L_img``.
+        terms: its unweighted terms (``"directional"``, ... as returned by the loss function), as floats.
+        regularization: unweighted ``L_reg`` (per-pixel mean of the distortion loss), 0 when not computed.
+        total: ``image_loss + reg_weight * regularization``.
+        image: ``(1, 3, H, W)`` the pass-1 image, detached.
+        opacity: ``(H, W)`` pass-1 opacity, detached.
+        n_samples: samples of the view (kept between the passes).
+    """
+
+    image_loss: float
+    terms: dict[str, float] = field(default_factory=dict)
+    regularization: float = 0.0
+    total: float = 0.0
+    image: Tensor | None = None
+    opacity: Tensor | None = None
+    n_samples: int = 0
+
+
+def image_from_rays(rgb: Tensor, height: int, width: int) -> Tensor:  # [H*W, 3] -> [1, 3, H, W]
+    """Raster-order ray colours ``(H*W, 3)`` (index ``h*W + w``) to an image ``(1, 3, H, W)`` (a view)."""
+    if rgb.ndim != 2 or rgb.shape != (height * width, 3):
+        raise ValueError(f"rgb must have shape ({height * width}, 3) for a {width}x{height} image, got "
+                         f"{tuple(rgb.shape)}")
+    return rgb.T.reshape(1, 3, height, width)
+
+
+def rays_from_image(image: Tensor) -> Tensor:  # [1, 3, H, W] -> [H*W, 3]
+    """Inverse of :func:`image_from_rays`: ``(1, 3, H, W)`` to raster-order ``(H*W, 3)``."""
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"image must have shape (1, 3, H, W), got {tuple(image.shape)}")
+    return image[0].reshape(3, -1).T
+
+
+def distortion_bounds(model: NeRFModel, rays_o: Tensor, rays_d: Tensor,
+                      samples: PackedSamples) -> tuple[Tensor, Tensor]:  # [n_rays], [n_rays]
+    """Per-ray ``(t_near, t_far)`` for the normalised distance of ``L_reg`` (see the module docstring).
+
+    Args:
+        model: the NeRF (its domain and march settings).
+        rays_o, rays_d: ``(n_rays, 3)`` the rays, model coordinates.
+        samples: their packed samples.
+
+    Returns:
+        ``t_near`` and ``t_far``, both ``(n_rays,)`` float32 with ``t_far > t_near`` on every ray.
+    """
+    if rays_o.shape != rays_d.shape or rays_d.ndim != 2 or rays_d.shape[-1] != 3:
+        raise ValueError(f"rays_o and rays_d must both have shape (n_rays, 3), got {tuple(rays_o.shape)} and "
+                         f"{tuple(rays_d.shape)}")
+    if samples.n_rays != rays_d.shape[0]:
+        raise ValueError(f"samples hold {samples.n_rays} rays but rays_d has shape {tuple(rays_d.shape)}")
+    with torch.no_grad():
+        t_near, t_far = ray_interval(rays_o, rays_d, model.domain, model.settings)
+        if model.domain.kind != "bounded":
+            last = torch.full_like(t_near, -torch.inf)
+            if samples.n_samples > 0:
+                last = last.scatter_reduce(0, samples.ray_indices, samples.t_ends.to(last.dtype), reduce="amax")
+            t_far = last
+        # Rays that miss the box or have no samples contribute nothing; keep their span positive anyway.
+        t_far = torch.maximum(t_far, t_near + model.settings.dt_min)
+    return t_near.float(), t_far.float()
+
+
+@torch.no_grad()
+def render_view_pass1(
+    model: NeRFModel,
+    rays_o: Tensor,  # [n_rays, 3]
+    rays_d: Tensor,  # [n_rays, 3]
+    background: Tensor | None = None,  # [3] or [n_rays, 3]
+    *,
+    chunk: int = 2**15,
+    jitter: Tensor | None = None,  # [n_rays]
+    early_stop_eps: float = 1e-4,
+    alpha_thre: float = 0.0,
+    should_stop: Callable[[], bool] | None = None,
+) -> ViewPass1:
+    """Pass 1: render every ray without gradients, keeping the samples (spec Section 6, project form, step 1).
+
+    Args:
+        model: the NeRF being stylized (model coordinates).
+        rays_o, rays_d: ``(n_rays, 3)`` the view's rays in raster order.
+        background: ``(3,)`` or ``(n_rays, 3)`` colour behind the scene, or None (premultiplied).
+        chunk: rays marched at a time.
+        jitter: ``(n_rays,)`` per-ray step offsets in ``[0, 1)`` (stratified sampling), or None.
+        early_stop_eps, alpha_thre: sample culling, as in :func:`~backend.nerf.rendering.render_rays`.
+        should_stop: polled between chunks; True raises :class:`DeferredAborted`.
+
+    Returns:
+        :class:`ViewPass1`.
+    """
+    if rays_d.ndim != 2 or rays_d.shape[-1] != 3 or rays_o.shape != rays_d.shape:
+        raise ValueError(f"rays_o and rays_d must both have shape (n_rays, 3), got {tuple(rays_o.shape)} and "
+                         f"{tuple(rays_d.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n = rays_d.shape[0]
+    if jitter is not None and jitter.shape != (n,):
+        raise ValueError(f"jitter must have shape ({n},), got {tuple(jitter.shape)}")
+    if background is not None and background.shape not in ((3,), (n, 3)):
+        raise ValueError(f"background must have shape (3,) or ({n}, 3), got {tuple(background.shape)}")
+    rgb, opacity, depth, parts = [], [], [], []
+    for c0 in range(0, n, chunk):
+        if should_stop is not None and should_stop():
+            raise DeferredAborted()
+        c1 = min(n, c0 + chunk)
+        bg = background if background is None or background.ndim == 1 else background[c0:c1]
+        out = render_rays(model, rays_o[c0:c1], rays_d[c0:c1], bg,
+                          jitter=None if jitter is None else jitter[c0:c1], early_stop_eps=early_stop_eps,
+                          alpha_thre=alpha_thre, return_samples=True)
+        if out.samples is None:  # render_rays keeps them when return_samples=True
+            raise RuntimeError("render_rays returned no samples although return_samples=True")
+        rgb.append(out.rgb)
+        opacity.append(out.opacity)
+        depth.append(out.depth)
+        parts.append(out.samples)
+    samples = parts[0] if len(parts) == 1 else PackedSamples.cat(parts)
+    t_near, t_far = distortion_bounds(model, rays_o, rays_d, samples)
+    return ViewPass1(rgb=torch.cat(rgb), opacity=torch.cat(opacity), depth=torch.cat(depth), samples=samples,
+                     rays_o=rays_o, rays_d=rays_d, background=background, t_near=t_near, t_far=t_far)
+
+
+def backward_pass2(
+    model: NeRFModel,
+    view: ViewPass1,
+    grad_rgb: Tensor,  # [n_rays, 3]
+    *,
+    reg_weight: float = 0.0,
+    chunk: int = 2**14,
+    should_stop: Callable[[], bool] | None = None,
+) -> float:
+    """Pass 2: re-render each chunk on its stored samples and accumulate parameter gradients.
+
+    For every chunk ``c``: ``torch.autograd.backward([rgb_c, reg_c], [grad_rgb_c, None])`` with
+    ``reg_c = reg_weight · Σ_{rays in c} L_dist / n_rays`` (spec Section 6, project form, step 3). Gradients add
+    to whatever ``.grad`` already holds (zero them before pass 1).
+
+    Args:
+        model: the same model, unchanged since pass 1 (no optimizer step or occupancy update in between).
+        view: pass 1 of this view.
+        grad_rgb: ``(n_rays, 3)`` ``∂L_img/∂rgb``.
+        reg_weight: ``λ_reg``; 0 skips the distortion loss (and its cost).
+        chunk: rays per gradient chunk (bounds the graph held at once).
+        should_stop: polled between chunks; True raises :class:`DeferredAborted`.
+
+    Returns:
+        The unweighted ``L_reg`` of the view (per-pixel mean), or 0.0 when ``reg_weight == 0``.
+    """
+    n = view.n_rays
+    if grad_rgb.shape != (n, 3):
+        raise ValueError(f"grad_rgb must have shape ({n}, 3), got {tuple(grad_rgb.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if reg_weight < 0:
+        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
+    reg_total = 0.0
+    bg = view.background
+    for c0 in range(0, n, chunk):
+        if should_stop is not None and should_stop():
+            raise DeferredAborted()
+        c1 = min(n, c0 + chunk)
+        samples = view.samples.ray_slice(c0, c1)
+        if samples.n_samples == 0:
+            continue  # no sample, no parameter reaches this chunk's colour
+        out = render_samples(model, samples, view.rays_d[c0:c1], bg if bg is None or bg.ndim == 1 else bg[c0:c1])
+        tensors: list[Tensor] = [out.rgb]
+        grads: list[Tensor | None] = [grad_rgb[c0:c1]]
+        if reg_weight > 0:
+            reg = distortion_loss(out.weights, samples.t_starts, samples.t_ends, view.t_near[c0:c1],
+                                  view.t_far[c0:c1], ray_indices=samples.ray_indices,
+                                  packed_info=samples.packed_info, reduction="sum", check_inputs=False) / n
+            reg_total += float(reg.detach())
+            tensors.append(reg_weight * reg)
+            grads.append(None)
+        if not any(t.requires_grad for t in tensors):
+            continue  # every parameter the chunk depends on is frozen
+        torch.autograd.backward(tensors, grads)
+    return reg_total
+
+
+def deferred_backward(
+    model: NeRFModel,
+    rays_o: Tensor,  # [H*W, 3]
+    rays_d: Tensor,  # [H*W, 3]
+    height: int,
+    width: int,
+    image_loss: ImageLossFn,
+    background: Tensor | None = None,  # [3] or [H*W, 3]
+    *,
+    reg_weight: float = 0.0,
+    chunk_render: int = 2**15,
+    chunk_grad: int = 2**14,
+    jitter: Tensor | None = None,  # [H*W]
+    early_stop_eps: float = 1e-4,
+    alpha_thre: float = 0.0,
+    should_stop: Callable[[], bool] | None = None,
+) -> DeferredStep:
+    """One view of deferred back-propagation: pass 1, image loss and its gradient, pass 2.
+
+    The parameter gradient of ``L_img(render(θ)) + reg_weight · L_reg(θ)`` is **added** to each trainable
+    parameter's ``.grad`` (call ``optimizer.zero_grad()`` first); no optimizer step is taken.
+
+    Args:
+        model: the NeRF being stylized.
+        rays_o, rays_d: ``(H*W, 3)`` rays of the view in raster order (index ``h*W + w``), model coordinates.
+        height, width: image size.
+        image_loss: ``f(image (1, 3, H, W) leaf) -> (loss, terms)``, e.g. a closure over
+            :func:`~backend.stylize.losses.total_image_loss`.
+        background: ``(3,)`` or ``(H*W, 3)`` colour behind the scene, or None (premultiplied).
+        reg_weight: ``λ_reg`` (0: no distortion loss).
+        chunk_render: rays per pass-1 chunk.
+        chunk_grad: rays per pass-2 chunk (the graph held at once).
+        jitter: ``(H*W,)`` stratified offsets, or None for deterministic steps.
+        early_stop_eps, alpha_thre: sample culling of pass 1.
+        should_stop: polled between chunks; True raises :class:`DeferredAborted`.
+
+    Returns:
+        :class:`DeferredStep` with the losses and the pass-1 image.
+
+    Example:
+        >>> opt.zero_grad()
+        >>> step = deferred_backward(model, o, d, h, w, lambda img: (((img - tgt) ** 2).mean(), {}), bg,
+        ...                          reg_weight=0.1)
+        >>> opt.step()
+    """
+    if rays_d.shape != (height * width, 3):
+        raise ValueError(f"rays_d must have shape ({height * width}, 3) for a {width}x{height} image, got "
+                         f"{tuple(rays_d.shape)}")
+    view = render_view_pass1(model, rays_o, rays_d, background, chunk=chunk_render, jitter=jitter,
+                             early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, should_stop=should_stop)
+    image = image_from_rays(view.rgb, height, width).detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss, terms = image_loss(image)
+    if loss.ndim != 0:
+        raise ValueError(f"image_loss must return a scalar loss, got shape {tuple(loss.shape)}")
+    if loss.requires_grad:
+        (grad_image,) = torch.autograd.grad(loss, image, allow_unused=True)
+    else:
+        grad_image = None
+    if grad_image is None:
+        grad_image = torch.zeros_like(image)
+    grad_rgb = rays_from_image(grad_image).contiguous()
+    reg = backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk_grad, should_stop=should_stop)
+    image_value = float(loss.detach())
+    return DeferredStep(
+        image_loss=image_value, terms={k: float(v.detach()) for k, v in terms.items()}, regularization=reg,
+        total=image_value + reg_weight * reg, image=image.detach(),
+        opacity=view.opacity.detach().reshape(height, width), n_samples=view.samples.n_samples,
+    )

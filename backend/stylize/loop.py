@@ -1,0 +1,538 @@
+"""The NeRF-Art stylization loop: ``F_rec`` in, ``F_sty`` out (spec Sections 1, 2, 5, 6 and 10).
+
+:func:`stylize` fine-tunes a copy of a reconstruction so that its renders follow a text prompt:
+
+1. ``F_sty`` is a fresh copy of ``F_rec`` (same normalization, cameras and reconstruction config); the optimizer
+   and counters start fresh (spec Section 1).
+2. The views are the checkpoint's training cameras in dataset order, resized to the stylization resolution, plus
+   optional interpolated novel cameras (:mod:`backend.stylize.views`).
+3. ``I_src`` for every view is ``F_rec``'s render with the same renderer settings and background, rendered once
+   before the first step and cached together with its CLIP embedding ``E_I(P_dir(I_src))`` (spec Section 10).
+   It is rendered by ``F_sty`` before its first update, which holds exactly ``F_rec``'s weights.
+4. Each iteration renders one full view and back-propagates
+   ``L = L_img(I_tgt, I_src) + λ_reg L_reg`` through deferred back-propagation with exact sample reuse
+   (:mod:`backend.stylize.deferred`), then takes one Adam step with ``lr(it) = lr0 · 0.5^(it / iterations)``
+   (spec Section 5), then updates the occupancy grid (spec Section 10: the grid follows geometry edits).
+5. Every iteration draws ``n_negatives`` (8) negatives from the job's pool, shared by the global and local
+   contrastive terms (spec Section 3.3).
+
+``colour_only`` trains the colour MLP alone: the hash grid and the density MLP (everything that determines
+density) are frozen, the occupancy grid is not updated and ``L_reg`` is skipped, so geometry stays bit-identical.
+
+**Background.** "matte" checkpoints (the subject alone, background not modelled) are rendered over a fixed colour,
+white by default, for both ``I_src`` and ``I_tgt``: CLIP sees the subject on a plain ground, as in a cut-out
+photo, and the colour never changes, so it carries no gradient and no "style" of its own. "contract" checkpoints
+model their background and render premultiplied (their opacity is ~1 everywhere).
+
+**Learning rate (PROVISIONAL).** The released ``lr0 = 5e-4`` was tuned for an MLP SDF. For the hash grid and its
+small MLPs we start at ``1e-3`` for both (the reconstruction ends its own schedule at ``1e-2 · 0.03 = 3e-4``, so
+``1e-3`` is a few times the last reconstruction rate: enough for visible edits over 400 steps without
+re-learning geometry from scratch). To be tuned with real CLIP weights on fangzhou (bench/bench_stylize.py
+measures speed and geometry change, not quality).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from backend.captures.cameras import rays_for_image
+from backend.nerf.checkpoint import NeRFCheckpoint
+from backend.nerf.model import NeRFModel
+from backend.nerf.rendering import render_rays_chunked
+
+from .clip_model import ClipModel, Template, imagenet_templates
+from .deferred import DeferredAborted, deferred_backward, image_from_rays
+from .losses import (
+    LossWeights,
+    StyleLossConfig,
+    iterations_for_strength,
+    strength_value,
+    total_image_loss,
+    weights_for_strength,
+)
+from .negatives import build_negative_pool, draw_negatives
+from .perceptual import LpipsLoss, VggRelu33Loss
+from .views import StylizationViews, stylization_views
+
+__all__ = [
+    "PRESETS",
+    "ProgressFn",
+    "StopFn",
+    "StylizeConfig",
+    "StylizeProgress",
+    "canonical_device",
+    "copy_model",
+    "preset_config",
+    "stylize",
+    "weights_are_random",
+]
+
+#: Size presets (see :func:`preset_config`).
+PRESETS = ("tiny", "fast", "default", "quality")
+
+# Resolution and iteration multiplier per preset (scale relative to the capture's original size; the paper's
+# 270x480 is scale 0.5 of fangzhou's 540x960). PROVISIONAL until bench/bench_stylize.py has run on the GPU.
+_PRESET_SCALE = {"fast": 0.25, "default": 0.5, "quality": 1.0}
+_PRESET_ITERATION_FACTOR = {"fast": 0.5, "default": 1.0, "quality": 1.0}
+
+# LPIPS's VGG reaches relu5_3 after four 2x poolings: smaller images leave it no spatial extent.
+_LPIPS_MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class StylizeConfig:
+    """Settings of one stylization (spec Section 10 defaults; see :func:`preset_config` for the presets).
+
+    Attributes:
+        prompt: target text ``t_tgt``.
+        source_text: ``t_src`` of the directional loss (default "photo").
+        negative_prompts: user negatives, added to the bank's pool (never removed).
+        strength: 0..1 (or "low"/"medium"/"high"); picks the loss weights and the default iteration count.
+        iterations: one view each; None: ``iterations_for_strength(strength)`` (400 at 0.5).
+        colour_only: train the colour MLP only (geometry frozen, no occupancy updates, no ``L_reg``).
+        weights: loss weights; None: ``weights_for_strength(strength)``.
+        loss: loss options (templates aside): crops, negatives per iteration, InfoNCE/margin, perceptual kind.
+            Its ``source_text`` is replaced by this config's ``source_text``, the one authority for ``t_src``.
+        n_templates: use the first n of open_clip's 80 ImageNet templates; None: all 80 (spec). Fewer only for
+            CPU tests: encoding 80 templates per text costs ~100 s on a CPU.
+        lr_grid, lr_mlp: Adam learning rates at iteration 0 for the hash table and for the MLPs (PROVISIONAL 1e-3,
+            see the module docstring).
+        lr_decay: ``lr(it) = lr0 · lr_decay^(it / iterations)`` (0.5: the released schedule).
+        scale: stylization image size relative to the capture's original size, in (0, 1].
+        max_side: optional cap on the longer image side in pixels (the ``tiny`` preset).
+        novel_views: interpolated cameras added between consecutive training views (0: none).
+        background: RGB behind "matte" checkpoints for ``I_src`` and ``I_tgt`` (ignored for "contract").
+        jitter: stratified step offsets, drawn fresh each iteration (False: the render job's deterministic steps,
+            as ``I_src``).
+        chunk_render: rays per pass-1 chunk (2^15, the render job's chunk); chunk_grad: rays per pass-2 chunk, which
+            bounds the autograd graph held at once (2^14 rays x ~50 samples x a few kB of saved activations per
+            sample in the PyTorch hash grid: a few GB; the released code's 1200 rays were sized for a second-order
+            SDF graph on a 24 GB card).
+        occ_update_every: occupancy-grid update every n iterations (not in ``colour_only``).
+        precompute_negatives: encode the whole negative pool at start (spec); False encodes each text when first
+            drawn (CPU tests).
+        preview_every: a preview image every n iterations (and at the end).
+        checkpoint_every: the ``on_checkpoint`` callback every n iterations (0: never; the caller saves the end).
+        compile: ``"auto"`` (torch.compile on CUDA), ``"on"`` or ``"off"``.
+        seed: seeds negatives, crops, jitter and occupancy updates.
+    """
+
+    prompt: str
+    source_text: str = "photo"
+    negative_prompts: tuple[str, ...] = ()
+    strength: float | str = 0.5
+    iterations: int | None = None
+    colour_only: bool = False
+    weights: LossWeights | None = None
+    loss: StyleLossConfig = field(default_factory=StyleLossConfig)
+    n_templates: int | None = None
+    lr_grid: float = 1e-3
+    lr_mlp: float = 1e-3
+    lr_decay: float = 0.5
+    scale: float = 0.5
+    max_side: int | None = None
+    novel_views: int = 0
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    jitter: bool = False
+    chunk_render: int = 2**15
+    chunk_grad: int = 2**14
+    occ_update_every: int = 1
+    precompute_negatives: bool = True
+    preview_every: int = 10
+    checkpoint_every: int = 50
+    compile: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("prompt is empty; give a text such as 'oil painting by Van Gogh'")
+        if not isinstance(self.source_text, str) or not self.source_text.strip():
+            raise ValueError("source_text is empty; the default is 'photo'")
+        if self.prompt.strip().lower() == self.source_text.strip().lower():
+            raise ValueError(f"prompt {self.prompt!r} equals the source text, so there is no style direction")
+        object.__setattr__(self, "negative_prompts", tuple(self.negative_prompts))
+        if self.loss.source_text != self.source_text:
+            # total_image_loss reads t_src from the loss config; keep one source of truth.
+            object.__setattr__(self, "loss", replace(self.loss, source_text=self.source_text))
+        for i, text in enumerate(self.negative_prompts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"negative prompt #{i + 1} is empty")
+        strength_value(self.strength)  # raises for a bad strength
+        if self.iterations is not None and (not isinstance(self.iterations, int) or self.iterations < 1):
+            raise ValueError(f"iterations must be an integer >= 1 or None, got {self.iterations!r}")
+        if self.n_templates is not None and self.n_templates < 1:
+            raise ValueError(f"n_templates must be >= 1 or None, got {self.n_templates}")
+        for name in ("lr_grid", "lr_mlp"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+        if self.max_side is not None and self.max_side < _LPIPS_MIN_SIDE:
+            raise ValueError(f"max_side must be >= {_LPIPS_MIN_SIDE} or None, got {self.max_side}")
+        if self.novel_views < 0:
+            raise ValueError(f"novel_views must be >= 0, got {self.novel_views}")
+        if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
+            raise ValueError(f"background must be 3 numbers in [0, 1], got {self.background!r}")
+        for name in ("chunk_render", "chunk_grad", "occ_update_every", "preview_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be 'auto', 'on' or 'off', got {self.compile!r}")
+
+    def resolved_weights(self) -> LossWeights:
+        """The loss weights used: ``weights`` if given, else the strength's."""
+        return self.weights if self.weights is not None else weights_for_strength(self.strength)
+
+    def resolved_iterations(self) -> int:
+        """The iteration count used: ``iterations`` if given, else the strength's."""
+        return self.iterations if self.iterations is not None else iterations_for_strength(self.strength)
+
+    def templates(self) -> tuple[Template, ...]:
+        """The prompt templates: the first ``n_templates`` of open_clip's 80 (all when None)."""
+        all_templates = imagenet_templates()
+        return all_templates if self.n_templates is None else all_templates[: self.n_templates]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (written next to the job's checkpoint)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "weights":
+                value = asdict(self.resolved_weights())
+            elif f.name == "loss":
+                value = asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out["iterations"] = self.resolved_iterations()
+        return out
+
+
+def preset_config(preset: str, prompt: str, **overrides: Any) -> StylizeConfig:
+    """A :class:`StylizeConfig` for a size preset, with explicit overrides applied on top.
+
+    ============  =====================================  ==========================================
+    preset        images                                 iterations (strength 0.5) and loss sizes
+    ============  =====================================  ==========================================
+    ``tiny``      long side <= 48 px (scale 1)           4; 1 template, 2 crops, 2 negatives (CPU tests)
+    ``fast``      scale 0.25 (135x240 for fangzhou)      200 (half the strength's count)
+    ``default``   scale 0.5 (270x480, the paper's)       400 (the strength's count)
+    ``quality``   scale 1.0 (540x960)                    400 (the strength's count)
+    ============  =====================================  ==========================================
+
+    ``tiny`` changes the losses (fewer templates, crops and negatives) so that a CPU runs an iteration in about a
+    second; it is for tests and smoke runs, not for results. Overrides with value None are ignored.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if preset == "tiny":
+        base: dict[str, Any] = {
+            "iterations": 4, "scale": 1.0, "max_side": 48, "n_templates": 1,
+            "loss": StyleLossConfig(n_crops=2, n_negatives=2), "precompute_negatives": False,
+            "chunk_render": 1024, "chunk_grad": 512, "preview_every": 1, "checkpoint_every": 2, "compile": "off",
+        }
+    else:
+        strength = kw.get("strength", 0.5)
+        base = {"scale": _PRESET_SCALE[preset],
+                "iterations": max(1, round(iterations_for_strength(strength) * _PRESET_ITERATION_FACTOR[preset]))}
+    base.update(kw)
+    return StylizeConfig(prompt=prompt, **base)
+
+
+@dataclass
+class StylizeProgress:
+    """One progress report of :func:`stylize`.
+
+    Attributes:
+        stage: ``"sources"`` (rendering ``I_src``), ``"stylizing"`` or ``"done"``.
+        step: views rendered (sources) or iterations done (stylizing).
+        total: of ``step``.
+        losses: last iteration's values: ``total``, ``image`` (``L_img``), the unweighted terms
+            (``directional``, ``global_contrastive``, ``local_contrastive``, ``perceptual``) and ``regularization``
+            (unweighted ``L_reg``; absent in ``colour_only``).
+        metrics: ``lr``, ``view``, ``n_samples``, ``seconds_per_iteration``.
+        elapsed_s: seconds since the first iteration (sources excluded).
+        eta_s: estimated seconds left.
+        preview: ``(H, W, 4)`` float32 RGBA (alpha 1) of the last rendered view, or None.
+        done: True for the final report.
+    """
+
+    stage: str
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    eta_s: float = 0.0
+    preview: np.ndarray | None = None
+    done: bool = False
+
+
+ProgressFn = Callable[[StylizeProgress], None]
+StopFn = Callable[[], bool]
+CheckpointFn = Callable[[NeRFCheckpoint], None]
+
+
+def weights_are_random(clip: ClipModel, perceptual: nn.Module | None) -> bool:
+    """True when CLIP or the perceptual net carries random (explicitly requested) weights: not prompt-driven."""
+    sources = [clip.source, getattr(perceptual, "source", "")]
+    return any(str(s).startswith("random(") for s in sources)
+
+
+def copy_model(model: NeRFModel, device: torch.device | str, compile: bool = False) -> NeRFModel:
+    """A fresh :class:`NeRFModel` with ``model``'s parameters and occupancy grid, on ``device``.
+
+    Built anew rather than deep-copied: a compiled model holds ``torch.compile`` wrappers bound to its *own*
+    field, which a deep copy would keep calling. The caller's RNG state is left untouched (module construction
+    draws initial weights, which the state dict then overwrites).
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        copy = NeRFModel(model.config, device=device)
+    copy.load_state_dict(model.state_dict())
+    copy.field.mlp_dtype = model.field.mlp_dtype
+    if compile:
+        copy.compile_kernels()
+    return copy
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index made explicit (``"cuda"`` -> ``"cuda:0"``), as tensors report it.
+
+    ``torch.device("cuda") != torch.device("cuda:0")``, so device checks must compare indexed devices.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _check_texts(clip: ClipModel, config: StylizeConfig, templates: tuple[Template, ...]) -> None:
+    """Prompt checks that need only the tokenizer (empty, too long for CLIP's 77 tokens): ValueError."""
+    clip.check_prompt(config.prompt, templates, what="prompt")
+    clip.check_prompt(config.source_text, templates, what="source text")
+    for i, text in enumerate(config.negative_prompts):
+        clip.check_prompt(text, templates, what=f"negative prompt #{i + 1}")
+
+
+def _preview(image: Tensor) -> np.ndarray:  # [1, 3, H, W] -> [H, W, 4]
+    rgb = image[0].permute(1, 2, 0).clamp(0, 1).float().cpu().numpy()
+    return np.concatenate([rgb, np.ones_like(rgb[..., :1])], axis=-1)
+
+
+def stylize(
+    ckpt_rec: NeRFCheckpoint,
+    config: StylizeConfig,
+    device: torch.device | str,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    *,
+    clip: ClipModel,
+    perceptual: LpipsLoss | VggRelu33Loss | None,
+    on_checkpoint: CheckpointFn | None = None,
+) -> NeRFCheckpoint:
+    """Stylize a reconstruction (see the module docstring).
+
+    Args:
+        ckpt_rec: ``F_rec`` with its cameras and normalization; left unchanged.
+        config: the settings.
+        device: where to train (CLIP and the perceptual net must live there too).
+        on_progress: called while rendering the sources and after every iteration.
+        should_stop: polled between iterations and between chunks of an iteration; returning True ends the
+            stylization within one chunk, returning the model after its last complete step
+            (``metrics["cancelled"] = 1``).
+        clip: the frozen CLIP (:func:`~backend.stylize.clip_model.load_clip`).
+        perceptual: the frozen perceptual loss (:func:`~backend.stylize.perceptual.load_perceptual`); None only
+            when the resolved ``weights.perceptual`` is 0.
+        on_checkpoint: called with the current ``F_sty`` checkpoint every ``config.checkpoint_every`` iterations
+            (e.g. to save it, so that an interrupted job keeps its latest state).
+
+    Returns:
+        The stylized :class:`~backend.nerf.checkpoint.NeRFCheckpoint` (same background, normalization, cameras
+        and reconstruction config as ``ckpt_rec``; ``metrics`` hold the final losses).
+
+    Raises:
+        ValueError: bad prompts (empty, too long for CLIP, no direction from the source text), too few negatives,
+            images too small for LPIPS, missing cameras, or CLIP / perceptual net on another device.
+    """
+    device = canonical_device(device)
+    weights = config.resolved_weights()
+    iterations = config.resolved_iterations()
+    templates = config.templates()
+    stop = should_stop or (lambda: False)
+
+    # -- checks that cost no rendering ------------------------------------------------------------------------
+    if ckpt_rec.cameras is None:
+        raise ValueError("the reconstruction checkpoint has no cameras to stylize from")
+    if canonical_device(clip.device) != device:
+        raise ValueError(f"CLIP is on {clip.device} but stylization runs on {device}")
+    if weights.perceptual > 0:
+        if perceptual is None:
+            raise ValueError("the loss weights use a perceptual term (weights.perceptual > 0) but no perceptual "
+                             "model was given")
+        if canonical_device(perceptual.device) != device:
+            raise ValueError(f"the perceptual model is on {perceptual.device} but stylization runs on {device}")
+    _check_texts(clip, config, templates)
+    pool = build_negative_pool(config.prompt, config.negative_prompts)
+    n_neg = config.loss.n_negatives
+    if len(pool) < n_neg:
+        raise ValueError(f"the negative pool for {config.prompt!r} holds {len(pool)} texts, fewer than the "
+                         f"{n_neg} drawn per iteration")
+    views: StylizationViews = stylization_views(
+        ckpt_rec.cameras, ckpt_rec.train_indices, resolution_scale=ckpt_rec.config.resolution_scale,
+        scale=config.scale, max_side=config.max_side, novel_views=config.novel_views)
+    if weights.perceptual > 0 and isinstance(perceptual, LpipsLoss):
+        small = int(np.min(np.minimum(views.cameras.width, views.cameras.height)))
+        if small < _LPIPS_MIN_SIDE:
+            raise ValueError(f"stylization images would be {small} px on their short side, but LPIPS needs at least "
+                             f"{_LPIPS_MIN_SIDE}; raise the scale")
+
+    # Text embeddings once, at start (spec Section 10); the direction also fails here if undefined.
+    clip.precompute_texts([config.prompt, config.source_text, *(pool.prompts if config.precompute_negatives else ())],
+                          templates)
+    clip.text_direction(config.prompt, config.source_text, templates)
+
+    # -- F_sty, views, sources --------------------------------------------------------------------------------
+    use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+    model = copy_model(ckpt_rec.model, device, compile=use_compile)
+    model.train()
+    density_params = model.field.density_parameters()
+    colour_params = model.field.colour_parameters()
+    if config.colour_only:
+        for p in density_params:
+            p.requires_grad_(False)
+    cams_model = views.cameras if ckpt_rec.normalization is None else \
+        ckpt_rec.normalization.cameras_to_model(views.cameras)
+    background = None
+    if ckpt_rec.background == "matte":
+        background = torch.tensor(config.background, dtype=torch.float32, device=device)
+    early_stop_eps = float(ckpt_rec.config.early_stop_eps)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    n_views = len(views)
+
+    def report(p: StylizeProgress) -> None:
+        if on_progress is not None:
+            on_progress(p)
+
+    cancelled = False
+    sources: list[tuple[Tensor, Tensor]] = []
+    for i in range(n_views):
+        if stop():
+            cancelled = True
+            break
+        rays_o, rays_d = rays_for_image(cams_model, i, device=device, dtype=torch.float32)
+        h, w = int(views.cameras.height[i]), int(views.cameras.width[i])
+        # F_sty holds exactly F_rec's weights until the first step: this is F_rec's render (spec Section 10).
+        rgb, _, _ = render_rays_chunked(model, rays_o, rays_d, background, chunk=config.chunk_render,
+                                        early_stop_eps=early_stop_eps)
+        src = image_from_rays(rgb, h, w).contiguous()
+        with torch.no_grad():
+            embeds = clip.embed_squash(src).detach()
+        sources.append((src, embeds))
+        report(StylizeProgress("sources", i + 1, n_views))
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    groups = [{"params": colour_params + ([] if config.colour_only else list(model.field.density_mlp.parameters())),
+               "lr": config.lr_mlp, "lr0": config.lr_mlp}]
+    if not config.colour_only:
+        groups.append({"params": list(model.field.encoding.parameters()), "lr": config.lr_grid,
+                       "lr0": config.lr_grid})
+    # betas/eps as the reconstruction (instant-ngp's): eps 1e-15 keeps Adam's steps scale-free for the tiny
+    # gradients hash entries get.
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    reg_weight = 0.0 if config.colour_only else weights.regularization
+    losses: dict[str, float] = {}
+    done = 0
+    elapsed = 0.0
+    t0 = time.perf_counter()
+    last_image: Tensor | None = None
+
+    def current(metrics_extra: dict[str, float]) -> NeRFCheckpoint:
+        metrics = {**{f"loss_{k}": v for k, v in losses.items()}, "stylize_iterations": float(done),
+                   "elapsed_s": elapsed, "prompt_driven": 0.0 if weights_are_random(clip, perceptual) else 1.0,
+                   **metrics_extra}
+        return NeRFCheckpoint(model=model, config=ckpt_rec.config, background=ckpt_rec.background,
+                              normalization=ckpt_rec.normalization, cameras=ckpt_rec.cameras,
+                              train_indices=list(ckpt_rec.train_indices),
+                              heldout_indices=list(ckpt_rec.heldout_indices), step=ckpt_rec.step + done,
+                              metrics=metrics)
+
+    while not cancelled and done < iterations:
+        if stop():
+            cancelled = True
+            break
+        it = done
+        lr_factor = config.lr_decay ** (it / iterations)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr0"] * lr_factor
+        v = it % n_views
+        src, embeds_src = sources[v]
+        rays_o, rays_d = rays_for_image(cams_model, v, device=device, dtype=torch.float32)
+        h, w = int(views.cameras.height[v]), int(views.cameras.width[v])
+        negatives = draw_negatives(pool, n_neg, generator)
+        jitter = torch.rand(h * w, device=device, generator=generator) if config.jitter else None
+
+        def image_loss(image: Tensor, src: Tensor = src, embeds_src: Tensor = embeds_src,
+                       negatives: list[str] = negatives) -> tuple[Tensor, dict[str, Tensor]]:
+            return total_image_loss(image, src, clip=clip, target=config.prompt, negatives=negatives,
+                                    generator=generator, perceptual=perceptual, weights=weights, config=config.loss,
+                                    templates=templates, embeds_src=embeds_src)
+
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            step = deferred_backward(model, rays_o, rays_d, h, w, image_loss, background, reg_weight=reg_weight,
+                                     chunk_render=config.chunk_render, chunk_grad=config.chunk_grad, jitter=jitter,
+                                     early_stop_eps=early_stop_eps, should_stop=stop)
+        except DeferredAborted:
+            # Stopped mid-iteration: drop its partial gradients, keep the model of the last complete step.
+            optimizer.zero_grad(set_to_none=True)
+            cancelled = True
+            break
+        optimizer.step()
+        done += 1
+        if not config.colour_only and done % config.occ_update_every == 0:
+            # After the step, never between the two passes (spec Section 6, step 4). Past warm-up (sparse
+            # updates): the grid already fits F_rec.
+            model.update_occupancy(ckpt_rec.step + done, generator, threshold=ckpt_rec.config.occ_threshold,
+                                   ema_decay=ckpt_rec.config.occ_ema_decay, warmup_steps=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        losses = {"total": step.total, "image": step.image_loss, **step.terms}
+        if reg_weight > 0:
+            losses["regularization"] = step.regularization
+        last_image = step.image
+        per_it = elapsed / done
+        metrics = {"lr": config.lr_grid * lr_factor if not config.colour_only else config.lr_mlp * lr_factor,
+                   "view": float(v), "n_samples": float(step.n_samples), "seconds_per_iteration": per_it}
+        show = done % config.preview_every == 0 or done == iterations
+        report(StylizeProgress("stylizing", done, iterations, losses=dict(losses), metrics=metrics,
+                               elapsed_s=elapsed, eta_s=per_it * (iterations - done),
+                               preview=_preview(step.image) if show and step.image is not None else None))
+        if on_checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
+                and done < iterations:
+            on_checkpoint(current({"cancelled": 0.0}))
+
+    model.eval()
+    for p in density_params:
+        p.requires_grad_(True)  # a checkpoint's model is a plain trainable module again
+    result = current({"cancelled": float(cancelled)})
+    report(StylizeProgress("done", done, iterations, losses=dict(losses), elapsed_s=elapsed, eta_s=0.0,
+                           preview=None if last_image is None else _preview(last_image), done=True))
+    return result
+

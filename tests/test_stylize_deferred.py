@@ -1,0 +1,229 @@
+"""Deferred back-propagation (backend.stylize.deferred) against direct back-propagation through the full image.
+
+A tiny NeRF of the analytic spheres is trained for a few dozen steps on the CPU; then, for one view, the parameter
+gradient of ``L_img(image) + λ_reg · L_reg`` accumulated chunk by chunk must equal the gradient of the same loss
+with the whole image rendered with grad at once on the same samples (relative error < 1e-4 in float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from backend.captures.cameras import rays_for_image
+from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
+from backend.nerf.config import ReconstructConfig
+from backend.nerf.rendering import render_samples
+from backend.nerf.synthetic import render_spheres, ring_cameras
+from backend.nerf.train import train_on_images
+from backend.stylize.deferred import (
+    DeferredAborted,
+    deferred_backward,
+    distortion_bounds,
+    image_from_rays,
+    rays_from_image,
+    render_view_pass1,
+)
+from backend.stylize.losses import distortion_loss
+
+SIZE = 24
+LAMBDA_REG = 0.5
+
+
+def tiny_reconstruction(tmp_path_factory: pytest.TempPathFactory) -> NeRFCheckpoint:
+    """A NeRF of the spheres trained for 40 steps (a few seconds), shared by the stylize test modules.
+
+    Saved once under the session's base temp folder and loaded by later modules, so the training runs once per
+    test session.
+    """
+    path = tmp_path_factory.getbasetemp() / "stylize_tiny_reconstruction.pt"
+    if not path.is_file():
+        cams = ring_cameras(8, SIZE)
+        ckpt = train_on_images(cams, render_spheres(cams), ReconstructConfig.tiny(steps=40, seed=3),
+                               torch.device("cpu"), background="matte")
+        save_checkpoint(ckpt, path)
+    return load_checkpoint(path, "cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # 2 shared cores: ATen's 2-thread kernels wait on each other there (see test_stylize_clip.py).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> NeRFCheckpoint:
+    return tiny_reconstruction(tmp_path_factory)
+
+
+def view_rays(ckpt: NeRFCheckpoint, i: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    assert ckpt.cameras is not None
+    cams = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
+    return rays_for_image(cams, i, device="cpu", dtype=torch.float32)
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def direct_gradient(model, rays_o, rays_d, bg, loss_fn, reg_weight: float) -> tuple[dict, float, torch.Tensor]:
+    """The reference: all samples of the view rendered with grad at once, one backward."""
+    view = render_view_pass1(model, rays_o, rays_d, bg, chunk=rays_d.shape[0])
+    model.zero_grad(set_to_none=True)
+    out = render_samples(model, view.samples, rays_d, bg)
+    image = image_from_rays(out.rgb, SIZE, SIZE)
+    loss, _ = loss_fn(image)
+    reg = distortion_loss(out.weights, view.samples.t_starts, view.samples.t_ends, view.t_near, view.t_far,
+                          ray_indices=view.samples.ray_indices, reduction="mean")
+    total = loss + reg_weight * reg
+    total.backward()
+    return grads(model), float(total.detach()), image.detach()
+
+
+def assert_same_gradients(g_def: dict, g_dir: dict, rtol: float = 1e-4) -> None:
+    assert g_def.keys() == g_dir.keys() and g_dir, "every trainable tensor gets a gradient"
+    for name, ref in g_dir.items():
+        ref_norm = float(ref.norm())
+        assert ref_norm > 0, f"{name}: the reference gradient is zero, the comparison would prove nothing"
+        err = float((g_def[name] - ref).norm()) / ref_norm
+        assert err < rtol, f"{name}: relative error {err:.2e}"
+
+
+def test_image_layout_round_trip() -> None:
+    rgb = torch.arange(SIZE * 10 * 3, dtype=torch.float32).reshape(SIZE * 10, 3)
+    image = image_from_rays(rgb, 10, SIZE)
+    # Raster order: ray h*W + w is pixel (h, w).
+    assert torch.equal(image[0, :, 3, 5], rgb[3 * SIZE + 5])
+    assert torch.equal(rays_from_image(image), rgb)
+    with pytest.raises(ValueError, match=r"\(240, 3\)"):
+        image_from_rays(rgb[:-1], 10, SIZE)
+
+
+def test_deferred_equals_direct_backprop_mse_and_distortion(ckpt: NeRFCheckpoint) -> None:
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 1)
+    bg = torch.ones(3)
+    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mse = ((image - target) ** 2).mean()
+        return mse, {"mse": mse}
+
+    g_dir, total_dir, image_dir = direct_gradient(model, rays_o, rays_d, bg, loss_fn, LAMBDA_REG)
+    model.zero_grad(set_to_none=True)
+    # Odd chunk sizes: chunks split the image mid-row, and pass 1 and pass 2 chunk differently.
+    step = deferred_backward(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
+                             chunk_render=100, chunk_grad=37)
+    g_def = grads(model)
+    assert step.n_samples > SIZE * SIZE, "the model has density: most rays carry several samples"
+    # Pass 1 renders what the direct pass renders (up to float32 rounding of per-chunk transmittance sums).
+    torch.testing.assert_close(step.image, image_dir, rtol=0, atol=1e-6)
+    assert step.total == pytest.approx(total_dir, rel=1e-5)
+    assert step.regularization > 0 and "mse" in step.terms
+    assert_same_gradients(g_def, g_dir)
+
+    # The distortion term really contributes: without it the density gradients change.
+    model.zero_grad(set_to_none=True)
+    deferred_backward(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=0.0, chunk_render=100,
+                      chunk_grad=37)
+    g_noreg = grads(model)
+    table = "field.encoding.table"
+    assert float((g_noreg[table] - g_def[table]).norm()) > 1e-3 * float(g_def[table].norm())
+    model.zero_grad(set_to_none=True)
+
+
+def test_deferred_equals_direct_with_the_real_image_loss(ckpt: NeRFCheckpoint) -> None:
+    """The same with ``total_image_loss`` (random ViT-S-32 CLIP, random-trunk LPIPS, 1 template)."""
+    from backend.stylize.clip_model import imagenet_templates, load_clip
+    from backend.stylize.losses import LossWeights, StyleLossConfig, total_image_loss
+    from backend.stylize.perceptual import load_lpips
+
+    clip = load_clip("ViT-S-32", pretrained=None, random_init=True, device="cpu")
+    lpips = load_lpips("cpu", random_init=True)
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 2)
+    bg = torch.ones(3)
+    with torch.no_grad():
+        src = image_from_rays(render_view_pass1(model, rays_o, rays_d, bg).rgb, SIZE, SIZE)
+        # A source that differs from the render, so that the perceptual and directional terms have gradients.
+        src = (0.8 * src + 0.1).contiguous()
+    config = StyleLossConfig(n_crops=2, n_negatives=2)
+    templates = imagenet_templates()[:1]
+
+    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # A fresh generator per call: both computations draw the same crops.
+        return total_image_loss(image, src, clip=clip, target="a marble statue", negatives=["photo", "human face"],
+                                generator=torch.Generator().manual_seed(7), perceptual=lpips,
+                                weights=LossWeights(), config=config, templates=templates)
+
+    g_dir, total_dir, _ = direct_gradient(model, rays_o, rays_d, bg, loss_fn, LAMBDA_REG)
+    model.zero_grad(set_to_none=True)
+    step = deferred_backward(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
+                             chunk_render=256, chunk_grad=200)
+    assert set(step.terms) == {"directional", "global_contrastive", "local_contrastive", "perceptual"}
+    assert step.total == pytest.approx(total_dir, rel=1e-5)
+    assert_same_gradients(grads(model), g_dir)
+    model.zero_grad(set_to_none=True)
+
+
+def test_frozen_density_gets_no_gradient_and_colour_does(ckpt: NeRFCheckpoint) -> None:
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 0)
+    density = model.field.density_parameters()
+    for p in density:
+        p.requires_grad_(False)
+    try:
+        model.zero_grad(set_to_none=True)
+        deferred_backward(model, rays_o, rays_d, SIZE, SIZE, lambda im: (((im - 0.5) ** 2).mean(), {}),
+                          torch.ones(3), reg_weight=0.0)
+        assert all(p.grad is None for p in density)
+        assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.field.colour_parameters())
+    finally:
+        for p in density:
+            p.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+
+
+def test_distortion_bounds_are_per_ray_and_positive(ckpt: NeRFCheckpoint) -> None:
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 0)
+    view = render_view_pass1(model, rays_o, rays_d, torch.ones(3), chunk=50)
+    assert view.t_near.shape == view.t_far.shape == (SIZE * SIZE,)
+    assert bool((view.t_far > view.t_near).all())
+    s = view.samples
+    # Every sample lies inside its ray's [t_near, t_far] (the bounded scene's box).
+    assert bool((s.t_starts >= view.t_near[s.ray_indices] - 1e-5).all())
+    assert bool((s.t_ends <= view.t_far[s.ray_indices] + 1e-5).all())
+    # The same bounds whatever the chunking of pass 1.
+    t_near, t_far = distortion_bounds(model, rays_o, rays_d, s)
+    assert torch.equal(t_near, view.t_near) and torch.equal(t_far, view.t_far)
+
+
+def test_shape_errors_and_abort(ckpt: NeRFCheckpoint) -> None:
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 0)
+    with pytest.raises(ValueError, match=r"rays_d must have shape \(400, 3\)"):
+        deferred_backward(model, rays_o, rays_d, 20, 20, lambda im: (im.mean(), {}))
+    with pytest.raises(ValueError, match=r"background must have shape \(3,\) or \(576, 3\)"):
+        render_view_pass1(model, rays_o, rays_d, torch.ones(4))
+    view = render_view_pass1(model, rays_o, rays_d)
+    from backend.stylize.deferred import backward_pass2
+
+    with pytest.raises(ValueError, match=r"grad_rgb must have shape \(576, 3\)"):
+        backward_pass2(model, view, torch.zeros(575, 3))
+    calls = []
+
+    def stop_on_third() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(DeferredAborted):
+        deferred_backward(model, rays_o, rays_d, SIZE, SIZE, lambda im: (im.mean(), {}), chunk_render=100,
+                          should_stop=stop_on_third)
+    model.zero_grad(set_to_none=True)
+

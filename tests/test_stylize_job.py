@@ -1,0 +1,183 @@
+"""The ``stylize`` job through a live server: reconstruct, stylize (random weights, tiny preset), render, cancel.
+
+Random CLIP and perceptual weights are requested explicitly (``clip_pretrained="random"``), which is the unstyled
+test mode: the job must say that its result is not prompt-driven. Missing pretrained weights must fail the job at
+once with the weights error's message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_jobs_live import SIZE, write_sphere_capture
+
+from backend import cli
+from backend.captures import OPENGL_TO_OPENCV
+from backend.jobs import default_runners
+from backend.nerf.checkpoint import load_checkpoint
+from backend.server.server import Server
+from protocol import BackendError, Client, Message
+
+PROMPT = "a marble statue"
+# A small random CLIP keeps CPU iterations near a second; the job accepts any open_clip model name.
+RANDOM = {"clip_model": "ViT-S-32", "clip_pretrained": "random", "preset": "tiny"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:
+    """A server with the real runners and one finished tiny reconstruction (its job id)."""
+    root = tmp_path_factory.mktemp("stylize_live")
+    capture = write_sphere_capture(root / "capture")
+    srv = Server("tcp://127.0.0.1:*", root / "work", runners=default_runners())
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    assert srv.ready.wait(10)
+    with Client(srv.bound_endpoint) as client:
+        job = client.request(Message("submit", {"kind": "reconstruct", "params": {
+            "capture_path": str(capture), "preset": "tiny", "steps": 40, "holdout_every": 4}})).content["job_id"]
+        result = client.wait_job(job, timeout_s=300)
+        assert result.content["state"] == "done", result.content
+    yield srv, capture, job
+    srv.stop()
+    thread.join(30)
+
+
+def submit(client: Client, params: dict) -> str:
+    return client.request(Message("submit", {"kind": "stylize", "params": params})).content["job_id"]
+
+
+def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) -> None:
+    srv, capture, rec_job = live
+    with Client(srv.bound_endpoint) as client:
+        assert "stylize" in client.handshake()["job_kinds"]
+        job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 3, **RANDOM})
+        progress: list[Message] = []
+        result = client.wait_job(job, on_message=progress.append, timeout_s=300)
+        assert result.content["state"] == "done", result.content
+        out = result.content["outputs"]
+        stages = [m.content["stage"] for m in progress]
+        assert {"loading models", "rendering sources", "stylizing", "done"} <= set(stages)
+        steps = [m.content for m in progress if m.content["stage"] == "stylizing"]
+        assert [c["step"] for c in steps] == [1, 2, 3], "progress every iteration"
+        assert {"total", "directional", "perceptual", "regularization"} <= set(steps[0]["losses"])
+        assert all(m.content.get("preview") for m in progress if m.content["stage"] == "stylizing")
+        # Random weights: said in the messages and in the outputs.
+        assert all("NOT driven by the prompt" in c["message"] for c in steps)
+        assert out["prompt_driven"] is False and "NOT driven" in out["note"]
+        assert out["prompt"] == PROMPT and out["iterations"] == 3 and out["checkpoint"] == "checkpoint.pt"
+        job_dir = srv.store.job_dir(job) / "outputs"
+        settings = json.loads((job_dir / out["settings"]).read_text())
+        assert settings["prompt"] == PROMPT and settings["clip_pretrained"] == "random"
+        assert settings["iterations"] == 3 and settings["n_templates"] == 1
+        # An ordinary checkpoint: same background and normalization as the reconstruction, new weights.
+        sty = load_checkpoint(job_dir / "checkpoint.pt", "cpu")
+        rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
+        assert sty.background == rec.background == "matte"
+        assert sty.normalization.to_dict() == rec.normalization.to_dict()
+        assert not torch.equal(sty.model.field.colour_mlp[0].weight, rec.model.field.colour_mlp[0].weight)
+
+        # The render job takes the stylize job as its source, unchanged.
+        meta = json.loads((capture / "transforms.json").read_text())
+        c2w = (np.array(meta["frames"][1]["transform_matrix"]) @ OPENGL_TO_OPENCV).tolist()
+        cam = {"name": "view1", "frame": 1, "c2w": c2w, "fx": meta["fl_x"], "fy": meta["fl_y"], "cx": meta["cx"],
+               "cy": meta["cy"], "width": SIZE, "height": SIZE}
+        rjob = client.request(Message("submit", {"kind": "render", "params": {
+            "source_job": job, "cameras": [cam]}})).content["job_id"]
+        frames: list[Message] = []
+        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=60)
+        assert result.content["state"] == "done" and len(frames) == 1
+        img = np.asarray(Image.open(io.BytesIO(bytes(frames[0].blob(frames[0].content["image"]))))) / 255.0
+        truth = np.asarray(Image.open(capture / "images" / "001.png")) / 255.0
+        assert img.shape == (SIZE, SIZE, 4)
+        # Three small steps keep the silhouette of the spheres.
+        assert np.abs(img[..., 3] - truth[..., 3]).mean() < 0.15
+
+
+def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, _, rec_job = live
+    with Client(srv.bound_endpoint) as client:
+        cases = [
+            ({"source_job": rec_job, "prompt": "oil painting " * 40, **RANDOM}, "too long for CLIP"),
+            ({"source_job": rec_job, "prompt": "  ", **RANDOM}, "prompt is empty"),
+            ({"source_job": rec_job, "prompt": PROMPT, "negative_prompts": [PROMPT], **RANDOM},
+             "is the target prompt itself"),
+            ({"source_job": rec_job, "prompt": PROMPT, **{**RANDOM, "clip_model": "ViT-Q-99"}},
+             "unknown CLIP model"),
+        ]
+        for params, message in cases:
+            result = client.wait_job(submit(client, params), timeout_s=60)
+            assert result.content["state"] == "failed", params
+            assert message in result.content["error"]["message"], result.content["error"]
+        # An unknown source job is refused at submission; a source of the wrong kind fails the job.
+        with pytest.raises(BackendError, match="no job"):
+            submit(client, {"source_job": "0123456789abcdef", "prompt": PROMPT, **RANDOM})
+        failed_src = next(j for j in srv.store.all() if j.kind == "stylize" and j.state == "failed")
+        result = client.wait_job(submit(client, {"source_job": failed_src.job_id, "prompt": PROMPT, **RANDOM}),
+                                 timeout_s=60)
+        assert "is a stylize job; expected one of reconstruct" in result.content["error"]["message"]
+
+        # Pretrained weights that are not cached and cannot be downloaded: the weights error, within seconds.
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+        t0 = time.monotonic()
+        # The defaults: ViT-B-32 with OpenAI's weights.
+        result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "preset": "tiny"}),
+                                 timeout_s=60)
+        assert result.content["state"] == "failed"
+        message = result.content["error"]["message"]
+        assert "are not available" in message and "HF_HUB_OFFLINE" in message, message
+        assert time.monotonic() - t0 < 20
+
+
+def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -> None:
+    srv, _, rec_job = live
+    with Client(srv.bound_endpoint) as client:
+        job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 100000, **RANDOM})
+        while not any(m.type == "progress" and m.job_id == job and m.content["stage"] == "stylizing"
+                      and m.content["step"] >= 2 for m in client.poll(0.05)):
+            pass
+        t0 = time.monotonic()
+        client.request(Message("cancel", {"job_id": job}))
+        result = client.wait_job(job, timeout_s=30)
+        assert result.content["state"] == "cancelled"
+        assert time.monotonic() - t0 < 5, "cancel lands within an iteration"
+        ckpt = load_checkpoint(srv.store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
+        assert ckpt.metrics["cancelled"] == 1 and ckpt.metrics["stylize_iterations"] >= 2
+
+
+def test_cli_stylize_builds_the_job_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    def fake_run_local(kind: str, params: dict, args) -> tuple[int, dict]:
+        seen.update(kind=kind, params=params, device=args.device)
+        return 0, {}
+
+    monkeypatch.setattr(cli, "_run_local", fake_run_local)
+    code = cli.main(["stylize", "abc123", "--prompt", PROMPT, "--negative", "photo", "--negative", "selfie",
+                     "--strength", "0.8", "--colour-only", "--clip-pretrained", "random", "--preset", "tiny",
+                     "--scale", "0.25", "--seed", "3", "--device", "cpu"])
+    assert code == 0 and seen["kind"] == "stylize" and seen["device"] == "cpu"
+    assert seen["params"] == {"source_job": "abc123", "prompt": PROMPT, "negative_prompts": ["photo", "selfie"],
+                              "strength": 0.8, "colour_only": True, "clip_pretrained": "random", "preset": "tiny",
+                              "scale": 0.25, "seed": 3}
+    from protocol import validate_params
+
+    validate_params("stylize", seen["params"])  # what the CLI builds passes the protocol's schema
