@@ -29,13 +29,14 @@ def resolve_device(name: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.jobs import default_runners
+    from backend.jobs import CLIP_MODELS, default_runners
     from backend.server.server import serve
 
     key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
     try:
         serve(args.endpoint, args.work_dir, default_runners(), device=resolve_device(args.device),
-              allow_remote=args.allow_remote, hmac_key=key, single_user=not args.multi_user)
+              allow_remote=args.allow_remote, hmac_key=key, single_user=not args.multi_user,
+              clip_models=CLIP_MODELS)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

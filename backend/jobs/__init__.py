@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from backend.server.jobs import RunnerFn
 
+# Advertised in hello_reply for the add-on's model menu. The stylize job takes any open_clip model name;
+# these are the ones the method has been run with (ViT-B-32 is the paper's and the default).
+CLIP_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+
 
 def default_runners() -> dict[str, RunnerFn]:
     """Job kind -> runner, for every kind this backend version implements."""
