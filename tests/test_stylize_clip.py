@@ -88,7 +88,7 @@ def test_load_clip_argument_errors() -> None:
         load_clip("ViT-B-32", pretrained=None, cache=None)
     with pytest.raises(ValueError, match="pretrained=None"):
         load_clip("ViT-B-32", pretrained="openai", random_init=True, cache=None)
-    with pytest.raises(FileNotFoundError, match="clip_weights"):
+    with pytest.raises(FileNotFoundError, match="clip_pretrained"):
         load_clip("ViT-B-32", pretrained="/nonexistent/dir/clip.safetensors", cache=None)
     with pytest.raises(ValueError, match="known tags"):
         load_clip("ViT-B-32", pretrained="no_such_tag", cache=None)

@@ -83,7 +83,7 @@ def test_missing_clip_weights_fail_fast(empty_caches: Path) -> None:
     assert time.perf_counter() - t0 < 2.0
     hub = str(empty_caches / "hf" / "hub")
     _assert_three_ways(str(info.value), "CLIP weights 'ViT-B-32' / pretrained 'openai'", hub,
-                       "python -m backend.stylize.weights --fetch", "clip_weights", "load_clip(pretrained=PATH)",
+                       "python -m backend.stylize.weights --fetch", "clip_pretrained", "load_clip(pretrained=PATH)",
                        "HF_HOME", "HF_HUB_CACHE", "allow_download=False")
     assert isinstance(info.value, RuntimeError) and info.value.searched and hub in info.value.searched[0]
 

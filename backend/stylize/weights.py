@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 # Names under which the job configuration / CLI expose "use this local checkpoint file" (way 2). The loaders
 # take the same value as an argument (``load_clip(pretrained=PATH)``, ``load_lpips(vgg_weights=PATH)``).
-CLIP_WEIGHTS_OPTION = "clip_weights"
+CLIP_WEIGHTS_OPTION = "clip_pretrained"  # the stylize job parameter; the CLI's --clip-pretrained
 VGG_WEIGHTS_OPTION = "vgg_weights"
 
 # torchvision's VGG16_Weights.IMAGENET1K_V1 (the weights lpips and the released perceptual loss use). Written out
@@ -286,8 +286,9 @@ def vgg_ways(cache_path: Path) -> list[str]:
     return [
         f"Run once with network access so that torchvision downloads VGG16 (ImageNet) into the torch hub "
         f"checkpoints folder {cache_path.parent} (for example `python -m backend.stylize.weights --fetch`).",
-        f"Point to a local checkpoint file: job option `{VGG_WEIGHTS_OPTION}` / `load_lpips(vgg_weights=PATH)` "
-        f"(a torchvision VGG16 state dict such as {cache_path.name}; only its `features.*` entries are used).",
+        f"Point to a local checkpoint file from Python with `load_lpips({VGG_WEIGHTS_OPTION}=PATH)` (a torchvision "
+        f"VGG16 state dict such as {cache_path.name}; only its `features.*` entries are used). Jobs have no such "
+        f"option yet: they read {cache_path}, so copy the file there.",
         f"Copy a pre-filled torch hub directory from another machine so that {cache_path} exists, or set "
         f"TORCH_HOME to a directory whose hub/checkpoints holds {cache_path.name}.",
     ]
