@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,16 +21,6 @@ from backend.nerf import (
 )
 from backend.nerf.hashgrid import HASH_PRIMES, HashGridEncoding, _hash_encode_torch
 from backend.nerf.marching import _occupied_steps_torch, ray_aabb_intersect, ray_interval
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tests run beside other suites on two cores: one intra-op thread avoids OpenMP threads waiting on
-    # each other. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _naive_hash_encode(x: torch.Tensor, enc: HashGridEncoding, table: torch.Tensor) -> torch.Tensor:

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from backend.captures.cameras import rays_for_image
 from backend.nerf import NeRFModel, ReconstructConfig, render_rays, render_samples
 from backend.nerf.synthetic import ring_cameras
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tests run beside other suites on two cores: one intra-op thread avoids OpenMP threads waiting on
-    # each other. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(seed: int = 0, scene: str = "matte") -> NeRFModel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,15 +35,6 @@ PSNR_FLOOR = 25.0
 NORM = Normalization(center=np.array([0.5, -1.0, 2.0]), radius=3.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tests run beside other suites on two cores: one intra-op thread avoids OpenMP threads waiting on
-    # each other (5x faster here). Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def scene() -> tuple:
@@ -57,14 +47,9 @@ def scene() -> tuple:
 def trained(scene: tuple) -> tuple[NeRFCheckpoint, list[TrainProgress]]:
     cams, images = scene
     reports: list[TrainProgress] = []
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ckpt = train_on_images(cams.select(range(8)), images[:8], CPU_CONFIG, torch.device("cpu"), background="matte",
-                               normalization=NORM, heldout_cameras=cams.select([8, 9]), heldout_images=images[8:],
-                               on_progress=reports.append)
-    finally:
-        torch.set_num_threads(n)
+    ckpt = train_on_images(cams.select(range(8)), images[:8], CPU_CONFIG, torch.device("cpu"), background="matte",
+                           normalization=NORM, heldout_cameras=cams.select([8, 9]), heldout_images=images[8:],
+                           on_progress=reports.append)
     return ckpt, reports
 
 

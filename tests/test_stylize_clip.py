@@ -6,8 +6,6 @@ weights is covered by the resolution tests in test_stylize_weights.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -37,15 +35,6 @@ from backend.stylize.weights import ModelCache
 
 TARGET = "painting, oil on canvas, Vincent van Gogh self-portrait style"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machines have 2 cores shared by concurrent test runs; there, ATen's 2-thread kernels wait on each
-    # other (a ViT-B/32 forward measured 3-4x slower than with 1 thread). Restored after this module.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

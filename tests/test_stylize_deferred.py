@@ -7,8 +7,6 @@ with the whole image rendered with grad at once on the same samples (relative er
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -46,14 +44,6 @@ def tiny_reconstruction(tmp_path_factory: pytest.TempPathFactory) -> NeRFCheckpo
         save_checkpoint(ckpt, path)
     return load_checkpoint(path, "cpu")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # 2 shared cores: ATen's 2-thread kernels wait on each other there (see test_stylize_clip.py).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,6 @@ PROMPT = "a marble statue"
 RANDOM = {"clip_model": "ViT-S-32", "clip_pretrained": "random", "preset": "tiny"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:

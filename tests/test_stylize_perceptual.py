@@ -7,7 +7,6 @@ the real ones shipped with the lpips package.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,15 +20,6 @@ from backend.stylize.perceptual import (
     load_lpips,
     load_vgg_relu3_3,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # 2 shared cores on the test machines: one thread avoids ATen threads waiting on each other. Restored after.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
