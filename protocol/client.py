@@ -141,9 +141,12 @@ class Client:
                                   "the backend has not been reachable") from None
         return msg.msg_id
 
+    def _hello_message(self) -> Message:
+        return Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name})
+
     def hello(self) -> str:
         """Ask for the backend's capabilities (answered by ``hello_reply``, or ``error`` on a version mismatch)."""
-        return self.send(Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name}))
+        return self.send(self._hello_message())
 
     def submit(self, kind: str, params: dict[str, Any],
                inputs: dict[str, tuple[bytes | memoryview, str]] | None = None) -> str:
@@ -209,9 +212,7 @@ class Client:
 
     def handshake(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """Blocking ``hello``: the backend's capabilities, or an error that says what is wrong."""
-        reply = self.request(Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name}),
-                             timeout_s)
-        return reply.content
+        return self.request(self._hello_message(), timeout_s).content
 
     def wait_job(self, job_id: str, on_message: Callable[[Message], None] | None = None,
                  timeout_s: float | None = None) -> Message:

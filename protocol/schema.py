@@ -19,7 +19,7 @@ from .errors import ErrorCode, ProtocolError
 PROTOCOL_VERSION = 1
 
 # Field kinds. "array" and "blob" are specs that point at binary frames (see framing.py).
-KINDS = ("str", "int", "float", "bool", "dict", "list", "str_list", "float_map", "array", "blob", "any")
+KINDS = ("str", "int", "float", "bool", "dict", "list", "str_list", "float_map", "matrix4", "array", "blob", "any")
 ARRAY_DTYPES = ("uint8", "uint16", "int32", "int64", "float16", "float32", "float64")
 BLOB_FORMATS = ("png", "exr", "ply", "npz", "jpg", "json", "zip", "bin")
 JOB_KINDS = ("reconstruct", "stylize", "render", "extract_mesh")
@@ -74,8 +74,8 @@ CAMERA = (
     Field("name", "str", "Camera name (Blender object name or image stem); names the output frame."),
     Field("frame", "int", "Blender frame number this camera pose belongs to.", required=False, min=-1_000_000,
           max=1_000_000),
-    Field("c2w", "list", "4x4 camera-to-world matrix, row-major list of 4 rows, OpenCV axes (+X right, +Y down, "
-          "+Z forward), in the capture's world coordinates.", min=4, max=4),
+    Field("c2w", "matrix4", "4x4 camera-to-world matrix, row-major list of 4 rows, OpenCV axes (+X right, +Y "
+          "down, +Z forward), in the capture's world coordinates."),
     Field("fx", "float", "Focal length along x in pixels.", min=1e-6, max=1e9),
     Field("fy", "float", "Focal length along y in pixels.", min=1e-6, max=1e9),
     Field("cx", "float", "Principal point x in pixels; the top-left pixel's centre is (0.5, 0.5).", min=-1e7,
@@ -373,14 +373,14 @@ def _check_value(value: Any, f: Field, path: str) -> None:
         for k, v in value.items():
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise bad(f"entry {k!r} must be a number, got {_typename(v)}")
+    elif kind == "matrix4":
+        _check_matrix4(value, bad)
     elif kind == "array":
         check_array_spec(value, path)
     elif kind == "blob":
         check_blob_spec(value, path)
     else:  # pragma: no cover - a schema bug, caught by the schema self-test
         raise ValueError(f"schema field {path} has unknown kind {kind!r}")
-    if path.endswith("c2w"):
-        _check_matrix4(value, bad)
 
 
 def _check_range(value: float, f: Field, bad: Any) -> None:
@@ -390,7 +390,9 @@ def _check_range(value: float, f: Field, bad: Any) -> None:
         raise bad(f"must be at most {f.max}, got {value}")
 
 
-def _check_matrix4(value: list, bad: Any) -> None:
+def _check_matrix4(value: Any, bad: Any) -> None:
+    if not isinstance(value, list) or len(value) != 4:
+        raise bad("must be 4 rows of 4 numbers")
     for row in value:
         if not isinstance(row, list) or len(row) != 4:
             raise bad("must be 4 rows of 4 numbers")

@@ -33,6 +33,8 @@ def sample_value(f: Field, msg: Message, rng: np.random.Generator) -> Any:
         return {"loss": 0.25, "psnr": 31.5}
     if f.kind == "str_list":
         return ["a", "b"]
+    if f.kind == "matrix4":
+        return np.eye(4).tolist()
     if f.kind == "array":
         return msg.add_array(rng.standard_normal((5, 3)).astype(np.float32))
     if f.kind == "blob":
@@ -44,7 +46,7 @@ def sample_value(f: Field, msg: Message, rng: np.random.Generator) -> Any:
             return [sample_camera()]
         if f.item:
             return [sample_object(f.item, msg, rng)]
-        return [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+        return [1, 2]
     return 1
 
 

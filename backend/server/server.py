@@ -257,9 +257,8 @@ class Server:
         if queued >= self.max_queued_per_client:
             raise ProtocolError(ErrorCode.QUEUE_FULL, f"you already have {queued} queued jobs (limit "
                                 f"{self.max_queued_per_client}); wait or cancel some", "kind")
-        for key in ("source_job",):
-            if key in msg.content["params"]:
-                self._visible_job(msg.content["params"][key], owner, field=f"params.{key}")
+        if "source_job" in msg.content["params"]:
+            self._visible_job(msg.content["params"]["source_job"], owner, field="params.source_job")
         inputs = {name: (msg.blob(spec), spec["format"]) for name, spec in msg.content.get("inputs", {}).items()}
         rec = self.store.create(kind, msg.content["params"], owner, inputs)
         position = self._worker.enqueue(rec.job_id)
@@ -277,8 +276,7 @@ class Server:
     def _error(self, code: str, message: str, field: str | None, request: Message | None) -> Message:
         content = {"code": code, "message": message, "field": field,
                    "job_id": request.job_id if request is not None else None}
-        msg = Message("error", content, parent_id=request.msg_id if request is not None else None)
-        return msg
+        return Message("error", content, parent_id=request.msg_id if request is not None else None)
 
     # Outgoing ------------------------------------------------------------------------------------------------
 
