@@ -65,3 +65,70 @@ def test_bad_images_are_refused(shape: tuple[int, ...]) -> None:
         encode_png(np.zeros(shape, np.float32))
     with pytest.raises(ValueError, match="expected an"):
         encode_exr(np.zeros(shape, np.float32))
+
+
+def test_png_from_quantized_pixels_equals_float_path() -> None:
+    import torch
+
+    from backend.jobs.render import quantized_straight_alpha, straight_alpha
+
+    img = _image(9, 6)
+    premultiplied = img.copy()
+    premultiplied[..., :3] *= premultiplied[..., 3:]
+    for bits in (8, 16):
+        pixels = quantized_straight_alpha(torch.from_numpy(premultiplied), bits)
+        assert pixels.dtype == (np.uint8 if bits == 8 else np.uint16) and pixels.shape == (9, 6, 4)
+        reference = straight_alpha(premultiplied.astype(np.float64))
+        scale = 255 if bits == 8 else 65535
+        # float32 division on the device vs float64 in NumPy: at most one level apart.
+        assert np.abs(pixels.astype(np.int64) - np.round(reference * scale).astype(np.int64)).max() <= 1
+        data = encode_png(pixels, bits)
+        if bits == 8:
+            decoded = np.asarray(Image.open(io.BytesIO(data)))
+        else:  # Pillow reads 16-bit RGBA as 8-bit: inflate the (single, unfiltered) IDAT chunk instead
+            import zlib
+
+            start = data.index(b"IDAT") + 4
+            length = int.from_bytes(data[start - 8:start - 4], "big")
+            rows = np.frombuffer(zlib.decompress(data[start:start + length]), np.uint8).reshape(9, -1)
+            assert (rows[:, 0] == 0).all()
+            decoded = rows[:, 1:].copy().view(">u2").reshape(9, 6, 4)
+        np.testing.assert_array_equal(decoded.astype(np.int64), pixels.astype(np.int64))
+    with pytest.raises(ValueError, match="do not match"):
+        encode_png(np.zeros((2, 2, 4), np.uint8), 16)
+
+
+def test_ordered_encode_pool_keeps_order_and_bounds_pending() -> None:
+    import random
+    import threading
+    import time
+
+    from backend.outputs.encode_pool import OrderedEncodePool
+
+    running = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            running["now"] += 1
+            running["max"] = max(running["max"], running["now"])
+        time.sleep(random.Random(i).random() * 0.01)  # finish out of order
+        with lock:
+            running["now"] -= 1
+        return i * i
+
+    got = []
+    with OrderedEncodePool[int](workers=3, max_pending=4) as pool:
+        for i in range(30):
+            got += pool.submit(i, work, i)
+            assert len(pool._pending) <= 4
+        got += list(pool.drain())
+    assert got == [(i, i * i) for i in range(30)]
+    assert 1 < running["max"] <= 3
+
+    def boom(_: int) -> int:
+        raise OSError("disk full")
+
+    with OrderedEncodePool[int](workers=1, max_pending=1) as pool, pytest.raises(OSError, match="disk full"):
+        pool.submit(0, boom, 0)
+        pool.submit(1, boom, 1)

@@ -19,8 +19,9 @@ def encode_png(rgba: np.ndarray, bit_depth: int = 8, compression: int = 3) -> by
     """PNG bytes of an image.
 
     Args:
-        rgba: ``(H, W, 4)`` float in [0, 1], straight alpha, sRGB.
-        bit_depth: 8 or 16.
+        rgba: ``(H, W, 4)`` straight alpha, sRGB: float in [0, 1] (quantized here to ``bit_depth``), or
+            already quantized ``uint8`` (8-bit PNG) / ``uint16`` (16-bit PNG), e.g. by the GPU.
+        bit_depth: 8 or 16 (must match integer input).
         compression: zlib level (3 is a good speed/size balance for renders streamed live).
     """
     if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.shape[0] == 0 or rgba.shape[1] == 0:
@@ -28,13 +29,19 @@ def encode_png(rgba: np.ndarray, bit_depth: int = 8, compression: int = 3) -> by
     if bit_depth not in (8, 16):
         raise ValueError(f"PNG bit depth must be 8 or 16, got {bit_depth}")
     h, w, _ = rgba.shape
-    scale = 255.0 if bit_depth == 8 else 65535.0
     dtype = np.uint8 if bit_depth == 8 else np.dtype(">u2")  # PNG samples are big-endian
-    pixels = np.clip(np.round(np.nan_to_num(rgba) * scale), 0, scale).astype(dtype)
+    if rgba.dtype.kind in "ui":
+        if rgba.dtype.itemsize != bit_depth // 8:
+            raise ValueError(f"{rgba.dtype} pixels do not match a {bit_depth}-bit PNG")
+        pixels = rgba.astype(dtype, copy=False)
+    else:
+        scale = 255.0 if bit_depth == 8 else 65535.0
+        pixels = np.clip(np.round(np.nan_to_num(rgba) * scale), 0, scale).astype(dtype)
     # Filter type 0 (None) on every row: each row is prefixed by a zero byte.
     raw = np.zeros((h, 1 + w * 4 * pixels.itemsize), dtype=np.uint8)
     raw[:, 1:] = pixels.reshape(h, -1).view(np.uint8)
     ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, 6, 0, 0, 0)  # colour type 6 = RGBA
+    # zlib releases the GIL while it compresses, so frames encode in parallel on worker threads.
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
             + _chunk(b"IDAT", zlib.compress(raw.tobytes(), compression)) + _chunk(b"IEND", b""))
 
