@@ -127,7 +127,12 @@ class NERFART_PT_backend(_Panel, bpy.types.Panel):
         elif rt.connection == "LOST":
             col.alert = True
             col.label(text="The backend is not responding", icon="ERROR")
-            col.label(text="Jobs keep running there; results reattach")
+            col.label(text="Reconnecting by itself; jobs keep running")
+            col.label(text="there and reattach when it answers")
+        elif rt.connection == "ERROR":
+            # Most connection errors are fixed in the preferences (address, keys): one click away.
+            op = col.operator("preferences.addon_show", text="Open Add-on Preferences", icon="PREFERENCES")
+            op.module = __package__
         row = layout.row(align=True)
         if rt.connection in ("CONNECTED", "CONNECTING", "LOST"):
             row.operator("nerfart.disconnect", icon="UNLINKED")

@@ -1,6 +1,18 @@
-"""Add-on preferences: where the backend is, and how to start one on this machine."""
+"""Add-on preferences: where the backend is, how to start one on this machine, and the CURVE keys.
+
+CURVE (ZeroMQ's encryption and authentication) needs the backend's public key and a key pair of this Blender,
+whose public key the backend must authorise (``python -m backend keys authorize KEY`` on the backend machine).
+The key pair is made here (Generate Key Pair), so the secret key never leaves this machine; like every
+preference it is stored in Blender's userpref.blend, readable by this user account only as far as that file
+is. A loopback backend without keys needs none of this.
+"""
 
 from __future__ import annotations
+
+import re
+import socket
+import uuid
+from typing import Any
 
 import bpy
 from bpy.props import BoolProperty, FloatProperty, StringProperty
@@ -41,6 +53,18 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
                                  "{endpoint} becomes the backend address", default=DEFAULT_ARGS)
     timeout_s: FloatProperty(name="Response Timeout", description="Seconds without a heartbeat before the "
                              "backend shows as not responding", default=4.0, min=1.0, max=120.0, unit="TIME_ABSOLUTE")
+    server_public_key: StringProperty(name="Backend Public Key", description="The backend's CURVE public key, as "
+                                      "printed by 'python -m backend keys show' on the backend machine. Leave "
+                                      "empty for a backend without keys (on this machine)", default="")
+    client_public_key: StringProperty(name="Public Key", description="This Blender's CURVE public key: "
+                                      "authorise it on the backend with 'python -m backend keys authorize KEY'",
+                                      default="")
+    client_secret_key: StringProperty(name="Secret Key", description="This Blender's CURVE secret key (made by "
+                                      "Generate Key Pair; it never needs to leave this machine)", default="",
+                                      subtype="PASSWORD")
+    client_id: StringProperty(name="Client ID", description="Stable id of this Blender installation; without "
+                              "CURVE the backend uses it to give this Blender its own jobs back after a reconnect",
+                              default="", options={"HIDDEN"})
 
     def draw(self, context):
         layout = self.layout
@@ -63,6 +87,12 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
         row = layout.row()
         row.operator("nerfart.test_connection", icon="LINKED")
         row.label(text=runtime.status_text, icon="CHECKMARK" if runtime.connection == "CONNECTED" else "BLANK1")
+        if runtime.error and runtime.connection == "ERROR":
+            box = layout.box()
+            box.alert = True
+            for line in _wrap(runtime.error, 90)[:6]:
+                box.label(text=line)
+        self.draw_keys(layout)
         layout.separator()
         layout.prop(self, "start_local")
         col = layout.column()
@@ -76,5 +106,118 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
         if runtime.local_backend:
             col.label(text=runtime.local_backend, icon="CONSOLE")
 
+    def draw_keys(self, layout) -> None:
+        box = layout.box()
+        box.label(text="Encryption and Authentication (CURVE)", icon="LOCKED")
+        col = box.column()
+        col.prop(self, "server_public_key")
+        if self.client_public_key:
+            col.prop(self, "client_public_key")
+            col.prop(self, "client_secret_key")
+            sub = box.column(align=True)
+            sub.label(text="Authorise this Blender on the backend machine:")
+            sub.label(text=authorize_command(self.client_public_key), icon="CONSOLE")
+            row = box.row(align=True)
+            row.operator("nerfart.copy_client_key", text="Copy Public Key", icon="COPYDOWN").command = False
+            row.operator("nerfart.copy_client_key", text="Copy Command", icon="COPYDOWN").command = True
+            row.operator("nerfart.generate_client_keys", text="New Key Pair", icon="FILE_REFRESH")
+        else:
+            box.label(text="A backend with keys (e.g. a shared GPU machine) needs a key pair of this Blender",
+                      icon="INFO")
+            box.operator("nerfart.generate_client_keys", icon="KEY_HLT")
 
-CLASSES = (NERFART_AddonPreferences,)
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines
+
+
+def key_name() -> str:
+    """A name for this Blender's key on the backend (``keys authorize --name``): the host name, sanitised."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:48].strip("-.") or "host"
+    return f"blender-{host}"
+
+
+def authorize_command(public_key: str) -> str:
+    """The command that authorises ``public_key`` on the backend machine. Z85 keys hold shell characters such
+    as '&' and '*', so the key is single-quoted (Z85 has no quote character), and may start with '-', so it
+    comes after '--', where the command line cannot take it for an option."""
+    return f"python -m backend keys authorize --name {key_name()} -- '{public_key.strip()}'"
+
+
+def connect_options(prefs: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`.connection.connect` that come from the preferences: the CURVE keys
+    and this Blender's stable client id, made and saved on first use. ``prefs`` may also be the defaults of a
+    script that registered the add-on outside the preferences system (then without these fields)."""
+    if isinstance(prefs, bpy.types.AddonPreferences) and not prefs.client_id:
+        prefs.client_id = uuid.uuid4().hex
+    return {"curve": (getattr(prefs, "server_public_key", ""), getattr(prefs, "client_public_key", ""),
+                      getattr(prefs, "client_secret_key", "")),
+            "client_id": getattr(prefs, "client_id", "")}
+
+
+class NERFART_OT_generate_client_keys(bpy.types.Operator):
+    """Make a new CURVE key pair for this Blender; authorise its public key on the backend afterwards"""
+
+    bl_idname = "nerfart.generate_client_keys"
+    bl_label = "Generate Key Pair"
+    bl_options = {"INTERNAL"}  # noqa: RUF012 - Blender reads a set
+
+    def invoke(self, context, event):
+        prefs = get_preferences(context)
+        if prefs is not None and prefs.client_public_key:  # replacing a pair locks this Blender out until the
+            return context.window_manager.invoke_confirm(self, event)  # new key is authorised: ask first
+        return self.execute(context)
+
+    def execute(self, context):
+        from .connection import zmq_error
+
+        prefs = get_preferences(context)
+        if prefs is None:
+            self.report({"ERROR"}, "the add-on is not enabled through the preferences; its keys cannot be saved")
+            return {"CANCELLED"}
+        if (err := zmq_error()) is not None:
+            self.report({"ERROR"}, err)
+            return {"CANCELLED"}
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        prefs.client_public_key = public.decode()
+        prefs.client_secret_key = secret.decode()
+        context.preferences.is_dirty = True
+        self.report({"INFO"}, f"new key pair; authorise it on the backend: {authorize_command(public.decode())}")
+        return {"FINISHED"}
+
+
+class NERFART_OT_copy_client_key(bpy.types.Operator):
+    """Copy this Blender's public key, or the command that authorises it on the backend, to the clipboard"""
+
+    bl_idname = "nerfart.copy_client_key"
+    bl_label = "Copy Public Key"
+    bl_options = {"INTERNAL"}  # noqa: RUF012 - Blender reads a set
+
+    command: BoolProperty(name="Command", description="Copy the whole 'keys authorize' command, not only the key",
+                          default=False, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        prefs = get_preferences(context)
+        if prefs is None or not prefs.client_public_key:
+            cls.poll_message_set("Generate a key pair first")
+            return False
+        return True
+
+    def execute(self, context):
+        key = get_preferences(context).client_public_key.strip()
+        context.window_manager.clipboard = authorize_command(key) if self.command else key
+        self.report({"INFO"}, "copied the authorize command" if self.command else "copied the public key")
+        return {"FINISHED"}
+
+
+CLASSES = (NERFART_AddonPreferences, NERFART_OT_generate_client_keys, NERFART_OT_copy_client_key)

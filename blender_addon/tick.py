@@ -66,7 +66,14 @@ def tick() -> float:
 def handle_event(event: Event) -> None:
     job = event.job
     if event.kind == "connected":
-        reattach_saved_jobs()
+        reattach_after_connect()
+    elif event.kind == "status" and event.message is not None:
+        # Attach and status answers carry the backend's view of jobs (e.g. 'interrupted' after a restart):
+        # show it in the saved job list right away.
+        for rec in event.message.content.get("jobs") or []:
+            known = connection.session.jobs.get(rec.get("job_id"))
+            if known is not None:
+                _update_job_ref(known)
     elif event.kind == "accepted" and job is not None:
         _record_job(job)
     elif event.kind == "frame" and job is not None:
@@ -162,6 +169,18 @@ def _on_finished(job: JobState) -> None:
         print(f"[nerfart] {job.status_line()}", flush=True)
 
 
+def reattach_after_connect() -> int:
+    """After every (re)connection: follow this session's unfinished jobs and this file's saved ones again.
+
+    The backend answers each ``attach`` with the job's state and re-sends the result of a finished one, so a
+    job that ended, or was interrupted by a restart, while the connection was down shows its real state.
+    """
+    ids = [j.job_id for j in connection.session.jobs.values() if j.job_id and j.active]
+    if ids:
+        connection.attach(ids)
+    return len(ids) + reattach_saved_jobs()
+
+
 def reattach_saved_jobs() -> int:
     """Ask the backend for the jobs saved in this file that were not final; returns how many."""
     ids = []
@@ -187,7 +206,7 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt = wm.nerfart_runtime
     s = connection.session
     rt.connection = s.state
-    rt.status_text = s.status_line()
+    rt.status_text = connection.status_line()
     info = s.info or {}
     rt.backend_version = str(info.get("backend_version", ""))
     gpu = info.get("gpu") or {}

@@ -8,12 +8,23 @@ pattern): requests carry a ``msg_id``, replies name it as ``parent_id``, and a j
   a second. It also sends heartbeats, so :meth:`Client.alive` tells within seconds when the backend is gone.
 * :meth:`Client.request` and :meth:`Client.wait_job` block, for scripts and Blender's background mode.
 
+Identity. The routing id is ``<client_id>/<session>``: ``client_id`` is stable (the add-on keeps it in its
+preferences), the session part is new for every socket, so two sockets never collide on the server's ROUTER. A
+backend without CURVE takes ``client_id`` as the owner of the jobs this client submits (advisory: anyone can
+claim any id); a backend with CURVE takes the client's public key, which the handshake has proven.
+
+Security handshake. With CURVE, a refused key or a wrong server key never produces a message: ZeroMQ drops
+the connection during its handshake. A monitor socket reports those handshake events, so
+:attr:`Client.handshake_failure` (and :class:`HandshakeError` from the blocking calls) can say what is wrong
+at once instead of timing out.
+
 Every socket call happens on the thread that owns the client (ZeroMQ sockets are not thread-safe).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections import deque
@@ -21,12 +32,17 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .errors import ErrorCode, ProtocolError
 from .framing import DEFAULT_LIMITS, Limits, Message, Signer, decode, encode, split_identities
 from .schema import PROTOCOL_VERSION
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+NO_DETAIL_FAILURES = 3  # broken-off handshakes in a row before they count as a failure (see _drain_monitor)
 
 
 class BackendError(RuntimeError):
@@ -37,6 +53,21 @@ class BackendError(RuntimeError):
         self.field = message.content.get("field")
         self.job_id = message.content.get("job_id")
         super().__init__(str(message.content.get("message", "backend error")))
+
+
+class HandshakeError(ConnectionError):
+    """ZeroMQ's security handshake with the backend failed, so no message can pass.
+
+    Attributes:
+        reason: ``"unauthorized"`` (the backend does not trust this client's key), ``"wrong_server_key"``
+            (the CURVE handshake failed: the server key is not the backend's), ``"curve_required"`` (the
+            backend uses CURVE, this client has no keys), ``"curve_unsupported"`` (this client uses CURVE,
+            the backend does not) or ``"handshake_failed"`` (a ZeroMQ protocol error: not a NeRF-Art backend?).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Client:
@@ -50,24 +81,36 @@ class Client:
         context: a ``zmq.Context`` to use (the add-on owns one per Blender session); a new one otherwise.
         curve: optional ``(server_public, client_public, client_secret)`` Z85 keys for CURVE encryption.
         limits: size limits for received messages.
+        client_id: stable id of this client (letters, digits, ``_``, ``-``; at most 64), kept across
+            reconnects so that a backend without CURVE gives it back its jobs; a random one if None.
+
+    Raises:
+        ValueError: a malformed ``client_id``.
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, hmac_key: bytes | None = None,
                  client_name: str = "nerfart-client", heartbeat_interval_s: float = 1.0,
                  context: zmq.Context | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, client_id: str | None = None) -> None:
         self.endpoint = endpoint
         self.client_name = client_name
         self.heartbeat_interval_s = heartbeat_interval_s
         self.session = uuid.uuid4().hex
+        self.client_id = client_id or uuid.uuid4().hex
+        if not CLIENT_ID.match(self.client_id):
+            raise ValueError(f"client id {self.client_id[:80]!r} must be 1-64 letters, digits, '_' or '-'")
         self.server_info: dict[str, Any] | None = None
         self.last_seen: float | None = None  # time.monotonic() of the last message from the backend
+        self.peer_session: str | None = None  # the backend process's session id, from its last message
+        self.handshake_failure: HandshakeError | None = None  # the last failed security handshake, until one works
         self._signer = Signer(hmac_key)
         self._limits = limits
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._curve = curve
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._no_detail = 0
         self._pending: deque[Message] = deque()  # received while a blocking call waited for something else
         self._last_heartbeat = 0.0
 
@@ -84,8 +127,9 @@ class Client:
             return
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        # A fixed routing id keeps the server's job routing intact across ZeroMQ's automatic reconnects.
-        sock.setsockopt(zmq.ROUTING_ID, self.session.encode())
+        # A fixed routing id keeps the server's job routing intact across ZeroMQ's automatic reconnects; its
+        # client-id part names the owner on a backend without CURVE (see the module docstring).
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.client_id}/{self.session}".encode())
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 10000)
         sock.setsockopt(zmq.RECONNECT_IVL, 200)
@@ -96,6 +140,10 @@ class Client:
             sock.curve_serverkey = server_public
             sock.curve_publickey = public
             sock.curve_secretkey = secret
+        # Before connect(), so that not even the first handshake's events are missed.
+        self._monitor = sock.get_monitor_socket(_MONITORED)
+        self.handshake_failure = None
+        self._no_detail = 0
         sock.connect(self.endpoint)
         self._socket = sock
         self._last_heartbeat = time.monotonic()
@@ -103,8 +151,13 @@ class Client:
     def close(self) -> None:
         """Close the socket (and the context if this client created it)."""
         if self._socket is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.disable_monitor()
             self._socket.close(linger=0)
             self._socket = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._own_context:
             self._context.term()
             self._own_context = False
@@ -115,6 +168,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def public_key(self) -> bytes | None:
+        """This client's CURVE public key (Z85), or None without CURVE: what the backend must authorise."""
+        return self._curve[1] if self._curve is not None else None
 
     def alive(self, timeout_s: float = 3.0) -> bool:
         """Whether the backend sent anything (a heartbeat at least) within ``timeout_s`` seconds."""
@@ -134,12 +192,28 @@ class Client:
         assert self._socket is not None
         msg.session = self.session
         frames = encode(msg, self._signer)
+        self._check_size(msg, frames)
         try:
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             raise ConnectionError(f"cannot send to the backend at {self.endpoint}: its queue is full because "
                                   "the backend has not been reachable") from None
         return msg.msg_id
+
+    def _check_size(self, msg: Message, frames: list[Any]) -> None:
+        """Refuse here what the backend said it would refuse: a message over its advertised size limit.
+
+        The backend answers a message over the limit with ``too_large``, but one *frame* over it is dropped by
+        ZeroMQ before anyone reads it (MAXMSGSIZE), which would leave the request without an answer.
+        """
+        limit = ((self.server_info or {}).get("limits") or {}).get("max_message_bytes")
+        if not isinstance(limit, int):
+            return
+        total = sum(memoryview(f).nbytes for f in frames)
+        if total > limit:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"this {msg.type} message is {total / 2**20:.1f} MiB, over the "
+                                f"backend's limit of {limit / 2**20:.1f} MiB; upload less (e.g. a smaller capture or "
+                                "a path on the backend's disk) or raise the backend's limit")
 
     def _hello_message(self) -> Message:
         return Message("hello", {"protocol_version": PROTOCOL_VERSION, "client": self.client_name})
@@ -171,6 +245,11 @@ class Client:
     def attach(self, job_id: str) -> str:
         return self.send(Message("attach", {"job_id": job_id}))
 
+    def resume(self, job_id: str) -> str:
+        """Queue an interrupted job again, to continue from its latest checkpoint (answered by ``accepted``
+        with the same job id, or ``error`` with code ``bad_state`` if the job is not interrupted)."""
+        return self.send(Message("resume", {"job_id": job_id}))
+
     # Receiving -------------------------------------------------------------------------------------------
 
     def poll(self, budget_s: float = 0.005, max_messages: int = 1000) -> list[Message]:
@@ -182,6 +261,7 @@ class Client:
         """
         if self._socket is None:
             return []
+        self._drain_monitor()
         deadline = time.monotonic() + budget_s
         out: list[Message] = []
         while self._pending and len(out) < max_messages:
@@ -201,6 +281,7 @@ class Client:
         Raises:
             TimeoutError: no reply within ``timeout_s`` (the message says how to start a backend).
             BackendError: the reply is an ``error`` message.
+            HandshakeError: the security handshake failed (the message says what to change where).
         """
         msg_id = self.send(msg)
         reply = self._wait(lambda m: m.parent_id == msg_id, timeout_s, f"a reply to {msg.type}")
@@ -225,6 +306,7 @@ class Client:
         Raises:
             TimeoutError: the timeout passed, or the backend stopped answering heartbeats for 30 s.
             BackendError: an ``error`` message about this job.
+            HandshakeError: the security handshake failed.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -251,14 +333,24 @@ class Client:
     # Internals -------------------------------------------------------------------------------------------
 
     def _next(self, timeout_s: float) -> Message | None:
-        """The next non-heartbeat message, waiting up to ``timeout_s``."""
+        """The next non-heartbeat message, waiting up to ``timeout_s``.
+
+        Raises:
+            HandshakeError: the monitor reported a failed security handshake (nothing would ever arrive).
+        """
         deadline = time.monotonic() + timeout_s
+        assert self._socket is not None and self._monitor is not None
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
             self._maybe_heartbeat()
+            self._raise_if_refused()
             remaining = deadline - time.monotonic()
-            assert self._socket is not None
-            if not self._socket.poll(max(0, int(min(remaining, self.heartbeat_interval_s) * 1000))):
+            events = dict(poller.poll(max(0, int(min(remaining, self.heartbeat_interval_s) * 1000))))
+            if self._socket not in events:
                 if time.monotonic() >= deadline:
+                    self._raise_if_refused()
                     return None
                 continue
             msg = self._recv(zmq.NOBLOCK)
@@ -297,9 +389,67 @@ class Client:
         except ProtocolError as exc:
             return Message("error", {"code": exc.code, "message": f"undecodable message from the backend: "
                                      f"{exc.message}", "field": exc.field, "job_id": None})
+        if msg.session:
+            self.peer_session = msg.session
         if msg.type == "hello_reply":
             self.server_info = msg.content
         return msg
+
+    def _drain_monitor(self) -> None:
+        """Read the socket's handshake events (never blocks) into :attr:`handshake_failure`.
+
+        A refused key or a security-mechanism mismatch is definite at once (libzmq does not retry those). A
+        handshake that just breaks off ("no detail") is what a wrong server key looks like, but also what one
+        side sees when the other noticed a mismatch first and hung up; libzmq retries it, so it only counts
+        after :data:`NO_DETAIL_FAILURES` in a row, by which time a mismatch has shown itself as such.
+        """
+        if self._monitor is None:
+            return
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_failure = None
+                self._no_detail = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._no_detail += 1
+                if self._no_detail >= NO_DETAIL_FAILURES:
+                    self.handshake_failure = self._explain_handshake(kind, int(event["value"]))
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self.handshake_failure = self._explain_handshake(kind, int(event["value"]))
+
+    def _raise_if_refused(self) -> None:
+        self._drain_monitor()
+        if self.handshake_failure is not None:
+            raise HandshakeError(self.handshake_failure.reason, str(self.handshake_failure))
+
+    def _explain_handshake(self, kind: int, value: int) -> HandshakeError:
+        where = f"the backend at {self.endpoint}"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            key = self.public_key.decode() if self.public_key else "?"
+            return HandshakeError("unauthorized", f"{where} does not accept this client's key {key} (ZAP status "
+                                  f"{value}). On the backend machine, authorise it: python -m backend keys "
+                                  f"authorize -- '{key}'")
+        mismatch = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        if self._curve is None and (mismatch or kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            # A mechanism mismatch, or the hang-up of a server that noticed it first.
+            return HandshakeError("curve_required", f"{where} requires CURVE encryption: give this client "
+                                  "the backend's public key (python -m backend keys show, on the backend) and "
+                                  "a key pair of its own that the backend has authorised")
+        if self._curve is None:
+            return HandshakeError("handshake_failed", f"the ZeroMQ handshake with {where} failed (protocol error "
+                                  f"{value:#x}); is that address a NeRF-Art backend?")
+        if mismatch:
+            return HandshakeError("curve_unsupported", f"{where} does not use CURVE encryption, but this client "
+                                  "was given CURVE keys: start the backend with CURVE (serve --curve) or remove "
+                                  "the server key from this client's settings")
+        # A CURVE server that cannot open the client's HELLO (made for another server key) just hangs up.
+        return HandshakeError("wrong_server_key", f"the secure handshake with {where} failed: check that the "
+                              "backend public key this client uses is the one 'python -m backend keys show' "
+                              "prints on the backend machine")
 
     def _maybe_heartbeat(self) -> None:
         now = time.monotonic()

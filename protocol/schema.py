@@ -108,6 +108,7 @@ JOB_INFO = (
     Field("params", "dict", "The parameters it was submitted with.", required=False),
     Field("outputs", "dict", "Outputs so far (file names in the job directory, metrics).", required=False),
     Field("error", "dict", "Error {code, message} if it failed.", required=False, nullable=True),
+    Field("resumes", "int", "Times it was resumed after an interruption.", required=False, min=0),
 )
 
 ERROR_INFO = (
@@ -253,6 +254,16 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("state", "str", "State now ('cancelled', or 'running' until the next step boundary).",
                   choices=JOB_STATES),
         )),
+        MessageSpec("resume", "client->server",
+                    "Queue an interrupted job (one that was running when the backend stopped or crashed) again, "
+                    "under the same id and folder. Reconstruct and stylize jobs continue from their latest periodic "
+                    "checkpoint, so their progress continues from there and they end at the step or iteration "
+                    "count they were submitted with; without a checkpoint they start from the beginning and their "
+                    "progress message and outputs ('resume_note') say so. Other kinds run again from the start. "
+                    "Answered by 'accepted' (the same job id), or 'error' with code 'bad_state' for a job that is "
+                    "not interrupted. The job's messages go to the client that resumed it.", (
+                        Field("job_id", "str", "The interrupted job."),
+                    )),
         MessageSpec("status", "client->server", "Ask for one job or for all jobs this client may see.", (
             Field("job_id", "str", "One job, or null for all.", required=False, nullable=True),
         )),

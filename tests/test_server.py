@@ -305,3 +305,16 @@ def test_encoded_requests_from_a_raw_socket_work(server_process) -> None:
         assert decode(sock.recv_multipart()).type == "status_reply"
     finally:
         sock.close()
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    ctx = zmq.Context.instance()
+    taken = ctx.socket(zmq.REP)
+    taken.setsockopt(zmq.LINGER, 0)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        srv = Server(f"tcp://127.0.0.1:{port}", tmp_path / "work", runners={})
+        with pytest.raises(ValueError, match="already listening there"):
+            srv.serve()
+    finally:
+        taken.close()

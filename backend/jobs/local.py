@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.server.jobs import JobRecord, JobStore, execute_job
-from protocol import Message, validate_params
+from backend.server.jobs import JobRecord, JobStore, execute_job, prepare_resume
+from protocol import ErrorCode, Message, ProtocolError, validate_params
 
 
 def run_job_locally(kind: str, params: dict[str, Any], work_dir: Path, device: str,
@@ -32,6 +32,34 @@ def run_job_locally(kind: str, params: dict[str, Any], work_dir: Path, device: s
     runner = (runners if runners is not None else default_runners()).get(kind)
     store = JobStore(work_dir)
     rec = store.create(kind, params, owner="cli")
+    _execute_with_sigint(rec, store, runner, on_message, device)
+    return rec
+
+
+def resume_job_locally(job_id: str, work_dir: Path, device: str, on_message: Callable[[Message], None],
+                       runners: dict[str, Any] | None = None) -> JobRecord:
+    """Resume an interrupted job of ``work_dir`` in this process (from its latest checkpoint) and return its record.
+
+    A job that was running when its process died is found interrupted here (see :class:`JobStore`), whichever
+    process ran it: a server or a command-line run.
+
+    Raises:
+        ProtocolError: ``unknown_job``, or ``bad_state`` for a job that is not interrupted.
+    """
+    from backend.jobs import default_runners
+
+    store = JobStore(work_dir)
+    rec = store.get(job_id)
+    if rec is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id!r} in {store.jobs_dir}", "job_id")
+    prepare_resume(rec, store)
+    runner = (runners if runners is not None else default_runners()).get(rec.kind)
+    _execute_with_sigint(rec, store, runner, on_message, device)
+    return rec
+
+
+def _execute_with_sigint(rec: JobRecord, store: JobStore, runner: Any, on_message: Callable[[Message], None],
+                         device: str) -> None:
     cancel = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
 
@@ -43,4 +71,3 @@ def run_job_locally(kind: str, params: dict[str, Any], work_dir: Path, device: s
         execute_job(rec, store, runner, on_message, cancel, device)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return rec

@@ -95,10 +95,24 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         ctx.progress("rendering", done, len(cameras), eta_s=elapsed / done * (len(cameras) - done))
 
+    def finished_earlier(i: int) -> tuple[bytes, np.ndarray | None] | None:
+        """Frame ``i`` as an interrupted run of this job left it (files are complete or absent)."""
+        name = frame_file_name(i, frames[i], cameras.names[i], ext)
+        depth_file = out_dir / (name.rsplit(".", 1)[0] + "_depth.npy")
+        if not ctx.resuming or not (out_dir / name).is_file() or (with_depth and not depth_file.is_file()):
+            return None
+        return (out_dir / name).read_bytes(), np.load(depth_file) if with_depth else None
+
     # Encoding runs on worker threads while the GPU renders the next frames (see OrderedEncodePool).
     with OrderedEncodePool[bytes]() as pool:
         for i in range(len(cameras)):
             ctx.check_cancel()
+            earlier = finished_earlier(i)
+            if earlier is not None:  # a resumed job re-sends what it has instead of rendering it again
+                for (j, d), data in pool.drain():
+                    finish(j, data, d)
+                finish(i, *earlier)
+                continue
             rgba_t, depth_t = renderer.render(cameras, i)
             if fmt == "exr":
                 pixels = rgba_t.cpu().numpy()

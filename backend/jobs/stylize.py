@@ -9,6 +9,10 @@ CLIP name) -> the source job -> CLIP and perceptual weights (missing weights fai
 :class:`~backend.stylize.weights.WeightsUnavailableError` message) -> prompt lengths (CLIP's tokenizer) -> the
 checkpoint -> stylization.
 
+Every ``checkpoint_every`` iterations (the preset's) a resumable checkpoint (``F_sty``, optimizer, iteration,
+random state) replaces ``checkpoint.pt``; a resumed job (``ctx.resuming``) renders ``I_src`` again and continues
+from it at the next iteration. The finished ``checkpoint.pt`` holds no training state.
+
 ``clip_pretrained="random"`` is the explicitly requested test mode: random-initialised CLIP **and** perceptual
 network. The job then runs the whole pipeline, but the result is not driven by the prompt; the progress
 message and the outputs (``prompt_driven: false``) say so.
@@ -19,9 +23,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.server.jobs import JobContext, JobFailed
+from backend.server.jobs import JobContext, JobFailed, atomic_write_bytes
 
-from .checkpoints import load_source_checkpoint
+from .checkpoints import load_source_checkpoint, resume_checkpoint
 from .reconstruct import preview_png
 
 CHECKPOINT = "checkpoint.pt"
@@ -86,7 +90,7 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
 
     from backend.nerf.checkpoint import save_checkpoint
     from backend.nerf.evaluate import render_image
-    from backend.stylize.loop import StylizeProgress, stylize
+    from backend.stylize.loop import TRAIN_STATE_KIND, StylizeProgress, stylize
     from backend.stylize.weights import WeightsUnavailableError
 
     params = ctx.params
@@ -118,11 +122,17 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     ctx.progress("loading models", 1, 2, message=note)
     ctx.check_cancel()
     ckpt_rec = load_source_checkpoint(ctx, ("reconstruct",))
-    ctx.progress("loading models", 2, 2, message=note)
+    resume, resume_note = resume_checkpoint(ctx, CHECKPOINT, TRAIN_STATE_KIND) if ctx.resuming else (None, "")
+    if resume is not None:
+        done = int(resume.train_state["done"]) if resume.train_state else config.resolved_iterations()
+        resume_note_line = f"resuming at iteration {done} of {config.resolved_iterations()}"
+    else:
+        resume_note_line = resume_note
+    ctx.progress("loading models", 2, 2, message="; ".join(t for t in (note, resume_note_line) if t))
     settings = {**config.to_dict(), "source_job": params["source_job"], "clip_model": clip_name,
                 "clip_pretrained": clip_pretrained, "clip_source": clip.source,
                 "perceptual_source": getattr(perceptual, "source", None), "prompt_driven": prompt_driven}
-    (ctx.outputs_dir / SETTINGS).write_text(json.dumps(settings, indent=1, default=str))
+    atomic_write_bytes(ctx.outputs_dir / SETTINGS, json.dumps(settings, indent=1, default=str))
 
     def on_progress(p: StylizeProgress) -> None:
         if p.stage == "sources":
@@ -134,16 +144,24 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
                      preview_png=None if p.preview is None else preview_png(p.preview), message=note)
 
     def on_checkpoint(ckpt: Any) -> None:
-        # Overwritten in place (atomically), so an interrupted job keeps its latest state.
+        # Overwritten in place (atomically), so an interrupted job keeps its latest state and resumes from it.
         save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
+        ctx.checkpointed("stylizing", int(ckpt.metrics["stylize_iterations"]), config.resolved_iterations())
 
-    try:
-        ckpt = stylize(ckpt_rec, config, torch.device(ctx.device), on_progress, lambda: ctx.cancelled,
-                       clip=clip, perceptual=perceptual, on_checkpoint=on_checkpoint)
-    except ValueError as exc:
-        raise JobFailed(str(exc)) from exc
-    # Saved even when cancelled: the partly stylized model is kept, like a stopped reconstruction.
-    save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
+    if resume is not None and resume.train_state is None:
+        # The stylization had finished (its final checkpoint is saved) when the job was interrupted: keep it.
+        ckpt = resume
+    else:
+        try:
+            ckpt = stylize(ckpt_rec, config, torch.device(ctx.device), on_progress, lambda: ctx.cancelled,
+                           clip=clip, perceptual=perceptual, on_checkpoint=on_checkpoint, resume=resume)
+        except ValueError as exc:
+            raise JobFailed(str(exc)) from exc
+        # Saved even when cancelled: the partly stylized model is kept, like a stopped reconstruction (with its
+        # training state, so an interrupted job resumes from exactly here).
+        save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
+        if ckpt.train_state is not None:
+            ctx.checkpointed("stylizing", int(ckpt.train_state["done"]), config.resolved_iterations())
     ctx.check_cancel()
     view = ckpt.heldout_indices[0] if ckpt.heldout_indices else 0
     rgba, _ = render_image(ckpt, ckpt.cameras, view)
@@ -154,4 +172,9 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
                     "background": ckpt.background, "colour_only": config.colour_only})
     if not prompt_driven:
         outputs["note"] = NOT_PROMPT_DRIVEN
+    if resume is not None:
+        outputs["resumed_from_iteration"] = int(resume.train_state["done"]) if resume.train_state \
+            else outputs["iterations"]
+    if resume_note:
+        outputs["resume_note"] = resume_note
     return outputs

@@ -6,11 +6,23 @@ A checkpoint file is a ``torch.save`` dict of tensors and plain Python values on
 ``format`` ("nerfart-nerf"), ``version``, ``model_config`` (dict), ``model_state`` (field parameters and the
 occupancy grid), ``config`` (:class:`ReconstructConfig` dict), ``background`` ("matte" or "contract"),
 ``normalization`` (``Normalization.to_dict()`` or None), ``cameras`` (world cameras as tensors and names),
-``train_indices``, ``heldout_indices``, ``step``, ``metrics``.
+``train_indices``, ``heldout_indices``, ``step``, ``metrics``, and optionally ``train_state``.
+
+``train_state`` is present only in a checkpoint of *unfinished* training (a job's periodic checkpoint, or the
+model of a stopped job): the optimizer state, the step or iteration count, the random generator's state and the
+counters that a resumed job needs to continue exactly where it stopped (see
+:func:`backend.nerf.train.train_on_images` and :func:`backend.stylize.loop.stylize`). A finished checkpoint has
+none, which keeps it a third of the size (Adam holds two moments per parameter). Readers that do not resume
+ignore it, so such a checkpoint renders and meshes like any other.
+
+Files are written to a temporary name, flushed to disk and renamed over the old one: a crash (even ``kill -9``
+or a power cut) leaves either the previous complete checkpoint or the new complete one, never half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +53,8 @@ class NeRFCheckpoint:
         train_indices, heldout_indices: indices into ``cameras``.
         step: optimizer steps done.
         metrics: final numbers (``heldout_psnr``, ``train_psnr``, ``elapsed_s``, ...).
+        train_state: what resuming unfinished training needs (optimizer state, counters, RNG state), or None
+            for a finished model. Its ``"kind"`` says which loop wrote it (``"reconstruct"`` or ``"stylize"``).
     """
 
     model: NeRFModel
@@ -52,6 +66,18 @@ class NeRFCheckpoint:
     heldout_indices: list[int] = field(default_factory=list)
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    train_state: dict[str, Any] | None = None
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (nested dicts, lists, tuples) detached and moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _cameras_to_dict(cameras: Cameras) -> dict[str, Any]:
@@ -76,7 +102,7 @@ def _normalization_from_dict(d: dict[str, Any]) -> Any:
 
 
 def save_checkpoint(ckpt: NeRFCheckpoint, path: str | Path) -> None:
-    """Write ``ckpt`` to ``path`` (atomically: a temporary file is renamed into place)."""
+    """Write ``ckpt`` to ``path`` atomically and durably: a temporary file, fsync'd, is renamed into place."""
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -92,9 +118,20 @@ def save_checkpoint(ckpt: NeRFCheckpoint, path: str | Path) -> None:
         "step": int(ckpt.step),
         "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
     }
+    if ckpt.train_state is not None:
+        payload["train_state"] = _to_cpu(ckpt.train_state)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            # Without fsync a power cut after the rename can leave an empty file under the final name.
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpoint:
@@ -122,4 +159,5 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpo
         heldout_indices=list(payload.get("heldout_indices", [])),
         step=int(payload.get("step", 0)),
         metrics=dict(payload.get("metrics", {})),
+        train_state=payload.get("train_state"),
     )

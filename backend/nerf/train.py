@@ -56,6 +56,9 @@ class TrainProgress:
 
 ProgressFn = Callable[[TrainProgress], None]
 StopFn = Callable[[], bool]
+CheckpointFn = Callable[[NeRFCheckpoint], None]
+
+TRAIN_STATE_KIND = "reconstruct"
 
 
 def _concat_cameras(parts: Sequence[Cameras]) -> Cameras:
@@ -77,6 +80,10 @@ def train_reconstruction(
     should_stop: StopFn | None = None,
     *,
     heldout: Capture | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    checkpoint_every_s: float | None = None,
+    checkpoint_every_steps: int | None = None,
+    resume: NeRFCheckpoint | None = None,
 ) -> NeRFCheckpoint:
     """Train a NeRF on a capture.
 
@@ -94,6 +101,8 @@ def train_reconstruction(
         should_stop: polled every step; returning True ends training within one step (the model so far
             is returned, with ``metrics["cancelled"] = 1``).
         heldout: optional capture whose views are all held out.
+        on_checkpoint, checkpoint_every_s, checkpoint_every_steps, resume: periodic resumable checkpoints and
+            resuming from one; see :func:`train_on_images`.
 
     Returns:
         The :class:`NeRFCheckpoint`.
@@ -129,7 +138,8 @@ def train_reconstruction(
     return train_on_images(
         train_cams, train_images, config, device, background=background, separate_matte=separate_matte,
         normalization=capture.normalization, heldout_cameras=held_cams, heldout_images=held_images,
-        heldout_metric=metric, on_progress=on_progress, should_stop=should_stop,
+        heldout_metric=metric, on_progress=on_progress, should_stop=should_stop, on_checkpoint=on_checkpoint,
+        checkpoint_every_s=checkpoint_every_s, checkpoint_every_steps=checkpoint_every_steps, resume=resume,
     )
 
 
@@ -210,6 +220,10 @@ def train_on_images(
     heldout_metric: str = "full",
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    checkpoint_every_s: float | None = None,
+    checkpoint_every_steps: int | None = None,
+    resume: NeRFCheckpoint | None = None,
 ) -> NeRFCheckpoint:
     """Train on in-memory images (the core of :func:`train_reconstruction`; also used by tests).
 
@@ -225,9 +239,21 @@ def train_on_images(
         heldout_cameras, heldout_images: optional held-out views, as above.
         heldout_metric: ``"full"`` or ``"matte"`` (see :func:`~backend.nerf.evaluate.evaluate_psnr`).
         on_progress, should_stop: as in :func:`train_reconstruction`.
+        on_checkpoint: called with a resumable checkpoint (one with ``train_state``) every
+            ``checkpoint_every_s`` seconds of training and/or every ``checkpoint_every_steps`` steps, whichever
+            comes first (e.g. to save it, so that a crash loses at most that much work). The time it takes is
+            not counted as training time.
+        resume: a checkpoint with a ``"reconstruct"`` ``train_state`` from an earlier run of the same training
+            (same images and config): the model, optimizer, step count, elapsed training time, random generator
+            and batch size are restored, so training continues where it stopped, to the same total, and on the
+            same device reproduces the uninterrupted run exactly.
 
     Returns:
-        The :class:`NeRFCheckpoint`.
+        The :class:`NeRFCheckpoint`. When stopped by ``should_stop`` it carries a ``train_state`` (it can be
+        resumed); a finished one does not.
+
+    Raises:
+        ValueError: bad images, or a ``resume`` checkpoint of other training (model or step limit differ).
     """
     device = torch.device(device)
     if background not in ("matte", "contract"):
@@ -253,8 +279,8 @@ def train_on_images(
         held_cams_model = heldout_cameras if normalization is None else normalization.cameras_to_model(heldout_cameras)
     setup_s = time.perf_counter() - t_setup
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15,
-                                 fused=device.type == "cuda")
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15, fused=fused)
     n_rays = config.batch_rays
     step = 0
     elapsed = 0.0
@@ -267,6 +293,39 @@ def train_on_images(
     train_psnr = math.nan
     loss_t: torch.Tensor | None = None
     evals = 0
+    if resume is not None:
+        state = _check_resume(resume, model_config, config)
+        model.load_state_dict(resume.model.state_dict())
+        optimizer.load_state_dict(_optimizer_state_for(state["optimizer"], fused))
+        _restore_generator(generator, state["generator"], config.seed + int(state["step"]))
+        step, elapsed, n_rays = int(state["step"]), float(state["elapsed_s"]), int(state["n_rays"])
+        last_loss, train_psnr = float(state.get("last_loss", math.nan)), float(state.get("train_psnr", math.nan))
+        heldout_psnr = state.get("heldout_psnr")
+        if next_eval_s is not None:
+            while next_eval_s <= elapsed:
+                next_eval_s += config.eval_every_s  # type: ignore[operator]
+
+    def train_state() -> dict[str, Any]:
+        # Everything the loop below carries from one step to the next, so a resumed run is the same run.
+        return {"kind": TRAIN_STATE_KIND, "step": step, "total_steps": config.steps, "elapsed_s": elapsed,
+                "n_rays": n_rays, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "last_loss": last_loss, "train_psnr": train_psnr, "heldout_psnr": heldout_psnr}
+
+    def snapshot(resumable: bool, stopped: bool) -> NeRFCheckpoint:
+        metrics: dict[str, float] = {"elapsed_s": elapsed, "setup_s": setup_s, "steps": float(step),
+                                     "train_psnr": train_psnr, "cancelled": float(stopped)}
+        if heldout_psnr is not None:
+            metrics["heldout_psnr"] = heldout_psnr
+        cams_all = train_cameras if heldout_cameras is None else _concat_cameras([train_cameras, heldout_cameras])
+        n_train = len(train_cameras)
+        held_idx = [] if heldout_cameras is None else list(range(n_train, n_train + len(heldout_cameras)))
+        return NeRFCheckpoint(
+            model=model, config=config, background=background, normalization=normalization, cameras=cams_all,
+            train_indices=list(range(n_train)), heldout_indices=held_idx, step=step, metrics=metrics,
+            train_state=train_state() if resumable else None,
+        )
+
+    last_checkpoint_step, last_checkpoint_s = step, elapsed
 
     def eta() -> float:
         per_step = elapsed / max(step, 1)
@@ -295,7 +354,8 @@ def train_on_images(
                 n_samples=n_samples, done=done,
             ))
 
-    t0 = time.perf_counter()
+    # Training time so far is carried over on resume: the time budget and ETA continue, not restart.
+    t0 = time.perf_counter() - elapsed
     while step < config.steps:
         if should_stop is not None and should_stop():
             cancelled = True
@@ -362,6 +422,18 @@ def train_on_images(
             report(evaluated=True)
             # Evaluation time is not training time.
             t0 += time.perf_counter() - t_eval
+        if on_checkpoint is not None and (
+                (checkpoint_every_steps is not None and step - last_checkpoint_step >= checkpoint_every_steps)
+                or (checkpoint_every_s is not None and elapsed - last_checkpoint_s >= checkpoint_every_s)):
+            if loss_t is not None:
+                last_loss = float(loss_t.detach())
+                train_psnr = psnr_from_mse(last_loss)
+            t_save = time.perf_counter()
+            elapsed = t_save - t0
+            on_checkpoint(snapshot(resumable=True, stopped=False))
+            last_checkpoint_step, last_checkpoint_s = step, elapsed
+            # Saving is not training time either (it must not eat into a time budget).
+            t0 += time.perf_counter() - t_save
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -374,17 +446,43 @@ def train_on_images(
         heldout_psnr = run_eval(None)
         evals += 1
     report(evaluated=final_eval, done=True)
-
-    metrics: dict[str, float] = {"elapsed_s": elapsed, "setup_s": setup_s, "steps": float(step),
-                                 "train_psnr": train_psnr, "cancelled": float(cancelled)}
-    if heldout_psnr is not None:
-        metrics["heldout_psnr"] = heldout_psnr
-    cams_all = train_cameras if heldout_cameras is None else _concat_cameras([train_cameras, heldout_cameras])
-    n_train = len(train_cameras)
-    train_idx = list(range(n_train))
-    held_idx = [] if heldout_cameras is None else list(range(n_train, n_train + len(heldout_cameras)))
     model.eval()
-    return NeRFCheckpoint(
-        model=model, config=config, background=background, normalization=normalization, cameras=cams_all,
-        train_indices=train_idx, heldout_indices=held_idx, step=step, metrics=metrics,
-    )
+    # Stopped early: the model so far, resumable. Finished (steps or time budget): a plain checkpoint.
+    return snapshot(resumable=cancelled, stopped=cancelled)
+
+
+def _check_resume(resume: NeRFCheckpoint, model_config: Any, config: ReconstructConfig) -> dict[str, Any]:
+    """The ``train_state`` of a checkpoint to resume from, after checking that it is this training's.
+
+    Raises:
+        ValueError: no reconstruction state, another model, or another step limit.
+    """
+    state = resume.train_state
+    if not state or state.get("kind") != TRAIN_STATE_KIND:
+        raise ValueError("the checkpoint to resume from holds no reconstruction training state")
+    if resume.model.config.to_dict() != model_config.to_dict():
+        raise ValueError("the checkpoint to resume from has another model configuration than this training")
+    if int(state.get("total_steps", config.steps)) != config.steps:
+        raise ValueError(f"the checkpoint to resume from was trained towards {state.get('total_steps')} steps, "
+                         f"this training towards {config.steps}")
+    return state
+
+
+def _optimizer_state_for(saved: dict[str, Any], fused: bool) -> dict[str, Any]:
+    """A saved Adam state for an optimizer made with ``fused``: the flag is a device choice, not state.
+
+    A state saved on a GPU (fused) is loaded on the CPU (not fused) or the other way round.
+    """
+    groups = [{**g, "fused": fused} if "fused" in g else g for g in saved["param_groups"]]
+    return {**saved, "param_groups": groups}
+
+
+def _restore_generator(generator: torch.Generator, state: torch.Tensor, fallback_seed: int) -> None:
+    """Restore a generator's state; a state of another device type (CPU vs CUDA) cannot be, so reseed.
+
+    Reseeding changes the random draws from here on, not the training's correctness.
+    """
+    try:
+        generator.set_state(state)
+    except (RuntimeError, TypeError, ValueError):
+        generator.manual_seed(fallback_seed)

@@ -7,10 +7,20 @@ meshes). A client that disconnects loses nothing: the outputs stay on disk and `
 Job runners are plain functions ``run(ctx: JobContext) -> dict`` (the outputs). They report progress through
 ``ctx.progress``, stream frames through ``ctx.send`` and call ``ctx.check_cancel()`` at every step boundary,
 which is how a cancel stops a running job within a second.
+
+Crashes and restarts. Every file a job writes (``job.json``, uploads, checkpoints, frames, meshes) is written
+under a temporary name and renamed into place (:func:`atomic_write_bytes`), so even ``kill -9`` never leaves a
+half-written file under a final name. While a job runs its process holds a lock on ``<job dir>/running.lock``;
+the next process to open the work dir marks a ``running`` job whose lock is free (its process died) as
+``interrupted``. :meth:`Worker.resume` (the ``resume`` message) queues an interrupted job again: the reconstruct
+and stylize runners then continue from their latest periodic checkpoint (``ctx.resuming``); other kinds run
+again from the start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -20,10 +30,15 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a running job found at start-up is then always interrupted
+    fcntl = None  # type: ignore[assignment]
 
 from protocol import FINAL_STATES, ErrorCode, Message, ProtocolError
 
@@ -31,6 +46,42 @@ log = logging.getLogger("nerfart.jobs")
 
 INPUT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress messages a second; stage changes and previews always go
+RUNNING_LOCK = "running.lock"
+RESUMABLE_STATES = ("interrupted",)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block succeeds.
+
+    Readers (and a process started after a crash) see the old file or the complete new one, never part of
+    one: a rename within a folder is atomic. ``durable`` also fsyncs the file before the rename, so that a
+    power cut cannot leave an empty file under the final name (worth it for small, precious files such as
+    ``job.json``; frames skip it, a crash of the machine costs at most a re-render of the last few).
+    The temporary file is removed when the block raises.
+    """
+    path = Path(path)
+    # Unique per writer: two threads writing the same file never share a temporary.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview | str, durable: bool = False) -> None:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; see :func:`atomic_path`."""
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 class JobCancelled(Exception):
@@ -63,13 +114,20 @@ class JobRecord:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # upload name -> file name in inputs/
+    resumes: int = 0  # times it was queued again by 'resume'; > 0 makes its runner continue from a checkpoint
 
     def info(self, position: int = -1) -> dict[str, Any]:
         """The record as a ``status_reply`` job entry."""
         return {"job_id": self.job_id, "kind": self.kind, "state": self.state, "created": self.created,
                 "started": self.started, "finished": self.finished, "position": position, "stage": self.stage,
                 "step": self.step, "total": self.total, "params": self.params, "outputs": self.outputs,
-                "error": self.error}
+                "error": self.error, "resumes": self.resumes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """A record from ``job.json``; keys of a newer backend are ignored, missing ones take defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 RunnerFn = Callable[["JobContext"], dict[str, Any]]
@@ -95,17 +153,25 @@ class JobStore:
         for path in self.jobs_dir.glob("*/job.json"):
             try:
                 data = json.loads(path.read_text())
-                records.append(JobRecord(**data))
+                records.append(JobRecord.from_dict(data))
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("ignoring unreadable job record %s: %s", path, exc)
         for rec in sorted(records, key=lambda r: r.created):
-            if rec.state == "running":
+            if rec.state == "running" and not self._running_elsewhere(rec.job_id):
+                # Its process died (crash, kill -9, power cut): nothing will finish it.
                 rec.state = "interrupted"
                 rec.finished = time.time()
-                rec.error = {"code": "interrupted", "message": "the backend stopped while this job was running; "
-                             "its last checkpoint is kept in the job folder"}
+                rec.error = interrupted_error(rec, "the backend stopped while this job was running")
                 self.save(rec)
             self.jobs[rec.job_id] = rec
+
+    def _running_elsewhere(self, job_id: str) -> bool:
+        """Whether another live process (e.g. a command-line run beside the server) is running this job."""
+        lock = JobLock(self.job_dir(job_id))
+        if not lock.acquire():
+            return True
+        lock.release()
+        return False
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -132,7 +198,7 @@ class JobStore:
         (job_dir / "outputs").mkdir()
         for name, (data, fmt) in (inputs or {}).items():
             file_name = f"{name}.{fmt}"
-            (job_dir / "inputs" / file_name).write_bytes(data)
+            atomic_write_bytes(job_dir / "inputs" / file_name, data)
             rec.inputs[name] = file_name
         with self._lock:
             self.jobs[job_id] = rec
@@ -140,12 +206,10 @@ class JobStore:
         return rec
 
     def save(self, rec: JobRecord) -> None:
-        """Write ``job.json`` atomically (write a temporary file, then rename), so a crash never leaves half."""
-        path = self.job_dir(rec.job_id) / "job.json"
-        tmp = path.with_suffix(".json.tmp")
+        """Write ``job.json`` atomically and durably (temporary file, fsync, rename): a crash never leaves half."""
         with self._lock:
-            tmp.write_text(json.dumps(asdict(rec), indent=1, allow_nan=False))
-            os.replace(tmp, path)
+            atomic_write_bytes(self.job_dir(rec.job_id) / "job.json",
+                               json.dumps(asdict(rec), indent=1, allow_nan=False), durable=True)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -154,6 +218,62 @@ class JobStore:
     def all(self) -> list[JobRecord]:
         with self._lock:
             return list(self.jobs.values())
+
+
+class JobLock:
+    """An advisory lock on ``<job dir>/running.lock``, held by the process that runs the job.
+
+    The operating system drops it when that process dies, however it dies, so a later process can tell a job
+    whose runner is gone from one that another live process (a command-line run beside the server) is running.
+    """
+
+    def __init__(self, job_dir: Path) -> None:
+        self.path = Path(job_dir) / RUNNING_LOCK
+        self._file: IO[bytes] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False if another process (or another JobLock) holds it."""
+        if fcntl is None:
+            return True
+        f = open(self.path, "ab")  # noqa: SIM115 - held open for as long as the lock
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+def interrupted_error(rec: JobRecord, why: str) -> dict[str, Any]:
+    """The ``error`` of an interrupted job: why, and how to continue it."""
+    resumable = rec.kind in ("reconstruct", "stylize")
+    # The record's step is the last checkpoint's: runners record it when they save one (ctx.checkpointed).
+    where = f" (its last checkpoint is at {rec.stage} step {rec.step} of {rec.total})" if resumable and rec.step \
+        else ""
+    how = "continues from its last checkpoint" if resumable else "runs it again from the start"
+    return {"code": "interrupted", "message": f"{why}{where}; 'resume' {how}"}
+
+
+def prepare_resume(rec: JobRecord, store: JobStore) -> None:
+    """Turn an interrupted job back into a queued one that resumes (the caller queues it).
+
+    It keeps its id, owner, parameters, folder and outputs so far; ``resumes`` counts up.
+
+    Raises:
+        ProtocolError: ``bad_state`` unless the job is interrupted.
+    """
+    if rec.state not in RESUMABLE_STATES:
+        raise ProtocolError(ErrorCode.BAD_STATE, f"job {rec.job_id} is {rec.state}; only an interrupted job (one "
+                            "that was running when the backend stopped) can be resumed", "job_id")
+    rec.state, rec.finished, rec.error = "queued", None, None
+    rec.resumes += 1
+    store.save(rec)
 
 
 class JobContext:
@@ -189,6 +309,19 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def resuming(self) -> bool:
+        """True when this run continues an interrupted one: runners pick up their latest checkpoint."""
+        return self.record.resumes > 0
+
+    def checkpointed(self, stage: str, step: int, total: int) -> None:
+        """Record in ``job.json`` that a periodic checkpoint at ``step`` of ``total`` (of ``stage``) was saved.
+
+        This is what a restart reports for an interrupted job: where it will resume.
+        """
+        self.record.stage, self.record.step, self.record.total = stage, int(step), int(total)
+        self.store.save(self.record)
 
     def check_cancel(self) -> None:
         """Raise :class:`JobCancelled` if a cancel arrived. Call at every step boundary."""
@@ -312,6 +445,19 @@ class Worker:
         rec = self.store.get(job_id)
         return rec.state if rec else "failed"
 
+    def resume(self, job_id: str) -> int:
+        """Queue an interrupted job again to continue from its checkpoint; returns its position (0 = next).
+
+        Raises:
+            ProtocolError: ``unknown_job``, or ``bad_state`` unless the job is interrupted.
+        """
+        with self._cond:
+            rec = self.store.get(job_id)
+            if rec is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id[:40]!r} on this backend", "job_id")
+            prepare_resume(rec, self.store)
+            return self.enqueue(job_id)
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -344,29 +490,69 @@ def execute_job(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: 
     """Run one job to a final state: the server's worker and the command line both use this.
 
     Every outcome is recorded in ``job.json`` and announced with a ``result`` message: done, cancelled,
-    interrupted (cancelled because the process is shutting down), or failed with a user-facing error.
+    interrupted (cancelled because the process is shutting down), or failed with a user-facing error. After an
+    out-of-memory failure the memory the job held is released (and the CUDA cache emptied) so that the next job
+    starts on a clean device.
     """
-    rec.state, rec.started = "running", time.time()
-    store.save(rec)
-    ctx = JobContext(rec, store, emit, cancel, device)
+    lock = JobLock(store.job_dir(rec.job_id))
+    if not lock.acquire():
+        # Another live process runs it (e.g. 'python -m backend resume' beside a server): its job.json is that
+        # process's to write, so this one only answers its own client.
+        rec.state, rec.finished = "failed", time.time()
+        rec.error = {"code": ErrorCode.BAD_STATE, "message": f"job {rec.job_id} is being run by another backend "
+                     "process on this work dir"}
+        emit(result_message(rec))
+        return
+    out_of_memory = False
     try:
-        if runner is None:
-            raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
-        outputs = runner(ctx)
-        ctx.check_cancel()
-        rec.outputs.update(outputs or {})
-        finish_job(rec, store, emit, "done", None)
-    except JobCancelled:
-        if shutting_down():
-            # Shut down mid-job: mark it interrupted so a restart can offer to resume from its checkpoint.
-            finish_job(rec, store, emit, "interrupted", {"code": "interrupted", "message": "the backend was "
-                       "shut down while this job ran; its last checkpoint is kept"})
-        else:
-            finish_job(rec, store, emit, "cancelled", None)
-    except JobFailed as exc:
-        finish_job(rec, store, emit, "failed", {"code": exc.code, "message": str(exc)})
-    except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
-        finish_job(rec, store, emit, "failed", _error_for(exc))
+        rec.state, rec.started = "running", time.time()
+        if rec.resumes:
+            rec.outputs.pop("resume_note", None)  # a note of an earlier resume is stale
+        store.save(rec)
+        ctx = JobContext(rec, store, emit, cancel, device)
+        try:
+            if runner is None:
+                raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
+            outputs = runner(ctx)
+            ctx.check_cancel()
+            rec.outputs.update(outputs or {})
+            finish_job(rec, store, emit, "done", None)
+        except JobCancelled:
+            if shutting_down():
+                # Shut down mid-job: mark it interrupted so that it can be resumed from its checkpoint.
+                finish_job(rec, store, emit, "interrupted",
+                           interrupted_error(rec, "the backend was shut down while this job ran"))
+            else:
+                finish_job(rec, store, emit, "cancelled", None)
+        except JobFailed as exc:
+            finish_job(rec, store, emit, "failed", {"code": exc.code, "message": str(exc)})
+        except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
+            error = _error_for(exc, rec.kind)
+            out_of_memory = error["code"] == ErrorCode.OUT_OF_MEMORY
+            finish_job(rec, store, emit, "failed", error)
+    finally:
+        lock.release()
+    if out_of_memory:
+        # Outside the except block: only now is the traceback, and the tensors its frames hold, released.
+        release_memory(device)
+
+
+def release_memory(device: str) -> None:
+    """Free what a failed job left behind: collect its garbage and empty the CUDA caching allocator.
+
+    Without this the allocator keeps the failed job's blocks reserved, and the next job on the same server can
+    run out of memory although nothing uses it any more.
+    """
+    gc.collect()
+    if not device.startswith("cuda"):
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.cuda.empty_cache()
+    log.info("emptied the CUDA cache after an out-of-memory failure (%.2f GiB still reserved)",
+             torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_initialized() else 0.0)
 
 
 def finish_job(rec: JobRecord, store: JobStore, emit: Callable[[Message], None], state: str,
@@ -386,12 +572,31 @@ def result_message(rec: JobRecord) -> Message:
                               {"code": rec.error["code"], "message": rec.error["message"]}})
 
 
-def _error_for(exc: Exception) -> dict[str, Any]:
-    """A user-facing error for an exception raised by a runner."""
+# What to make smaller after an out-of-memory failure, per job kind (parameter names as in SPEC.md).
+SMALLER_SETTINGS = {
+    "reconstruct": "a lower 'scale' (e.g. 0.5) or the 'fast' preset",
+    "stylize": "a lower 'scale' (e.g. 0.25) or the 'fast' preset",
+    "render": "smaller frames (a lower camera width and height)",
+    "extract_mesh": "a lower 'resolution' (e.g. 256)",
+}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or the host) ran out of memory."""
+    text = str(exc).lower()
+    return (type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
+            or "can't allocate memory" in text or isinstance(exc, MemoryError))
+
+
+def _error_for(exc: Exception, kind: str = "") -> dict[str, Any]:
+    """A user-facing error for an exception raised by a runner of a ``kind`` job."""
     name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return {"code": ErrorCode.OUT_OF_MEMORY, "message": "the GPU ran out of memory; try a smaller "
-                "setting (lower resolution scale, fewer rays per batch, or the 'fast' preset). "
+    if is_out_of_memory(exc):
+        # torch's CPU allocator says "can't allocate memory"; Python raises MemoryError: host memory, not GPU.
+        host = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc).lower()
+        smaller = SMALLER_SETTINGS.get(kind, "smaller settings")
+        return {"code": ErrorCode.OUT_OF_MEMORY, "message": f"the {'machine' if host else 'GPU'} ran out of "
+                f"memory; try again with {smaller}. The backend freed the memory and keeps serving. "
                 f"Details: {str(exc)[:300]}"}
     if isinstance(exc, ValueError | FileNotFoundError | PermissionError | ProtocolError):
         # Bad input (an unreadable capture, a bad parameter): the message is for the user as it is.

@@ -9,16 +9,31 @@ Threads and sockets (ZeroMQ sockets are used only by the thread that made them):
 Answering never waits on a job, so hello/status/cancel stay instant while a GPU job runs, and a client that
 vanishes costs nothing: sends are non-blocking and messages for an absent client are dropped (the job's
 outputs are on disk, and ``attach`` re-sends the result).
+
+Owners. Every job belongs to the client that submitted it, named by a stable *owner* string:
+
+* with CURVE (:mod:`.auth`), ``key:<client public key>``: the ZAP handler's User-Id, which the handshake has
+  proven, so isolation between clients is enforced;
+* without CURVE, ``id:<client id>`` from the client's routing id ``<client id>/<session>`` (see
+  :class:`protocol.Client`): stable across reconnects, but anyone can claim any id, so isolation is only
+  advisory; a peer that does not follow that convention is ``rid:<routing id in hex>``.
+
+In multi-user mode a client sees, attaches to and cancels only its own jobs; in single-user mode (the default
+on loopback without CURVE) every client sees every job. A job's messages go to the connection that submitted
+or last attached it, or, once that connection is gone, to the latest connection of the job's owner (the server
+keeps owner -> latest routing id), so a client that reconnects gets its jobs' messages again.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import ipaddress
+import json
 import logging
 import signal
 import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +54,29 @@ from protocol import (
     make_reply,
     split_identities,
 )
+from protocol.client import CLIENT_ID
 
+from .auth import AuthorizedKeys, ServerKeys, curve_server_options, start_authenticator
 from .jobs import JobStore, RunnerFn, Worker, result_message
 
 log = logging.getLogger("nerfart.server")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 OUTBOX = "inproc://nerfart-outbox"
-REQUEST_TYPES = ("hello", "submit", "cancel", "status", "attach", "heartbeat")
+REQUEST_TYPES = ("hello", "submit", "cancel", "status", "attach", "resume", "heartbeat")
+MAX_ROUTES = 10_000  # owners and jobs whose latest connection is remembered (the oldest are forgotten)
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether only this machine can reach ``endpoint`` (ipc, or tcp on a loopback address)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "ipc":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, an interface name or '*': reachable from other machines
 
 
 def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
@@ -63,15 +93,25 @@ def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
     host = host.strip("[]")
     if scheme != "tcp" or not host or not (port.isdigit() or port == "*"):
         raise ValueError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555 (or port * for any free port)")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False  # a host name, an interface name or '*': reachable from other machines
-    if not loopback and not allow_remote:
+    if not is_loopback_endpoint(endpoint) and not allow_remote:
         raise ValueError(
             f"refusing to listen on {endpoint}: it is reachable from other machines, and anyone who can reach "
             "it could submit jobs and read your captures. Listen on tcp://127.0.0.1:PORT and use an SSH "
-            "tunnel (see README 'Security'), or pass --allow-remote to accept the risk.")
+            "tunnel, or pass --allow-remote (clients then need CURVE keys: see 'python -m backend keys').")
+
+
+def check_transport_security(endpoint: str, curve: bool, insecure: bool) -> None:
+    """A non-loopback endpoint needs CURVE (authentication and encryption) unless ``insecure`` says otherwise.
+
+    Raises:
+        ValueError: a remote endpoint without CURVE and without the explicit ``insecure`` opt-out.
+    """
+    if not curve and not insecure and not is_loopback_endpoint(endpoint):
+        raise ValueError(
+            f"refusing to listen on {endpoint} without CURVE: every message (captures, prompts, results) would "
+            "cross the network unencrypted and any machine that reaches the port could use this GPU. Run with "
+            "CURVE keys (the default of 'serve --allow-remote'; authorise clients with 'python -m backend keys "
+            "authorize'), or pass --insecure on a network you trust completely.")
 
 
 def device_info(device: str) -> dict[str, Any] | None:
@@ -96,22 +136,32 @@ class Server:
         device: ``"cuda"`` or ``"cpu"``; passed to runners.
         allow_remote: allow a non-loopback endpoint.
         hmac_key: sign and check every message with this key (None: unsigned, for loopback).
-        single_user: every client sees and may cancel every job (the loopback default); otherwise a client
-            sees only the jobs it submitted.
+        single_user: every client sees and may cancel every job; otherwise a client sees only the jobs it
+            submitted. None: single-user exactly on loopback without CURVE (one person's machine).
         limits: size limits for incoming messages.
         max_queued_per_client: queued jobs a client may have at once.
         clip_models: advertised in ``hello_reply``.
+        curve: the server's CURVE keys (see :mod:`.auth`): the connection is encrypted and only authorised
+            client keys can connect. None: no CURVE (loopback, or ``insecure``).
+        insecure: allow a non-loopback endpoint without CURVE.
+
+    Raises:
+        ValueError: an endpoint that :func:`check_bind_endpoint` or :func:`check_transport_security` refuses.
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, work_dir: str | Path = "work_dir", *,
                  runners: dict[str, RunnerFn] | None = None, device: str = "cpu", allow_remote: bool = False,
-                 hmac_key: bytes | None = None, single_user: bool = True, limits: Limits = DEFAULT_LIMITS,
-                 max_queued_per_client: int = 32, clip_models: tuple[str, ...] = ()) -> None:
+                 hmac_key: bytes | None = None, single_user: bool | None = None, limits: Limits = DEFAULT_LIMITS,
+                 max_queued_per_client: int = 32, clip_models: tuple[str, ...] = (),
+                 curve: ServerKeys | None = None, insecure: bool = False) -> None:
         check_bind_endpoint(endpoint, allow_remote)
+        check_transport_security(endpoint, curve is not None, insecure)
         self.endpoint = endpoint
         self.session = uuid.uuid4().hex
         self.device = device
-        self.single_user = single_user
+        self.curve = curve
+        self.single_user = single_user if single_user is not None else (
+            curve is None and is_loopback_endpoint(endpoint))
         self.limits = limits
         self.max_queued_per_client = max_queued_per_client
         self.clip_models = clip_models
@@ -124,6 +174,13 @@ class Server:
         self._push_local = threading.local()
         self.bound_endpoint: str | None = None
         self.ready = threading.Event()
+        self._trusted: AuthorizedKeys | None = None
+        # Socket-thread state: owner -> its latest connection, job -> the connection that follows it, and
+        # job -> the owner whose connections receive its messages when that is not the job's own owner
+        # (single-user mode lets anyone attach). In memory only: clients re-attach after a restart.
+        self._routes: OrderedDict[str, bytes] = OrderedDict()
+        self._job_routes: OrderedDict[str, bytes] = OrderedDict()
+        self._listeners: OrderedDict[str, str] = OrderedDict()
 
     # Lifecycle ---------------------------------------------------------------------------------------------
 
@@ -141,6 +198,10 @@ class Server:
 
     def serve(self) -> None:
         """Run until :meth:`stop`. Binds, starts the worker, then serves; always cleans up."""
+        authenticator = None
+        if self.curve is not None:
+            # The ZAP handler must be up before the socket binds, or libzmq would admit any client key.
+            authenticator, self._trusted = start_authenticator(self._ctx, self.curve)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # know when a client is gone instead of silently queueing
@@ -148,15 +209,28 @@ class Server:
         router.setsockopt(zmq.RCVHWM, 1000)
         # The kernel-level guard: ZeroMQ drops the connection of a peer that sends an over-sized message.
         router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        if self.curve is not None:
+            curve_server_options(router, self.curve)
         outbox = self._ctx.socket(zmq.PULL)
         outbox.setsockopt(zmq.LINGER, 0)
         try:
-            router.bind(self.endpoint)
+            try:
+                router.bind(self.endpoint)
+            except zmq.ZMQError as exc:
+                # A plain ValueError with what to do (the command line prints it without a traceback).
+                hint = ("another backend (or program) is already listening there: stop it, or pick another port "
+                        "with --endpoint tcp://127.0.0.1:PORT" if exc.errno == errno.EADDRINUSE else
+                        "check the address")
+                raise ValueError(f"cannot listen on {self.endpoint}: {exc.strerror}; {hint}") from None
             self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             outbox.bind(OUTBOX)
             self._worker.start()
             log.info("NeRF-Art backend %s listening on %s (device %s, work dir %s)", backend.__version__,
                      self.bound_endpoint, self.device, self.store.work_dir)
+            log.info("%s; %s", f"CURVE on: server public key {self.curve.public.decode()}, authorised client keys "
+                     f"in {self.curve.authorized_dir}" if self.curve else "CURVE off (no encryption)",
+                     "single-user: every client sees every job" if self.single_user
+                     else "multi-user: each client sees only its own jobs")
             self.ready.set()
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
@@ -171,6 +245,8 @@ class Server:
             self._worker.stop()
             # Deliver what the worker said while stopping (e.g. 'interrupted' results) if clients are there.
             self._drain_outbox(outbox, router)
+            if authenticator is not None:
+                authenticator.stop()
             # destroy() also closes the PUSH sockets the worker thread made, which term() would wait for.
             self._ctx.destroy(linger=0)
             log.info("backend stopped")
@@ -185,27 +261,75 @@ class Server:
                 return
             self._handle(router, frames)
 
+    def _owner(self, frames: list[Any]) -> str:
+        """The owner string of the connection a message came from (see the module docstring).
+
+        Raises:
+            ProtocolError: ``unauthorized`` for a CURVE key that was revoked since the connection was made.
+        """
+        if self.curve is not None:
+            # The ZAP handler's User-Id (the client's Z85 public key), attached by libzmq to every frame.
+            key = frames[0].get("User-Id")
+            if self._trusted is None or not self._trusted.contains(key.encode()):
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, f"this client's key {key} is no longer authorised on "
+                                    "this backend; ask its administrator (python -m backend keys authorize)")
+            return f"key:{key}"
+        identity = frames[0].bytes
+        client_id = identity.split(b"/", 1)[0]
+        if b"/" in identity and CLIENT_ID.match(client_id.decode("ascii", "replace")):
+            return f"id:{client_id.decode('ascii')}"
+        return f"rid:{identity.hex()}"
+
     def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
         identity = frames[0].bytes
         request: Message | None = None
         try:
             ids, body = split_identities(frames)
             request = decode(body, self._signer, self.limits)
-            self._dispatch(router, ids, request)
+            owner = self._owner(frames)  # after decoding, so that a refusal answers the request by its id
+            # Only a message that decoded (and passed the HMAC check, when there is a key) may move its
+            # owner's route: a forged routing id alone must not divert someone's job messages.
+            self._remember(self._routes, owner, identity)
+            self._dispatch(router, ids, request, owner)
         except ProtocolError as exc:
-            self._send(router, [identity], self._error(exc.code, exc.message, exc.field, request))
+            error = self._error(exc.code, exc.message, exc.field, request)
+            if request is None:
+                # The message did not decode (too large, bad signature, ...): answer it by the id in its header
+                # when that can be read, so that the client's request ends with this error, not a timeout.
+                error.parent_id = self._header_msg_id(frames)
+            self._send(router, [identity], error)
         except Exception as exc:  # never let one message take the server down
             log.exception("error while handling a message")
             self._send(router, [identity], self._error(ErrorCode.INTERNAL, f"internal error: {exc}", None, request))
 
-    def _dispatch(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> None:
-        owner = ids[-1].hex()
+    def _header_msg_id(self, frames: list[Any]) -> str | None:
+        """``msg_id`` of an undecodable message's header frame, if it is a small JSON object that has one."""
+        try:
+            _ids, body = split_identities(frames)
+            header_frame = body[2] if len(body) > 2 else b""
+            header = bytes(getattr(header_frame, "bytes", header_frame))
+            if len(header) > self.limits.max_header_bytes:
+                return None
+            msg_id = json.loads(header).get("msg_id")
+        except (ProtocolError, ValueError, AttributeError, TypeError):
+            return None
+        return msg_id if isinstance(msg_id, str) and 0 < len(msg_id) <= 128 else None
+
+    @staticmethod
+    def _remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
+        """Set ``table[key]``, keeping the table to the :data:`MAX_ROUTES` most recently set keys."""
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > MAX_ROUTES:
+            table.popitem(last=False)
+
+    def _dispatch(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
         if msg.type not in REQUEST_TYPES:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.type!r} is sent by the server, not to it", "msg_type")
         if msg.type == "heartbeat":
             self._send(router, ids, make_reply(msg, "heartbeat", {}))
         elif msg.type == "hello":
-            self._hello(router, ids, msg)
+            self._hello(router, ids, msg, owner)
         elif msg.type == "submit":
             self._submit(router, ids, msg, owner)
         elif msg.type == "status":
@@ -220,23 +344,32 @@ class Server:
                 raise ProtocolError(ErrorCode.BAD_STATE, f"job {rec.job_id} is already {rec.state}", "job_id")
             state = self._worker.cancel(rec.job_id)
             self._send(router, ids, make_reply(msg, "cancel_reply", {"job_id": rec.job_id, "state": state}))
+        elif msg.type == "resume":
+            rec = self._visible_job(msg.content["job_id"], owner)
+            position = self._worker.resume(rec.job_id)  # bad_state unless interrupted
+            self._follow(rec.job_id, owner, ids[-1])  # its messages go to the client that resumed it
+            self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": rec.kind,
+                                                                 "position": position}))
         elif msg.type == "attach":
             rec = self._visible_job(msg.content["job_id"], owner)
-            rec.owner = owner  # further messages of the job go to this client
-            self.store.save(rec)
+            self._follow(rec.job_id, owner, ids[-1])  # further messages of the job go to this connection
             info = rec.info(self._worker.position(rec.job_id))
             self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [info]}))
             if rec.state in ("done", "failed", "cancelled", "interrupted"):
                 self._send(router, ids, result_message(rec))
 
-    def _hello(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> None:
+    def _follow(self, job_id: str, owner: str, identity: bytes) -> None:
+        self._remember(self._job_routes, job_id, identity)
+        self._remember(self._listeners, job_id, owner)
+
+    def _hello(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
         version = msg.content["protocol_version"]
         if version != PROTOCOL_VERSION:
             raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"this backend speaks protocol v{PROTOCOL_VERSION} "
                                 f"but the client ({msg.content['client'][:80]}) speaks v{version}; update the "
                                 f"{'add-on' if version < PROTOCOL_VERSION else 'backend'} so both match",
                                 "protocol_version")
-        log.info("hello from %s", msg.content["client"][:200])
+        log.info("hello from %s (owner %s)", msg.content["client"][:200], owner[:60])
         content = {"protocol_version": PROTOCOL_VERSION, "backend_version": backend.__version__,
                    "session": self.session, "gpu": device_info(self.device),
                    "clip_models": list(self.clip_models), "job_kinds": sorted(self.runners),
@@ -261,8 +394,9 @@ class Server:
             self._visible_job(msg.content["params"]["source_job"], owner, field="params.source_job")
         inputs = {name: (msg.blob(spec), spec["format"]) for name, spec in msg.content.get("inputs", {}).items()}
         rec = self.store.create(kind, msg.content["params"], owner, inputs)
+        self._follow(rec.job_id, owner, ids[-1])
         position = self._worker.enqueue(rec.job_id)
-        log.info("job %s (%s) accepted at queue position %d", rec.job_id, kind, position)
+        log.info("job %s (%s) of %s accepted at queue position %d", rec.job_id, kind, owner[:60], position)
         self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": kind,
                                                              "position": position}))
 
@@ -309,10 +443,28 @@ class Server:
             rec = self.store.get(frames[0].bytes.decode())
             if rec is None:
                 continue
-            # A client that is gone (or not reading) loses nothing: the job's outputs are on disk and
-            # 'attach' re-sends the result.
-            with contextlib.suppress(zmq.ZMQError):
-                router.send_multipart([bytes.fromhex(rec.owner), *frames[1:]], flags=zmq.NOBLOCK, copy=False)
+            self._send_job_message(router, rec.job_id, rec.owner, frames[1:])
+
+    def _send_job_message(self, router: zmq.Socket, job_id: str, job_owner: str, frames: list[Any]) -> None:
+        """Send to the connection following the job; if it is gone, to the latest connection of its owner.
+
+        A client that is gone (or not reading) loses nothing: the job's outputs are on disk and 'attach'
+        re-sends the result.
+        """
+        owner = self._listeners.get(job_id, job_owner)
+        tried: set[bytes] = set()
+        for identity in (self._job_routes.get(job_id), self._routes.get(owner)):
+            if identity is None or identity in tried:
+                continue
+            tried.add(identity)
+            try:
+                router.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EHOSTUNREACH:  # that connection is closed: try the owner's latest
+                    continue
+                return  # EAGAIN: the client is connected but not reading; drop rather than block
+            self._remember(self._job_routes, job_id, identity)
+            return
 
 
 def serve(endpoint: str, work_dir: str | Path, runners: dict[str, RunnerFn], **kwargs: Any) -> None:

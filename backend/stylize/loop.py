@@ -3,7 +3,8 @@
 :func:`stylize` fine-tunes a copy of a reconstruction so that its renders follow a text prompt:
 
 1. ``F_sty`` is a fresh copy of ``F_rec`` (same normalization, cameras and reconstruction config); the optimizer
-   and counters start fresh (spec Section 1).
+   and counters start fresh (spec Section 1). A *resumed* stylization (``resume=``, after a crash) instead takes
+   ``F_sty``, the optimizer, the iteration count and the random generator from its own last checkpoint.
 2. The views are the checkpoint's training cameras in dataset order, resized to the stylization resolution, plus
    optional interpolated novel cameras (:mod:`backend.stylize.views`).
 3. ``I_src`` for every view is ``F_rec``'s render with the same renderer settings and background, rendered once
@@ -286,6 +287,8 @@ ProgressFn = Callable[[StylizeProgress], None]
 StopFn = Callable[[], bool]
 CheckpointFn = Callable[[NeRFCheckpoint], None]
 
+TRAIN_STATE_KIND = "stylize"
+
 
 def weights_are_random(clip: ClipModel, perceptual: nn.Module | None) -> bool:
     """True when CLIP or the perceptual net carries random (explicitly requested) weights: not prompt-driven."""
@@ -344,6 +347,7 @@ def stylize(
     clip: ClipModel,
     perceptual: LpipsLoss | VggRelu33Loss | None,
     on_checkpoint: CheckpointFn | None = None,
+    resume: NeRFCheckpoint | None = None,
 ) -> NeRFCheckpoint:
     """Stylize a reconstruction (see the module docstring).
 
@@ -359,15 +363,22 @@ def stylize(
         perceptual: the frozen perceptual loss (:func:`~backend.stylize.perceptual.load_perceptual`); None only
             when the resolved ``weights.perceptual`` is 0.
         on_checkpoint: called with the current ``F_sty`` checkpoint every ``config.checkpoint_every`` iterations
-            (e.g. to save it, so that an interrupted job keeps its latest state).
+            (e.g. to save it, so that an interrupted job keeps its latest state). It carries a ``train_state`` to
+            resume from.
+        resume: a checkpoint with a ``"stylize"`` ``train_state`` written by an earlier run of the same
+            stylization (same ``ckpt_rec`` and config): ``I_src`` is rendered from ``F_rec`` again, then ``F_sty``,
+            the optimizer, the iteration count, the elapsed time and the random generator are restored, so the
+            run continues at the next iteration (and on the same device reproduces the uninterrupted run).
 
     Returns:
         The stylized :class:`~backend.nerf.checkpoint.NeRFCheckpoint` (same background, normalization, cameras
-        and reconstruction config as ``ckpt_rec``; ``metrics`` hold the final losses).
+        and reconstruction config as ``ckpt_rec``; ``metrics`` hold the final losses). When stopped early it
+        carries a ``train_state`` (it can be resumed); a finished one does not.
 
     Raises:
         ValueError: bad prompts (empty, too long for CLIP, no direction from the source text), too few negatives,
-            images too small for LPIPS, missing cameras, or CLIP / perceptual net on another device.
+            images too small for LPIPS, missing cameras, CLIP / perceptual net on another device, or a ``resume``
+            checkpoint of another stylization.
     """
     device = canonical_device(device)
     weights = config.resolved_weights()
@@ -395,6 +406,7 @@ def stylize(
     views: StylizationViews = stylization_views(
         ckpt_rec.cameras, ckpt_rec.train_indices, resolution_scale=ckpt_rec.config.resolution_scale,
         scale=config.scale, max_side=config.max_side, novel_views=config.novel_views)
+    resume_state = _check_resume(resume, ckpt_rec, iterations) if resume is not None else None
     if weights.perceptual > 0 and isinstance(perceptual, LpipsLoss):
         small = int(np.min(np.minimum(views.cameras.width, views.cameras.height)))
         if small < _LPIPS_MIN_SIDE:
@@ -459,18 +471,32 @@ def stylize(
     losses: dict[str, float] = {}
     done = 0
     elapsed = 0.0
-    t0 = time.perf_counter()
+    if resume is not None and resume_state is not None:
+        # After the sources (rendered from F_rec's weights, as in the first run) and even when stopped during
+        # them: a resumed run that stops at once must hand back the state it resumed from, not F_rec.
+        model.load_state_dict(resume.model.state_dict())
+        optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            generator.set_state(resume_state["generator"])
+        except (RuntimeError, TypeError, ValueError):  # a state of another device type: reseed
+            generator.manual_seed(config.seed + int(resume_state["done"]))
+        done, elapsed = int(resume_state["done"]), float(resume_state["elapsed_s"])
+        losses = {k: float(v) for k, v in resume_state.get("losses", {}).items()}
+    t0 = time.perf_counter() - elapsed  # elapsed time (and the ETA) continue on resume
     last_image: Tensor | None = None
 
-    def current(metrics_extra: dict[str, float]) -> NeRFCheckpoint:
+    def current(metrics_extra: dict[str, float], resumable: bool) -> NeRFCheckpoint:
         metrics = {**{f"loss_{k}": v for k, v in losses.items()}, "stylize_iterations": float(done),
                    "elapsed_s": elapsed, "prompt_driven": 0.0 if weights_are_random(clip, perceptual) else 1.0,
                    **metrics_extra}
+        # Everything the loop carries from one iteration to the next (the sources are rendered again).
+        state = {"kind": TRAIN_STATE_KIND, "done": done, "iterations": iterations, "elapsed_s": elapsed,
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "losses": dict(losses)}
         return NeRFCheckpoint(model=model, config=ckpt_rec.config, background=ckpt_rec.background,
                               normalization=ckpt_rec.normalization, cameras=ckpt_rec.cameras,
                               train_indices=list(ckpt_rec.train_indices),
                               heldout_indices=list(ckpt_rec.heldout_indices), step=ckpt_rec.step + done,
-                              metrics=metrics)
+                              metrics=metrics, train_state=state if resumable else None)
 
     while not cancelled and done < iterations:
         if stop():
@@ -526,13 +552,31 @@ def stylize(
                                preview=_preview(step.image) if show and step.image is not None else None))
         if on_checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0 \
                 and done < iterations:
-            on_checkpoint(current({"cancelled": 0.0}))
+            on_checkpoint(current({"cancelled": 0.0}, resumable=True))
 
     model.eval()
     for p in density_params:
         p.requires_grad_(True)  # a checkpoint's model is a plain trainable module again
-    result = current({"cancelled": float(cancelled)})
+    result = current({"cancelled": float(cancelled)}, resumable=done < iterations)
     report(StylizeProgress("done", done, iterations, losses=dict(losses), elapsed_s=elapsed, eta_s=0.0,
                            preview=None if last_image is None else _preview(last_image), done=True))
     return result
 
+
+def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: int) -> dict[str, Any]:
+    """The ``train_state`` of a stylization checkpoint to resume from, after checking it is this stylization's.
+
+    Raises:
+        ValueError: no stylization state, another model, or another iteration count.
+    """
+    state = resume.train_state
+    if not state or state.get("kind") != TRAIN_STATE_KIND:
+        raise ValueError("the checkpoint to resume from holds no stylization state")
+    if resume.model.config.to_dict() != ckpt_rec.model.config.to_dict():
+        raise ValueError("the checkpoint to resume from has another model configuration than the reconstruction")
+    if int(state.get("iterations", -1)) != iterations:
+        raise ValueError(f"the checkpoint to resume from was stylized towards {state.get('iterations')} "
+                         f"iterations, this run towards {iterations}")
+    if not 0 <= int(state.get("done", -1)) <= iterations:
+        raise ValueError(f"the checkpoint to resume from has {state.get('done')} iterations done")
+    return state
