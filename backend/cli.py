@@ -1,7 +1,8 @@
 """Command line of the backend: ``python -m backend <command>``.
 
-``serve`` runs the ZeroMQ server; ``status`` asks a running server about its jobs. The job commands
-(reconstruct, stylize, render, mesh) run the same runners as the server, in this process, with a progress bar.
+``serve`` runs the ZeroMQ server; ``status`` asks a running server about its jobs; ``keys`` manages the CURVE
+keys (the server's key pair, the client keys it trusts). The job commands (reconstruct, stylize, render, mesh)
+run the same runners as the server, in this process, with a progress bar.
 """
 
 from __future__ import annotations
@@ -28,27 +29,107 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _keys_dir(args: argparse.Namespace) -> Path:
+    return Path(args.keys_dir).expanduser() if args.keys_dir else Path(args.work_dir).expanduser() / "keys"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.jobs import CLIP_MODELS, default_runners
-    from backend.server.server import serve
+    from backend.server.auth import load_or_create_server_keys
+    from backend.server.server import check_bind_endpoint, is_loopback_endpoint
 
     key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
+    if args.curve and args.insecure:
+        print("error: --curve and --insecure contradict each other; choose one", file=sys.stderr)
+        return 2
+    # CURVE is on when asked for, and by default on any address other machines can reach: there it is the
+    # only thing between the network and this GPU (and the captures on its disk).
+    use_curve = args.curve or (not is_loopback_endpoint(args.endpoint) and not args.insecure)
+    single_user = True if args.single_user else (False if args.multi_user else None)
     try:
+        check_bind_endpoint(args.endpoint, args.allow_remote)  # before keys are made for a refused address
+        curve = None
+        if use_curve:
+            curve, created = load_or_create_server_keys(_keys_dir(args))
+            if created:
+                print(f"created this backend's CURVE key pair in {curve.keys_dir}. Its public key, for the "
+                      f"clients:\n{curve.public.decode()}\nAuthorise each client's public key with: "
+                      "python -m backend keys authorize KEY", file=sys.stderr)
+        from backend.jobs import CLIP_MODELS, default_runners
+        from backend.server.server import serve
+
         serve(args.endpoint, args.work_dir, default_runners(), device=resolve_device(args.device),
-              allow_remote=args.allow_remote, hmac_key=key, single_user=not args.multi_user,
-              clip_models=CLIP_MODELS)
+              allow_remote=args.allow_remote, hmac_key=key, single_user=single_user, clip_models=CLIP_MODELS,
+              curve=curve, insecure=args.insecure)
+    except ValueError as exc:  # also backend.server.auth.CurveKeyError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from backend.server import auth
+
+    keys_dir = _keys_dir(args)
+    try:
+        if args.action == "show":
+            keys, _ = auth.load_or_create_server_keys(keys_dir)  # logs when it makes a new pair
+            print(keys.public.decode())
+        elif args.action == "authorize":
+            public = auth.read_public_key(args.key)
+            path = auth.authorize(keys_dir, public, args.name)
+            print(f"authorised {public.decode()} as {path.stem} ({path}); a running backend accepts it at once",
+                  file=sys.stderr)
+        elif args.action == "revoke":
+            removed = auth.revoke(keys_dir, args.key)
+            if not removed:
+                print(f"error: no authorised key named or equal to {args.key!r} in {keys_dir / auth.AUTHORIZED_DIR}",
+                      file=sys.stderr)
+                return 1
+            for path in removed:
+                print(f"revoked {path.stem}; its connections are refused from their next message", file=sys.stderr)
+        elif args.action == "list":
+            for name, public in auth.authorized_keys(keys_dir).items():
+                print(f"{name}\t{public.decode()}")
+        elif args.action == "new-client":
+            public, secret_path = auth.new_client(keys_dir, args.name, args.out)
+            print(f"new client key pair {secret_path} (keep it private), authorised on this backend. Use it with:\n"
+                  f"  python -m backend status --server-key {keys_dir / (auth.SERVER_NAME + '.key')} "
+                  f"--client-key {secret_path}", file=sys.stderr)
+            print(public.decode())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
+def _client_curve(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None:
+    """CURVE keys for a command-line client: the server's public key and this client's key pair.
+
+    Raises:
+        ValueError: one given without the other, or an unreadable key.
+    """
+    if not args.server_key and not args.client_key:
+        return None
+    if not (args.server_key and args.client_key):
+        raise ValueError("CURVE needs both --server-key (the backend's public key) and --client-key (this "
+                         "client's secret certificate, from 'python -m backend keys new-client')")
+    from backend.server import auth
+
+    public, secret = auth.read_key_pair(args.client_key)
+    return auth.read_public_key(args.server_key), public, secret
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    with Client(args.endpoint, client_name="nerfart-cli") as client:
+    try:
+        curve = _client_curve(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with Client(args.endpoint, client_name="nerfart-cli", curve=curve) as client:
         try:
             info = client.handshake(timeout_s=args.timeout)
             reply = client.request(Message("status", {"job_id": args.job_id}), timeout_s=args.timeout)
-        except (TimeoutError, BackendError) as exc:
+        except (TimeoutError, BackendError, ConnectionError) as exc:  # ConnectionError: a refused handshake
             print(f"error: {exc}", file=sys.stderr)
             return 1
     if args.json:
@@ -66,9 +147,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_local(kind: str, params: dict, args: argparse.Namespace) -> tuple[int, dict]:
-    """Run one job in this process with a progress bar; returns (exit code, job record as a dict)."""
-    from backend.jobs.local import run_job_locally
+def _run_local(kind: str, params: dict, args: argparse.Namespace, resume_job: str | None = None) -> tuple[int, dict]:
+    """Run one job (or resume the interrupted job ``resume_job``) in this process with a progress bar.
+
+    Returns:
+        (exit code, job record as a dict).
+    """
+    from backend.jobs.local import resume_job_locally, run_job_locally
     from backend.progress_bar import ProgressBar
     from protocol import ProtocolError
 
@@ -81,7 +166,11 @@ def _run_local(kind: str, params: dict, args: argparse.Namespace) -> tuple[int, 
                                                                           **c.get("metrics", {})})
 
     try:
-        rec = run_job_locally(kind, params, Path(args.work_dir), resolve_device(args.device), on_message)
+        if resume_job is not None:
+            rec = resume_job_locally(resume_job, Path(args.work_dir), resolve_device(args.device), on_message)
+            kind = rec.kind
+        else:
+            rec = run_job_locally(kind, params, Path(args.work_dir), resolve_device(args.device), on_message)
     except ProtocolError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2, {}
@@ -141,6 +230,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _run_local("", {}, args, resume_job=args.job)[0]
+
+
 def cmd_mesh(args: argparse.Namespace) -> int:
     params = {"source_job": args.job, **_params(args, {"resolution": "resolution", "isolevel": "isolevel"})}
     if args.keep_largest_only:
@@ -153,9 +246,9 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("The main job (capture -> reconstruct -> stylize -> frames and mesh in Blender) is not built yet: "
-          "it lands with issue 7. The backend server runs today: python -m backend serve", file=sys.stderr)
-    return 2
+    from backend.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,10 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="where jobs and outputs are kept "
                    "(default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu (default %(default)s)")
-    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint (read the "
-                   "README's Security section first)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint; CURVE keys are "
+                   "then required (read the README's Security section first)")
+    p.add_argument("--curve", action="store_true", help="require CURVE keys also on loopback (on a machine "
+                   "shared with other users, who can all reach its loopback ports)")
+    p.add_argument("--insecure", action="store_true", help="with --allow-remote: no CURVE, the traffic is "
+                   "unencrypted and anyone who reaches the port can use the backend")
+    p.add_argument("--keys-dir", help="CURVE keys folder (default: WORK_DIR/keys)")
     p.add_argument("--hmac-key-file", help="sign and check every message with the key in this file")
-    p.add_argument("--multi-user", action="store_true", help="each client sees and cancels only its own jobs")
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--multi-user", action="store_true", help="each client sees and cancels only its own jobs "
+                       "(the default with CURVE or a non-loopback endpoint)")
+    users.add_argument("--single-user", action="store_true", help="every client sees and cancels every job (the "
+                       "default on loopback without CURVE)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show a running backend's device and jobs")
@@ -179,7 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--server-key", help="CURVE: the backend's public key, or its server.key file")
+    p.add_argument("--client-key", help="CURVE: this client's secret certificate (keys new-client makes one)")
     p.set_defaults(func=cmd_status)
+
+    keys_common = argparse.ArgumentParser(add_help=False)
+    keys_common.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="the backend's work dir; the keys "
+                             "are in its keys/ folder (default %(default)s)")
+    keys_common.add_argument("--keys-dir", help="the keys folder, if not WORK_DIR/keys")
+    p = sub.add_parser("keys", help="CURVE keys: show the server's public key, authorise or revoke client keys")
+    keys = p.add_subparsers(dest="action", required=True)
+    keys.add_parser("show", parents=[keys_common], help="print the server's public key (making the key pair on "
+                    "first use)")
+    k = keys.add_parser("authorize", parents=[keys_common], help="let a client key connect (takes effect at once)")
+    k.add_argument("key", help="the client's public key (40 characters: quote it, and put -- before it, since it "
+                   "may start with '-') or its .key file")
+    k.add_argument("--name", help="a name for it, e.g. the artist or the machine (default from the key)")
+    k = keys.add_parser("revoke", parents=[keys_common], help="withdraw a client key (by name or key)")
+    k.add_argument("key", help="the name or public key of an authorised client")
+    keys.add_parser("list", parents=[keys_common], help="list the authorised client keys")
+    k = keys.add_parser("new-client", parents=[keys_common], help="make and authorise a key pair for a "
+                        "command-line client; prints its public key")
+    k.add_argument("name", help="a name for the client")
+    k.add_argument("--out", help="folder for the pair (default: KEYS_DIR/clients)")
+    p.set_defaults(func=cmd_keys)
 
     def local_job_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -231,7 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest-only", action="store_true", help="drop every part but the largest")
     p.set_defaults(func=cmd_mesh)
 
-    p = sub.add_parser("demo", help="the main job, end to end on an embedded default scene")
+    p = local_job_parser("resume", "continue an interrupted job (the backend stopped while it ran) from its "
+                         "latest checkpoint, in this process")
+    p.add_argument("job", help="id of an interrupted job (in --work-dir)")
+    p.set_defaults(func=cmd_resume)
+
+    from backend.demo import add_arguments as add_demo_arguments
+
+    p = sub.add_parser("demo", help="the main job: capture, reconstruct, stylize, render and mesh through the "
+                       "Blender add-on, end to end on an embedded head (or --capture PATH)")
+    add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

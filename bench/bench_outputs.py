@@ -231,7 +231,7 @@ def main() -> int:
                      f"{r['faces']} | {r['peak_gib']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = args.out or REPO / "bench" / "results" / f"outputs_{gpu.replace(' ', '_')}_{date}.md"
+    out = args.out or REPO / "bench" / "results" / f"outputs_{gpu.lower().replace(' ', '-')}_{date}.md"
     if not args.smoke or args.out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -18,9 +18,12 @@ from . import connection, tick
 from .core.jobs import JobState
 from .core.local_backend import DEFAULT_ARGS
 from .core.presets import PRESETS_BY_ID, preset_enum_items
-from .preferences import DEFAULT_ENDPOINT, get_preferences, is_loopback
+from .preferences import DEFAULT_ENDPOINT, connect_options, get_preferences, is_loopback
 
 CONNECTED_STATES = ("CONNECTED",)
+# Seconds to wait in background mode for a started local backend's first answer (it imports torch first);
+# connection.poll itself calls a silent starting backend lost after 60 s.
+LOCAL_START_TIMEOUT_S = 65.0
 
 
 def _prefs(context):
@@ -99,7 +102,8 @@ class NERFART_OT_connect(bpy.types.Operator):
             return _fail(self, f"{prefs.endpoint} is not on this machine and Blender's Online Access is off; "
                          "allow it in Preferences ▸ System ▸ Network, or use an SSH tunnel to a local port")
         try:
-            connection.connect(prefs.endpoint, prefs.hmac_key, _client_name(), prefs.timeout_s)
+            connection.connect(prefs.endpoint, prefs.hmac_key, _client_name(), prefs.timeout_s,
+                               **connect_options(prefs))
         except ValueError as exc:
             return _fail(self, str(exc))
         connection.session.clear_error()
@@ -179,9 +183,19 @@ class NERFART_OT_start_local_backend(bpy.types.Operator):
         connection.session.clear_error()
         if connection.client() is None:
             try:
-                connection.connect(prefs.endpoint, prefs.hmac_key, _client_name(), prefs.timeout_s)
+                connection.connect(prefs.endpoint, prefs.hmac_key, _client_name(), prefs.timeout_s,
+                                   **connect_options(prefs))
             except ValueError as exc:
                 return _fail(self, str(exc))
+        if bpy.app.background:
+            # Like Connect: block until the new backend answers, so that the next operator of a script finds
+            # it connected.
+            try:
+                tick.wait_connected(LOCAL_START_TIMEOUT_S)
+            except RuntimeError as exc:
+                tail = connection.local_backend.log_tail(8)
+                return _fail(self, str(exc) + (f"; backend output:\n{tail}" if tail else ""))
+            self.report({"INFO"}, connection.session.status_line())
         tick.sync_runtime(context.window_manager)
         return {"FINISHED"}
 

@@ -16,6 +16,10 @@ from bpy.props import (
 
 from .core.jobs import CONNECTION_STATES
 
+# Folders may be relative to the .blend ("//..."); every use resolves them with bpy.path.abspath. Blender 5.0
+# warns when such a path is set on a property without this option.
+BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
+
 SIZE_PRESETS = [
     ("TINY", "Tiny", "Minutes on any GPU; for checking a setup, not for final results"),
     ("FAST", "Fast", "A quick preview quality"),
@@ -47,7 +51,8 @@ class NERFART_PG_job(bpy.types.PropertyGroup):
     endpoint: StringProperty(name="Backend", description="Address of the backend that runs the job", default="")
     source_job: StringProperty(name="Source Job", description="Job whose result this job used", default="")
     output_dir: StringProperty(name="Output Folder", description="Where this job's frames or mesh were written",
-                               default="", subtype="DIR_PATH")
+                               default="", subtype="DIR_PATH",
+                           options=BLEND_RELATIVE)
     progress: FloatProperty(name="Progress", description="Progress of the current stage", default=0.0, min=0.0,
                             max=1.0, subtype="FACTOR")
     stage: StringProperty(name="Stage", description="Last reported stage", default="")
@@ -84,7 +89,8 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
                ("SCENE", "From Scene", "Render the selected objects from a ring of cameras with Cycles")],
         default="FOLDER")
     folder: StringProperty(name="Capture Folder", description="Folder holding the capture's images and camera "
-                           "file", default="", subtype="DIR_PATH")
+                           "file", default="", subtype="DIR_PATH",
+                           options=BLEND_RELATIVE)
     format: EnumProperty(
         name="Format", description="How to read the capture's cameras",
         items=[("AUTO", "Auto-detect", "transforms.json, then COLMAP, then cameras.npz, then poses_bounds.npy"),
@@ -121,7 +127,8 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
                                    "background so the backend gets a matte", default=True)
     ring_output: StringProperty(name="Capture Output", description="Folder for the rendered capture (a "
                                 "transforms.json and images); // is the .blend's folder",
-                                default="//nerfart/capture/", subtype="DIR_PATH")
+                                default="//nerfart/capture/", subtype="DIR_PATH",
+                           options=BLEND_RELATIVE)
     transfer: EnumProperty(
         name="Transfer", description="How the backend gets the capture",
         items=[("AUTO", "Automatic", "Pass the folder path to a backend on this machine, upload it otherwise"),
@@ -227,7 +234,8 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
     frame_step: IntProperty(name="Step", description="Frames to advance between renders", default=1, min=1,
                             max=10_000)
     output_dir: StringProperty(name="Output Folder", description="Where frames are written, one sub-folder per "
-                               "job; // is the .blend's folder", default="//nerfart/renders/", subtype="DIR_PATH")
+                               "job; // is the .blend's folder", default="//nerfart/renders/", subtype="DIR_PATH",
+                           options=BLEND_RELATIVE)
     file_format: EnumProperty(
         name="Format", description="Frame file format",
         items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
