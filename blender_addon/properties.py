@@ -16,9 +16,9 @@ from bpy.props import (
 
 from .core.jobs import CONNECTION_STATES
 
-# Folders may be relative to the .blend ("//..."); every use resolves them with bpy.path.abspath. Blender 5.0
-# warns when such a path is set on a property without this option.
-BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
+# Folders may be relative to the .blend ("//..."); every use resolves them with bpy.path.abspath. Blender 4.5+
+# warns when such a path is set on a property without this option, which 4.2 LTS does not know.
+BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
 
 SIZE_PRESETS = [
     ("TINY", "Tiny", "Minutes on any GPU; for checking a setup, not for final results"),
