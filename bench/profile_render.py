@@ -91,13 +91,21 @@ def main() -> int:
     render_image(ckpt, cams[sizes[0]], 0, chunk=2**18)
     for s_ in sizes:
         reference[s_] = render_image(ckpt, cams[s_], 1, chunk=2**18)[0]
+    def tuned(block: int, warps: int) -> FrameRenderer:
+        r = FrameRenderer(ckpt, fused="on")
+        r._fused.BLOCK, r._fused.NUM_WARPS = block, warps
+        return r
+
     variants = [
         ("old: render_image compiled 256k", None),
         ("frame renderer, compiled PyTorch field", FrameRenderer(ckpt, fused="off")),
-        ("frame renderer, fused field", FrameRenderer(ckpt, fused="on")),
-        ("frame renderer, fused, window 32", FrameRenderer(ckpt, fused="on", first_window=32)),
-        ("frame renderer, fused, window 128", FrameRenderer(ckpt, fused="on", first_window=128)),
-        ("frame renderer, fused, eps 1e-3", FrameRenderer(ckpt, fused="on", early_stop_eps=1e-3)),
+        (f"frame renderer, fused (block {FusedField.BLOCK}, {FusedField.NUM_WARPS} warps)",
+         FrameRenderer(ckpt, fused="on")),
+        ("fused, block 32, 2 warps", tuned(32, 2)),
+        ("fused, block 128, 4 warps", tuned(128, 4)),
+        ("fused, block 128, 8 warps", tuned(128, 8)),
+        ("fused, block 256, 8 warps", tuned(256, 8)),
+        ("fused, eps 1e-3", FrameRenderer(ckpt, fused="on", early_stop_eps=1e-3)),
     ]
     for name, r in variants:
         for s_ in sizes:

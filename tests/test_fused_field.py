@@ -53,7 +53,30 @@ def field_errors(device: str, n: int) -> dict[str, float]:
         out[f"{scene}_sigma_rel"] = float((sigma - sigma_ref).norm() / sigma_ref.norm())
         out[f"{scene}_outside_zero"] = float(sigma[(x.abs() > model.domain.bound).any(-1)].abs().max()) \
             if scene == "matte" else 0.0
+        out.update({f"{scene}_{k}": v for k, v in _window_errors(model, device).items()})
     return out
+
+
+def _window_errors(model: NeRFModel, device: str) -> dict[str, float]:
+    """The frame renderer's kernel (samples as (ray, step) of the step schedule) against the PyTorch path."""
+    from backend.captures.cameras import rays_for_image
+    from backend.nerf._triton_field import FusedField
+    from backend.nerf.marching import _intervals, occupied_steps, ray_interval
+    from backend.nerf.synthetic import ring_cameras
+
+    domain = model.domain
+    model.occupancy.update(0, lambda u: (domain.from_unit_cube(u).norm(dim=-1) < 0.8).float())
+    rays_o, rays_d = rays_for_image(ring_cameras(1, 8), 0, device=device)
+    t_min, t_max = ray_interval(rays_o, rays_d, domain, model.settings)
+    ray, step = occupied_steps(rays_o, rays_d, t_min, t_max, model.occupancy, domain, model.settings, impl="torch")
+    with torch.no_grad():
+        t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, model.settings)
+        rgb_ref, sigma_ref = model.field(pos, rays_d[ray])
+        rgb, sd, t_mid = FusedField(model.field).window(rays_o, rays_d, t_min, t_max, ray, step, model.settings)
+    sd_ref = sigma_ref * (t1 - t0)
+    return {"window_samples": float(ray.shape[0]), "window_rgb_max_abs": float((rgb - rgb_ref).abs().max()),
+            "window_sd_rel": float((sd - sd_ref).norm() / sd_ref.norm()),
+            "window_t_mid_max_abs": float((t_mid - 0.5 * (t0 + t1)).abs().max())}
 
 
 def _check(errors: dict[str, float]) -> None:
@@ -63,6 +86,11 @@ def _check(errors: dict[str, float]) -> None:
         assert errors[f"{scene}_rgb_max_abs"] < 5e-3
         assert errors[f"{scene}_sigma_rel"] < 5e-3
     assert errors["matte_outside_zero"] == 0.0
+    for scene in ("matte", "contract"):
+        assert errors[f"{scene}_window_samples"] > 100
+        assert errors[f"{scene}_window_rgb_max_abs"] < 5e-3
+        assert errors[f"{scene}_window_sd_rel"] < 5e-3
+        assert errors[f"{scene}_window_t_mid_max_abs"] < 1e-4
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -75,6 +76,7 @@ class FrameRenderer:
         if min(max_rays, max_samples, first_window) < 1:
             raise ValueError("max_rays, max_samples and first_window must be >= 1")
         self.max_rays, self.max_samples, self.first_window = max_rays, max_samples, first_window
+        self._fused: Any = None  # the FusedField, when the fused kernel evaluates the field
         self.field_fn, self.field_impl = self._pick_field(fused)
 
     def _pick_field(self, fused: str) -> tuple[FieldFn, str]:
@@ -89,7 +91,8 @@ class FrameRenderer:
                 else:
                     why = fused_field_supported(self.model.field) or ""
                     if not why:
-                        return FusedField(self.model.field), "fused-triton"
+                        self._fused = FusedField(self.model.field)
+                        return self._fused, "fused-triton"
         if fused == "on":
             raise ValueError(f"fused='on' but {why}")
         return self.model.radiance, "pytorch"
@@ -148,14 +151,17 @@ class FrameRenderer:
             # Sub-batches keep ray order, so a ray split between two of them continues from tau_ray.
             for part in sel.split(self.max_samples):
                 ray, step = occ_rays[part], occ_steps[part]
-                t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
-                rgbs, sigmas = self.field_fn(pos, rays_d[ray])
-                sd = sigmas.float() * (t1 - t0)
+                if self._fused is not None:  # intervals, positions and field in one kernel
+                    rgbs, sd, t_mid = self._fused.window(rays_o, rays_d, t_min, t_max, ray, step, settings)
+                else:
+                    t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
+                    rgbs, sigmas = self.field_fn(pos, rays_d[ray])
+                    sd, t_mid = sigmas.float() * (t1 - t0), 0.5 * (t0 + t1)
                 tau = exclusive_sum_packed(sd, ray, packed_info_from_ray_indices(ray, n)) + tau_ray[ray]
                 w = torch.exp(-tau) * -torch.expm1(-sd)
                 rgb.index_add_(0, ray, w[:, None] * rgbs.float())
                 opacity.index_add_(0, ray, w)
-                depth.index_add_(0, ray, w * (0.5 * (t0 + t1)))
+                depth.index_add_(0, ray, w * t_mid)
                 tau_ray.index_add_(0, ray, sd)
             if hi >= settings.max_steps:
                 break
