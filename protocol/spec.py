@@ -47,14 +47,24 @@ After the routing identities a ROUTER adds, a message is:
   oversized or invalid message is answered by an `error` naming the field (`field`, a dotted path such as
   `params.cameras[3].width`); the server keeps serving. Unknown extra content fields are ignored (newer
   clients may send more); unknown job parameters are rejected (they are typos).
-- **Limits.** The server rejects messages over its size limits (advertised in `hello_reply.limits`).
+- **Limits.** The server rejects messages over its size limits (advertised in `hello_reply.limits`) with
+  `too_large`, answering by the `msg_id` of the header when it can read it; a client that knows the limits
+  refuses such messages before sending (one frame over the limit is dropped by ZeroMQ itself, unanswered).
 - **Heartbeats.** A connected client sends `heartbeat` about every second; the server answers each. A
   client that hears nothing for a few seconds shows the backend as gone; a client that vanishes costs the
   server nothing (sends never block; its jobs keep running and their outputs stay on disk).
 - **Jobs.** `submit` is answered by `accepted` (with the job id) or `error`. Job states: queued, running,
   done, failed, cancelled, interrupted (the backend stopped while it ran). `cancel` stops a running job
   at its next step boundary, within a second. `attach` routes a job's later messages to the asking client
-  and re-sends the `result` of a finished job, e.g. after Blender reopens a file.
+  and re-sends the `result` of a finished job, e.g. after Blender reopens a file. `resume` queues an
+  `interrupted` job again under the same id; reconstruct and stylize continue from their latest periodic
+  checkpoint to the submitted total, other kinds run again (a render re-sends the frames it had written).
+- **Identity.** A client's routing id is `<client_id>/<session>` (`client_id`: 1-64 of `[A-Za-z0-9_-]`,
+  stable per installation). Without CURVE the backend treats `client_id` as the owner of the client's jobs
+  (advisory only); with CURVE the owner is the client's public key, proven by the handshake. In multi-user
+  mode `status`, `attach`, `cancel` and `resume` see only the asker's jobs, and others' jobs are answered
+  `unknown_job`. A job's messages go to the connection that submitted or last attached it, else to its
+  owner's latest connection.
 - **Coordinates.** Cameras are OpenCV-style (+X right, +Y down, +Z forward) camera-to-world matrices in
   the capture's own world coordinates; intrinsics are in pixels with the top-left pixel's centre at
   (0.5, 0.5). Meshes come back in the same world coordinates.

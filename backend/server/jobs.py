@@ -98,7 +98,8 @@ class JobFailed(Exception):
 
 @dataclass
 class JobRecord:
-    """What ``job.json`` holds. ``owner`` is the submitting client's routing id (hex)."""
+    """What ``job.json`` holds. ``owner`` is who submitted it: ``key:<CURVE public key>``, ``id:<client id>``
+    (without CURVE; advisory), ``rid:<routing id hex>`` (a client without an id) or ``cli`` (command line)."""
 
     job_id: str
     kind: str
