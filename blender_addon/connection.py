@@ -197,6 +197,25 @@ def cancel(job_id: str) -> None:
     _client.cancel(job_id)
 
 
+def resume(job_id: str) -> None:
+    """Queue an interrupted job again on the backend; it continues from its latest checkpoint.
+
+    The request is followed like a submit, so the job shows as queued once the backend accepts it, and its
+    progress, frames and result arrive as for any job of this session.
+    """
+    if _client is None:
+        raise ValueError("not connected to a backend")
+    job = session.jobs.get(job_id)
+    if job is None:
+        raise ValueError(f"job {job_id} is not followed by this Blender session; connect (or Reattach Jobs) first")
+    try:
+        msg_id = _client.resume(job_id)
+    except ConnectionError as exc:
+        raise ValueError(str(exc)) from None
+    job.error, job.error_code = "", ""
+    session.submitted(msg_id, job)
+
+
 def attach(job_ids: list[str]) -> None:
     """Ask the backend to route these jobs' messages here again (and re-send results of finished ones)."""
     if _client is None:

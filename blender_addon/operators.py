@@ -289,6 +289,31 @@ class NERFART_OT_cancel_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NERFART_OT_resume_job(bpy.types.Operator):
+    """Resume an interrupted job from its latest checkpoint (it was running when the backend stopped)"""
+
+    bl_idname = "nerfart.resume_job"
+    bl_label = "Resume Job"
+
+    job_id: StringProperty(name="Job ID", description="The interrupted job to resume", default="",
+                           options={"SKIP_SAVE", "HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return _require_connection(cls)
+
+    def execute(self, context):
+        if not self.job_id:
+            return _fail(self, "no job given")
+        try:
+            connection.resume(self.job_id)
+        except ValueError as exc:
+            return _fail(self, str(exc))
+        tick.sync_runtime(context.window_manager)
+        self.report({"INFO"}, f"resuming job {self.job_id} from its latest checkpoint")
+        return {"FINISHED"}
+
+
 class NERFART_OT_watch_jobs(bpy.types.Operator):
     """Watch running jobs: Esc cancels the current one; finished jobs are reported"""
 
@@ -775,6 +800,7 @@ CLASSES = (
     NERFART_OT_reattach,
     NERFART_OT_clear_error,
     NERFART_OT_cancel_job,
+    NERFART_OT_resume_job,
     NERFART_OT_watch_jobs,
     NERFART_OT_import_capture,
     NERFART_OT_capture_from_scene,

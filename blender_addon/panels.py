@@ -298,6 +298,9 @@ class NERFART_PT_jobs(_Panel, bpy.types.Panel):
             if ref.state == "running":
                 col.progress(factor=ref.progress, type="BAR", text=ref.stage or "running")
                 col.operator("nerfart.cancel_job", icon="CANCEL").job_id = ref.job_id
+            if ref.state == "interrupted":
+                col.operator("nerfart.resume_job", text="Resume from Checkpoint", icon="RECOVER_LAST").job_id = \
+                    ref.job_id
             if ref.error:
                 sub = col.column(align=True)
                 sub.alert = True

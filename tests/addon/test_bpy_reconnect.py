@@ -255,6 +255,13 @@ def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs,
     # Still this Blender's job on a multi-user backend: it can cancel it.
     assert bpy.ops.nerfart.cancel_job(job_id=second.job_id) == {"FINISHED"}
     pump(addon, lambda: refs[second.job_id].state == "cancelled", 10, "the requeued job is cancelled")
+    # The interrupted job resumes from the panel (from its checkpoint, or from the start if it had none): the
+    # backend accepts it under the same id and its progress comes here again.
+    assert bpy.ops.nerfart.resume_job(job_id=first.job_id) == {"FINISHED"}
+    pump(addon, lambda: refs[first.job_id].state == "running" and first.step > 0, 30, "the resumed job runs")
+    assert first.error == "" and rt.error == ""
+    assert bpy.ops.nerfart.cancel_job(job_id=first.job_id) == {"FINISHED"}
+    pump(addon, lambda: refs[first.job_id].state == "cancelled", 10, "the resumed job is cancelled")
 
     # A restart quicker than the heartbeat timeout never shows as lost, but is noticed: the answers come from
     # another backend process. The running job shows as interrupted.
