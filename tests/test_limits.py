@@ -117,6 +117,14 @@ def test_the_queue_limit_is_per_client_and_frees_up(small_limits: Server) -> Non
         with pytest.raises(BackendError) as err:
             a.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}}))
         assert err.value.code == "queue_full" and "limit 2" in str(err.value) and "cancel" in str(err.value)
+        # Resuming an interrupted job queues it too, so it counts against the same allowance.
+        interrupted = srv.store.create("reconstruct", {"steps": 1}, srv.store.get(queued[0]).owner)
+        interrupted.state = "interrupted"
+        srv.store.save(interrupted)
+        with pytest.raises(BackendError) as err:
+            a.request(Message("resume", {"job_id": interrupted.job_id}))
+        assert err.value.code == "queue_full"
+        assert srv.store.get(interrupted.job_id).state == "interrupted"
         # Another client has its own allowance.
         other = b.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
         # Cancelling a queued job makes room again.

@@ -346,6 +346,7 @@ class Server:
             self._send(router, ids, make_reply(msg, "cancel_reply", {"job_id": rec.job_id, "state": state}))
         elif msg.type == "resume":
             rec = self._visible_job(msg.content["job_id"], owner)
+            self._check_queue_room(owner, "job_id")
             position = self._worker.resume(rec.job_id)  # bad_state unless interrupted
             self._follow(rec.job_id, owner, ids[-1])  # its messages go to the client that resumed it
             self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": rec.kind,
@@ -386,10 +387,7 @@ class Server:
             raise ProtocolError(ErrorCode.UNKNOWN_KIND, f"job kind {kind!r} is "
                                 f"{'not available in this backend version' if known else 'unknown'}; this "
                                 f"backend runs: {available}", "kind")
-        queued = sum(1 for r in self.store.all() if r.owner == owner and r.state == "queued")
-        if queued >= self.max_queued_per_client:
-            raise ProtocolError(ErrorCode.QUEUE_FULL, f"you already have {queued} queued jobs (limit "
-                                f"{self.max_queued_per_client}); wait or cancel some", "kind")
+        self._check_queue_room(owner, "kind")
         if "source_job" in msg.content["params"]:
             self._visible_job(msg.content["params"]["source_job"], owner, field="params.source_job")
         inputs = {name: (msg.blob(spec), spec["format"]) for name, spec in msg.content.get("inputs", {}).items()}
@@ -399,6 +397,13 @@ class Server:
         log.info("job %s (%s) of %s accepted at queue position %d", rec.job_id, kind, owner[:60], position)
         self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": kind,
                                                              "position": position}))
+
+    def _check_queue_room(self, owner: str, field: str) -> None:
+        """Refuse a submit or resume that would give ``owner`` more queued jobs than allowed."""
+        queued = sum(1 for r in self.store.all() if r.owner == owner and r.state == "queued")
+        if queued >= self.max_queued_per_client:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, f"you already have {queued} queued jobs (limit "
+                                f"{self.max_queued_per_client}); wait or cancel some", field)
 
     def _visible_job(self, job_id: str, owner: str, field: str = "job_id") -> Any:
         rec = self.store.get(job_id)
