@@ -40,6 +40,7 @@ from backend.demo.profiles import DEFAULT_PROMPT, PROFILES  # noqa: E402
 from backend.jobs.local import run_job_locally  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
 from bench.bench_outputs import protocol_cameras, turntable  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
 
 
 def run_stage(kind: str, params: dict[str, Any], work: Path, device: str) -> tuple[dict[str, Any], float]:
@@ -106,13 +107,7 @@ def main() -> int:
              "| stage | seconds | what |", "| --- | --- | --- |"]
     lines += [f"| {name} | {s:.1f} | {what} |" for name, s, what in stages]
     lines.append(f"| all | {total:.1f} | |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = args.out or REPO / "bench" / "results" / f"main_job_{gpu.lower().replace(' ', '-')}_{date}.md"
-    if not args.smoke or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    write_results("\n".join(lines) + "\n", args.out, "main_job", gpu, date, args.smoke)
     return 0
 
 

@@ -46,6 +46,7 @@ from backend.nerf.evaluate import render_image  # noqa: E402
 from backend.nerf.frame_renderer import FrameRenderer  # noqa: E402
 from backend.outputs.mesh import extract_mesh  # noqa: E402
 from backend.server.jobs import JobStore  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
 from protocol import Message  # noqa: E402
 
 
@@ -229,13 +230,7 @@ def main() -> int:
     for res, r in mesh_rows:
         lines.append(f"| {res}^3 | {r['seconds']:.2f} | {r['first_seconds']:.2f} | {r['vertices']} | "
                      f"{r['faces']} | {r['peak_gib']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = args.out or REPO / "bench" / "results" / f"outputs_{gpu.lower().replace(' ', '-')}_{date}.md"
-    if not args.smoke or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    write_results("\n".join(lines) + "\n", args.out, "outputs", gpu, date, args.smoke)
     return 0
 
 

@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ if str(REPO) not in sys.path:
 
 from backend.captures import Capture, load_capture  # noqa: E402
 from backend.nerf import NeRFModel, ReconstructConfig, TrainProgress, train_reconstruction  # noqa: E402
+from bench.results_file import results_path  # noqa: E402
 
 SCENES: dict[str, dict[str, Any]] = {
     "lego_half_res": {
@@ -392,10 +392,7 @@ def main() -> None:
         print("\n".join(table), flush=True)
     text = "\n".join(header + sections) + "\n"
     if not args.no_write:
-        out = args.out
-        if out is None:
-            slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-            out = REPO / "bench" / "results" / f"reconstruct_{slug}_{now:%Y-%m-%d}.md"
+        out = args.out or results_path("reconstruct", gpu, f"{now:%Y-%m-%d}")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}", flush=True)

@@ -60,6 +60,7 @@ from backend.stylize.loop import StylizeConfig, StylizeProgress, stylize  # noqa
 from backend.stylize.losses import DEFAULT_ITERATIONS, StyleLossConfig  # noqa: E402
 from backend.stylize.negatives import build_negative_pool  # noqa: E402
 from backend.stylize.perceptual import load_perceptual  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
 
 PROMPT = "painting, oil on canvas, Vincent van gogh self-portrait style"  # the released config's prompt
 
@@ -243,13 +244,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['scale']} | {r['reg']:g} | {r['iterations']} | {r['depth_err_rel']:.4f} | "
                      f"{r['alpha_iou']:.4f} | {r['views']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = args.out or REPO / "bench" / "results" / f"stylize_{gpu.replace(' ', '_')}_{date}.md"
-    if not args.smoke or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    write_results("\n".join(lines) + "\n", args.out, "stylize", gpu, date, args.smoke)
     return 0
 
 
