@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_nerf_render import _model  # a random structured field in an occupied ball
 
 from backend.captures.cameras import rays_for_image
-from backend.nerf import NeRFModel, ReconstructConfig, render_rays
+from backend.nerf import render_rays
 from backend.nerf.frame_renderer import FrameRenderer
 from backend.nerf.synthetic import ring_cameras
-
-
-def _model(seed: int, scene: str, density_bias: float) -> NeRFModel:
-    torch.manual_seed(seed)
-    model = NeRFModel(ReconstructConfig.tiny().model_config(scene, separate_matte=False, pixel_footprint=None))
-    # The bias sets how opaque the ball is: from haze to surfaces that stop rays early.
-    model.field.config.density_bias = density_bias
-    with torch.no_grad():
-        # A random table gives a field with structure (the ngp init is ~0 everywhere).
-        model.field.encoding.table.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))
-    domain = model.domain
-    model.occupancy.update(0, lambda u: (domain.from_unit_cube(u).norm(dim=-1) < 0.6).float(),
-                           generator=torch.Generator().manual_seed(seed))
-    return model
 
 
 @pytest.mark.parametrize(("scene", "density_bias"), [("matte", 1.0), ("matte", 4.0), ("contract", 3.0)])

@@ -10,9 +10,11 @@ from backend.nerf import NeRFModel, ReconstructConfig, render_rays, render_sampl
 from backend.nerf.synthetic import ring_cameras
 
 
-def _model(seed: int = 0, scene: str = "matte") -> NeRFModel:
+def _model(seed: int = 0, scene: str = "matte", density_bias: float | None = None) -> NeRFModel:
     torch.manual_seed(seed)
     model = NeRFModel(ReconstructConfig.tiny().model_config(scene, separate_matte=False, pixel_footprint=None))
+    if density_bias is not None:  # how opaque the ball is: from haze to surfaces that stop rays early
+        model.field.config.density_bias = density_bias
     # A random table gives a field with structure (the ngp init is ~0 everywhere).
     with torch.no_grad():
         model.field.encoding.table.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))

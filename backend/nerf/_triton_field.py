@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._triton_hashgrid import _corner_rows
-from ._triton_march import _boundary, _schedule_setup
+from ._triton_march import _boundary, _schedule_setup, unit_cube
 from .field import HashNeRFField
 from .marching import MarchSettings
 
@@ -68,17 +68,7 @@ def _field_eval(x0, x1, x2, d0, d1, d2, m, table_ptr, res_ptr, offset_ptr, size_
                 w1e_ptr, w1o_ptr, w2_ptr, wc1h_ptr, wc1s_ptr, wc2_ptr, wc3_ptr, bound, density_bias,
                 CONTRACT: tl.constexpr, L: tl.constexpr, H: tl.constexpr, BLOCK: tl.constexpr):
     """Colour logits ``(BLOCK, 16)`` (first 3 columns used) and density ``(BLOCK,)`` of BLOCK samples."""
-    if CONTRACT:
-        norm = tl.maximum(tl.sqrt(x0 * x0 + x1 * x1 + x2 * x2), 1e-12)
-        s = tl.where(norm <= 1.0, 1.0, (2.0 - 1.0 / norm) / norm)
-        u0 = (x0 * s + 2.0) / 4.0
-        u1 = (x1 * s + 2.0) / 4.0
-        u2 = (x2 * s + 2.0) / 4.0
-    else:
-        u0 = (x0 + bound) / (2.0 * bound)
-        u1 = (x1 + bound) / (2.0 * bound)
-        u2 = (x2 + bound) / (2.0 * bound)
-    inside = (u0 >= 0.0) & (u0 <= 1.0) & (u1 >= 0.0) & (u1 <= 1.0) & (u2 >= 0.0) & (u2 <= 1.0)
+    u0, u1, u2, inside = unit_cube(x0, x1, x2, bound, CONTRACT)
     u0 = tl.minimum(tl.maximum(u0, 0.0), 1.0)
     u1 = tl.minimum(tl.maximum(u1, 0.0), 1.0)
     u2 = tl.minimum(tl.maximum(u2, 0.0), 1.0)

@@ -50,10 +50,9 @@ def _boundary(kf, s0, k_a, s_a, k_b, s_b, dt_min, dt_max, g, CONE: tl.constexpr)
 
 
 @triton.jit
-def _occupied(o0, o1, o2, d0, d1, d2, mid, binary_ptr, R: tl.constexpr, bound, CONTRACT: tl.constexpr):
-    x0 = o0 + d0 * mid
-    x1 = o1 + d1 * mid
-    x2 = o2 + d2 * mid
+def unit_cube(x0, x1, x2, bound, CONTRACT: tl.constexpr):
+    """Model coordinates to the grids' unit cube and whether the point is inside it
+    (:meth:`~backend.nerf.contraction.SceneDomain.to_unit_cube`; shared with the fused field kernel)."""
     if CONTRACT:
         nrm = tl.maximum(tl.sqrt(x0 * x0 + x1 * x1 + x2 * x2), 1e-12)
         scale = tl.where(nrm <= 1.0, 1.0, (2.0 - 1.0 / nrm) / nrm)
@@ -65,6 +64,12 @@ def _occupied(o0, o1, o2, d0, d1, d2, mid, binary_ptr, R: tl.constexpr, bound, C
         u1 = (x1 + bound) / (2.0 * bound)
         u2 = (x2 + bound) / (2.0 * bound)
     inside = (u0 >= 0.0) & (u0 <= 1.0) & (u1 >= 0.0) & (u1 <= 1.0) & (u2 >= 0.0) & (u2 <= 1.0)
+    return u0, u1, u2, inside
+
+
+@triton.jit
+def _occupied(o0, o1, o2, d0, d1, d2, mid, binary_ptr, R: tl.constexpr, bound, CONTRACT: tl.constexpr):
+    u0, u1, u2, inside = unit_cube(o0 + d0 * mid, o1 + d1 * mid, o2 + d2 * mid, bound, CONTRACT)
     i0 = tl.minimum(tl.maximum((u0 * R).to(tl.int32), 0), R - 1)
     i1 = tl.minimum(tl.maximum((u1 * R).to(tl.int32), 0), R - 1)
     i2 = tl.minimum(tl.maximum((u2 * R).to(tl.int32), 0), R - 1)

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,8 +32,6 @@ from .marching import _intervals, occupied_steps, ray_interval
 from .model import NeRFModel
 from .packed import packed_info_from_ray_indices
 from .volrend import exclusive_sum_packed
-
-FieldFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class FrameRenderer:
@@ -76,10 +73,15 @@ class FrameRenderer:
         if min(max_rays, max_samples, first_window) < 1:
             raise ValueError("max_rays, max_samples and first_window must be >= 1")
         self.max_rays, self.max_samples, self.first_window = max_rays, max_samples, first_window
-        self._fused: Any = None  # the FusedField, when the fused kernel evaluates the field
-        self.field_fn, self.field_impl = self._pick_field(fused)
+        self._fused = self._fused_field(fused)  # None: the model's own (PyTorch) field
 
-    def _pick_field(self, fused: str) -> tuple[FieldFn, str]:
+    @property
+    def field_impl(self) -> str:
+        """``"fused-triton"`` or ``"pytorch"``: which field evaluates the samples."""
+        return "pytorch" if self._fused is None else "fused-triton"
+
+    def _fused_field(self, fused: str) -> Any:
+        """The :class:`~backend.nerf._triton_field.FusedField` snapshot, or None where it cannot be used."""
         why = "fused kernel turned off"
         if fused != "off":
             why = "the fused field kernel needs a CUDA device"
@@ -91,11 +93,10 @@ class FrameRenderer:
                 else:
                     why = fused_field_supported(self.model.field) or ""
                     if not why:
-                        self._fused = FusedField(self.model.field)
-                        return self._fused, "fused-triton"
+                        return FusedField(self.model.field)
         if fused == "on":
             raise ValueError(f"fused='on' but {why}")
-        return self.model.radiance, "pytorch"
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -155,7 +156,7 @@ class FrameRenderer:
                     rgbs, sd, t_mid = self._fused.window(rays_o, rays_d, t_min, t_max, ray, step, settings)
                 else:
                     t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
-                    rgbs, sigmas = self.field_fn(pos, rays_d[ray])
+                    rgbs, sigmas = self.model.radiance(pos, rays_d[ray])
                     sd, t_mid = sigmas.float() * (t1 - t0), 0.5 * (t0 + t1)
                 tau = exclusive_sum_packed(sd, ray, packed_info_from_ray_indices(ray, n)) + tau_ray[ray]
                 w = torch.exp(-tau) * -torch.expm1(-sd)
