@@ -43,6 +43,7 @@ CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 NO_DETAIL_FAILURES = 3  # broken-off handshakes in a row before they count as a failure (see _drain_monitor)
+SESSIONLESS_TYPES = ("hello", "heartbeat")  # requests a signing backend takes without its session in to_session
 
 
 class BackendError(RuntimeError):
@@ -111,6 +112,10 @@ class Client:
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._no_detail = 0
+        self._last_no_detail = 0
+        self._probe: zmq.Socket | None = None  # a plain socket that learns the backend's mechanism (see _start_probe)
+        self._probe_monitor: zmq.Socket | None = None
+        self._probe_secured = False  # the probe found that the backend speaks a security mechanism
         self._pending: deque[Message] = deque()  # received while a blocking call waited for something else
         self._last_heartbeat = 0.0
 
@@ -144,12 +149,14 @@ class Client:
         self._monitor = sock.get_monitor_socket(_MONITORED)
         self.handshake_failure = None
         self._no_detail = 0
+        self._probe_secured = False
         sock.connect(self.endpoint)
         self._socket = sock
         self._last_heartbeat = time.monotonic()
 
     def close(self) -> None:
         """Close the socket (and the context if this client created it)."""
+        self._stop_probe()
         if self._socket is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.disable_monitor()
@@ -191,6 +198,7 @@ class Client:
             self.connect()
         assert self._socket is not None
         msg.session = self.session
+        msg.to_session = self.peer_session or ""  # ties a signed request to this run of the backend
         frames = encode(msg, self._signer)
         self._check_size(msg, frames)
         try:
@@ -283,6 +291,9 @@ class Client:
             BackendError: the reply is an ``error`` message.
             HandshakeError: the security handshake failed (the message says what to change where).
         """
+        if self._signer.key and self.peer_session is None and msg.type not in SESSIONLESS_TYPES:
+            # A signed request must name the backend's session, which only a message from it tells.
+            self.handshake(timeout_s)
         msg_id = self.send(msg)
         reply = self._wait(lambda m: m.parent_id == msg_id, timeout_s, f"a reply to {msg.type}")
         if reply.type == "error":
@@ -347,7 +358,9 @@ class Client:
             self._maybe_heartbeat()
             self._raise_if_refused()
             remaining = deadline - time.monotonic()
-            events = dict(poller.poll(max(0, int(min(remaining, self.heartbeat_interval_s) * 1000))))
+            # While a probe runs its verdict is read between waits, so the waits are short.
+            wait_s = min(remaining, self.heartbeat_interval_s, 0.05 if self._probe is not None else remaining)
+            events = dict(poller.poll(max(0, int(wait_s * 1000))))
             if self._socket not in events:
                 if time.monotonic() >= deadline:
                     self._raise_if_refused()
@@ -399,9 +412,12 @@ class Client:
         """Read the socket's handshake events (never blocks) into :attr:`handshake_failure`.
 
         A refused key or a security-mechanism mismatch is definite at once (libzmq does not retry those). A
-        handshake that just breaks off ("no detail") is what a wrong server key looks like, but also what one
-        side sees when the other noticed a mismatch first and hung up; libzmq retries it, so it only counts
-        after :data:`NO_DETAIL_FAILURES` in a row, by which time a mismatch has shown itself as such.
+        handshake that just breaks off ("no detail") is ambiguous: it is what a wrong server key looks like,
+        but also what this side sees when the other noticed a mechanism mismatch first and hung up; which side
+        notices first is a race. So a CURVE client asks the backend's mechanism directly (see
+        :meth:`_start_probe`): a plain backend is then always told as ``curve_unsupported``, and only a backend
+        that speaks a security mechanism and keeps breaking off the handshake (:data:`NO_DETAIL_FAILURES` in a
+        row) as ``wrong_server_key``. A client without CURVE counts broken-off handshakes the same way.
         """
         if self._monitor is None:
             return
@@ -409,17 +425,63 @@ class Client:
             try:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_failure = None
                 self._no_detail = 0
+                self._stop_probe()
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 self._no_detail += 1
-                if self._no_detail >= NO_DETAIL_FAILURES:
-                    self.handshake_failure = self._explain_handshake(kind, int(event["value"]))
+                self._last_no_detail = int(event["value"])
+                if self._curve is not None:
+                    self._start_probe()
+                elif self._no_detail >= NO_DETAIL_FAILURES:
+                    self.handshake_failure = self._explain_handshake(kind, self._last_no_detail)
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self.handshake_failure = self._explain_handshake(kind, int(event["value"]))
+                self._stop_probe()
+        self._drain_probe()
+
+    def _start_probe(self) -> None:
+        """Connect a second socket without CURVE to the same endpoint, to learn the backend's mechanism.
+
+        Its handshake succeeds exactly when the backend speaks no security mechanism; against a CURVE backend
+        it fails (a mismatch, or a hang-up). Nothing is sent on it.
+        """
+        if self._probe is not None or self._probe_secured or self.handshake_failure is not None:
+            return
+        probe = self._context.socket(zmq.DEALER)
+        probe.setsockopt(zmq.LINGER, 0)
+        self._probe_monitor = probe.get_monitor_socket(_MONITORED)
+        probe.connect(self.endpoint)
+        self._probe = probe
+
+    def _drain_probe(self) -> None:
+        """Act on the probe's verdict, if it has come (never blocks)."""
+        while self._probe_monitor is not None:
+            try:
+                event = recv_monitor_message(self._probe_monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # a plain backend: it can never take CURVE
+                self.handshake_failure = self._explain_handshake(
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+            else:  # the backend speaks a security mechanism
+                self._probe_secured = True
+            self._stop_probe()
+        if self._probe_secured and self.handshake_failure is None and self._no_detail >= NO_DETAIL_FAILURES:
+            self.handshake_failure = self._explain_handshake(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, self._last_no_detail)
+
+    def _stop_probe(self) -> None:
+        if self._probe is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._probe.disable_monitor()
+            self._probe.close(linger=0)
+            self._probe = None
+        if self._probe_monitor is not None:
+            self._probe_monitor.close(linger=0)
+            self._probe_monitor = None
 
     def _raise_if_refused(self) -> None:
         self._drain_monitor()

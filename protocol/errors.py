@@ -18,7 +18,22 @@ class ErrorCode:
     OUT_OF_MEMORY = "out_of_memory"  # the GPU ran out of memory; retry with smaller settings
     QUEUE_FULL = "queue_full"  # too many queued jobs for this client
     BAD_STATE = "bad_state"  # e.g. cancel of a job that already finished
+    DISK_FULL = "disk_full"  # the work dir's quota or its disk is full; the message says what to free
+    CORRUPT_RECORD = "corrupt_record"  # a job's record on the backend's disk cannot be read
     INTERNAL = "internal"  # a bug in the backend; the message says what happened
+
+
+MAX_ERROR_TEXT = 2000  # characters of an error message or field path that travel (the rest is cut)
+
+
+def clip_text(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text`` made safe to send: characters UTF-8 cannot encode (lone surrogates) replaced, cut to ``limit``.
+
+    Error messages quote what they refuse (a path, a parameter name), and what is refused may be huge or not
+    valid Unicode; an error reply must never fail to encode because of it.
+    """
+    safe = text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
+    return safe if len(safe) <= limit else safe[:limit - 1] + "\u2026"
 
 
 class ProtocolError(Exception):
@@ -38,4 +53,5 @@ class ProtocolError(Exception):
 
     def to_content(self) -> dict:
         """The ``error`` message content for this error."""
-        return {"code": self.code, "message": self.message, "field": self.field}
+        return {"code": self.code, "message": clip_text(self.message),
+                "field": None if self.field is None else clip_text(self.field, 200)}

@@ -7,17 +7,22 @@ messaging protocol):
 index  frame               contents
 =====  ==================  ===============================================================================
 0      delimiter           ``b"<NERFART|MSG>"``; everything before it is routing identities
-1      signature           hex HMAC-SHA256 of frames 2.. (header, content and every buffer), or ``b""`` when
-                           no key is configured (loopback default)
+1      signature           hex HMAC-SHA256 of frames 2.. and their boundaries (see :class:`Signer`), or
+                           ``b""`` when no key is configured (loopback default)
 2      header              strict JSON object: ``v``, ``msg_id``, ``msg_type``, ``session``, ``date``,
-                           ``parent_id``
+                           ``parent_id``, ``to_session``
 3      content             strict JSON object, checked against :mod:`protocol.schema`
 4..    buffers             raw binary payloads (arrays, PNG/EXR/PLY bytes), referenced from the content by
                            index; never base64, never pickle
 =====  ==================  ===============================================================================
 
-Strict JSON means: UTF-8, an object at the top, no NaN or Infinity. Arrays are C-ordered little-endian with
-``dtype`` and ``shape`` in their spec, and the frame's length must equal ``itemsize * prod(shape)``.
+Strict JSON means: UTF-8 without lone surrogates (not even as ``\\ud800`` escapes), an object at the top,
+nesting at most :data:`MAX_JSON_DEPTH` deep, finite numbers only (no NaN or Infinity, nor ``1e400``, which
+parses to infinity) and integers within 64 bits. Arrays are C-ordered little-endian with ``dtype`` and
+``shape`` in their spec, and the frame's length must equal ``itemsize * prod(shape)``.
+
+Decoding checks the sizes, then the signature, and only then parses anything: a message without the key
+costs the receiver an HMAC, never a JSON parse.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +45,14 @@ from .errors import ErrorCode, ProtocolError
 from .schema import MESSAGES, PROTOCOL_VERSION, check_array_spec, check_blob_spec, validate_content
 
 DELIMITER = b"<NERFART|MSG>"
-HEADER_KEYS = ("v", "msg_id", "msg_type", "session", "date", "parent_id")
+HEADER_KEYS = ("v", "msg_id", "msg_type", "session", "date", "parent_id")  # required; "to_session" is optional
+MAX_JSON_DEPTH = 32  # nesting of objects and lists; the deepest schema (status_reply's cameras) needs 8
+MAX_JSON_INT = 2**63  # integers must lie strictly inside +-2**63 (every integer field fits in 64 bits)
+MAX_INPUTS = 16  # named uploads of one submit (jobs take one, the capture)
+SIGNATURE_DOMAIN = b"nerfart-protocol-v2"  # fed first to the HMAC: a v1 signature never checks as a v2 one
+# A lone surrogate can only enter a str through a JSON escape (UTF-8 decoding refuses encoded surrogates), so
+# only a frame that holds such an escape needs its strings checked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class Message:
         parent_id: ``msg_id`` of the request this answers, or None.
         session: id of the sending process (a new one after every restart).
         date: Unix time of sending.
+        to_session: ``session`` of the process this message is for, or ``""`` when the sender does not know it
+            yet. Signed with the rest of the header, it ties a request to one run of the backend, so a
+            captured request cannot be replayed to it after a restart (see :class:`Signer`).
     """
 
     type: str
@@ -83,6 +99,7 @@ class Message:
     parent_id: str | None = None
     session: str = ""
     date: float = field(default_factory=time.time)
+    to_session: str = ""
 
     @property
     def job_id(self) -> str | None:
@@ -132,8 +149,10 @@ class Message:
 
 
 def make_reply(request: Message, msg_type: str, content: dict[str, Any], session: str = "") -> Message:
-    """A reply to ``request``: its ``parent_id`` is the request's ``msg_id``."""
-    return Message(type=msg_type, content=content, parent_id=request.msg_id, session=session)
+    """A reply to ``request``: its ``parent_id`` is the request's ``msg_id``, its ``to_session`` the request's
+    ``session``."""
+    return Message(type=msg_type, content=content, parent_id=request.msg_id, session=session,
+                   to_session=request.session)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,7 +164,12 @@ class Signer:
     """HMAC-SHA256 signing and checking, with a bounded history against replays.
 
     An empty key turns signing off (loopback, zero configuration); CURVE encryption is separate and sits at
-    the socket level. The signature covers the buffers too, since they carry the payload.
+    the socket level. The signature covers the frame count and every frame's length as well as its bytes
+    (changed in v2), so bytes cannot be moved from one frame to the next, nor empty frames appended, without
+    breaking it, and it covers the buffers too, since they carry the payload.
+
+    The history rejects a message seen before by this process. Across restarts, replays are stopped by the
+    header's ``to_session``, which the backend checks against its own (new) session id.
     """
 
     def __init__(self, key: bytes | None = None, history: int = 65536) -> None:
@@ -154,12 +178,15 @@ class Signer:
         self._order: deque[bytes] = deque()
         self._history = history
 
-    def sign(self, frames: Iterable[bytes | memoryview]) -> bytes:
+    def sign(self, frames: Sequence[bytes | memoryview]) -> bytes:
         if not self.key:
             return b""
-        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        mac = hmac.new(self.key, SIGNATURE_DOMAIN, digestmod=hashlib.sha256)
+        mac.update(len(frames).to_bytes(8, "little"))
         for frame in frames:
-            mac.update(frame)
+            view = memoryview(frame)
+            mac.update(view.nbytes.to_bytes(8, "little"))
+            mac.update(view)
         return mac.hexdigest().encode()
 
     def check(self, signature: bytes, frames: Sequence[bytes | memoryview]) -> None:
@@ -168,7 +195,7 @@ class Signer:
         expected = self.sign(frames)
         if not signature or not hmac.compare_digest(signature, expected):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "message signature is missing or wrong "
-                                "(check that client and server use the same key)")
+                                "(check that client and server use the same key and protocol version)")
         if signature in self._seen:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "replayed message (signature seen before)")
         self._seen.add(signature)
@@ -183,21 +210,100 @@ class Signer:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # NaN, a lone surrogate, a non-JSON value, deep nesting
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"cannot be sent as strict JSON: {str(exc)[:200]}") from None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in protocol JSON")
 
 
-def _loads(frame: bytes | memoryview, what: str) -> dict[str, Any]:
+def load_json_object(frame: bytes | memoryview, what: str) -> dict[str, Any]:
+    """A header or content frame as a JSON object, checked by :func:`check_json_value`."""
+    raw = bytes(frame)
     try:
-        obj = json.loads(bytes(frame).decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.MALFORMED, f"{what} frame is not valid JSON: {exc}", what) from None
+        # RecursionError: nesting deeper than the C parser allows; ValueError: also integers of over 4300 digits.
+        raise ProtocolError(ErrorCode.MALFORMED, f"{what} frame is not valid JSON: {str(exc)[:200]}", what) from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, f"{what} frame must be a JSON object", what)
+    check_json_value(obj, what, strings=_SURROGATE_ESCAPE.search(raw) is not None)
     return obj
+
+
+def check_json_value(value: Any, what: str, strings: bool = True) -> None:
+    """Refuse what strict JSON excludes (see the module docstring), walking ``value`` without recursion.
+
+    Python's ``json`` accepts all of it: ``1e400`` becomes ``inf``, ``"\\ud800"`` a str that cannot be encoded
+    again, and nesting is limited only by the interpreter's stack. Any of them, once accepted, breaks the
+    reply, the job record or the status of everyone later, so they are refused at the door.
+
+    Args:
+        value: a parsed JSON value.
+        what: its name in the error (``"content"``, ``"job record"``).
+        strings: also check that every string (keys included) is encodable as UTF-8.
+
+    Raises:
+        ProtocolError: ``malformed`` for nesting or strings, ``invalid_field`` (with the field's path) for numbers.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ProtocolError(ErrorCode.MALFORMED, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep", what)
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in children:
+            if strings and isinstance(key, str) and not _encodable(key):
+                raise _bad_string(what)
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    raise _bad_number(value, what, "is not a finite number (numbers such as 1e400 overflow to "
+                                      "infinity)")
+            elif isinstance(item, int) and not isinstance(item, bool):
+                if not -MAX_JSON_INT < item < MAX_JSON_INT:
+                    raise _bad_number(value, what, "is an integer beyond 64 bits")
+            elif strings and isinstance(item, str) and not _encodable(item):
+                raise _bad_string(what)
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_string(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MALFORMED, f"{what} holds a string that is not valid Unicode (a lone surrogate "
+                         "such as \\ud800)", what)
+
+
+def _bad_number(value: Any, what: str, why: str) -> ProtocolError:
+    path = _path_of_bad_number(value) or what
+    return ProtocolError(ErrorCode.INVALID_FIELD, f"field {path!r} {why}", path)
+
+
+def _path_of_bad_number(node: Any, path: str = "") -> str | None:
+    """The dotted path of the first non-finite or over-long number in ``node`` (only called to name it)."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, item in children:
+        here = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}" if path else str(key)
+        if isinstance(item, dict | list):
+            found = _path_of_bad_number(item, here)
+            if found:
+                return found
+        elif (isinstance(item, float) and not math.isfinite(item)) or (
+                isinstance(item, int) and not isinstance(item, bool) and not -MAX_JSON_INT < item < MAX_JSON_INT):
+            return here[:200]
+    return None
 
 
 def encode(msg: Message, signer: Signer | None = None, validate: bool = True) -> list[bytes | memoryview]:
@@ -209,12 +315,13 @@ def encode(msg: Message, signer: Signer | None = None, validate: bool = True) ->
         validate: check the content against the schema first, so a bug never reaches the wire.
 
     Raises:
-        ProtocolError: when ``validate`` and the content does not match the schema.
+        ProtocolError: when ``validate`` and the content does not match the schema, or when the header or
+            content cannot be strict JSON (NaN, a lone surrogate).
     """
     if validate:
         validate_content(msg.type, msg.content)
     header = {"v": PROTOCOL_VERSION, "msg_id": msg.msg_id, "msg_type": msg.type, "session": msg.session,
-              "date": msg.date, "parent_id": msg.parent_id}
+              "date": msg.date, "parent_id": msg.parent_id, "to_session": msg.to_session}
     body: list[bytes | memoryview] = [_dumps(header), _dumps(msg.content), *msg.buffers]
     signature = (signer or Signer()).sign(body)
     return [DELIMITER, signature, *body]
@@ -264,8 +371,8 @@ def decode(frames: Sequence[Any], signer: Signer | None = None, limits: Limits =
         raise ProtocolError(ErrorCode.TOO_LARGE, f"content of {len(parts[3])} bytes is over the limit of "
                             f"{limits.max_content_bytes}", "content")
     (signer or Signer()).check(bytes(parts[1]), parts[2:])
-    header = _loads(parts[2], "header")
-    content = _loads(parts[3], "content")
+    header = load_json_object(parts[2], "header")
+    content = load_json_object(parts[3], "content")
     for key in HEADER_KEYS:
         if key not in header:
             raise ProtocolError(ErrorCode.MALFORMED, f"header has no {key!r}", f"header.{key}")
@@ -283,8 +390,11 @@ def decode(frames: Sequence[Any], signer: Signer | None = None, limits: Limits =
     if isinstance(date, bool) or not isinstance(date, int | float):
         raise ProtocolError(ErrorCode.MALFORMED, "header.date must be a number", "header.date")
     session = header["session"] if isinstance(header["session"], str) else ""
+    to_session = header.get("to_session", "")  # absent from v1 headers: a v1 hello still gets its precise answer
+    if not isinstance(to_session, str) or len(to_session) > 128:
+        raise ProtocolError(ErrorCode.MALFORMED, "header.to_session must be a short string", "header.to_session")
     msg = Message(type=msg_type, content=content, buffers=list(parts[4:]), msg_id=header["msg_id"],
-                  parent_id=parent, session=session[:128], date=float(date))
+                  parent_id=parent, session=session[:128], date=float(date), to_session=to_session)
     if header["v"] != PROTOCOL_VERSION and msg_type != "hello":
         # A hello carries its own version field and gets a precise version_mismatch answer instead.
         raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"message uses protocol v{header['v']!r}; this side "
@@ -296,7 +406,11 @@ def decode(frames: Sequence[Any], signer: Signer | None = None, limits: Limits =
 
 
 def _check_buffer_refs(msg: Message) -> None:
-    """Every array/blob spec in the content must name an existing frame of the right size."""
+    """Every array/blob spec in the content must name an existing frame of the right size.
+
+    A submit's inputs must each name a frame of their own: one frame named by many inputs would be written to
+    disk once per name (a few MB sent, hundreds written).
+    """
     spec = MESSAGES[msg.type]
     for f in spec.fields:
         value = msg.content.get(f.name)
@@ -307,9 +421,18 @@ def _check_buffer_refs(msg: Message) -> None:
         elif f.kind == "blob":
             msg.blob(value)
         elif f.name == "inputs" and isinstance(value, dict):
+            if len(value) > MAX_INPUTS:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, f"a submit may carry at most {MAX_INPUTS} inputs, "
+                                    f"got {len(value)}", "inputs")
+            named: dict[int, str] = {}
             for name, blob in value.items():
                 check_blob_spec(blob, f"inputs.{name}")
                 msg.blob(blob)
+                if blob["buffer"] in named:
+                    raise ProtocolError(ErrorCode.INVALID_FIELD, f"inputs {named[blob['buffer']]!r} and {name!r} "
+                                        f"name the same frame {blob['buffer']}; each input needs its own",
+                                        f"inputs.{name}")
+                named[blob["buffer"]] = name
 
 
 def _frame_bytes(frame: Any) -> bytes:

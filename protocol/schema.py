@@ -1,11 +1,13 @@
-"""Protocol v1 message schema: every message type and every field, typed and documented in one place.
+"""Protocol v2 message schema: every message type and every field, typed and documented in one place.
 
 ``SPEC.md`` beside this file is the prose; its field tables are generated from the definitions below
 (:func:`schema_markdown`) and a test keeps the two identical.
 
 A message's *content* is a JSON object. Binary payloads never go into JSON: a field of kind ``array`` or
 ``blob`` holds a small *spec* naming a raw frame by index (see :mod:`protocol.framing`). Unknown extra
-content fields are ignored (forward compatibility); unknown job parameters are rejected (they are typos).
+content fields are ignored (forward compatibility); unknown job parameters are rejected (they are typos), at
+every level: a job's parameters are stored with it and shown back to every client, so nothing unchecked may
+hide in them (changed in v2: unknown fields of a camera were ignored).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from .errors import ErrorCode, ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Field kinds. "array" and "blob" are specs that point at binary frames (see framing.py).
 KINDS = ("str", "int", "float", "bool", "dict", "list", "str_list", "float_map", "matrix4", "array", "blob", "any")
@@ -191,7 +193,10 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("clip_models", "str_list", "CLIP model names the stylization job accepts."),
             Field("job_kinds", "str_list", "Job kinds this backend runs."),
             Field("queue_length", "int", "Jobs queued or running right now.", min=0),
-            Field("limits", "dict", "Limits: max_message_bytes, max_queued_jobs_per_client.", required=False),
+            Field("limits", "dict", "Limits: max_message_bytes, max_queued_jobs_per_client, and the work dir's "
+                  "disk: work_dir_quota_bytes (null: no quota), work_dir_used_bytes, disk_free_bytes, "
+                  "min_free_bytes (kept free for the system) and writable (false while the quota or the disk is "
+                  "full: status and attach answer, new jobs are refused with 'disk_full').", required=False),
         )),
         MessageSpec("submit", "client->server", "Queue a job. Answered by 'accepted' or 'error'.", (
             Field("kind", "str", "Job kind.", choices=JOB_KINDS),
@@ -310,26 +315,33 @@ def validate_params(kind: str, params: Any) -> None:
     known = {f.name for f in fields}
     for key in params:
         if key not in known:
-            raise ProtocolError(ErrorCode.INVALID_FIELD, f"unknown parameter 'params.{key}' for a {kind} job; "
-                                f"known: {', '.join(sorted(known))}", f"params.{key}")
-    _check_object(params, fields, "params.")
+            raise ProtocolError(ErrorCode.INVALID_FIELD, f"unknown parameter 'params.{str(key)[:100]}' for a {kind} "
+                                f"job; known: {', '.join(sorted(known))}", f"params.{str(key)[:100]}")
+    _check_object(params, fields, "params.", strict=True)
 
 
-def _check_object(obj: Any, fields: tuple[Field, ...], prefix: str) -> None:
+def _check_object(obj: Any, fields: tuple[Field, ...], prefix: str, strict: bool = False) -> None:
+    """Check ``obj``'s fields; ``strict`` also refuses names the schema does not know, here and below."""
     if not isinstance(obj, dict):
         name = prefix.rstrip(".") or "content"
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{name!r} must be a JSON object, got {_typename(obj)}",
                             name)
+    if strict:
+        known = {f.name for f in fields}
+        for key in obj:
+            if key not in known:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, f"unknown field {prefix + str(key)[:100]!r}; known: "
+                                    f"{', '.join(sorted(known))}", prefix + str(key)[:100])
     for f in fields:
         path = prefix + f.name
         if f.name not in obj:
             if f.required:
                 raise ProtocolError(ErrorCode.INVALID_FIELD, f"missing required field {path!r}", path)
             continue
-        _check_value(obj[f.name], f, path)
+        _check_value(obj[f.name], f, path, strict)
 
 
-def _check_value(value: Any, f: Field, path: str) -> None:
+def _check_value(value: Any, f: Field, path: str, strict: bool = False) -> None:
     def bad(why: str) -> ProtocolError:
         return ProtocolError(ErrorCode.INVALID_FIELD, f"field {path!r} {why}", path)
 
@@ -364,7 +376,7 @@ def _check_value(value: Any, f: Field, path: str) -> None:
         if not isinstance(value, dict):
             raise bad(f"must be an object, got {_typename(value)}")
         if f.item is not None:
-            _check_object(value, f.item, path + ".")
+            _check_object(value, f.item, path + ".", strict)
     elif kind in ("list", "str_list"):
         if not isinstance(value, list):
             raise bad(f"must be a list, got {_typename(value)}")
@@ -377,7 +389,7 @@ def _check_value(value: Any, f: Field, path: str) -> None:
                 if not isinstance(item, str) or len(item) > MAX_STR:
                     raise bad(f"item {i} must be a string of at most {MAX_STR} characters")
             elif f.item is not None:
-                _check_object(item, f.item, f"{path}[{i}].")
+                _check_object(item, f.item, f"{path}[{i}].", strict)
     elif kind == "float_map":
         if not isinstance(value, dict):
             raise bad(f"must be an object of numbers, got {_typename(value)}")

@@ -25,12 +25,21 @@ After the routing identities a ROUTER adds, a message is:
 | # | frame | contents |
 | --- | --- | --- |
 | 0 | delimiter | `<NERFART|MSG>` |
-| 1 | signature | hex HMAC-SHA256 over frames 2.. (header, content, every buffer); empty when no key is set |
-| 2 | header | JSON `{{v, msg_id, msg_type, session, date, parent_id}}` |
+| 1 | signature | hex HMAC-SHA256 over frames 2.. and their boundaries (below); empty when no key is set |
+| 2 | header | JSON `{{v, msg_id, msg_type, session, date, parent_id, to_session}}` |
 | 3 | content | JSON object, fields below |
 | 4.. | buffers | raw bytes: arrays and files, referenced from the content by index |
 
-- JSON is strict: UTF-8, an object at the top, no `NaN` or `Infinity`.
+- JSON is strict: UTF-8 with no lone surrogates (not even escaped, as `"\\ud800"`), an object at the top,
+  nested at most 32 levels, finite numbers only (no `NaN`, `Infinity`, nor `1e400`, which overflows to
+  infinity) and integers within 64 bits. Anything else is answered `malformed` (numbers: `invalid_field`,
+  naming the field).
+- `session` is the sender's process id (new after every restart); `to_session` is the `session` of the
+  process the message is for (`""` until the sender knows it: a client learns it from any backend message,
+  e.g. `hello_reply`); a reply's `to_session` is its request's `session`.
+- **Signature** (when a key is set): `HMAC-SHA256(key, "nerfart-protocol-v2" + u64(n) + for each of the n
+  frames from the header on: u64(length) + bytes)`, `u64` little-endian, sent as lowercase hex. The
+  receiver checks it before parsing anything.
 - An **array** field holds `{{"buffer": i, "dtype": "float32", "shape": [n, 3]}}`: frame `4 + i` is the
   C-ordered little-endian data, exactly `itemsize * prod(shape)` bytes. Dtypes: uint8, uint16, int32, int64,
   float16, float32, float64.
@@ -45,17 +54,31 @@ After the routing identities a ROUTER adds, a message is:
   update. Any other message of another version is rejected the same way.
 - **Validation.** Every message is checked against the tables below before it is acted on. A malformed,
   oversized or invalid message is answered by an `error` naming the field (`field`, a dotted path such as
-  `params.cameras[3].width`); the server keeps serving. Unknown extra content fields are ignored (newer
-  clients may send more); unknown job parameters are rejected (they are typos).
+  `params.cameras[3].width`); the server keeps serving, whatever the message held. Unknown extra content
+  fields are ignored (newer clients may send more); unknown job parameters are rejected (they are typos), at
+  every level of `params` (a camera's too). Each input of a `submit` names a buffer of its own (at most 16).
+  Error messages are at most 2000 characters.
+- **Signing and replays.** With a key, a message whose signature is missing or wrong, or that this process
+  has seen before, is refused with `unauthorized` (and, since it is not authentic, answered without a
+  `parent_id`). Every request other than `hello` and `heartbeat` must carry the backend's current session in
+  `to_session`; one signed for an earlier run of the backend (a replay after a restart) is refused with
+  `unauthorized`, so the client says `hello` again and resends.
 - **Limits.** The server rejects messages over its size limits (advertised in `hello_reply.limits`) with
-  `too_large`, answering by the `msg_id` of the header when it can read it; a client that knows the limits
-  refuses such messages before sending (one frame over the limit is dropped by ZeroMQ itself, unanswered).
+  `too_large`, answering by the `msg_id` of the header when it can read it (without a key); a client that
+  knows the limits refuses such messages before sending (one frame over the limit is dropped by ZeroMQ
+  itself, unanswered).
+- **Disk.** The backend keeps its work dir within a quota and leaves some of its disk free (both in
+  `hello_reply.limits`). A `submit` whose uploads do not fit, or any submit or resume while the quota or disk
+  is full, is refused with `disk_full`, whose message says how much to free and where; a job that runs out of
+  room fails with `disk_full`. While full, the backend still answers `hello`, `status`, `attach` and
+  `cancel`, also when it was started on a full disk. A job record the backend cannot read is listed as
+  `failed` with error code `corrupt_record` (its folder is kept), never hiding the other jobs.
 - **Heartbeats.** A connected client sends `heartbeat` about every second; the server answers each. A
   client that hears nothing for a few seconds shows the backend as gone; a client that vanishes costs the
   server nothing (sends never block; its jobs keep running and their outputs stay on disk).
 - **Jobs.** `submit` is answered by `accepted` (with the job id) or `error`. Job states: queued, running,
   done, failed, cancelled, interrupted (the backend stopped while it ran). `cancel` stops a running job
-  at its next step boundary, within a second. `attach` routes a job's later messages to the asking client
+  at its next step boundary, within a second (renders and meshes check between chunks of a frame or grid). `attach` routes a job's later messages to the asking client
   and re-sends the `result` of a finished job, e.g. after Blender reopens a file. `resume` queues an
   `interrupted` job again under the same id; reconstruct and stylize continue from their latest periodic
   checkpoint to the submitted total, other kinds run again (a render re-sends the frames it had written).
@@ -64,7 +87,8 @@ After the routing identities a ROUTER adds, a message is:
   (advisory only); with CURVE the owner is the client's public key, proven by the handshake. In multi-user
   mode `status`, `attach`, `cancel` and `resume` see only the asker's jobs, and others' jobs are answered
   `unknown_job`. A job's messages go to the connection that submitted or last attached it, else to its
-  owner's latest connection.
+  owner's latest connection. With CURVE, a key revoked while connected gets nothing more: neither answers
+  nor its jobs' progress and results.
 - **Coordinates.** Cameras are OpenCV-style (+X right, +Y down, +Z forward) camera-to-world matrices in
   the capture's own world coordinates; intrinsics are in pixels with the top-left pixel's centre at
   (0.5, 0.5). Meshes come back in the same world coordinates.
@@ -72,6 +96,13 @@ After the routing identities a ROUTER adds, a message is:
 ## Changes
 
 - v1 (0.1.0): first version.
+- v2: the signature covers the frame count and every frame's length (bytes could be moved between frames,
+  or empty frames appended, under a v1 signature); the header gains `to_session`, and with a key the backend
+  refuses requests signed for an earlier run of it (replays after a restart); strict JSON also refuses lone
+  surrogates, nesting over 32 levels, numbers that overflow to infinity and integers beyond 64 bits;
+  unknown fields inside job parameters (e.g. in a camera) are refused; a submit's inputs each name their
+  own buffer; new error codes `disk_full` and `corrupt_record`; `hello_reply.limits` describes the work
+  dir's quota and free space.
 
 """
 

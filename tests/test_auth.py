@@ -24,7 +24,7 @@ from backend import cli
 from backend.server import auth
 from backend.server.jobs import JobContext
 from backend.server.server import Server, check_transport_security
-from protocol import BackendError, Client, Message, encode
+from protocol import PROTOCOL_VERSION, BackendError, Client, Message, encode
 from protocol.client import HandshakeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def test_authorising_and_revoking_work_while_the_server_runs(curve_server) -> No
         client.handshake(timeout_s=10)
     auth.authorize(s.keys.keys_dir, carol[0], "carol")
     with s.client(carol) as client:
-        assert client.handshake()["protocol_version"] == 1  # no restart needed
+        assert client.handshake()["protocol_version"] == PROTOCOL_VERSION  # no restart needed
         job = submit(client, steps=1)
         assert client.wait_job(job, timeout_s=5).content["state"] == "done"
         auth.revoke(s.keys.keys_dir, "carol")

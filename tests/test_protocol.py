@@ -1,4 +1,4 @@
-"""Protocol v1: schema, framing and signing, without a server."""
+"""The wire protocol: schema, framing and signing, without a server."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ def test_malformed_frames_give_typed_errors(frames: list[bytes], code: str) -> N
     assert err.value.code == code
 
 
-def _frames(msg_type: str, content: Any, buffers: tuple[bytes, ...] = (), v: int = 1) -> list[bytes]:
+def _frames(msg_type: str, content: Any, buffers: tuple[bytes, ...] = (), v: int = protocol.PROTOCOL_VERSION
+            ) -> list[bytes]:
     header = {"v": v, "msg_id": "m1", "msg_type": msg_type, "session": "", "date": 0.0, "parent_id": None}
     return [protocol.DELIMITER, b"", json.dumps(header).encode(), json.dumps(content).encode(), *buffers]
 
@@ -195,10 +196,11 @@ def test_unknown_type_and_version() -> None:
         decode(_frames("launch_missiles", {}))
     assert err.value.code == "unknown_type"
     with pytest.raises(ProtocolError) as err:
-        decode(_frames("status", {}, v=2))
+        decode(_frames("status", {}, v=protocol.PROTOCOL_VERSION + 1))
     assert err.value.code == "version_mismatch"
     # A hello of another version decodes, so that the server can answer it precisely.
-    assert decode(_frames("hello", {"protocol_version": 2, "client": "future"}, v=2)).type == "hello"
+    future = protocol.PROTOCOL_VERSION + 1
+    assert decode(_frames("hello", {"protocol_version": future, "client": "future"}, v=future)).type == "hello"
 
 
 def test_extra_content_fields_are_ignored() -> None:

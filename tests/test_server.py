@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from backend.server.jobs import JobContext, JobFailed
 from backend.server.server import REQUEST_TYPES, Server, check_bind_endpoint
-from protocol import DELIMITER, BackendError, Client, Message, ProtocolError, decode, encode
+from protocol import DELIMITER, PROTOCOL_VERSION, BackendError, Client, Message, ProtocolError, decode, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def test_live_session_hello_submit_progress_cancel_status(server: Server) -> None:
     with Client(server.bound_endpoint, client_name="pytest") as client:
         info = client.handshake()
-        assert info["protocol_version"] == 1 and info["job_kinds"] == ["reconstruct"]
+        assert info["protocol_version"] == PROTOCOL_VERSION and info["job_kinds"] == ["reconstruct"]
         assert info["gpu"]["name"] == "cpu" and info["session"] == server.session
 
         # A job runs to completion, streaming progress.
@@ -242,7 +242,7 @@ def malformed_messages(draw: st.DrawFn) -> list[bytes]:
     shape = draw(st.sampled_from(["raw", "structured", "structured", "structured"]))
     if shape == "raw":
         return draw(st.lists(st.binary(max_size=64), min_size=1, max_size=6))
-    header = {"v": draw(st.sampled_from([1, 1, 1, 2, "1", None])), "msg_id": draw(st.text(min_size=1, max_size=8)),
+    header = {"v": draw(st.sampled_from([PROTOCOL_VERSION] * 3 + [PROTOCOL_VERSION + 1, "1", None])), "msg_id": draw(st.text(min_size=1, max_size=8)),
               "msg_type": draw(message_types), "session": "", "date": 0.0, "parent_id": None}
     if draw(st.booleans()):
         header.pop(draw(st.sampled_from(sorted(header))))
@@ -289,7 +289,7 @@ def test_fuzzed_messages_all_get_answers_and_the_server_keeps_serving(server_pro
     assert answered >= 150
     assert proc.poll() is None, "the server died"
     with Client(endpoint) as client:
-        assert client.handshake()["protocol_version"] == 1
+        assert client.handshake()["protocol_version"] == PROTOCOL_VERSION
     after = {p for p in root.rglob("*") if "work" not in p.relative_to(root).parts}
     assert after == before, f"written outside the work dir: {sorted(after - before)}"
 
