@@ -20,11 +20,14 @@ again from the start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
+import math
 import os
 import re
+import shutil
 import threading
 import time
 import traceback
@@ -40,14 +43,20 @@ try:
 except ImportError:  # Windows: no advisory locks; a running job found at start-up is then always interrupted
     fcntl = None  # type: ignore[assignment]
 
-from protocol import FINAL_STATES, ErrorCode, Message, ProtocolError
+from protocol import FINAL_STATES, JOB_KINDS, ErrorCode, Message, ProtocolError, validate_content
+from protocol.errors import clip_text
+from protocol.framing import check_json_value
+
+from .disk import DiskBudget, is_disk_full
 
 log = logging.getLogger("nerfart.jobs")
 
 INPUT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # new ids are 16 hex digits; a folder named otherwise is no job
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress messages a second; stage changes and previews always go
 RUNNING_LOCK = "running.lock"
 RESUMABLE_STATES = ("interrupted",)
+DISK_RECHECK_S = 2.0  # how often a worker held by a full disk looks again
 
 
 @contextlib.contextmanager
@@ -138,39 +147,47 @@ class JobStore:
     """Job records and their directories under ``work_dir``.
 
     On start it reloads every record: jobs that were running when the last process died are marked
-    ``interrupted`` (their checkpoints stay), jobs that were queued are queued again.
+    ``interrupted`` (their checkpoints stay), jobs that were queued are queued again. A record that cannot be
+    read (damaged, or holding what the protocol cannot carry) is reported as a failed job with error code
+    ``corrupt_record`` when its kind can be told, else skipped with a warning; it never stops the others.
+    Starting works on a full disk too: what cannot be written then is logged and kept in memory.
+
+    Args:
+        work_dir: the backend's work dir.
+        disk: its quota and free-space guard (default: no quota, :data:`~.disk.DEFAULT_MIN_FREE_BYTES` free).
     """
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, disk: DiskBudget | None = None) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.jobs_dir = self.work_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.disk = disk or DiskBudget(self.work_dir)
         self.jobs: dict[str, JobRecord] = {}
         self._lock = threading.RLock()
         self._load()
 
     def _load(self) -> None:
-        records = []
-        for path in self.jobs_dir.glob("*/job.json"):
-            try:
-                data = json.loads(path.read_text())
-                records.append(JobRecord.from_dict(data))
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("ignoring unreadable job record %s: %s", path, exc)
+        records = [rec for path in self.jobs_dir.glob("*/job.json") if (rec := read_record(path)) is not None]
         for rec in sorted(records, key=lambda r: r.created):
             if rec.state == "running" and not self._running_elsewhere(rec.job_id):
                 # Its process died (crash, kill -9, power cut): nothing will finish it.
                 rec.state = "interrupted"
                 rec.finished = time.time()
                 rec.error = interrupted_error(rec, "the backend stopped while this job was running")
-                self.save(rec)
+                try:
+                    self.save(rec)
+                except OSError as exc:  # a full disk: the next start finds it running and marks it again
+                    log.warning("job %s is interrupted, but its record could not be updated: %s", rec.job_id, exc)
             self.jobs[rec.job_id] = rec
 
     def _running_elsewhere(self, job_id: str) -> bool:
         """Whether another live process (e.g. a command-line run beside the server) is running this job."""
         lock = JobLock(self.job_dir(job_id))
-        if not lock.acquire():
-            return True
+        try:
+            if not lock.acquire():
+                return True
+        except OSError:  # the lock file cannot even be created (a full disk): no process holds it
+            return False
         lock.release()
         return False
 
@@ -179,38 +196,60 @@ class JobStore:
 
     def create(self, kind: str, params: dict[str, Any], owner: str,
                inputs: dict[str, tuple[bytes | memoryview, str]] | None = None) -> JobRecord:
-        """A new queued job with its directory and uploaded inputs written.
+        """A new queued job with its directory, uploaded inputs and record written.
+
+        The job exists (in :meth:`get`, :meth:`all`, the queue) only once all of that is on disk: a job that
+        cannot be saved is never created, and its half-written folder is removed.
 
         Raises:
             ProtocolError: an input name that is not a plain file-name stem (nothing is written outside the
-                job's own directory).
+                job's own directory), ``disk_full`` when the inputs do not fit or the disk fills up, or
+                ``invalid_field`` for parameters that cannot be stored.
         """
-        for name, (_, fmt) in (inputs or {}).items():
+        inputs = inputs or {}
+        for name, (_, fmt) in inputs.items():
             if not INPUT_NAME.match(name):
                 raise ProtocolError(ErrorCode.INVALID_FIELD, f"input name {name[:80]!r} must be 1-64 letters, "
                                     "digits, '_' or '-'", f"inputs.{name[:80]}")
             if not INPUT_NAME.match(fmt):
                 raise ProtocolError(ErrorCode.INVALID_FIELD, "input format must be a plain word",
                                     f"inputs.{name}.format")
+        upload_bytes = sum(memoryview(data).nbytes for data, _ in inputs.values())
+        self.disk.check(upload_bytes, "the uploaded inputs" if inputs else "a new job")
         job_id = uuid.uuid4().hex[:16]
         rec = JobRecord(job_id=job_id, kind=kind, params=params, owner=owner)
         job_dir = self.job_dir(job_id)
-        (job_dir / "inputs").mkdir(parents=True)
-        (job_dir / "outputs").mkdir()
-        for name, (data, fmt) in (inputs or {}).items():
-            file_name = f"{name}.{fmt}"
-            atomic_write_bytes(job_dir / "inputs" / file_name, data)
-            rec.inputs[name] = file_name
+        try:
+            (job_dir / "inputs").mkdir(parents=True)
+            (job_dir / "outputs").mkdir()
+            for name, (data, fmt) in inputs.items():
+                file_name = f"{name}.{fmt}"
+                atomic_write_bytes(job_dir / "inputs" / file_name, data)
+                rec.inputs[name] = file_name
+            self.disk.charge(upload_bytes)
+            self.save(rec)
+        except BaseException as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            if is_disk_full(exc):
+                raise ProtocolError(ErrorCode.DISK_FULL, self.disk.shortage("a new job", upload_bytes)) from None
+            raise
         with self._lock:
             self.jobs[job_id] = rec
-            self.save(rec)
         return rec
 
     def save(self, rec: JobRecord) -> None:
-        """Write ``job.json`` atomically and durably (temporary file, fsync, rename): a crash never leaves half."""
+        """Write ``job.json`` atomically and durably (temporary file, fsync, rename): a crash never leaves half.
+
+        Raises:
+            OSError: the disk is full (or another write error); the previous ``job.json`` is then intact.
+            ProtocolError: ``invalid_field`` for a record that JSON cannot hold (nothing is written).
+        """
+        try:
+            text = json.dumps(asdict(rec), indent=1, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, f"the job's record cannot be stored: {exc}") from None
         with self._lock:
-            atomic_write_bytes(self.job_dir(rec.job_id) / "job.json",
-                               json.dumps(asdict(rec), indent=1, allow_nan=False), durable=True)
+            atomic_write_bytes(self.job_dir(rec.job_id) / "job.json", text, durable=True)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -219,6 +258,59 @@ class JobStore:
     def all(self) -> list[JobRecord]:
         with self._lock:
             return list(self.jobs.values())
+
+
+def read_record(path: Path) -> JobRecord | None:
+    """The record in ``path`` (``<jobs dir>/<job id>/job.json``), checked as :func:`check_record` does.
+
+    A record that fails is replaced by a failed one with error ``corrupt_record`` (no parameters or outputs)
+    when its job id, kind and owner can be read, so that its owner sees what happened; otherwise it is skipped.
+    Either way it is logged with what to do; the file itself is left as it is.
+    """
+    job_id = path.parent.name
+    if not JOB_ID.match(job_id):
+        log.warning("ignoring %r: a job folder's name is its job id (letters, digits, '_' or '-')", str(path))
+        return None
+    data: Any = None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        rec = JobRecord.from_dict(data)
+        check_record(rec, job_id)
+        return rec
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, ProtocolError) as exc:
+        why = clip_text(exc.message if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}", 300)
+    kind, owner = (data.get("kind"), data.get("owner")) if isinstance(data, dict) else (None, None)
+    if kind not in JOB_KINDS or not isinstance(owner, str) or not owner.isascii() or len(owner) > 200:
+        log.warning("ignoring unreadable job record %s (%s); delete its folder once you have looked at it",
+                    path, why)
+        return None
+    log.warning("job record %s is corrupt (%s); the job is listed as failed", path, why)
+    created = data.get("created")
+    return JobRecord(job_id=job_id, kind=kind, params={}, owner=owner, state="failed",
+                     created=float(created) if isinstance(created, int | float) and math.isfinite(created) else 0.0,
+                     error={"code": ErrorCode.CORRUPT_RECORD, "message": f"this job's record {path} cannot be read "
+                            f"({why}); its folder is kept as it is: delete it to remove this entry"})
+
+
+def check_record(rec: JobRecord, job_id: str) -> None:
+    """Refuse a record that would break the messages that carry it (``status_reply``, ``result``).
+
+    Raises:
+        ValueError: a field of the wrong type, or a record that names another job than its folder.
+        ProtocolError: what the protocol's schema or strict JSON refuses.
+    """
+    if rec.job_id != job_id:
+        raise ValueError(f"it names job {rec.job_id!r}, but lies in the folder of job {job_id}")
+    if not isinstance(rec.owner, str) or not isinstance(rec.inputs, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and INPUT_NAME.match(k) for k, v in rec.inputs.items()):
+        raise ValueError("its owner or inputs are not strings")
+    if rec.error is not None and not (isinstance(rec.error, dict) and isinstance(rec.error.get("code"), str)
+                                      and isinstance(rec.error.get("message"), str)):
+        raise ValueError("its error is not {code, message}")
+    check_json_value(asdict(rec), "job record")
+    validate_content("status_reply", {"jobs": [rec.info()]})
 
 
 class JobLock:
@@ -324,6 +416,15 @@ class JobContext:
         self.record.stage, self.record.step, self.record.total = stage, int(step), int(total)
         self.store.save(self.record)
 
+    def reserve_disk(self, n_bytes: int, what: str) -> None:
+        """Check that ``n_bytes`` more fit in the work dir's quota and disk, and count them as written.
+
+        Raises:
+            ProtocolError: ``disk_full`` (the job then fails with it), naming ``what`` and what to free.
+        """
+        self.store.disk.check(n_bytes, what)
+        self.store.disk.charge(n_bytes)
+
     def check_cancel(self) -> None:
         """Raise :class:`JobCancelled` if a cancel arrived. Call at every step boundary."""
         if self._cancel.is_set():
@@ -381,6 +482,11 @@ class Worker:
 
     ``emit`` is called from the worker thread with each outgoing message; the server hands it to its socket
     thread (ZeroMQ sockets are not thread-safe).
+
+    Nothing a job does stops the worker: every exception ends that job (failed, with a message) and the next
+    one runs. Should the thread die all the same (a ``BaseException`` from a library), :meth:`ensure_alive`,
+    which the server calls all the time, starts a new one. While the work dir's disk is full (see
+    :class:`~.disk.DiskBudget`), queued jobs wait instead of failing one after the other.
     """
 
     def __init__(self, store: JobStore, runners: dict[str, RunnerFn], emit: Callable[[Message], None],
@@ -388,17 +494,24 @@ class Worker:
         self.store = store
         self.runners = runners
         self.device = device
+        self.restarts = 0  # times ensure_alive() found the thread dead
         self._emit = emit
         self._queue: deque[str] = deque()
         self._cond = threading.Condition()
         self._running: tuple[str, threading.Event] | None = None
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="nerfart-worker", daemon=True)
+        self._started = False
+        self._disk_full_logged = False
+        self._thread = self._new_thread()
         for rec in store.all():
             if rec.state == "queued":
                 self._queue.append(rec.job_id)
 
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._loop, name="nerfart-worker", daemon=True)
+
     def start(self) -> None:
+        self._started = True
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -410,6 +523,28 @@ class Worker:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+
+    def ensure_alive(self) -> bool:
+        """Start a new worker thread if the current one died; False when it had to.
+
+        The job that was running when it died is failed (it cannot finish), and the queue carries on.
+        """
+        if not self._started or self._stop or self._thread.is_alive():
+            return True
+        with self._cond:
+            running, self._running = self._running, None
+        self.restarts += 1
+        log.error("the job worker thread died%s; starting a new one", f" while running job {running[0]}" if running
+                  else "")
+        if running is not None:
+            rec = self.store.get(running[0])
+            if rec is not None and rec.state not in FINAL_STATES:
+                finish_job(rec, self.store, self._emit, "failed", {
+                    "code": ErrorCode.INTERNAL, "message": "the backend's job worker stopped while running this "
+                    "job (a bug; the backend log has the details); it started again and runs the next jobs"})
+        self._thread = self._new_thread()
+        self._thread.start()
+        return False
 
     def enqueue(self, job_id: str) -> int:
         """Queue a job; returns its position (0 = next)."""
@@ -437,8 +572,8 @@ class Worker:
             if job_id in self._queue:
                 self._queue.remove(job_id)
                 rec = self.store.get(job_id)
-                assert rec is not None
-                self._finish(rec, "cancelled", None)
+                if rec is not None:
+                    self._finish(rec, "cancelled", None)
                 return "cancelled"
             if self._running and self._running[0] == job_id:
                 self._running[1].set()
@@ -450,7 +585,7 @@ class Worker:
         """Queue an interrupted job again to continue from its checkpoint; returns its position (0 = next).
 
         Raises:
-            ProtocolError: ``unknown_job``, or ``bad_state`` unless the job is interrupted.
+            ProtocolError: ``unknown_job``, ``bad_state`` unless the job is interrupted, or ``disk_full``.
         """
         with self._cond:
             rec = self.store.get(job_id)
@@ -466,14 +601,33 @@ class Worker:
                     self._cond.wait()
                 if self._stop:
                     return
+            if not self._disk_has_room():
+                with self._cond:
+                    self._cond.wait(DISK_RECHECK_S)  # woken early by stop() or a new job
+                continue
+            with self._cond:
+                if self._stop or not self._queue:
+                    continue
                 job_id = self._queue.popleft()
                 cancel = threading.Event()
                 self._running = (job_id, cancel)
             try:
                 self._run(job_id, cancel)
+            except Exception:  # execute_job never raises; this keeps the worker alive should it ever
+                log.exception("the job worker caught an error of job %s", job_id)
             finally:
                 with self._cond:
                     self._running = None
+
+    def _disk_has_room(self) -> bool:
+        """Whether jobs may start; logs once when a full disk starts and stops holding them."""
+        has_room = self.store.disk.room() > 0
+        if not has_room and not self._disk_full_logged:
+            log.warning("queued jobs wait: %s", self.store.disk.shortage("job outputs"))
+        elif has_room and self._disk_full_logged:
+            log.info("there is room on the disk again; queued jobs run")
+        self._disk_full_logged = not has_room
+        return has_room
 
     def _run(self, job_id: str, cancel: threading.Event) -> None:
         rec = self.store.get(job_id)
@@ -491,51 +645,60 @@ def execute_job(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: 
     """Run one job to a final state: the server's worker and the command line both use this.
 
     Every outcome is recorded in ``job.json`` and announced with a ``result`` message: done, cancelled,
-    interrupted (cancelled because the process is shutting down), or failed with a user-facing error. After an
+    interrupted (cancelled because the process is shutting down), or failed with a user-facing error. It never
+    raises an ``Exception``: not for a runner's, nor when the record cannot be written (a full disk). After an
     out-of-memory failure the memory the job held is released (and the CUDA cache emptied) so that the next job
     starts on a clean device.
     """
     lock = JobLock(store.job_dir(rec.job_id))
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:  # the lock file cannot be created: a full disk, or the job folder is gone
+        finish_job(rec, store, emit, "failed", _error_for(exc, rec.kind, store.disk))
+        return
+    if not acquired:
         # Another live process runs it (e.g. 'python -m backend resume' beside a server): its job.json is that
         # process's to write, so this one only answers its own client.
         rec.state, rec.finished = "failed", time.time()
         rec.error = {"code": ErrorCode.BAD_STATE, "message": f"job {rec.job_id} is being run by another backend "
                      "process on this work dir"}
-        emit(result_message(rec))
+        _emit_safely(emit, rec)
         return
-    out_of_memory = False
+    try:
+        state, error = _run_runner(rec, store, runner, emit, cancel, device, shutting_down)
+        finish_job(rec, store, emit, state, error)
+    finally:
+        lock.release()
+    if error is not None and error["code"] == ErrorCode.OUT_OF_MEMORY:
+        # Only now is the traceback, and the tensors its frames hold, released.
+        release_memory(device)
+
+
+def _run_runner(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: Callable[[Message], None],
+                cancel: threading.Event, device: str,
+                shutting_down: Callable[[], bool]) -> tuple[str, dict[str, Any] | None]:
+    """Run the job's runner; returns the final state and error it ends with."""
     try:
         rec.state, rec.started = "running", time.time()
         if rec.resumes:
             rec.outputs.pop("resume_note", None)  # a note of an earlier resume is stale
         store.save(rec)
         ctx = JobContext(rec, store, emit, cancel, device)
-        try:
-            if runner is None:
-                raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
-            outputs = runner(ctx)
-            ctx.check_cancel()
-            rec.outputs.update(outputs or {})
-            finish_job(rec, store, emit, "done", None)
-        except JobCancelled:
-            if shutting_down():
-                # Shut down mid-job: mark it interrupted so that it can be resumed from its checkpoint.
-                finish_job(rec, store, emit, "interrupted",
-                           interrupted_error(rec, "the backend was shut down while this job ran"))
-            else:
-                finish_job(rec, store, emit, "cancelled", None)
-        except JobFailed as exc:
-            finish_job(rec, store, emit, "failed", {"code": exc.code, "message": str(exc)})
-        except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
-            error = _error_for(exc, rec.kind)
-            out_of_memory = error["code"] == ErrorCode.OUT_OF_MEMORY
-            finish_job(rec, store, emit, "failed", error)
-    finally:
-        lock.release()
-    if out_of_memory:
-        # Outside the except block: only now is the traceback, and the tensors its frames hold, released.
-        release_memory(device)
+        if runner is None:
+            raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
+        outputs = runner(ctx)
+        ctx.check_cancel()
+        rec.outputs.update(outputs or {})
+        return "done", None
+    except JobCancelled:
+        if shutting_down():
+            # Shut down mid-job: mark it interrupted so that it can be resumed from its checkpoint.
+            return "interrupted", interrupted_error(rec, "the backend was shut down while this job ran")
+        return "cancelled", None
+    except JobFailed as exc:
+        return "failed", {"code": exc.code, "message": str(exc)}
+    except Exception as exc:  # a runner bug or an unexpected failure must not stop the worker
+        return "failed", _error_for(exc, rec.kind, store.disk)
 
 
 def release_memory(device: str) -> None:
@@ -558,12 +721,34 @@ def release_memory(device: str) -> None:
 
 def finish_job(rec: JobRecord, store: JobStore, emit: Callable[[Message], None], state: str,
                error: dict[str, Any] | None) -> None:
-    """Record a final state and announce it."""
+    """Record a final state and announce it. Never raises: a job always ends, whatever the disk says.
+
+    When the record cannot be written (a full disk), the job ends as ``failed`` with ``disk_full`` in memory
+    and in its ``result``; its ``job.json`` keeps the state before, so the next start finds it ``running``
+    and marks it ``interrupted``, from where it can be resumed.
+    """
     assert state in FINAL_STATES
-    rec.state, rec.finished, rec.error = state, time.time(), error
-    store.save(rec)
-    emit(result_message(rec))
-    log.info("job %s (%s) %s%s", rec.job_id, rec.kind, state, f": {error['message']}" if error else "")
+    rec.state, rec.finished = state, time.time()
+    rec.error = None if error is None else {"code": str(error["code"]), "message": clip_text(str(error["message"]))}
+    try:
+        store.save(rec)
+    except (OSError, ProtocolError) as exc:
+        log.error("job %s: its %s state could not be recorded: %s", rec.job_id, state, exc)
+        what = "finished, but its" if state == "done" else f"ended ({state}), but its"
+        rec.state = "failed"
+        rec.error = {"code": ErrorCode.DISK_FULL if is_disk_full(exc) else ErrorCode.INTERNAL,
+                     "message": clip_text(f"this job {what} record could not be saved ({exc}). "
+                                          + (store.disk.shortage("its record") if is_disk_full(exc) else ""))}
+    _emit_safely(emit, rec)
+    log.info("job %s (%s) %s%s", rec.job_id, rec.kind, rec.state, f": {rec.error['message']}" if rec.error else "")
+
+
+def _emit_safely(emit: Callable[[Message], None], rec: JobRecord) -> None:
+    """Send the job's ``result``; a failure to send loses the message only (``attach`` re-sends it)."""
+    try:
+        emit(result_message(rec))
+    except Exception:
+        log.exception("the result of job %s could not be sent", rec.job_id)
 
 
 def result_message(rec: JobRecord) -> Message:
@@ -589,7 +774,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
             or "can't allocate memory" in text or isinstance(exc, MemoryError))
 
 
-def _error_for(exc: Exception, kind: str = "") -> dict[str, Any]:
+def _error_for(exc: Exception, kind: str = "", disk: DiskBudget | None = None) -> dict[str, Any]:
     """A user-facing error for an exception raised by a runner of a ``kind`` job."""
     name = type(exc).__name__
     if is_out_of_memory(exc):
@@ -599,9 +784,20 @@ def _error_for(exc: Exception, kind: str = "") -> dict[str, Any]:
         return {"code": ErrorCode.OUT_OF_MEMORY, "message": f"the {'machine' if host else 'GPU'} ran out of "
                 f"memory; try again with {smaller}. The backend freed the memory and keeps serving. "
                 f"Details: {str(exc)[:300]}"}
-    if isinstance(exc, ValueError | FileNotFoundError | PermissionError | ProtocolError):
-        # Bad input (an unreadable capture, a bad parameter): the message is for the user as it is.
-        return {"code": ErrorCode.JOB_FAILED, "message": str(exc)}
+    if is_disk_full(exc):
+        where = disk.shortage("this job's outputs") if disk is not None else "free space on the backend's disk"
+        return {"code": ErrorCode.DISK_FULL, "message": f"the disk filled up while this job wrote ({exc}); {where}"}
+    if isinstance(exc, ProtocolError) and exc.code == ErrorCode.DISK_FULL:
+        return {"code": exc.code, "message": exc.message}
+    if isinstance(exc, ValueError | FileNotFoundError | PermissionError | ProtocolError) or (
+            isinstance(exc, OSError) and exc.errno in BAD_PATH_ERRNOS):
+        # Bad input (an unreadable capture, a bad parameter, an unusable path): the message is for the user.
+        return {"code": ErrorCode.JOB_FAILED, "message": clip_text(str(exc))}
     log.error("job failed with an unexpected error:\n%s", traceback.format_exc())
-    return {"code": ErrorCode.INTERNAL, "message": f"internal error ({name}: {exc}); the backend log has the "
-            "traceback"}
+    return {"code": ErrorCode.INTERNAL, "message": clip_text(f"internal error ({name}: {exc}); the backend log has "
+                                                             "the traceback")}
+
+
+# What the operating system says of a path that cannot be used as given (far too long, looping links, a file
+# where a folder should be): the user's input, not a backend fault.
+BAD_PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR)

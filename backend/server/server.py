@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import signal
 import threading
@@ -53,17 +52,22 @@ from protocol import (
     encode,
     make_reply,
     split_identities,
+    validate_content,
 )
 from protocol.client import CLIENT_ID
+from protocol.errors import clip_text
+from protocol.framing import check_json_value, load_json_object
 
 from .auth import AuthorizedKeys, ServerKeys, curve_server_options, start_authenticator
-from .jobs import JobStore, RunnerFn, Worker, result_message
+from .disk import DEFAULT_MIN_FREE_BYTES, DiskBudget
+from .jobs import JobRecord, JobStore, RunnerFn, Worker, result_message
 
 log = logging.getLogger("nerfart.server")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 OUTBOX = "inproc://nerfart-outbox"
 REQUEST_TYPES = ("hello", "submit", "cancel", "status", "attach", "resume", "heartbeat")
+SESSIONLESS_TYPES = ("hello", "heartbeat")  # with signing, every other request must name this run's session
 MAX_ROUTES = 10_000  # owners and jobs whose latest connection is remembered (the oldest are forgotten)
 
 
@@ -144,6 +148,8 @@ class Server:
         curve: the server's CURVE keys (see :mod:`.auth`): the connection is encrypted and only authorised
             client keys can connect. None: no CURVE (loopback, or ``insecure``).
         insecure: allow a non-loopback endpoint without CURVE.
+        work_dir_quota_bytes: the most the work dir may hold (None: no quota); see :mod:`.disk`.
+        min_free_bytes: free space left on the work dir's disk for everything else.
 
     Raises:
         ValueError: an endpoint that :func:`check_bind_endpoint` or :func:`check_transport_security` refuses.
@@ -153,7 +159,8 @@ class Server:
                  runners: dict[str, RunnerFn] | None = None, device: str = "cpu", allow_remote: bool = False,
                  hmac_key: bytes | None = None, single_user: bool | None = None, limits: Limits = DEFAULT_LIMITS,
                  max_queued_per_client: int = 32, clip_models: tuple[str, ...] = (),
-                 curve: ServerKeys | None = None, insecure: bool = False) -> None:
+                 curve: ServerKeys | None = None, insecure: bool = False, work_dir_quota_bytes: int | None = None,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
         check_bind_endpoint(endpoint, allow_remote)
         check_transport_security(endpoint, curve is not None, insecure)
         self.endpoint = endpoint
@@ -165,7 +172,8 @@ class Server:
         self.limits = limits
         self.max_queued_per_client = max_queued_per_client
         self.clip_models = clip_models
-        self.store = JobStore(Path(work_dir))
+        self.store = JobStore(Path(work_dir), DiskBudget(Path(work_dir).resolve(), work_dir_quota_bytes,
+                                                         min_free_bytes))
         self.runners = dict(runners or {})
         self._signer = Signer(hmac_key)
         self._ctx = zmq.Context()
@@ -231,16 +239,15 @@ class Server:
                      f"in {self.curve.authorized_dir}" if self.curve else "CURVE off (no encryption)",
                      "single-user: every client sees every job" if self.single_user
                      else "multi-user: each client sees only its own jobs")
+            if self.store.disk.room() <= 0:
+                log.warning("starting read-only: %s. Status and attach answer; new jobs are refused and queued "
+                            "ones wait until there is room", self.store.disk.shortage("new jobs"))
             self.ready.set()
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(outbox, zmq.POLLIN)
             while not self._stop.is_set():
-                events = dict(poller.poll(100))
-                if outbox in events:
-                    self._drain_outbox(outbox, router)
-                if router in events:
-                    self._drain_requests(router)
+                self._serve_once(poller, router, outbox)
         finally:
             self._worker.stop()
             # Deliver what the worker said while stopping (e.g. 'interrupted' results) if clients are there.
@@ -250,6 +257,20 @@ class Server:
             # destroy() also closes the PUSH sockets the worker thread made, which term() would wait for.
             self._ctx.destroy(linger=0)
             log.info("backend stopped")
+
+    def _serve_once(self, poller: zmq.Poller, router: zmq.Socket, outbox: zmq.Socket) -> None:
+        """One turn of the socket loop. Nothing a message or a job does may end the loop: it is the backend."""
+        try:
+            events = dict(poller.poll(100))
+            if outbox in events:
+                self._drain_outbox(outbox, router)
+            if router in events:
+                self._drain_requests(router)
+            self._worker.ensure_alive()
+        except zmq.ContextTerminated:
+            raise
+        except Exception:  # a bug: log it and keep serving (handlers already answer their own errors)
+            log.exception("error in the socket loop; serving on")
 
     # Incoming ------------------------------------------------------------------------------------------------
 
@@ -281,37 +302,54 @@ class Server:
         return f"rid:{identity.hex()}"
 
     def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
+        """Answer one incoming message: its reply, or an ``error`` for whatever went wrong. Never raises."""
         identity = frames[0].bytes
         request: Message | None = None
         try:
             ids, body = split_identities(frames)
             request = decode(body, self._signer, self.limits)
+            self._check_session(request)
             owner = self._owner(frames)  # after decoding, so that a refusal answers the request by its id
             # Only a message that decoded (and passed the HMAC check, when there is a key) may move its
             # owner's route: a forged routing id alone must not divert someone's job messages.
             self._remember(self._routes, owner, identity)
             self._dispatch(router, ids, request, owner)
+            return
         except ProtocolError as exc:
-            error = self._error(exc.code, exc.message, exc.field, request)
-            if request is None:
-                # The message did not decode (too large, bad signature, ...): answer it by the id in its header
-                # when that can be read, so that the client's request ends with this error, not a timeout.
-                error.parent_id = self._header_msg_id(frames)
-            self._send(router, [identity], error)
+            code, message, field = exc.code, exc.message, exc.field
         except Exception as exc:  # never let one message take the server down
-            log.exception("error while handling a message")
-            self._send(router, [identity], self._error(ErrorCode.INTERNAL, f"internal error: {exc}", None, request))
+            log.exception("error while handling a %s message", request.type if request else "malformed")
+            code, message, field = ErrorCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc})", None
+        error = self._error(code, message, field, request)
+        if request is None and not self._signer.key:
+            # The message did not decode (too large, bad JSON, ...): answer it by the id in its header when that
+            # can be read, so that the client's request ends with this error, not a timeout. Not with a key: an
+            # unverified header is never parsed, and echoing its id would sign what a stranger chose.
+            error.parent_id = self._header_msg_id(frames)
+        self._send(router, [identity], error)
+
+    def _check_session(self, msg: Message) -> None:
+        """With signing on, a request must be signed for this run of the backend, not replayed from another.
+
+        Raises:
+            ProtocolError: ``unauthorized`` for a request that names another session (or none).
+        """
+        if self._signer.key and msg.type not in SESSIONLESS_TYPES and msg.to_session != self.session:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"this {msg.type} was signed for backend session "
+                                f"{msg.to_session[:40]!r}, but this backend runs as session {self.session}: it was "
+                                "replayed, or sent before the backend restarted. Say hello again and resend it",
+                                "header.to_session")
 
     def _header_msg_id(self, frames: list[Any]) -> str | None:
-        """``msg_id`` of an undecodable message's header frame, if it is a small JSON object that has one."""
+        """``msg_id`` of an undecodable message's header frame, if it is a small, strict JSON object that has one."""
         try:
             _ids, body = split_identities(frames)
             header_frame = body[2] if len(body) > 2 else b""
             header = bytes(getattr(header_frame, "bytes", header_frame))
             if len(header) > self.limits.max_header_bytes:
                 return None
-            msg_id = json.loads(header).get("msg_id")
-        except (ProtocolError, ValueError, AttributeError, TypeError):
+            msg_id = load_json_object(header, "header").get("msg_id")
+        except ProtocolError:
             return None
         return msg_id if isinstance(msg_id, str) and 0 < len(msg_id) <= 128 else None
 
@@ -336,8 +374,7 @@ class Server:
             job_id = msg.content.get("job_id")
             recs = [self._visible_job(job_id, owner)] if job_id else [
                 r for r in self.store.all() if self.single_user or r.owner == owner]
-            jobs = [r.info(self._worker.position(r.job_id)) for r in recs]
-            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": jobs}))
+            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [self._job_info(r) for r in recs]}))
         elif msg.type == "cancel":
             rec = self._visible_job(msg.content["job_id"], owner)
             if rec.state not in ("queued", "running"):
@@ -347,6 +384,7 @@ class Server:
         elif msg.type == "resume":
             rec = self._visible_job(msg.content["job_id"], owner)
             self._check_queue_room(owner, "job_id")
+            self.store.disk.check(0, "a resumed job")
             position = self._worker.resume(rec.job_id)  # bad_state unless interrupted
             self._follow(rec.job_id, owner, ids[-1])  # its messages go to the client that resumed it
             self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": rec.kind,
@@ -354,10 +392,25 @@ class Server:
         elif msg.type == "attach":
             rec = self._visible_job(msg.content["job_id"], owner)
             self._follow(rec.job_id, owner, ids[-1])  # further messages of the job go to this connection
-            info = rec.info(self._worker.position(rec.job_id))
-            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [info]}))
+            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [self._job_info(rec)]}))
             if rec.state in ("done", "failed", "cancelled", "interrupted"):
                 self._send(router, ids, result_message(rec))
+
+    def _job_info(self, rec: JobRecord) -> dict[str, Any]:
+        """The ``status_reply`` entry of a job; one the protocol cannot carry is reported as corrupt.
+
+        Records are checked when they are made and when they are loaded, so this is the last line: one bad
+        record must never make the status of every job unreadable.
+        """
+        info = rec.info(self._worker.position(rec.job_id))
+        try:
+            check_json_value(info, "job record")
+            validate_content("status_reply", {"jobs": [info]})
+        except ProtocolError as exc:
+            log.error("job %s cannot be reported as it is: %s", rec.job_id, exc.message)
+            info.update(params={}, outputs={}, error={"code": ErrorCode.CORRUPT_RECORD, "message": clip_text(
+                f"this job's record cannot be sent ({exc.message}); its folder is kept as it is")})
+        return info
 
     def _follow(self, job_id: str, owner: str, identity: bytes) -> None:
         self._remember(self._job_routes, job_id, identity)
@@ -376,7 +429,7 @@ class Server:
                    "clip_models": list(self.clip_models), "job_kinds": sorted(self.runners),
                    "queue_length": self._worker.queue_length(),
                    "limits": {"max_message_bytes": self.limits.max_message_bytes,
-                              "max_queued_jobs_per_client": self.max_queued_per_client}}
+                              "max_queued_jobs_per_client": self.max_queued_per_client, **self.store.disk.limits()}}
         self._send(router, ids, make_reply(msg, "hello_reply", content))
 
     def _submit(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
@@ -413,16 +466,32 @@ class Server:
         return rec
 
     def _error(self, code: str, message: str, field: str | None, request: Message | None) -> Message:
-        content = {"code": code, "message": message, "field": field,
-                   "job_id": request.job_id if request is not None else None}
-        return Message("error", content, parent_id=request.msg_id if request is not None else None)
+        """An ``error`` answering ``request``; what it quotes is cut to size and made encodable."""
+        content = ProtocolError(code, message, field).to_content()
+        content["job_id"] = request.job_id if request is not None else None
+        return Message("error", content, parent_id=request.msg_id if request is not None else None,
+                       to_session=request.session if request is not None else "")
 
     # Outgoing ------------------------------------------------------------------------------------------------
 
     def _send(self, router: zmq.Socket, ids: list[bytes], msg: Message) -> bool:
+        """Send ``msg`` to the connection ``ids`` without blocking; False if it could not go.
+
+        A reply that cannot be encoded (a bug) goes out as an ``internal`` error instead, so the request still
+        gets its answer.
+        """
         msg.session = self.session
         try:
-            router.send_multipart([*ids, *encode(msg, self._signer)], flags=zmq.NOBLOCK, copy=False)
+            frames = encode(msg, self._signer)
+        except ProtocolError as exc:
+            log.error("a %s reply could not be encoded: %s", msg.type, exc.message)
+            fallback = Message("error", {"code": ErrorCode.INTERNAL, "message": f"internal error: the {msg.type} "
+                               "reply could not be encoded; the backend log has the details", "field": None,
+                               "job_id": None}, parent_id=msg.parent_id, session=self.session,
+                               to_session=msg.to_session)
+            frames = encode(fallback, self._signer)
+        try:
+            router.send_multipart([*ids, *frames], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (client gone) or EAGAIN (client not reading)
             log.debug("dropped a %s message for an unreachable client: %s", msg.type, exc)
@@ -457,6 +526,8 @@ class Server:
         re-sends the result.
         """
         owner = self._listeners.get(job_id, job_owner)
+        if not self._still_authorised(owner):
+            return  # a key revoked while connected gets nothing more of its jobs (their outputs stay on disk)
         tried: set[bytes] = set()
         for identity in (self._job_routes.get(job_id), self._routes.get(owner)):
             if identity is None or identity in tried:
@@ -470,6 +541,13 @@ class Server:
                 return  # EAGAIN: the client is connected but not reading; drop rather than block
             self._remember(self._job_routes, job_id, identity)
             return
+
+
+    def _still_authorised(self, owner: str) -> bool:
+        """With CURVE, whether the key of ``owner`` (``key:<Z85>``) is still authorised; always True without."""
+        if self.curve is None or not owner.startswith("key:"):
+            return True
+        return self._trusted is not None and self._trusted.contains(owner[len("key:"):].encode())
 
 
 def serve(endpoint: str, work_dir: str | Path, runners: dict[str, RunnerFn], **kwargs: Any) -> None:
