@@ -35,7 +35,8 @@ TINY_CHECKPOINT_EVERY_S = 1.0
 def capture_path(ctx: JobContext) -> Path:
     """The capture to read: ``params.capture_path`` on this machine, or the uploaded ``capture`` zip."""
     if "capture" in ctx.record.inputs:
-        return extract_capture_zip(ctx.inputs_dir / ctx.record.inputs["capture"], ctx.job_dir / "capture")
+        return extract_capture_zip(ctx.inputs_dir / ctx.record.inputs["capture"], ctx.job_dir / "capture",
+                                   max_bytes=ctx.store.disk.room())
     path = ctx.params.get("capture_path")
     if not path:
         raise JobFailed("a reconstruct job needs params.capture_path (a folder on the backend's machine) or an "
