@@ -35,7 +35,7 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
         mesh = extract_mesh(model.density, model.radiance, resolution=ctx.params.get("resolution", 256),
                             aabb=(-bound, bound), isolevel=ctx.params.get("isolevel"),
                             keep_largest_only=bool(ctx.params.get("keep_largest_only", False)),
-                            device=ctx.device, progress=report)
+                            device=ctx.device, progress=report, check_cancel=ctx.check_cancel)
     vertices = mesh.vertices
     if ckpt.normalization is not None:
         vertices = ckpt.normalization.to_world(vertices.astype(np.float64)).astype(np.float32)

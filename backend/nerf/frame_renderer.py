@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -107,13 +108,19 @@ class FrameRenderer:
         self,
         rays_o: torch.Tensor,  # [n_rays, 3] model coordinates
         rays_d: torch.Tensor,  # [n_rays, 3] unit directions
+        check_cancel: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [n_rays, 3], [n_rays], [n_rays]
         """Premultiplied ``rgb (n_rays, 3)``, ``opacity (n_rays,)`` and expected ``depth (n_rays,)`` (model
-        units, 0 where nothing was hit) of model-coordinate rays."""
+        units, 0 where nothing was hit) of model-coordinate rays.
+
+        ``check_cancel`` is called before every chunk of rays and every batch of at most ``max_samples``
+        samples; whatever it raises ends the render there (a job's cancel lands within one batch, not one frame).
+        """
         if rays_o.ndim != 2 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
             raise ValueError(f"rays_o and rays_d must both be (n_rays, 3), got {tuple(rays_o.shape)} and "
                              f"{tuple(rays_d.shape)}")
-        parts = [self._render_chunk(rays_o[c0:c0 + self.max_rays], rays_d[c0:c0 + self.max_rays])
+        check = check_cancel or _no_check
+        parts = [self._render_chunk(rays_o[c0:c0 + self.max_rays], rays_d[c0:c0 + self.max_rays], check)
                  for c0 in range(0, rays_o.shape[0], self.max_rays)]
         if not parts:
             z = rays_o.new_zeros(0)
@@ -124,7 +131,9 @@ class FrameRenderer:
         self,
         rays_o: torch.Tensor,  # [n, 3]
         rays_d: torch.Tensor,  # [n, 3]
+        check_cancel: Callable[[], None],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_cancel()
         model, settings = self.model, self.model.settings
         n = rays_o.shape[0]
         rays_o = rays_o.float().contiguous()
@@ -151,6 +160,7 @@ class FrameRenderer:
                 break
             # Sub-batches keep ray order, so a ray split between two of them continues from tau_ray.
             for part in sel.split(self.max_samples):
+                check_cancel()
                 ray, step = occ_rays[part], occ_steps[part]
                 if self._fused is not None:  # intervals, positions and field in one kernel
                     rgbs, sd, t_mid = self._fused.window(rays_o, rays_d, t_min, t_max, ray, step, settings)
@@ -177,8 +187,11 @@ class FrameRenderer:
         cameras: Cameras,
         i: int,
         background: tuple[float, float, float] | torch.Tensor | None = None,
+        check_cancel: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # [H, W, 4], [H, W]
         """Frame of camera ``i`` (world coordinates for a checkpoint, model coordinates for a bare model).
+
+        ``check_cancel``: called between batches of samples (see :meth:`render_rays`).
 
         Returns:
             ``rgba (H, W, 4)`` float32 on the model's device (RGB premultiplied, or composited over
@@ -191,10 +204,14 @@ class FrameRenderer:
         if self.normalization is not None:
             cams, scale = self.normalization.cameras_to_model(cameras), float(self.normalization.radius)
         rays_o, rays_d = rays_for_image(cams, i, device=self.device, dtype=torch.float32)
-        rgb, opacity, depth = self.render_rays(rays_o, rays_d)
+        rgb, opacity, depth = self.render_rays(rays_o, rays_d, check_cancel)
         if background is not None:
             bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
             rgb = rgb + (1.0 - opacity)[:, None] * bg
         h, w = int(cameras.height[i]), int(cameras.width[i])
         rgba = torch.cat([rgb, opacity[:, None]], dim=-1).reshape(h, w, 4)
         return rgba, (depth * scale).reshape(h, w)
+
+
+def _no_check() -> None:
+    """The default ``check_cancel``: a render that nothing cancels."""
