@@ -35,9 +35,16 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from backend.server.auth import load_or_create_server_keys
+    from backend.server.disk import parse_size
     from backend.server.server import check_bind_endpoint, is_loopback_endpoint
 
     key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
+    try:
+        quota = parse_size(args.work_dir_quota) if args.work_dir_quota else None
+        min_free = parse_size(args.min_free)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.curve and args.insecure:
         print("error: --curve and --insecure contradict each other; choose one", file=sys.stderr)
         return 2
@@ -59,10 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         serve(args.endpoint, args.work_dir, default_runners(), device=resolve_device(args.device),
               allow_remote=args.allow_remote, hmac_key=key, single_user=single_user, clip_models=CLIP_MODELS,
-              curve=curve, insecure=args.insecure)
+              curve=curve, insecure=args.insecure, work_dir_quota_bytes=quota, min_free_bytes=min_free)
     except ValueError as exc:  # also backend.server.auth.CurveKeyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a work dir that cannot be made: a full disk, a read-only mount
+        print(f"error: cannot use the work dir {args.work_dir}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,6 +150,14 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f", {gpu['memory_free'] / 2**30:.1f} of {gpu['memory_total'] / 2**30:.1f} GiB free"
              if gpu["memory_total"] else ""))
     print(f"job kinds: {', '.join(info['job_kinds']) or 'none'}; queue: {info['queue_length']}")
+    limits = info.get("limits") or {}
+    if "disk_free_bytes" in limits:
+        quota = limits["work_dir_quota_bytes"]
+        print(f"work dir: {limits['work_dir_used_bytes'] / 2**30:.2f} GiB used"
+              + (f" of a {quota / 2**30:.2f} GiB quota" if quota else "")
+              + f"; {limits['disk_free_bytes'] / 2**30:.2f} GiB free on its disk"
+              + ("" if limits["writable"] else " - FULL: new jobs are refused until space is freed (a submit's "
+                 "error says where)"))
     for job in reply.content["jobs"]:
         step = f" {job.get('stage', '')} {job.get('step', 0)}/{job.get('total', 0)}" if job["state"] == "running" else ""
         err = f" - {job['error']['message']}" if job.get("error") else ""
@@ -269,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "unencrypted and anyone who reaches the port can use the backend")
     p.add_argument("--keys-dir", help="CURVE keys folder (default: WORK_DIR/keys)")
     p.add_argument("--hmac-key-file", help="sign and check every message with the key in this file")
+    p.add_argument("--work-dir-quota", help="the most the work dir may hold, e.g. 200G (default: no quota; "
+                   "uploads and jobs that do not fit are refused with 'disk_full')")
+    p.add_argument("--min-free", default="256M", help="free space always left on the work dir's disk "
+                   "(default %(default)s)")
     users = p.add_mutually_exclusive_group()
     users.add_argument("--multi-user", action="store_true", help="each client sees and cancels only its own jobs "
                        "(the default with CURVE or a non-loopback endpoint)")

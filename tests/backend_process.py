@@ -31,13 +31,18 @@ def free_port() -> int:
 class BackendProcess:
     """``python -m backend serve`` on a free loopback port, on ``work_dir``, on the CPU.
 
+    Args:
+        args: more ``serve`` options, e.g. ``("--hmac-key-file", path)``.
+        hmac_key: the key in that file, for :meth:`wait_ready`.
+
     Attributes:
         endpoint: where it listens.
         proc: the child process.
         log_path: its combined stdout and stderr.
     """
 
-    def __init__(self, work_dir: Path, log_path: Path) -> None:
+    def __init__(self, work_dir: Path, log_path: Path, args: tuple[str, ...] = (), hmac_key: bytes | None = None
+                 ) -> None:
         self.work_dir = Path(work_dir)
         self.log_path = Path(log_path)
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -45,12 +50,13 @@ class BackendProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the life of the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "serve", "--endpoint", self.endpoint, "--work-dir",
-             str(self.work_dir), "--device", "cpu"], cwd=self.work_dir.parent, env=env, stdout=self._log,
+             str(self.work_dir), "--device", "cpu", *args], cwd=self.work_dir.parent, env=env, stdout=self._log,
             stderr=subprocess.STDOUT)
+        self.hmac_key = hmac_key
 
     def wait_ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Block until it answers ``hello``; returns its ``hello_reply`` content."""
-        with Client(self.endpoint, client_name="pytest-wait-ready") as client:
+        with Client(self.endpoint, client_name="pytest-wait-ready", hmac_key=self.hmac_key) as client:
             try:
                 return client.handshake(timeout_s=timeout_s)
             except TimeoutError:

@@ -25,7 +25,7 @@ from backend.server import auth
 from backend.server.jobs import JobContext
 from backend.server.server import Server, check_transport_security
 from protocol import PROTOCOL_VERSION, BackendError, Client, Message, encode
-from protocol.client import HandshakeError
+from protocol.client import NO_DETAIL_FAILURES, HandshakeError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,6 +278,52 @@ def test_curve_client_against_a_plain_backend_is_told_so(tmp_path: Path) -> None
     finally:
         srv.stop()
         thread.join(10)
+
+
+@pytest.mark.parametrize("backend_curve", [False, True])
+def test_the_mechanism_probe_decides_whoever_hung_up_first(tmp_path: Path, backend_curve: bool) -> None:
+    """Item 10 of issue 13: a CURVE client against a plain backend was told 'wrong_server_key' about half the
+    time. Both ends notice the mismatch; when the backend notices first it hangs up, and the client saw only
+    broken-off handshakes, three of which it took for a wrong key. Here the client is put in exactly that state
+    (three broken-off handshakes, no mismatch seen) and the probe must still tell the two backends apart."""
+    keys, _ = auth.load_or_create_server_keys(tmp_path / "keys")
+    srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners=RUNNERS, curve=keys if backend_curve else None)
+    thread = start(srv)
+    try:
+        client = Client(srv.bound_endpoint, curve=(keypair()[0], *keypair()))  # never connects: only the probe
+        client._no_detail = NO_DETAIL_FAILURES
+        client._start_probe()
+        deadline = time.monotonic() + 10
+        while client.handshake_failure is None:
+            assert time.monotonic() < deadline, "the probe never decided"
+            client._drain_probe()
+            time.sleep(0.01)
+        assert client.handshake_failure.reason == ("wrong_server_key" if backend_curve else "curve_unsupported")
+        client.close()
+    finally:
+        srv.stop()
+        thread.join(10)
+
+
+def test_a_revoked_key_gets_no_more_of_its_running_jobs_messages(curve_server) -> None:
+    """Item 9 of issue 13: the open connection of a revoked key went on receiving its job's progress and result."""
+    s = curve_server
+    dave = keypair()
+    auth.authorize(s.keys.keys_dir, dave[0], "dave")
+    with s.client(dave) as client:
+        job = submit(client, steps=100)  # about 2 s
+        wait_running(client, job)
+        auth.revoke(s.keys.keys_dir, "dave")
+        s.server._trusted.refresh(force=True)  # what the server does by itself within 0.5 s
+        time.sleep(0.2)
+        client.poll(0.1)  # what was sent before the revocation
+        heard: list[Message] = []
+        while s.server.store.get(job).state == "running":
+            heard += client.poll(0.05)
+        time.sleep(0.3)
+        heard += client.poll(0.1)
+        assert s.server.store.get(job).state == "done", "the job itself runs on; its outputs are on disk"
+        assert [m.type for m in heard if m.job_id == job] == [], "a revoked key still receives its job's messages"
 
 
 def test_authorising_and_revoking_work_while_the_server_runs(curve_server) -> None:

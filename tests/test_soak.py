@@ -2,7 +2,9 @@
 
 Each client thread (its own :class:`protocol.Client`, its own stable client id) submits cheap jobs (tiny
 reconstructions, renders and meshes of a tiny model), polls, asks for status, cancels and disconnects at
-random; a fuzzer sends malformed messages (the generator of ``test_server.py``) the whole time. Afterwards:
+random; a fuzzer sends malformed messages (the generator of ``test_server.py``, with every class of message
+that once killed the backend: lone surrogates, deep nesting, numbers that overflow, over-long strings, frame
+tricks) the whole time. Afterwards:
 the server answers at once, no accepted job is lost, every job reaches a final state and a new job still runs
 (the worker is alive), the server stops cleanly, and every file on disk is whole (every ``job.json`` parses,
 every checkpoint loads, every PNG decodes, every PLY and depth map reads, no temporary file is left).
@@ -31,7 +33,7 @@ from backend_process import BackendProcess, submit
 from hypothesis import HealthCheck, Phase, given, settings
 from PIL import Image
 from test_jobs_live import SIZE, write_sphere_capture
-from test_server import malformed_messages
+from test_server import answer, labelled_messages
 
 from backend.captures import OPENGL_TO_OPENCV
 from backend.nerf.checkpoint import load_checkpoint
@@ -159,14 +161,15 @@ def fuzz_thread(endpoint: str, stop_at: float, tally: Tally) -> None:
 
     @settings(max_examples=FUZZ_BATCH, deadline=None, suppress_health_check=list(HealthCheck), database=None,
               phases=[Phase.generate])
-    @given(malformed_messages())
-    def send(frames: list[bytes]) -> None:
+    @given(labelled_messages())
+    def send(labelled: tuple[str, list[bytes]]) -> None:
+        shape, frames = labelled
         if time.monotonic() >= stop_at:
             return
         sock.send_multipart(frames)
-        assert sock.poll(10_000), f"no answer to {frames!r}"
-        reply = decode(sock.recv_multipart())
+        reply = answer(sock, 10.0, frames)
         tally.add("fuzzed")
+        tally.add(f"fuzzed {shape}")
         try:
             valid_request = decode(frames).type in REQUEST_TYPES
         except ProtocolError:
@@ -245,7 +248,8 @@ def test_soak_concurrent_clients_fuzzing_and_disconnects(tmp_path: Path) -> None
             thread.join(SOAK_SECONDS + 120)
             assert not thread.is_alive(), f"{thread.name} hangs"
         assert not tally.failures, tally.failures
-        assert backend.proc.poll() is None, "the server died"
+        dead_processes = int(backend.proc.poll() is not None)
+        assert not dead_processes, "the server died"
 
         with Client(backend.endpoint, client_name="soak check") as client:
             t0 = time.monotonic()
@@ -279,7 +283,8 @@ def test_soak_concurrent_clients_fuzzing_and_disconnects(tmp_path: Path) -> None
         if backend.proc.poll() is None:
             backend.kill9()
     log = backend.log()
-    assert "backend stopped" in log and "Traceback" not in log, log[-5000:]
+    dead_workers = log.count("the job worker thread died")
+    assert "backend stopped" in log and "Traceback" not in log and not dead_workers, log[-5000:]
     checked = check_files(work, states)
 
     by_state = collections.Counter(states[j] for j in tally.jobs)
@@ -287,6 +292,8 @@ def test_soak_concurrent_clients_fuzzing_and_disconnects(tmp_path: Path) -> None
     summary = {
         "seconds": SOAK_SECONDS, "clients": N_CLIENTS, "jobs_submitted": len(tally.jobs), "by_kind": dict(by_kind),
         "by_final_state": dict(by_state), "fuzzed_messages": tally.counts["fuzzed"],
+        "fuzzed_by_shape": {k[len("fuzzed "):]: v for k, v in sorted(tally.counts.items()) if k.startswith("fuzzed ")},
+        "dead_processes": dead_processes, "dead_workers": dead_workers,
         "fuzz_jobs": len(tally.fuzz_jobs), "reconnects": tally.counts["action reconnect"],
         "cancels": sum(v for k, v in tally.counts.items() if k.startswith("cancel ->")),
         "status_requests": len(tally.latencies),

@@ -10,7 +10,7 @@ under the work dir, so one :class:`DiskBudget` guards it all:
 
 ``room()`` is what may still be written. Callers check before they write (:meth:`DiskBudget.check`), and what
 they wrote is charged at once, so that two uploads in a row cannot both squeeze into the same room. The work
-dir's size is measured by walking it, at most every :data:`RESCAN_S` seconds.
+dir's size is measured by walking it, at most every :data:`RESCAN_S` seconds (only when there is a quota).
 """
 
 from __future__ import annotations
@@ -76,11 +76,12 @@ class DiskBudget:
         quota_bytes: the most the work dir may hold, or None for no quota.
         min_free_bytes: free space always left on the work dir's disk.
         free_bytes_fn: the disk's free bytes (for tests; default: ``shutil.disk_usage``).
+        rescan_s: how long a measurement of the work dir's size is reused.
     """
 
     def __init__(self, work_dir: Path, quota_bytes: int | None = None,
                  min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
-                 free_bytes_fn: Callable[[], int] | None = None) -> None:
+                 free_bytes_fn: Callable[[], int] | None = None, rescan_s: float = RESCAN_S) -> None:
         self.work_dir = Path(work_dir)
         self.quota_bytes = quota_bytes
         self.min_free_bytes = min_free_bytes
@@ -88,7 +89,8 @@ class DiskBudget:
         self._lock = threading.Lock()
         self._used = 0
         self._by_job: dict[str, int] = {}
-        self._scanned = -RESCAN_S
+        self._rescan_s = rescan_s
+        self._scanned = -float("inf")
 
     def free_bytes(self) -> int:
         try:
@@ -97,9 +99,9 @@ class DiskBudget:
             return 0
 
     def used_bytes(self) -> int:
-        """The work dir's size (walked at most every :data:`RESCAN_S` s, plus what was charged since)."""
+        """The work dir's size (walked at most every ``rescan_s``, plus what was charged since)."""
         with self._lock:
-            if time.monotonic() - self._scanned >= RESCAN_S:
+            if time.monotonic() - self._scanned >= self._rescan_s:
                 self._used, self._by_job = _scan(self.work_dir)
                 self._scanned = time.monotonic()
             return self._used

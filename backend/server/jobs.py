@@ -615,9 +615,9 @@ class Worker:
                 self._run(job_id, cancel)
             except Exception:  # execute_job never raises; this keeps the worker alive should it ever
                 log.exception("the job worker caught an error of job %s", job_id)
-            finally:
-                with self._cond:
-                    self._running = None
+            # Not in a 'finally': a thread killed by a BaseException leaves the job here for ensure_alive().
+            with self._cond:
+                self._running = None
 
     def _disk_has_room(self) -> bool:
         """Whether jobs may start; logs once when a full disk starts and stops holding them."""
@@ -723,9 +723,10 @@ def finish_job(rec: JobRecord, store: JobStore, emit: Callable[[Message], None],
                error: dict[str, Any] | None) -> None:
     """Record a final state and announce it. Never raises: a job always ends, whatever the disk says.
 
-    When the record cannot be written (a full disk), the job ends as ``failed`` with ``disk_full`` in memory
-    and in its ``result``; its ``job.json`` keeps the state before, so the next start finds it ``running``
-    and marks it ``interrupted``, from where it can be resumed.
+    When the record cannot be written (a full disk), the job still ends, in memory and in its ``result``: a
+    job that would be ``done`` is ``failed`` with ``disk_full`` instead (its outputs may be incomplete, and its
+    record says otherwise); other states stay, with a note in a failure's message. Its ``job.json`` keeps the
+    state before, so the next start finds it ``running`` and marks it ``interrupted``: it can be resumed then.
     """
     assert state in FINAL_STATES
     rec.state, rec.finished = state, time.time()
@@ -734,11 +735,14 @@ def finish_job(rec: JobRecord, store: JobStore, emit: Callable[[Message], None],
         store.save(rec)
     except (OSError, ProtocolError) as exc:
         log.error("job %s: its %s state could not be recorded: %s", rec.job_id, state, exc)
-        what = "finished, but its" if state == "done" else f"ended ({state}), but its"
-        rec.state = "failed"
-        rec.error = {"code": ErrorCode.DISK_FULL if is_disk_full(exc) else ErrorCode.INTERNAL,
-                     "message": clip_text(f"this job {what} record could not be saved ({exc}). "
-                                          + (store.disk.shortage("its record") if is_disk_full(exc) else ""))}
+        full = is_disk_full(exc)
+        why = f"its record could not be saved ({exc})" + (f". {store.disk.shortage('its record')}" if full else "")
+        if state == "done":
+            rec.state = "failed"
+            rec.error = {"code": ErrorCode.DISK_FULL if full else ErrorCode.INTERNAL,
+                         "message": clip_text(f"this job ran to its end, but {why}")}
+        elif rec.error is not None:
+            rec.error["message"] = clip_text(f"{rec.error['message']} (and {why})")
     _emit_safely(emit, rec)
     log.info("job %s (%s) %s%s", rec.job_id, rec.kind, rec.state, f": {rec.error['message']}" if rec.error else "")
 
