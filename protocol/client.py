@@ -157,14 +157,8 @@ class Client:
     def close(self) -> None:
         """Close the socket (and the context if this client created it)."""
         self._stop_probe()
-        if self._socket is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._socket.disable_monitor()
-            self._socket.close(linger=0)
-            self._socket = None
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-            self._monitor = None
+        _close_monitored(self._socket, self._monitor)
+        self._socket = self._monitor = None
         if self._own_context:
             self._context.term()
             self._own_context = False
@@ -474,14 +468,8 @@ class Client:
             self.handshake_failure = self._explain_handshake(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, self._last_no_detail)
 
     def _stop_probe(self) -> None:
-        if self._probe is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._probe.disable_monitor()
-            self._probe.close(linger=0)
-            self._probe = None
-        if self._probe_monitor is not None:
-            self._probe_monitor.close(linger=0)
-            self._probe_monitor = None
+        _close_monitored(self._probe, self._probe_monitor)
+        self._probe = self._probe_monitor = None
 
     def _raise_if_refused(self) -> None:
         self._drain_monitor()
@@ -521,3 +509,12 @@ class Client:
             with contextlib.suppress(ConnectionError):
                 self.send(Message("heartbeat", {}))
 
+
+def _close_monitored(sock: zmq.Socket | None, monitor: zmq.Socket | None) -> None:
+    """Close a socket and the monitor socket watching its handshakes (either may be None)."""
+    if sock is not None:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        sock.close(linger=0)
+    if monitor is not None:
+        monitor.close(linger=0)

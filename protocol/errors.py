@@ -53,5 +53,9 @@ class ProtocolError(Exception):
 
     def to_content(self) -> dict:
         """The ``error`` message content for this error."""
-        return {"code": self.code, "message": clip_text(self.message),
-                "field": None if self.field is None else clip_text(self.field, 200)}
+        return error_content(self.code, self.message, self.field)
+
+
+def error_content(code: str, message: str, field: str | None = None) -> dict:
+    """An ``error`` message's content; what the message and field quote is cut to size and made encodable."""
+    return {"code": code, "message": clip_text(message), "field": None if field is None else clip_text(field, 200)}

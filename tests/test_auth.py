@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import zmq
+from test_server import serving
 
 from backend import cli
 from backend.server import auth
@@ -287,9 +288,7 @@ def test_the_mechanism_probe_decides_whoever_hung_up_first(tmp_path: Path, backe
     broken-off handshakes, three of which it took for a wrong key. Here the client is put in exactly that state
     (three broken-off handshakes, no mismatch seen) and the probe must still tell the two backends apart."""
     keys, _ = auth.load_or_create_server_keys(tmp_path / "keys")
-    srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners=RUNNERS, curve=keys if backend_curve else None)
-    thread = start(srv)
-    try:
+    with serving(tmp_path / "work", RUNNERS, curve=keys if backend_curve else None) as srv:
         client = Client(srv.bound_endpoint, curve=(keypair()[0], *keypair()))  # never connects: only the probe
         client._no_detail = NO_DETAIL_FAILURES
         client._start_probe()
@@ -300,9 +299,6 @@ def test_the_mechanism_probe_decides_whoever_hung_up_first(tmp_path: Path, backe
             time.sleep(0.01)
         assert client.handshake_failure.reason == ("wrong_server_key" if backend_curve else "curve_unsupported")
         client.close()
-    finally:
-        srv.stop()
-        thread.join(10)
 
 
 def test_a_revoked_key_gets_no_more_of_its_running_jobs_messages(curve_server) -> None:

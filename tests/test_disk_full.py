@@ -10,17 +10,15 @@ import errno
 import io
 import json
 import logging
-import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from backend_process import BackendProcess
-from test_server import counting_runner
+from test_server import serving
 
 from backend import cli
 from backend.jobs import uploads
@@ -31,27 +29,18 @@ from backend.server.jobs import JobStore
 from backend.server.server import Server
 from protocol import BackendError, Client, Message
 
-RUNNERS = {"reconstruct": counting_runner}
-
 
 def enospc(*_args: Any, **_kwargs: Any) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@contextmanager
-def serving(work: Path, budget: Callable[[Path], DiskBudget] | None = None, **kwargs: Any) -> Iterator[Server]:
-    srv = Server("tcp://127.0.0.1:*", work, runners=RUNNERS, **kwargs)
-    if budget is not None:
-        srv.store.disk = budget(srv.store.work_dir)
-    thread = threading.Thread(target=srv.serve, daemon=True)
-    thread.start()
-    assert srv.ready.wait(10)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        thread.join(30)
-        assert not thread.is_alive()
+def with_budget(make: Callable[[Path], DiskBudget]) -> Callable[[Server], None]:
+    """A ``prepare`` for :func:`test_server.serving` that gives the server's store the budget ``make`` makes."""
+
+    def prepare(srv: Server) -> None:
+        srv.store.disk = make(srv.store.work_dir)
+
+    return prepare
 
 
 def upload(n_bytes: int, steps: int = 2) -> Message:
@@ -68,7 +57,7 @@ def test_the_quota_is_advertised_enforced_and_names_what_to_free(tmp_path: Path)
     def tiny_quota(work: Path) -> DiskBudget:
         return DiskBudget(work, quota_bytes=200_000, min_free_bytes=0, rescan_s=0.0)
 
-    with serving(tmp_path / "work", tiny_quota) as srv, Client(srv.bound_endpoint) as client:
+    with serving(tmp_path / "work", prepare=with_budget(tiny_quota)) as srv, Client(srv.bound_endpoint) as client:
         limits = client.handshake()["limits"]
         assert limits["work_dir_quota_bytes"] == 200_000 and limits["writable"] is True
         assert limits["disk_free_bytes"] > 0 and limits["min_free_bytes"] == 0
@@ -155,7 +144,7 @@ def test_the_backend_starts_on_a_full_disk_read_only_and_runs_again_once_there_i
 
     monkeypatch.setattr(jobs_module, "atomic_write_bytes", enospc)  # every record and upload write fails
     caplog.set_level(logging.WARNING)
-    with serving(work, budget) as srv, Client(srv.bound_endpoint) as client:
+    with serving(work, prepare=with_budget(budget)) as srv, Client(srv.bound_endpoint) as client:
         assert "starting read-only" in caplog.text and "no room on the backend's disk" in caplog.text
         limits = client.handshake()["limits"]
         assert limits["writable"] is False and limits["disk_free_bytes"] == 0

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,31 @@ def counting_runner(ctx: JobContext) -> dict[str, Any]:
     return {"file": "count.json", "steps": steps}
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners={"reconstruct": counting_runner})
+@contextmanager
+def serving(work: Path, runners: dict[str, Any] | None = None, prepare: Callable[[Server], None] | None = None,
+            **kwargs: Any) -> Iterator[Server]:
+    """A :class:`Server` on a free loopback port, serving on a thread until the block ends.
+
+    ``prepare`` is called with the server before it starts serving; ``kwargs`` go to :class:`Server`.
+    """
+    srv = Server("tcp://127.0.0.1:*", work, runners=runners or {"reconstruct": counting_runner}, **kwargs)
+    if prepare is not None:
+        prepare(srv)
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
     assert srv.ready.wait(10)
-    yield srv
-    srv.stop()
-    thread.join(10)
-    assert not thread.is_alive()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path / "work") as srv:
+        yield srv
 
 
 def test_live_session_hello_submit_progress_cancel_status(server: Server) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server import counting_runner
+from test_server import counting_runner, serving
 
 from backend.server.jobs import JobContext, JobStore
 from backend.server.server import Server
@@ -36,14 +36,8 @@ def unruly_runner(ctx: JobContext) -> dict[str, Any]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners={"reconstruct": unruly_runner})
-    thread = threading.Thread(target=srv.serve, daemon=True)
-    thread.start()
-    assert srv.ready.wait(10)
-    yield srv
-    srv.stop()
-    thread.join(10)
-    assert not thread.is_alive()
+    with serving(tmp_path / "work", {"reconstruct": unruly_runner}) as srv:
+        yield srv
 
 
 def submit(client: Client, steps: int) -> str:

@@ -52,7 +52,7 @@ from .disk import DiskBudget, is_disk_full
 log = logging.getLogger("nerfart.jobs")
 
 INPUT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # new ids are 16 hex digits; a folder named otherwise is no job
+JOB_ID = INPUT_NAME  # the same rule for job folders (new ids are 16 hex digits); a folder named otherwise is no job
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress messages a second; stage changes and previews always go
 RUNNING_LOCK = "running.lock"
 RESUMABLE_STATES = ("interrupted",)

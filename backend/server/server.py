@@ -55,7 +55,7 @@ from protocol import (
     validate_content,
 )
 from protocol.client import CLIENT_ID
-from protocol.errors import clip_text
+from protocol.errors import clip_text, error_content
 from protocol.framing import check_json_value, load_json_object
 
 from .auth import AuthorizedKeys, ServerKeys, curve_server_options, start_authenticator
@@ -467,7 +467,7 @@ class Server:
 
     def _error(self, code: str, message: str, field: str | None, request: Message | None) -> Message:
         """An ``error`` answering ``request``; what it quotes is cut to size and made encodable."""
-        content = ProtocolError(code, message, field).to_content()
+        content = error_content(code, message, field)
         content["job_id"] = request.job_id if request is not None else None
         return Message("error", content, parent_id=request.msg_id if request is not None else None,
                        to_session=request.session if request is not None else "")
@@ -485,9 +485,9 @@ class Server:
             frames = encode(msg, self._signer)
         except ProtocolError as exc:
             log.error("a %s reply could not be encoded: %s", msg.type, exc.message)
-            fallback = Message("error", {"code": ErrorCode.INTERNAL, "message": f"internal error: the {msg.type} "
-                               "reply could not be encoded; the backend log has the details", "field": None,
-                               "job_id": None}, parent_id=msg.parent_id, session=self.session,
+            content = error_content(ErrorCode.INTERNAL, f"internal error: the {msg.type} reply could not be "
+                                    "encoded; the backend log has the details")
+            fallback = Message("error", {**content, "job_id": None}, parent_id=msg.parent_id, session=self.session,
                                to_session=msg.to_session)
             frames = encode(fallback, self._signer)
         try:
@@ -541,7 +541,6 @@ class Server:
                 return  # EAGAIN: the client is connected but not reading; drop rather than block
             self._remember(self._job_routes, job_id, identity)
             return
-
 
     def _still_authorised(self, owner: str) -> bool:
         """With CURVE, whether the key of ``owner`` (``key:<Z85>``) is still authorised; always True without."""
