@@ -1,4 +1,4 @@
-"""NeRF-Art for Blender wire protocol (v1): message schema, ZeroMQ framing and the client.
+"""NeRF-Art for Blender wire protocol (see PROTOCOL_VERSION): message schema, ZeroMQ framing and the client.
 
 Shared by the backend and the Blender add-on (which ships a copy inside its zip), so it uses relative
 imports only and depends on nothing but the standard library, numpy and pyzmq. ``SPEC.md`` documents it.

@@ -424,6 +424,7 @@ class Client:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshake_failure = None
                 self._no_detail = 0
+                self._probe_secured = False  # what a probe learnt was of the backend before this connection
                 self._stop_probe()
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 self._no_detail += 1

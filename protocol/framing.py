@@ -21,8 +21,8 @@ nesting at most :data:`MAX_JSON_DEPTH` deep, finite numbers only (no NaN or Infi
 parses to infinity) and integers within 64 bits. Arrays are C-ordered little-endian with ``dtype`` and
 ``shape`` in their spec, and the frame's length must equal ``itemsize * prod(shape)``.
 
-Decoding checks the sizes, then the signature, and only then parses anything: a message without the key
-costs the receiver an HMAC, never a JSON parse.
+Decoding checks the sizes, then the signature, and only then parses anything: with a key configured, a
+message from someone without it costs the receiver an HMAC, never a JSON parse.
 """
 
 from __future__ import annotations

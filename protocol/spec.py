@@ -78,7 +78,8 @@ After the routing identities a ROUTER adds, a message is:
   server nothing (sends never block; its jobs keep running and their outputs stay on disk).
 - **Jobs.** `submit` is answered by `accepted` (with the job id) or `error`. Job states: queued, running,
   done, failed, cancelled, interrupted (the backend stopped while it ran). `cancel` stops a running job
-  at its next step boundary, within a second (renders and meshes check between chunks of a frame or grid). `attach` routes a job's later messages to the asking client
+  at its next step boundary, within a second (renders and meshes check between chunks of a frame or
+  grid). `attach` routes a job's later messages to the asking client
   and re-sends the `result` of a finished job, e.g. after Blender reopens a file. `resume` queues an
   `interrupted` job again under the same id; reconstruct and stylize continue from their latest periodic
   checkpoint to the submitted total, other kinds run again (a render re-sends the frames it had written).

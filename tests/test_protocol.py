@@ -127,6 +127,73 @@ def test_signed_messages_reject_tampering_and_replay() -> None:
         decode(frames, checker)
 
 
+def test_the_signature_covers_frame_boundaries_and_the_session() -> None:
+    msg = Message("progress", {"job_id": "j", "stage": "s", "step": 1, "total": 2}, to_session="backend-run-1")
+    msg.add_blob(b"abcd", "png")
+    msg.add_blob(b"efgh", "png")
+    frames = encode(msg, Signer(b"k"))
+    out = decode(frames, Signer(b"k"))
+    assert out.to_session == "backend-run-1" and [bytes(b) for b in out.buffers] == [b"abcd", b"efgh"]
+    moved = [*frames[:4], b"abcde", b"fgh"]  # the same bytes, one moved across the boundary
+    appended = [*frames, b""]
+    for tampered in (moved, appended):
+        with pytest.raises(ProtocolError) as err:
+            decode(tampered, Signer(b"k"))
+        assert err.value.code == "unauthorized"
+    # The header's to_session is signed like the rest of it.
+    header = json.loads(frames[2])
+    header["to_session"] = "backend-run-2"
+    with pytest.raises(ProtocolError, match="signature"):
+        decode([*frames[:2], json.dumps(header).encode(), *frames[3:]], Signer(b"k"))
+
+
+@pytest.mark.parametrize(("header", "content", "code", "field"), [
+    ({"msg_id": "\ud800"}, b"{}", "malformed", "header"),
+    ({}, b'{"job_id": "\\udfff"}', "malformed", "content"),
+    ({}, b'{"\\udbff": 1}', "malformed", "content"),
+    ({}, b'{"x":' + b"[" * 33 + b"]" * 33 + b"}", "malformed", "content"),
+    ({}, b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "malformed", "content"),
+    ({}, b'{"x": {"y": [1, 1e400]}}', "invalid_field", "x.y[1]"),
+    ({}, b'{"x": -1e400}', "invalid_field", "x"),
+    ({}, b'{"x": 9223372036854775808}', "invalid_field", "x"),
+    ({}, b'{"x": NaN}', "malformed", "content"),
+])
+def test_strict_json_refuses_what_broke_the_backend(header: dict, content: bytes, code: str, field: str) -> None:
+    frames = _frames("status", {})
+    frames[2] = json.dumps({**json.loads(frames[2]), **header}).encode()
+    frames[3] = content
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert (err.value.code, err.value.field) == (code, field)
+
+
+def test_strict_json_keeps_what_is_fine() -> None:
+    frames = _frames("status", {})
+    frames[3] = b'{"x": "\\ud83d\\ude00", "y": 9223372036854775807, "z": ' + b"[" * 31 + b"]" * 31 + b"}"
+    assert decode(frames).content["x"] == "\U0001f600"  # an escaped pair is fine: only lone surrogates are not
+
+
+def test_what_cannot_be_sent_is_a_protocol_error_on_the_sending_side() -> None:
+    for content in ({"job_id": "\ud800"}, {"job_id": "j", "x": float("inf")}):
+        with pytest.raises(ProtocolError):
+            encode(Message("cancel", content))
+
+
+def test_job_parameters_refuse_unknown_fields_at_every_level_and_inputs_their_own_buffer() -> None:
+    camera = {**sample_camera(), "lens": {"mm": 50}}
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("submit", {"kind": "render", "params": {"source_job": "j", "cameras": [camera]}}))
+    assert err.value.field == "params.cameras[0].lens"
+    msg = Message("submit", {"kind": "reconstruct", "params": {}})
+    shared = msg.add_blob(b"\0" * 100, "zip")
+    msg.content["inputs"] = {"a": shared, "b": shared}
+    with pytest.raises(ProtocolError, match="name the same frame"):
+        decode(encode(msg))
+    msg.content["inputs"] = {f"i{k}": msg.add_blob(b"x", "zip") for k in range(17)}
+    with pytest.raises(ProtocolError, match="at most 16 inputs"):
+        decode(encode(msg))
+
+
 @pytest.mark.parametrize(("frames", "code"), [
     ([b"junk"], "malformed"),
     ([protocol.DELIMITER, b"", b"{", b"{}"], "malformed"),
