@@ -152,10 +152,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"job kinds: {', '.join(info['job_kinds']) or 'none'}; queue: {info['queue_length']}")
     limits = info.get("limits") or {}
     if "disk_free_bytes" in limits:
-        quota = limits["work_dir_quota_bytes"]
-        print(f"work dir: {limits['work_dir_used_bytes'] / 2**30:.2f} GiB used"
-              + (f" of a {quota / 2**30:.2f} GiB quota" if quota else "")
-              + f"; {limits['disk_free_bytes'] / 2**30:.2f} GiB free on its disk"
+        quota, used = limits["work_dir_quota_bytes"], limits["work_dir_used_bytes"]
+        print(f"work dir: {limits['disk_free_bytes'] / 2**30:.2f} GiB free on its disk"
+              + (f", {used / 2**30:.2f} GiB used of a {quota / 2**30:.2f} GiB quota" if quota else "")
               + ("" if limits["writable"] else " - FULL: new jobs are refused until space is freed (a submit's "
                  "error says where)"))
     for job in reply.content["jobs"]:

@@ -194,7 +194,7 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("job_kinds", "str_list", "Job kinds this backend runs."),
             Field("queue_length", "int", "Jobs queued or running right now.", min=0),
             Field("limits", "dict", "Limits: max_message_bytes, max_queued_jobs_per_client, and the work dir's "
-                  "disk: work_dir_quota_bytes (null: no quota), work_dir_used_bytes, disk_free_bytes, "
+                  "disk: work_dir_quota_bytes and work_dir_used_bytes (both null without a quota), disk_free_bytes, "
                   "min_free_bytes (kept free for the system) and writable (false while the quota or the disk is "
                   "full: status and attach answer, new jobs are refused with 'disk_full').", required=False),
         )),

@@ -152,7 +152,9 @@ class DiskBudget:
 
     def limits(self) -> dict[str, Any]:
         """The ``hello_reply.limits`` entries about the disk."""
-        return {"work_dir_quota_bytes": self.quota_bytes, "work_dir_used_bytes": self.used_bytes(),
+        # The work dir is walked to measure it only when a quota needs the figure (a walk of a large one is slow).
+        used = self.used_bytes() if self.quota_bytes is not None else None
+        return {"work_dir_quota_bytes": self.quota_bytes, "work_dir_used_bytes": used,
                 "disk_free_bytes": self.free_bytes(), "min_free_bytes": self.min_free_bytes,
                 "writable": self.room() > 0}
 
