@@ -31,6 +31,8 @@ def unruly_runner(ctx: JobContext) -> dict[str, Any]:
         raise RuntimeError("\ud800 an error whose text cannot be encoded, and long: " + "x" * 10_000)
     if steps == 68:
         ctx.send(Message("frame", {"index": "not a number"}))  # a message that fails its schema
+    if steps == 69:
+        return {"heldout_psnr": float("nan"), "losses": [1.0, float("inf")]}  # a diverged training's metrics
     return counting_runner(ctx)
 
 
@@ -55,6 +57,10 @@ def test_the_next_job_runs_after_every_kind_of_failure(server: Server, caplog: p
             assert result["state"] == "failed" and result["error"]["code"] == code, result
             assert 0 < len(result["error"]["message"]) <= 2000
             assert client.wait_job(nxt, timeout_s=10).content["state"] == "done", f"no job ran after {steps}"
+        # Numbers JSON cannot hold are not available: the job is done, its record stores them as null.
+        result = client.wait_job(submit(client, 69), timeout_s=10).content
+        assert result["state"] == "done" and result["outputs"]["heldout_psnr"] is None
+        assert result["outputs"]["losses"] == [1.0, None]
     # The SystemExit killed the thread itself; the supervisor saw it, failed its job and started another.
     assert server._worker.restarts == 1 and "the job worker thread died while running job" in caplog.text
     assert "stopped while running this job" in server.store.get(job).error["message"]

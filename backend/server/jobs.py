@@ -468,6 +468,18 @@ class JobContext:
         return rec
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON (and so ``job.json``) has no such numbers,
+    and a metric that came out NaN (a diverged training) is one that is not available."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def _finite(values: dict[str, float] | None) -> dict[str, float]:
     # JSON has no NaN; a diverging loss is reported as a huge number rather than breaking the message.
     out = {}
@@ -688,7 +700,7 @@ def _run_runner(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: 
             raise JobFailed(f"this backend has no runner for {rec.kind} jobs", ErrorCode.UNKNOWN_KIND)
         outputs = runner(ctx)
         ctx.check_cancel()
-        rec.outputs.update(outputs or {})
+        rec.outputs.update(_finite_or_none(outputs or {}))
         return "done", None
     except JobCancelled:
         if shutting_down():
