@@ -155,13 +155,12 @@ def _candidates(root: Path, split: str | None) -> dict[str, Path]:
     return found
 
 
-def _resolve(path: Path, fmt: str | None, split: str | None) -> tuple[str, Path, dict[str, Path], list[str]]:
-    """Pick ``(format, source file or model folder, every source found, notes)`` for :func:`load_capture`.
+def _resolve(path: Path, fmt: str | None, split: str | None) -> tuple[str, Path, dict[str, Path]]:
+    """Pick ``(format, source file or model folder, candidates)`` for a path given to :func:`load_capture`.
 
-    The sources found are those of a folder searched by format; a file or model folder given directly
-    yields only itself.
+    ``candidates`` holds every camera source of the folder when the format was auto-detected among them
+    (else only the one chosen), so that the choice can be revisited and explained.
     """
-    notes: list[str] = []
     if path.is_file():
         if split is not None:
             raise CaptureError(f"{path}: split={split!r} selects a transforms_<split>.json inside a folder; "
@@ -181,7 +180,7 @@ def _resolve(path: Path, fmt: str | None, split: str | None) -> tuple[str, Path,
                                "poses_bounds.npy, or a COLMAP model's cameras/images/points3D)")
         if fmt is not None and fmt != guessed:
             raise CaptureError(f"{path}: format={fmt!r} was requested but the file is {guessed}")
-        return guessed, path, {guessed: path}, notes
+        return guessed, path, {guessed: path}
 
     if not is_colmap_model_dir(path) and is_colmap_model_dir(path / "0"):
         path = path / "0"  # the "sparse" folder itself was given
@@ -190,7 +189,7 @@ def _resolve(path: Path, fmt: str | None, split: str | None) -> tuple[str, Path,
             raise CaptureError(f"{path}: format={fmt!r} was requested but the folder is a COLMAP model")
         if split is not None:
             raise CaptureError(f"{path}: split={split!r} only applies to transforms_<split>.json captures")
-        return "colmap", path, {"colmap": path}, notes
+        return "colmap", path, {"colmap": path}
 
     found = _candidates(path, split)
     if split is not None:
@@ -201,19 +200,20 @@ def _resolve(path: Path, fmt: str | None, split: str | None) -> tuple[str, Path,
             )
         if fmt not in (None, "transforms_json"):
             raise CaptureError(f"{path}: split={split!r} only applies to format='transforms_json', not {fmt!r}")
-        return "transforms_json", found["transforms_json"], found, notes
+        return "transforms_json", found["transforms_json"], {"transforms_json": found["transforms_json"]}
     if fmt is not None:
         if fmt not in found:
             raise CaptureError(f"{path}: no {fmt} camera file; {_looked_for(path, split)}")
-        return fmt, found[fmt], found, notes
+        return fmt, found[fmt], {fmt: found[fmt]}
     if not found:
         raise CaptureError(f"{path}: no recognised capture format; {_looked_for(path, split)}")
     chosen = next(f for f in FORMATS if f in found)
-    if len(found) > 1:
-        others = ", ".join(f"{f} ({found[f].relative_to(path)})" for f in FORMATS if f in found and f != chosen)
-        notes.append(f"several formats present; read {chosen} ({found[chosen].relative_to(path)}), the most "
-                     f"complete, rather than {others}")
-    return chosen, found[chosen], found, notes
+    return chosen, found[chosen], found
+
+
+def _choice_note(folder: Path, found: dict[str, Path], chosen: str, why: str) -> str:
+    others = ", ".join(f"{f} ({found[f].relative_to(folder)})" for f in FORMATS if f in found and f != chosen)
+    return f"several formats present; read {chosen} ({found[chosen].relative_to(folder)}), {why}, rather than {others}"
 
 
 def _same_views(a: Cameras, b: Cameras) -> bool:
@@ -268,62 +268,25 @@ def load_capture(path: str | Path, *, format: str | None = None, split: str | No
         limit, path = _confined(path, Path(confine_to))
     if not path.exists():
         raise CaptureError(f"{path}: no such file or folder")
-    fmt, source, found, notes = _resolve(path, format, split)
-    warnings: list[str] = []
-
-    points3d = near_far = scale_mat = None
-    mask_paths: list[Path] | None = None
-    if fmt == "colmap":
-        colmap_model = read_colmap_model(source)
-        images_dir = images_dir_for_model(source, within=limit)
-        if images_dir is None:
-            raise CaptureError(f"{source}: no images/ folder found next to the COLMAP model")
-        cameras, image_paths, skipped = _registered_images(colmap_model, images_dir, limit)
-        try:
-            in_folder = list_images(images_dir)
-        except CaptureError:  # all registered images are in sub-folders of images/
-            in_folder = []
-        idr_file = found.get("idr")
-        if skipped and format is None and idr_file is not None and idr_camera_count(idr_file) == len(in_folder):
-            # The COLMAP model describes a folder that no longer exists; cameras.npz was written for this one.
-            notes.append(f"read {idr_file.name}, not the COLMAP model: the model registers {len(skipped)} image(s) "
-                         f"that {images_dir.name}/ no longer holds (e.g. {skipped[0]}), while {idr_file.name} has "
-                         f"exactly one camera per image present; pass format='colmap' to use the model's "
-                         f"{len(image_paths)} remaining views instead")
-            notes = [n for n in notes if not n.startswith("several formats present")]
-            fmt, source = "idr", idr_file
-        else:
-            root = images_dir.parent
-            points3d = colmap_model.points3d
-            if skipped:
-                warnings.append(f"{len(skipped)} of {len(skipped) + len(image_paths)} images registered in the COLMAP "
-                                f"model are not in {images_dir.name}/ and are skipped (e.g. {skipped[0]}); the "
-                                f"{len(image_paths)} present are used")
-            registered = {p.resolve() for p in image_paths}
-            unregistered = [p for p in in_folder if p.resolve() not in registered]
-            if unregistered:
-                notes.append(f"{len(unregistered)} image(s) in {images_dir.name}/ are not registered in the COLMAP "
-                             f"model and are left out, e.g. {unregistered[0].name}")
-    if fmt == "transforms_json":
-        tj = read_transforms_json(source, confine_to=limit)
-        cameras, image_paths, mask_paths = tj.cameras, tj.image_paths, tj.mask_paths
-        root = source.parent
-    elif fmt == "idr":
-        root = source.parent
-        sibling = find_colmap_model(root)
-        intr = None
-        if sibling is not None:
-            try:
-                intr = _single_intrinsics(cameras_from_colmap(read_colmap_model(sibling)))
-            except CaptureError:
-                intr = None
-        idr = read_idr_cameras(source, colmap_intrinsics=intr)
-        cameras, image_paths, scale_mat = idr.cameras, idr.image_paths, idr.scale_mat
-        notes.extend(idr.notes)
-    elif fmt == "llff":
-        llff = read_llff(source)
-        cameras, image_paths, near_far = llff.cameras, llff.image_paths, llff.near_far
-        root = source.parent
+    fmt, source, found = _resolve(path, format, split)
+    folder = path.parent if path.is_file() else path
+    why = "the most complete"
+    reading = _read_colmap(source, limit) if fmt == "colmap" else None
+    if reading is not None and reading.skipped and "idr" in found and \
+            idr_camera_count(found["idr"]) == reading.images_in_folder:
+        # The COLMAP model describes a folder that no longer exists; the cameras.npz was written for this one.
+        why = (f"as the COLMAP model registers {len(reading.skipped)} image(s) that are gone (e.g. "
+               f"{reading.skipped[0]}) and {found['idr'].name} has exactly one camera per image present; "
+               "format='colmap' reads the model's remaining views")
+        fmt, source, reading = "idr", found["idr"], None
+    if reading is None:  # (the IDR and LLFF readers list an image folder inside the capture: nothing to confine)
+        reading = {"transforms_json": _read_transforms, "idr": _read_idr, "llff": _read_llff}[fmt](source, limit)
+    if not reading.image_paths:  # a COLMAP model whose every registered image is gone
+        raise CaptureError(f"{reading.root / 'images'}: none of the {len(reading.skipped)} images the COLMAP model "
+                           f"{source} registers is in the folder (e.g. {reading.skipped[0]})")
+    notes = ([_choice_note(folder, found, fmt, why)] if len(found) > 1 else []) + reading.notes
+    warnings = reading.warnings
+    cameras, image_paths, mask_paths, root = reading.cameras, reading.image_paths, reading.mask_paths, reading.root
 
     if len(cameras) < MIN_VIEWS:
         raise CaptureError(f"{source}: only {len(cameras)} view(s); at least {MIN_VIEWS} are needed")
@@ -342,10 +305,81 @@ def load_capture(path: str | Path, *, format: str | None = None, split: str | No
     if limit is not None:  # every reader builds its paths inside; this keeps it so for any future one
         refuse_outside(limit, [*image_paths, *(mask_paths or [])])
     has_alpha = _check_image_files(cameras, image_paths, mask_paths, source)
-    normalization = _normalization(fmt, source, root, cameras, scale_mat, points3d, near_far, notes)
+    normalization = _normalization(fmt, source, root, cameras, reading.scale_mat, reading.points3d,
+                                   reading.near_far, notes)
     return Capture(cameras=cameras, image_paths=image_paths, matte_paths=mask_paths, has_alpha=has_alpha,
-                   source_format=fmt, root=root, normalization=normalization, points3d=points3d,
-                   near_far=near_far, notes=notes, source=source, warnings=warnings)
+                   source_format=fmt, root=root, normalization=normalization, points3d=reading.points3d,
+                   near_far=reading.near_far, notes=notes, source=source, warnings=warnings)
+
+
+@dataclass
+class _Reading:
+    """What one format's reader found, before the checks every capture gets.
+
+    Attributes:
+        skipped: registered images that are not in the folder (COLMAP).
+        images_in_folder: how many images the image folder holds (COLMAP; registered or not).
+    """
+
+    cameras: Cameras
+    image_paths: list[Path]
+    root: Path
+    mask_paths: list[Path] | None = None
+    points3d: np.ndarray | None = None
+    near_far: np.ndarray | None = None
+    scale_mat: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    images_in_folder: int = 0
+
+
+def _read_colmap(model_dir: Path, limit: Path | None) -> _Reading:
+    """A COLMAP model with the registered images that exist (a warning counts the others)."""
+    model = read_colmap_model(model_dir)
+    images_dir = images_dir_for_model(model_dir, within=limit)
+    if images_dir is None:
+        raise CaptureError(f"{model_dir}: no images/ folder found next to the COLMAP model")
+    cameras, image_paths, skipped = _registered_images(model, images_dir, limit)
+    try:
+        in_folder = list_images(images_dir)
+    except CaptureError:  # every registered image is in a sub-folder of images/
+        in_folder = []
+    reading = _Reading(cameras, image_paths, images_dir.parent, points3d=model.points3d, skipped=skipped,
+                       images_in_folder=len(in_folder))
+    if skipped:
+        reading.warnings.append(f"{len(skipped)} of {len(skipped) + len(image_paths)} images registered in the "
+                                f"COLMAP model are not in {images_dir.name}/ and are skipped (e.g. {skipped[0]}); "
+                                f"the {len(image_paths)} present are used")
+    registered = {p.resolve() for p in image_paths}
+    unregistered = [p for p in in_folder if p.resolve() not in registered]
+    if unregistered:
+        reading.notes.append(f"{len(unregistered)} image(s) in {images_dir.name}/ are not registered in the COLMAP "
+                             f"model and are left out, e.g. {unregistered[0].name}")
+    return reading
+
+
+def _read_transforms(path: Path, limit: Path | None) -> _Reading:
+    tj = read_transforms_json(path, confine_to=limit)
+    return _Reading(tj.cameras, tj.image_paths, path.parent, mask_paths=tj.mask_paths)
+
+
+def _read_idr(path: Path, limit: Path | None) -> _Reading:
+    """A cameras.npz; a COLMAP model beside it with the same intrinsics decides the pixel-centre convention."""
+    sibling = find_colmap_model(path.parent)
+    intr = None
+    if sibling is not None:
+        try:
+            intr = _single_intrinsics(cameras_from_colmap(read_colmap_model(sibling)))
+        except CaptureError:
+            intr = None
+    idr = read_idr_cameras(path, colmap_intrinsics=intr)
+    return _Reading(idr.cameras, idr.image_paths, path.parent, scale_mat=idr.scale_mat, notes=list(idr.notes))
+
+
+def _read_llff(path: Path, limit: Path | None) -> _Reading:
+    llff = read_llff(path)
+    return _Reading(llff.cameras, llff.image_paths, path.parent, near_far=llff.near_far)
 
 
 def _confined(path: Path, confine_to: Path) -> tuple[Path, Path]:
@@ -372,15 +406,12 @@ def _registered_images(model: ColmapModel, images_dir: Path, limit: Path | None
     left out so that the rest of the capture stays usable.
 
     Raises:
-        CaptureError: no registered image is present, or a name leaves the confining folder.
+        CaptureError: a name leaves the confining folder.
     """
     cameras = cameras_from_colmap(model)
     paths = [inside(limit, images_dir, im.name, f"{model.path}: image name {im.name!r}") if limit is not None
              else images_dir / im.name for im in model.images]
     present = [i for i, p in enumerate(paths) if p.is_file()]
-    if not present:
-        raise CaptureError(f"{images_dir}: none of the {len(paths)} images the COLMAP model {model.path} registers "
-                           f"is in the folder (e.g. {model.images[0].name})")
     skipped = [im.name for i, im in enumerate(model.images) if i not in set(present)]
     return cameras.select(present), [paths[i] for i in present], skipped
 

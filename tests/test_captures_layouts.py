@@ -85,13 +85,25 @@ def test_a_cameras_npz_covering_exactly_the_present_images_is_preferred(tmp_path
     _idr(tmp_path, [0, 1, 3, 4, 5])  # written after the frame was deleted: one camera per image present
     cap = load_capture(tmp_path)
     assert cap.source_format == "idr" and len(cap) == 5 and not cap.warnings
-    assert any(n.startswith("read cameras.npz, not the COLMAP model: the model registers 1 image(s) that images/ "
-                            "no longer holds (e.g. 002.png)") for n in cap.notes)
+    assert cap.notes[0] == ("several formats present; read idr (cameras.npz), as the COLMAP model registers 1 "
+                            "image(s) that are gone (e.g. 002.png) and cameras.npz has exactly one camera per image "
+                            "present; format='colmap' reads the model's remaining views, rather than colmap (sparse/0)")
     np.testing.assert_allclose(cap.cameras.c2w, np.stack([_c2w(i) for i in (0, 1, 3, 4, 5)]), atol=1e-9)
     # The COLMAP model beside it has the same K: the file follows COLMAP's pixel centres (no +0.5 shift).
     assert cap.cameras.cx[0] == pytest.approx(6.5)
     forced = load_capture(tmp_path, format="colmap")
     assert forced.source_format == "colmap" and len(forced) == 5 and "1 of 6 images" in forced.warnings[0]
+
+
+def test_renamed_frames_fall_back_to_a_matching_cameras_npz(tmp_path: Path) -> None:
+    _colmap(tmp_path, NAMES)
+    _images(tmp_path, [f"frame_{i}.png" for i in range(N)])  # renamed after SfM: no registered name exists
+    with pytest.raises(CaptureError, match=r"images: none of the 6 images the COLMAP model .* registers is in the "
+                                           r"folder \(e\.g\. 000\.png\)"):
+        load_capture(tmp_path)
+    _idr(tmp_path, list(range(N)))
+    cap = load_capture(tmp_path)
+    assert cap.source_format == "idr" and [p.name for p in cap.image_paths] == [f"frame_{i}.png" for i in range(N)]
 
 
 def test_a_stale_cameras_npz_is_not_preferred(tmp_path: Path) -> None:
