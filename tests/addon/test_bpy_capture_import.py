@@ -94,3 +94,16 @@ def test_fangzhou_import_is_what_the_backend_reads(addon, fresh_file, fangzhou_d
     scene.render.resolution_x, scene.render.resolution_y = 540, 960
     cx = captures.load_capture(fangzhou_dir).cameras.cx[0]
     assert projection_intrinsics(idr[0], scene).cx == pytest.approx(cx, abs=2e-3)
+
+
+def test_a_scene_kept_at_another_pixel_aspect_is_reported(addon, fresh_file, tmp_path):
+    from nerfart_blender.capture_bpy import import_capture
+    from nerfart_blender.core.captures import read_capture
+
+    scene = fresh_file
+    folder = fx.nerfstudio(tmp_path / "cap", n=3)  # needs fx/fy = 1/1.025; the scene stays at 1:1
+    _, _, warnings = import_capture(scene, read_capture(folder), show_photos=False, set_resolution=False)
+    assert (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) == (1.0, 1.0)
+    assert any(w.startswith("the scene's pixel aspect is 1:1 but the capture's cameras need 1.025:1") for w in warnings)
+    _, _, warnings = import_capture(scene, read_capture(folder), show_photos=False, set_resolution=True)
+    assert not any("pixel aspect" in w for w in warnings)
