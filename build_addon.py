@@ -8,8 +8,9 @@
 
 Steps:
 
-1. Stage ``blender_addon/`` and the repository's ``protocol/`` package (copied in as ``<zip>/protocol/``; the
-   add-on imports it relatively) without ``__pycache__``.
+1. Stage ``blender_addon/`` and the repository's shared packages ``protocol/`` (the wire format) and
+   ``captures/`` (the capture readers the backend uses too), copied in as ``<zip>/protocol/`` and
+   ``<zip>/captures/`` (the add-on imports them relatively), without ``__pycache__``.
 2. Fetch the pinned pyzmq wheels for CPython 3.11 (Blender 4.2 to 5.0 embed 3.11) with
    ``pip download --only-binary=:all: --no-deps --platform ... --python-version 3.11`` into a cache
    (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
@@ -44,6 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 ADDON_DIR = ROOT / "blender_addon"
 PROTOCOL_DIR = ROOT / "protocol"
+CAPTURES_DIR = ROOT / "captures"
+# Repository packages the add-on imports relatively from inside its zip (stdlib, numpy and pyzmq only).
+SHARED_PACKAGES = (PROTOCOL_DIR, CAPTURES_DIR)
 MANIFEST = "blender_manifest.toml"
 
 PYZMQ_VERSION = "27.3.0"
@@ -155,16 +159,17 @@ def toml_list(items: list[str]) -> str:
 
 
 def stage(dest: Path, platforms: tuple[str, ...], wheels: list[Wheel]) -> dict:
-    """Copy the add-on, the protocol package and the wheels into ``dest``; write its manifest. Returns it."""
+    """Copy the add-on, the shared packages and the wheels into ``dest``; write its manifest. Returns it."""
     if not (ADDON_DIR / "__init__.py").is_file():
         raise BuildError(f"{ADDON_DIR} has no __init__.py")
     shutil.copytree(ADDON_DIR, dest, ignore=_ignore)
-    if (dest / "protocol").exists():
-        raise BuildError("blender_addon/ must not contain its own protocol/ (it is copied from the repository)")
-    if PROTOCOL_DIR.is_dir():
-        shutil.copytree(PROTOCOL_DIR, dest / "protocol", ignore=_ignore)
-    else:
-        print(f"warning: {PROTOCOL_DIR} does not exist; the zip carries no protocol package")
+    for package in SHARED_PACKAGES:
+        if (dest / package.name).exists():
+            raise BuildError(f"blender_addon/ must not contain its own {package.name}/ (it is copied from the "
+                             "repository)")
+        if not (package / "__init__.py").is_file():
+            raise BuildError(f"{package} is missing; the add-on imports it from its zip")
+        shutil.copytree(package, dest / package.name, ignore=_ignore)
     if wheels:
         (dest / "wheels").mkdir()
         for w in wheels:
@@ -226,7 +231,7 @@ def run_tool(tool: list[str], *args: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def check_zip(path: Path, wheels: list[Wheel], expect_protocol: bool) -> dict:
+def check_zip(path: Path, wheels: list[Wheel]) -> dict:
     """Our own checks beyond Blender's validator; returns the zip's manifest."""
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
@@ -236,8 +241,9 @@ def check_zip(path: Path, wheels: list[Wheel], expect_protocol: bool) -> dict:
         manifest = tomllib.loads(zf.read(MANIFEST).decode("utf-8"))
         if "__init__.py" not in names:
             raise BuildError(f"{path.name} has no __init__.py at its root")
-        if expect_protocol and "protocol/__init__.py" not in names:
-            raise BuildError(f"{path.name} has no protocol/__init__.py")
+        for package in SHARED_PACKAGES:
+            if f"{package.name}/__init__.py" not in names:
+                raise BuildError(f"{path.name} has no {package.name}/__init__.py")
         junk = sorted(n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo")))
         if junk:
             raise BuildError(f"{path.name} contains build junk: {junk[:5]}")
@@ -288,7 +294,7 @@ def build(platforms: tuple[str, ...], *, with_wheels: bool = True, split: bool =
                 out.unlink()
             run_tool(tool, "build", "--source-dir", str(src), "--output-filepath", str(out))
         run_tool(tool, "validate", str(out))
-        manifest = check_zip(out, group_wheels, PROTOCOL_DIR.is_dir())
+        manifest = check_zip(out, group_wheels)
         size = out.stat().st_size / 1e6
         print(f"built {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} ({size:.1f} MB): "
               f"platforms {', '.join(manifest['platforms'])}; Blender >= {manifest['blender_version_min']}; "

@@ -225,8 +225,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from backend.captures import CaptureError
-    from backend.captures.camera_path import load_camera_path
+    from backend.jobs.camera_path import load_camera_path
+    from captures import CaptureError
 
     try:
         cams, frames = load_camera_path(args.cameras)

@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.captures import load_capture  # noqa: E402
 from backend.demo.profiles import DEFAULT_PROMPT, PROFILES  # noqa: E402
 from backend.jobs.local import run_job_locally  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
 from bench.bench_outputs import protocol_cameras, turntable  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
+from captures import load_capture  # noqa: E402
 
 
 def run_stage(kind: str, params: dict[str, Any], work: Path, device: str) -> tuple[dict[str, Any], float]:

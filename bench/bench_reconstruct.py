@@ -46,9 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.captures import Capture, load_capture  # noqa: E402
 from backend.nerf import NeRFModel, ReconstructConfig, TrainProgress, train_reconstruction  # noqa: E402
 from bench.results_file import results_path  # noqa: E402
+from captures import Capture, load_capture  # noqa: E402
 
 SCENES: dict[str, dict[str, Any]] = {
     "lego_half_res": {
@@ -209,7 +209,7 @@ def micro(device: torch.device) -> list[str]:
 def breakdown(model: NeRFModel, capture: Capture, config: ReconstructConfig, device: torch.device,
               steps: int) -> list[str]:
     """Per-phase GPU time of training steps on a trained model (CUDA events; medians)."""
-    from backend.captures import load_images
+    from backend.nerf.capture_images import load_images
     from backend.nerf.marching import march_rays, occupied_steps, ray_interval
     from backend.nerf.rendering import render_samples
     from backend.nerf.train import _RayBank
@@ -283,7 +283,7 @@ def breakdown(model: NeRFModel, capture: Capture, config: ReconstructConfig, dev
 def _source_digest() -> str:
     """Identifies the code that ran when the checkout has no commit to name (first 16 hex digits)."""
     h = hashlib.sha256()
-    files = sorted((REPO / "backend" / "nerf").glob("*.py")) + sorted((REPO / "backend" / "captures").glob("*.py"))
+    files = sorted((REPO / "backend" / "nerf").glob("*.py")) + sorted((REPO / "captures").glob("*.py"))
     for path in [*files, Path(__file__).resolve()]:
         h.update(path.relative_to(REPO).as_posix().encode())
         h.update(path.read_bytes())
@@ -329,7 +329,7 @@ def main() -> None:
         f"- GPU: {gpu} ({torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB)",
         f"- Date: {now:%Y-%m-%d %H:%M} UTC",
         f"- Commit: {commit}",
-        f"- Source digest (sha256 of backend/nerf/*.py, backend/captures/*.py and this script): {_source_digest()}",
+        f"- Source digest (sha256 of backend/nerf/*.py, captures/*.py and this script): {_source_digest()}",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}",
         f"- Command: `python bench/bench_reconstruct.py {' '.join(sys.argv[1:])}`",
         "",

@@ -51,7 +51,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.captures import load_capture  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint  # noqa: E402
 from backend.nerf.evaluate import render_image  # noqa: E402
@@ -61,6 +60,7 @@ from backend.stylize.losses import DEFAULT_ITERATIONS, StyleLossConfig  # noqa: 
 from backend.stylize.negatives import build_negative_pool  # noqa: E402
 from backend.stylize.perceptual import load_perceptual  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
+from captures import load_capture  # noqa: E402
 
 PROMPT = "painting, oil on canvas, Vincent van gogh self-portrait style"  # the released config's prompt
 

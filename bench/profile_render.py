@@ -23,15 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.captures import load_capture  # noqa: E402
-from backend.captures.cameras import rays_for_image  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf._triton_field import FusedField  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from backend.nerf.evaluate import render_image  # noqa: E402
 from backend.nerf.frame_renderer import FrameRenderer  # noqa: E402
 from backend.nerf.marching import march_rays  # noqa: E402
+from backend.nerf.rays import rays_for_image  # noqa: E402
 from bench.bench_outputs import turntable  # noqa: E402
+from captures import load_capture  # noqa: E402
 
 
 def timed(fn, n: int) -> float:

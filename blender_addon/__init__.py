@@ -3,6 +3,8 @@
 Registration only. The metadata lives in ``blender_manifest.toml`` (a Blender 4.2+ extension, so no
 ``bl_info``). ``core/`` is Blender-free and importable anywhere; the modules beside it form the bpy layer and
 are imported only when Blender is present, so ``import blender_addon.core`` works on any Python.
+``core/captures.py`` also needs the repository's ``captures/`` package beside it, as ``build_addon.py`` stages
+it into the zip (the tests import it that way too).
 """
 
 try:

@@ -8,6 +8,7 @@ uniformly scaling the empty moves the whole capture (and every mesh or render th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from .cameras_bpy import (
     numpy_to_matrix,
 )
 from .core.camera_export import record_from_blender
-from .core.captures import Capture
-from .core.intrinsics import BlenderCamera, blender_from_intrinsics, intrinsics_from_blender
+from .core.captures import Capture, blender_cameras
+from .core.intrinsics import BlenderCamera, intrinsics_from_blender
 from .core.nerfstudio import transforms_json
 from .core.poses import placement_scale
 from .core.ring import RingCamera, bounding_sphere, framing_distance, ring_cameras
@@ -52,18 +53,20 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
 
     Returns:
         The collection, the placement empty, and warnings for the user (distortion, mixed image sizes).
+
+    Raises:
+        CaptureError: the views need pixel aspects too different for one scene (before anything is created).
     """
+    settings, aspect_warning = blender_cameras(capture, clip_start=0.01, clip_end=1000.0)
     name = f"NeRF-Art {capture.root.name or 'capture'}"
     coll = _new_collection(scene, name)
     placement = _new_placement(coll, f"{name} Placement")
     coll[CAPTURE_ROOT_KEY] = str(capture.root)
     coll[CAPTURE_FORMAT_KEY] = capture.format
-    warnings = list(capture.warnings)
+    warnings = [*capture.warnings, *([aspect_warning] if aspect_warning else [])]
     sizes = {(c.intrinsics.width, c.intrinsics.height) for c in capture.cameras}
-    first = capture.cameras[0]
     first_obj = None
-    for cam in capture.cameras:
-        bc = blender_from_intrinsics(cam.intrinsics, clip_start=0.01, clip_end=1000.0)
+    for cam, bc in zip(capture.cameras, settings, strict=True):
         data = bpy.data.cameras.new(cam.name)
         apply_blender_camera(data, bc)
         data.display_size = 0.2
@@ -76,16 +79,21 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
         first_obj = first_obj or obj
         obj["nerfart_width"] = cam.intrinsics.width
         obj["nerfart_height"] = cam.intrinsics.height
-        if cam.image is not None:
-            obj["nerfart_image"] = str(cam.image)
-            if show_photos:
-                img = bpy.data.images.load(str(cam.image), check_existing=True)
-                bg = data.background_images.new()
-                bg.image = img
-                bg.alpha = 0.8
-                data.show_background_images = True
+        obj["nerfart_image"] = str(cam.image)
+        if show_photos:
+            img = bpy.data.images.load(str(cam.image), check_existing=True)
+            bg = data.background_images.new()
+            bg.image = img
+            bg.alpha = 0.8
+            data.show_background_images = True
     if set_resolution:
-        apply_render_settings(scene.render, blender_from_intrinsics(first.intrinsics))
+        apply_render_settings(scene.render, settings[0])
+    elif not math.isclose(scene.render.pixel_aspect_y / scene.render.pixel_aspect_x,
+                          settings[0].pixel_aspect_y / settings[0].pixel_aspect_x, rel_tol=1e-6):
+        warnings.append(f"the scene's pixel aspect is {scene.render.pixel_aspect_x:g}:{scene.render.pixel_aspect_y:g} "
+                        f"but the capture's cameras need {settings[0].pixel_aspect_x:.6g}:"
+                        f"{settings[0].pixel_aspect_y:.6g} (non-square pixels, fx != fy); until Output ▸ Format ▸ "
+                        "Aspect is set to it, they do not frame their photos")
     if len(sizes) > 1:
         warnings.append(f"the capture mixes {len(sizes)} image sizes; a camera frames its photo exactly only "
                         "when the scene resolution matches its size (stored as nerfart_width/height)")

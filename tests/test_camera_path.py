@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.captures import CaptureError, project_points
-from backend.captures.camera_path import load_camera_path
+from backend.jobs.camera_path import load_camera_path
+from captures import CaptureError, project_points
 
 
 def test_nerfstudio_camera_path_projects_like_its_fov(tmp_path: Path) -> None:

@@ -10,16 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.captures import (
-    OPENGL_TO_OPENCV,
-    Cameras,
-    distort,
-    pixel_centers,
-    project_points,
-    rays_for_image,
-    rays_from_pixels,
-    undistort,
-)
+from backend.nerf.rays import distort, pixel_centers, rays_for_image, rays_from_pixels, undistort
+from captures import OPENGL_TO_OPENCV, Cameras, project_points
+from captures import distort as distort_numpy
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:
@@ -72,6 +65,15 @@ def test_distort_undistort_round_trip(k1: float, k2: float, p1: float, p2: float
     xy = torch.tensor([[x, y]], dtype=torch.float64)
     back = undistort(distort(xy, dist), dist)
     torch.testing.assert_close(back, xy, atol=1e-9, rtol=0)
+
+
+def test_numpy_and_torch_distortion_are_the_same_formula() -> None:
+    """The capture readers (numpy, also in Blender) and the rays (torch) distort identically."""
+    rng = np.random.default_rng(3)
+    xy, dist = rng.uniform(-0.8, 0.8, size=(50, 2)), rng.uniform(-0.2, 0.2, size=(50, 4))
+    ours = distort(torch.from_numpy(xy), torch.from_numpy(dist)).numpy()
+    np.testing.assert_array_equal(ours, distort_numpy(xy, dist))
+    assert not np.allclose(ours, xy)  # the lens did something
 
 
 def test_undistort_fangzhou_lens_whole_image() -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import CaptureError, load_capture, project_points
-from backend.captures.colmap import (
+from captures import CaptureError, load_capture, project_points
+from captures.colmap import (
     cameras_from_colmap,
     qvec_to_rotmat,
     read_colmap_model,
@@ -148,11 +148,18 @@ def test_load_capture_paths(tmp_path: Path) -> None:
         assert cap.matte_paths is None and not cap.has_matte
 
 
-def test_missing_image_file(tmp_path: Path) -> None:
+def test_missing_image_files(tmp_path: Path) -> None:
+    # Registered images that are gone are skipped (tests/test_captures_layouts.py); what is left must suffice.
     write_bin(tmp_path / "sparse" / "0")
     _images(tmp_path)
     (tmp_path / "images" / "b.png").unlink()
-    with pytest.raises(CaptureError, match=r"images/b\.png: image file not found"):
+    with pytest.raises(CaptureError, match=r"sparse/0: only 2 view\(s\); at least 3 are needed"):
+        load_capture(tmp_path)
+    for name in ("a.png", "c.png"):
+        (tmp_path / "images" / name).unlink()
+    (tmp_path / "images" / "other.png").write_bytes(b"")
+    with pytest.raises(CaptureError, match=r"images: none of the 3 images the COLMAP model .* registers is in the "
+                                           r"folder \(e\.g\. a\.png\)"):
         load_capture(tmp_path)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import CaptureError, load_capture, project_points
-from backend.captures.idr import decompose_projection, read_idr_cameras
+from captures import CaptureError, load_capture, project_points
+from captures.idr import decompose_projection, read_idr_cameras
 
 W, H = 20, 14
 K = np.array([[30.0, 0.0, 9.25], [0.0, 33.0, 6.75], [0.0, 0.0, 1.0]])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import Cameras, Capture, CaptureError, Normalization, load_capture, load_images
+from backend.nerf.capture_images import load_images
+from captures import Cameras, Capture, CaptureError, Normalization, load_capture
 
 GL_POSES = [
     [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]],

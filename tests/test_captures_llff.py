@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import CaptureError, load_capture, project_points
-from backend.captures.llff import read_llff
+from captures import CaptureError, load_capture, project_points
+from captures.llff import read_llff
 
 HWF = (24.0, 32.0, 40.0)  # height, width, focal of the images COLMAP saw
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import FORMATS, Cameras, Capture, CaptureError, Normalization, load_capture
-from backend.captures.colmap import rotmat_to_qvec
+from captures import FORMATS, Cameras, Capture, CaptureError, Normalization, load_capture
+from captures.colmap import rotmat_to_qvec
 
 W, H = 20, 15
 K = np.array([[30.0, 0.0, 10.5], [0.0, 32.0, 7.25], [0.0, 0.0, 1.0]])
@@ -173,3 +173,21 @@ def test_unregistered_images_and_missing_image_folders(multi: Path) -> None:
         load_capture(multi)
     with pytest.raises(CaptureError, match=r"no images/ \(or image/\) folder next to the camera file"):
         load_capture(multi, format="llff")
+
+
+def test_the_package_imports_only_stdlib_and_numpy() -> None:
+    """Blender imports ``captures`` from the add-on's zip: no torch, Pillow, bpy, pyzmq or repository package."""
+    import subprocess
+    import sys
+
+    code = ("import builtins\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name.split('.')[0] in ('torch', 'PIL', 'bpy', 'mathutils', 'zmq', 'backend', 'blender_addon',\n"
+            "                              'protocol'):\n"
+            "        raise ImportError('forbidden import ' + name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import importlib, pkgutil, captures\n"
+            "for m in pkgutil.iter_modules(captures.__path__): importlib.import_module('captures.' + m.name)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True, timeout=60)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from backend.captures import Cameras, CaptureError, Normalization, project_points
-from backend.captures.normalize import (
+from captures import Cameras, CaptureError, Normalization, project_points
+from captures.normalize import (
     FOV_MARGIN,
     POINTS_QUANTILE,
     lookat_point,

@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.captures import Capture, CaptureError, load_capture, load_images, project_points, undistort
-from backend.captures.colmap import ColmapModel, read_colmap_model
-from backend.captures.idr import read_idr_cameras
-from backend.captures.normalize import normalization_from_cameras, normalization_from_points
+from backend.nerf.capture_images import load_images
+from backend.nerf.rays import undistort
+from captures import Capture, CaptureError, load_capture, project_points
+from captures.colmap import ColmapModel, read_colmap_model
+from captures.idr import read_idr_cameras
+from captures.normalize import normalization_from_cameras, normalization_from_points
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FANGZHOU = DATA / "fangzhou_nature"

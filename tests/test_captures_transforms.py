@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import CaptureError, load_capture, project_points
-from backend.captures.transforms_json import read_transforms_json
+from captures import CaptureError, load_capture, project_points
+from captures.transforms_json import read_transforms_json
 
 W, H = 16, 12
 POINT = np.array([[0.4, 0.3, 0.0]])

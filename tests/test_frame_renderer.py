@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_nerf_render import _model  # a random structured field in an occupied ball
 
-from backend.captures.cameras import rays_for_image
 from backend.nerf import render_rays
 from backend.nerf.frame_renderer import FrameRenderer
+from backend.nerf.rays import rays_for_image
 from backend.nerf.synthetic import ring_cameras
 
 

@@ -59,9 +59,9 @@ def field_errors(device: str, n: int) -> dict[str, float]:
 
 def _window_errors(model: NeRFModel, device: str) -> dict[str, float]:
     """The frame renderer's kernel (samples as (ray, step) of the step schedule) against the PyTorch path."""
-    from backend.captures.cameras import rays_for_image
     from backend.nerf._triton_field import FusedField
     from backend.nerf.marching import _intervals, occupied_steps, ray_interval
+    from backend.nerf.rays import rays_for_image
     from backend.nerf.synthetic import ring_cameras
 
     domain = model.domain
@@ -109,8 +109,8 @@ def test_fused_field_on_gpu() -> None:
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA GPU and Triton")
 def test_frame_renderer_fused_matches_pytorch_field_on_gpu() -> None:
-    from backend.captures.cameras import rays_for_image
     from backend.nerf.frame_renderer import FrameRenderer
+    from backend.nerf.rays import rays_for_image
     from backend.nerf.synthetic import ring_cameras
 
     model = _model("matte", "cuda")

@@ -19,9 +19,9 @@ import torch
 from test_jobs_live import SIZE, write_sphere_capture
 
 import backend.jobs.reconstruct as reconstruct_job
-from backend.captures import OPENGL_TO_OPENCV
 from backend.jobs import default_runners
 from backend.server.server import Server
+from captures import OPENGL_TO_OPENCV
 from protocol import Client, Message
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.captures import OPENGL_TO_OPENCV
 from backend.jobs import default_runners
 from backend.nerf.synthetic import render_spheres, ring_cameras
 from backend.outputs.images import encode_png
 from backend.outputs.ply import read_ply
 from backend.server.server import Server
+from captures import OPENGL_TO_OPENCV
 from protocol import Client, Message
 
 SIZE = 24

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.captures.cameras import rays_for_image
 from backend.nerf import NeRFModel, ReconstructConfig, render_rays, render_samples
+from backend.nerf.rays import rays_for_image
 from backend.nerf.synthetic import ring_cameras
 
 

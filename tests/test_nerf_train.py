@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from backend.captures.normalize import Normalization
 from backend.nerf import (
     NeRFCheckpoint,
     ReconstructConfig,
@@ -23,6 +22,7 @@ from backend.nerf import (
     train_on_images,
 )
 from backend.nerf.synthetic import render_spheres, ring_cameras
+from captures.normalize import Normalization
 
 # Small enough for ~5 s of training on one CPU core, large enough that a broken renderer, field or
 # optimiser cannot reach the PSNR floor (a correct one reaches ~28 dB; a constant image ~10 dB).

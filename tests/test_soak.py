@@ -35,10 +35,10 @@ from PIL import Image
 from test_jobs_live import SIZE, write_sphere_capture
 from test_server import answer, labelled_messages
 
-from backend.captures import OPENGL_TO_OPENCV
 from backend.nerf.checkpoint import load_checkpoint
 from backend.outputs.ply import read_ply
 from backend.server.server import REQUEST_TYPES
+from captures import OPENGL_TO_OPENCV
 from protocol import FINAL_STATES, BackendError, Client, Message, ProtocolError, decode
 
 SOAK_SECONDS = float(os.environ.get("NERFART_SOAK_SECONDS", "20"))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.captures.cameras import rays_for_image
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
+from backend.nerf.rays import rays_for_image
 from backend.nerf.rendering import render_samples
 from backend.nerf.synthetic import render_spheres, ring_cameras
 from backend.nerf.train import train_on_images

@@ -21,10 +21,10 @@ from PIL import Image
 from test_jobs_live import SIZE, write_sphere_capture
 
 from backend import cli
-from backend.captures import OPENGL_TO_OPENCV
 from backend.jobs import default_runners
 from backend.nerf.checkpoint import load_checkpoint
 from backend.server.server import Server
+from captures import OPENGL_TO_OPENCV
 from protocol import BackendError, Client, Message
 
 PROMPT = "a marble statue"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_stylize_deferred import SIZE, tiny_reconstruction
 
-from backend.captures.cameras import rays_for_image
 from backend.nerf.checkpoint import NeRFCheckpoint
+from backend.nerf.rays import rays_for_image
 from backend.nerf.rendering import render_samples
 from backend.stylize.clip_model import ClipModel, load_clip
 from backend.stylize.deferred import image_from_rays, render_view_pass1

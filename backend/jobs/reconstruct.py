@@ -70,15 +70,17 @@ def preview_png(rgba: np.ndarray, max_side: int = 256) -> bytes:
 def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
     import torch
 
-    from backend.captures import load_capture
     from backend.nerf import evaluate, train
     from backend.nerf.checkpoint import save_checkpoint
+    from captures import load_capture
 
     resume, note = resume_checkpoint(ctx, CHECKPOINT, train.TRAIN_STATE_KIND) if ctx.resuming else (None, "")
     ctx.progress("loading capture", 0, 1, message=note)
-    capture = load_capture(capture_path(ctx), format=ctx.params.get("capture_format"))
+    # An upload's camera files were written by the sender: they may only name files inside the upload.
+    uploaded = ctx.job_dir / "capture" if "capture" in ctx.record.inputs else None
+    capture = load_capture(capture_path(ctx), format=ctx.params.get("capture_format"), confine_to=uploaded)
     config = config_from_params(ctx.params)
-    views = f"{len(capture.cameras)} views ({capture.source_format})"
+    views = "; ".join([f"{len(capture.cameras)} views ({capture.source_format})", *capture.warnings])
     if resume is not None:
         views += f"; resuming from step {resume.step} of {config.steps}"
     ctx.progress("loading capture", 1, 1, message=note or views)
@@ -118,6 +120,8 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
     ctx.progress("done", 1, 1, metrics=ckpt.metrics, preview_png=preview_png(rgba.cpu().numpy()))
     outputs = {**{k: float(v) for k, v in ckpt.metrics.items()}, "checkpoint": CHECKPOINT, "steps": ckpt.step,
                "background": ckpt.background, "views": len(capture.cameras)}
+    if capture.warnings:
+        outputs["capture_warnings"] = list(capture.warnings)
     if resume is not None:
         outputs["resumed_from_step"] = int(resume.step)
     if note:

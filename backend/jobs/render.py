@@ -68,7 +68,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def run_render(ctx: JobContext) -> dict[str, Any]:
-    from backend.captures.camera_path import cameras_from_protocol
+    from backend.jobs.camera_path import cameras_from_protocol
     from backend.nerf.frame_renderer import FrameRenderer
 
     cameras, frames = cameras_from_protocol(ctx.params["cameras"])

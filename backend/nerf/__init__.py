@@ -1,6 +1,7 @@
 """Hash-grid NeRF (instant-ngp style) in plain PyTorch: field, occupancy grid, marching, rendering, training.
 
-Layers (each imports only those before it): ``hashgrid``, ``contraction`` -> ``field`` -> ``occupancy``,
+Layers (each imports only those before it): ``rays`` and ``capture_images`` (the torch and Pillow side of
+the shared :mod:`captures` readers), ``hashgrid``, ``contraction`` -> ``field`` -> ``occupancy``,
 ``packed``, ``volrend`` -> ``marching`` -> ``model`` -> ``rendering`` -> ``config``, ``checkpoint`` ->
 ``evaluate`` -> ``train``. Importing this package compiles nothing and loads no data.
 """

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.captures.cameras import Cameras
+from captures.cameras import Cameras
 
 from .config import ReconstructConfig
 from .model import ModelConfig, NeRFModel
@@ -47,7 +47,7 @@ class NeRFCheckpoint:
         model: the :class:`NeRFModel` (model coordinates).
         config: the training configuration.
         background: ``"matte"`` (subject alone, alpha out) or ``"contract"`` (background modelled).
-        normalization: the capture's world <-> model mapping (``backend.captures.Normalization``), or None
+        normalization: the capture's world <-> model mapping (``captures.Normalization``), or None
             when the cameras were already in model coordinates.
         cameras: the views trained and held out, world coordinates, at training resolution (or None).
         train_indices, heldout_indices: indices into ``cameras``.
@@ -96,7 +96,7 @@ def _cameras_from_dict(d: dict[str, Any]) -> Cameras:
 
 def _normalization_from_dict(d: dict[str, Any]) -> Any:
     # Imported here so that this module does not need the capture readers unless a checkpoint has one.
-    from backend.captures.normalize import Normalization
+    from captures.normalize import Normalization
 
     return Normalization.from_dict(d)
 

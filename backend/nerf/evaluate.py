@@ -7,10 +7,11 @@ import math
 import numpy as np
 import torch
 
-from backend.captures.cameras import Cameras, rays_for_image
+from captures.cameras import Cameras
 
 from .checkpoint import NeRFCheckpoint
 from .model import NeRFModel
+from .rays import rays_for_image
 from .rendering import render_rays_chunked
 
 BACKGROUND_COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}

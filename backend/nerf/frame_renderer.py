@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 
-from backend.captures.cameras import Cameras, rays_for_image
+from captures.cameras import Cameras
 
 from .checkpoint import NeRFCheckpoint
 from .marching import _intervals, occupied_steps, ray_interval
 from .model import NeRFModel
 from .packed import packed_info_from_ray_indices
+from .rays import rays_for_image
 from .volrend import exclusive_sum_packed
 
 

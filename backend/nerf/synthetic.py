@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backend.captures.cameras import Cameras, rays_for_image
+from captures.cameras import Cameras
+
+from .rays import rays_for_image
 
 
 @dataclass(frozen=True)

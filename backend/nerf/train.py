@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from backend.captures.cameras import Cameras, rays_for_image
+from captures.cameras import Cameras
 
 from .checkpoint import NeRFCheckpoint
 from .config import ReconstructConfig
 from .evaluate import evaluate_psnr, psnr_from_mse
 from .model import NeRFModel
+from .rays import rays_for_image
 from .rendering import render_rays
 
 if TYPE_CHECKING:
-    from backend.captures import Capture
+    from captures import Capture
 
 
 @dataclass
@@ -107,7 +108,7 @@ def train_reconstruction(
     Returns:
         The :class:`NeRFCheckpoint`.
     """
-    from backend.captures import load_images
+    from .capture_images import load_images
 
     scale = config.resolution_scale
     # has_matte covers both separate matte files and images with their own alpha.

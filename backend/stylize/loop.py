@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from backend.captures.cameras import rays_for_image
 from backend.nerf.checkpoint import NeRFCheckpoint
 from backend.nerf.model import NeRFModel
+from backend.nerf.rays import rays_for_image
 from backend.nerf.rendering import render_rays_chunked
 
 from .clip_model import ClipModel, Template, imagenet_templates

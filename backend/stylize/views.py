@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.captures.cameras import Cameras
-from backend.captures.colmap import qvec_to_rotmat, rotmat_to_qvec
+from captures.cameras import Cameras
+from captures.colmap import qvec_to_rotmat, rotmat_to_qvec
 
 __all__ = ["StylizationViews", "interpolate_cameras", "slerp_rotation", "stylization_views"]
 

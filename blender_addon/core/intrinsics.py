@@ -272,17 +272,3 @@ def intrinsics_from_projection(matrix: list[list[float]] | tuple, width: int, he
         width=int(width), height=int(height),
     )
 
-
-def intrinsics_from_fov(fov_x: float | None, width: int, height: int, fov_y: float | None = None) -> Intrinsics:
-    """Square-pixel intrinsics with a centred principal point from a field of view in radians.
-
-    This is how NeRF-synthetic ``camera_angle_x`` files are read: ``fx = W / (2 tan(fov_x / 2))``. With only
-    ``fov_y`` the vertical one is used; with both, each sets its own focal length.
-    """
-    if fov_x is None and fov_y is None:
-        raise ValueError("a field of view is needed (camera_angle_x or camera_angle_y)")
-    fx = width / (2.0 * math.tan(fov_x / 2.0)) if fov_x is not None else None
-    fy = height / (2.0 * math.tan(fov_y / 2.0)) if fov_y is not None else None
-    fx = fx if fx is not None else fy
-    fy = fy if fy is not None else fx
-    return Intrinsics(float(fx), float(fy), width / 2.0, height / 2.0, int(width), int(height))

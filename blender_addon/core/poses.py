@@ -156,16 +156,3 @@ def as_nested_list(m: np.ndarray) -> list[list[float]]:
     """A 4×4 array as four lists of four Python floats (row-major), for JSON."""
     return [[float(x) for x in row] for row in np.asarray(m, dtype=np.float64)]
 
-
-def quaternion_to_matrix(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
-    """``(3, 3)`` rotation from a unit quaternion (w, x, y, z), as COLMAP stores them (normalised first)."""
-    q = np.array([qw, qx, qy, qz], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if n < 1e-12:
-        raise ValueError("zero quaternion")
-    w, x, y, z = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])

@@ -76,7 +76,8 @@ def test_no_bl_info_relative_imports_no_pip(staged_addon):
         for line in text.splitlines():
             stripped = line.strip()
             assert not stripped.startswith(("import protocol", "from protocol", "from blender_addon",
-                                            "import blender_addon")), f"{path}: {line}"
+                                            "import blender_addon", "import captures", "from captures ",
+                                            "from captures.")), f"{path}: {line}"
         assert not re.search(r"ensurepip|[\"']pip[\"']|-m pip", text), f"{path} runs pip"
 
 
@@ -273,10 +274,10 @@ def test_import_capture_failure_reaches_the_panel(addon, fresh_file, tmp_path):
     scene = fresh_file
     (tmp_path / "empty").mkdir()
     scene.nerfart.capture.folder = str(tmp_path / "empty")
-    with pytest.raises(RuntimeError, match="holds no capture"):
+    with pytest.raises(RuntimeError, match="no recognised capture format"):
         bpy.ops.nerfart.import_capture()
     rt = bpy.context.window_manager.nerfart_runtime
-    assert "holds no capture" in rt.error
+    assert "no recognised capture format" in rt.error
     assert bpy.ops.nerfart.clear_error() == {"FINISHED"} and rt.error == ""
 
 
@@ -383,6 +384,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
            "prefs_endpoint": bpy.context.preferences.addons[name].preferences.endpoint,
            "protocol": hasattr(sys.modules.get(name + ".protocol"), "Client") or
                        __import__(name + ".protocol", fromlist=["Client"]).Client is not None,
+           "captures": __import__(name + ".core.captures", fromlist=["read_capture"]).read_capture.__module__,
            "site": bpy.utils.user_resource("EXTENSIONS", path=".local/lib/python3.11/site-packages")}
     mod = sys.modules[name]
     out["zmq_error"] = mod.connection.zmq_error()
@@ -421,6 +423,7 @@ def test_built_zip_installs_and_enables(built_zip, tmp_path):
     out = json.loads(line[len("RESULT "):])
     assert out["install"] == ["FINISHED"] and out["enabled"] and out["panel"] and out["scene"]
     assert out["prefs_endpoint"] == "tcp://127.0.0.1:5555" and out["protocol"]
+    assert out["captures"] == "bl_ext.nerfart_test.nerfart_blender.core.captures"  # over the bundled readers
     assert out["zmq_error"] is None and out["tick"] == 0.5 and out["disabled_clean"]
     if has_wheel:
         assert out["site"].startswith(str(tmp_path))

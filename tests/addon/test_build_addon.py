@@ -50,7 +50,8 @@ def test_no_wheels_build_validates(tmp_path):
         names = set(zf.namelist())
         manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
     assert out.name == "nerfart_blender-0.1.0.zip"
-    assert {"__init__.py", "core/intrinsics.py", "protocol/__init__.py", "blender_manifest.toml"} <= names
+    assert {"__init__.py", "core/intrinsics.py", "protocol/__init__.py", "captures/__init__.py", "captures/capture.py",
+            "blender_manifest.toml"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/") for n in names)
     assert manifest["wheels"] == [] and manifest["platforms"] == ["linux-x64", "windows-x64"]
     assert manifest["blender_version_min"] == "4.2.0"

@@ -1,44 +1,40 @@
-"""Capture readers (transforms.json, COLMAP, IDR, LLFF), nerfstudio writers, presets, image headers."""
+"""The add-on's capture adapter (over the shared readers, as staged in the zip), nerfstudio writers, presets."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import struct
 import subprocess
 import sys
-import zlib
+from dataclasses import astuple
 from pathlib import Path
+from types import ModuleType
 
+import capture_fixtures as fx
 import numpy as np
 import pytest
 
-from blender_addon.core import captures as C
 from blender_addon.core import nerfstudio as ns
 from blender_addon.core.camera_export import record_from_blender
-from blender_addon.core.images import image_size
-from blender_addon.core.intrinsics import BlenderCamera
-from blender_addon.core.poses import OPENGL_TO_OPENCV, is_rotation, look_at, quaternion_to_matrix
+from blender_addon.core.intrinsics import BlenderCamera, Intrinsics, intrinsics_from_blender
+from blender_addon.core.poses import is_rotation, look_at
 from blender_addon.core.presets import PRESETS, PRESETS_BY_ID, preset_enum_items, split_negative_prompts
 
 
-def write_png(path: Path, w: int, h: int) -> None:
-    raw = b"".join(b"\x00" + b"\x00" * (3 * w) for _ in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+@pytest.fixture(scope="module")
+def C(staged_addon: Path) -> ModuleType:
+    """``core/captures.py`` as the zip has it, with the shared ``captures`` package beside it."""
+    return importlib.import_module("nerfart_blender.core.captures")
 
 
-def test_lego_transforms(lego_dir):
+def test_lego_transforms(C, lego_dir):
     cap = C.read_capture(lego_dir)
     assert cap.format == "transforms_json" and cap.path.name == "transforms_train.json"
     data = json.loads((lego_dir / "transforms_train.json").read_text())
     assert len(cap.cameras) == len(data["frames"]) == 50
     cam = cap.cameras[0]
-    assert cam.name == "r_0" and cam.image is not None and cam.image.name == "r_0.png"
+    assert cam.name == "r_0" and cam.image.name == "r_0.png"
     fx = 0.5 * 400 / math.tan(0.5 * data["camera_angle_x"])
     assert (cam.intrinsics.width, cam.intrinsics.height) == (400, 400)
     assert cam.intrinsics.fx == pytest.approx(fx) and cam.intrinsics.fy == pytest.approx(fx)
@@ -48,7 +44,7 @@ def test_lego_transforms(lego_dir):
         np.testing.assert_array_equal(c.c2w_blender, np.array(f["transform_matrix"]))
 
 
-def test_fangzhou_formats_agree(fangzhou_dir):
+def test_fangzhou_formats_agree(C, fangzhou_dir):
     col = C.read_capture(fangzhou_dir)  # auto: COLMAP wins over cameras.npz and poses_bounds.npy
     assert col.format == "colmap" and len(col.cameras) == 100 and col.has_distortion
     idr = C.read_capture(fangzhou_dir, "idr")
@@ -62,78 +58,105 @@ def test_fangzhou_formats_agree(fangzhou_dir):
         np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-6)
         np.testing.assert_allclose(a.c2w, c.c2w, atol=1e-6)
         assert is_rotation(a.c2w)
-    # IDR's K is at integer pixel centres: +0.5 to ours.
-    assert idr.cameras[0].intrinsics.cx == pytest.approx(c0.intrinsics.cx + 0.5, abs=1e-6)
+    # fangzhou's cameras.npz copies COLMAP's K (colmap2volsdf), pixel centres at +0.5 already: no shift. The
+    # add-on used to add 0.5 here while the backend did not.
+    assert idr.cameras[0].intrinsics.cx == pytest.approx(c0.intrinsics.cx, abs=1e-6)
+    assert any("copied without a shift" in n for n in idr.notes)
     assert llff.cameras[0].intrinsics.cx == 270.0
 
 
-def test_decompose_projection():
-    k = np.array([[800.0, 0.0, 310.2], [0.0, 820.0, 242.7], [0, 0, 1]])
-    w2c = np.linalg.inv(look_at((1, -4, 2), (0, 0, 0.5)) @ OPENGL_TO_OPENCV)
-    p = 3.7 * (k @ w2c[:3, :4])  # arbitrary scale, as stored projections often have
-    k2, w2c2 = C.decompose_projection(p)
-    np.testing.assert_allclose(k2, k, atol=1e-8)
-    np.testing.assert_allclose(w2c2, w2c, atol=1e-10)
-    _k3, w2c3 = C.decompose_projection(-p)  # sign of P is irrelevant
-    np.testing.assert_allclose(w2c3, w2c, atol=1e-10)
-
-
-def test_colmap_text_model(tmp_path):
-    sparse = tmp_path / "sparse" / "0"
-    sparse.mkdir(parents=True)
-    (tmp_path / "images").mkdir()
-    write_png(tmp_path / "images" / "a.png", 64, 48)
-    (sparse / "cameras.txt").write_text("# comment\n1 PINHOLE 64 48 50 51 32.5 24.25\n2 SIMPLE_RADIAL 64 48 40 32 24 0.01\n")
-    q = (math.cos(0.2), 0.0, math.sin(0.2), 0.0)
-    (sparse / "images.txt").write_text(
-        "# header\n"
-        f"1 {q[0]} {q[1]} {q[2]} {q[3]} 0.1 0.2 3.0 1 a.png\n1.0 2.0 -1\n"
-        "2 1 0 0 0 0 0 1 2 b.png\n\n"
-    )
+def test_colmap_model_and_names(C, tmp_path):
+    fx.colmap(tmp_path, n=4, binary=False, names=lambda i: f"sub/img {i}.png")  # a sub-folder, spaces
     cap = C.read_capture(tmp_path)
-    assert cap.format == "colmap" and [c.name for c in cap.cameras] == ["a", "b"]
-    a, b = cap.cameras
-    assert (a.intrinsics.fx, a.intrinsics.fy, a.intrinsics.cx, a.intrinsics.cy) == (50, 51, 32.5, 24.25)
-    assert a.image is not None and b.image is None
-    assert b.distortion == (0.01, 0.0, 0.0, 0.0)
-    w2c = np.eye(4)
-    w2c[:3, :3] = quaternion_to_matrix(*q)
-    w2c[:3, 3] = (0.1, 0.2, 3.0)
-    np.testing.assert_allclose(a.c2w, np.linalg.inv(w2c), atol=1e-12)
-    (sparse / "cameras.txt").write_text("1 OPENCV_FISHEYE 64 48 1 1 1 1 0 0 0 0\n")
+    assert cap.format == "colmap" and [c.name for c in cap.cameras] == [f"sub/img {i}" for i in range(4)]
+    a = cap.cameras[1]
+    assert (a.intrinsics.fx, a.intrinsics.fy, a.intrinsics.cx, a.intrinsics.cy) == fx.COLMAP_INTRINSICS
+    assert a.distortion == (0.05, -0.02, 0.001, 0.002) and a.image == tmp_path / "images" / "sub" / "img 1.png"
+    np.testing.assert_allclose(a.c2w, fx.ring_c2w(1, 4), atol=1e-12)
+    (tmp_path / "sparse" / "0" / "cameras.txt").write_text("1 OPENCV_FISHEYE 20 14 1 1 1 1 0 0 0 0\n")
     with pytest.raises(C.CaptureError, match="not supported"):
         C.read_capture(tmp_path)
 
 
-def test_transforms_writer_round_trip(tmp_path):
-    cams = [BlenderCamera(lens=40 + i, resolution_x=320, resolution_y=480, shift_x=0.05 * i) for i in range(3)]
+def test_detection_order_and_duplicate_names(C, tmp_path):
+    # COLMAP before transforms.json, as the backend decides (the add-on used to pick transforms.json first).
+    fx.colmap(tmp_path / "both", n=3)
+    fx.nerfstudio(tmp_path / "both", n=3)
+    cap = C.read_capture(tmp_path / "both")
+    assert cap.format == "colmap" and any("several formats present; read colmap" in n for n in cap.notes)
+    assert C.read_capture(tmp_path / "both", "transforms_json").format == "transforms_json"
+    # Two images with one stem in different folders become distinct Blender names.
+    root = fx.nerfstudio(tmp_path / "dup", n=3)
+    data = json.loads((root / "transforms.json").read_text())
+    fx.write_png(root / "other" / "frame_00.png", 20, 14)
+    data["frames"][1]["file_path"] = "other/frame_00.png"
+    (root / "transforms.json").write_text(json.dumps(data))
+    assert [c.name for c in C.read_capture(root).cameras] == ["frame_00", "frame_00.001", "frame_02"]
+
+
+def test_transforms_writer_round_trip(C, tmp_path):
+    cams = [BlenderCamera(lens=40 + i, resolution_x=32, resolution_y=48, shift_x=0.05 * i) for i in range(3)]
     recs = [record_from_blender(f"Cam{i}", i + 1, look_at((3 * math.cos(i), 3 * math.sin(i), 1), (0, 0, 0)), c)
             for i, c in enumerate(cams)]
     data = ns.transforms_json(recs, [f"images/{r.name}.png" for r in recs], extra={"nerfart": {"v": 1}})
     assert "fl_x" not in data  # intrinsics differ per frame: only per-frame values
+    for r in recs:
+        fx.write_png(tmp_path / "images" / f"{r.name}.png", 32, 48)
     (tmp_path / "transforms.json").write_text(json.dumps(data))
     cap = C.read_capture(tmp_path)
     for rec, cam in zip(recs, cap.cameras, strict=True):
         np.testing.assert_allclose(cam.c2w, rec.c2w_opencv(), atol=1e-12)
-        assert cam.intrinsics == rec.intrinsics
+        assert astuple(cam.intrinsics) == astuple(rec.intrinsics)  # two copies of the class: staged, repo
     same = ns.transforms_json(recs[:1] * 2, ["a.png", "b.png"])
-    assert same["fl_x"] == recs[0].fx and same["w"] == 320
+    assert same["fl_x"] == recs[0].fx and same["w"] == 32
 
 
-def test_transforms_errors(tmp_path):
+def test_transforms_errors(C, tmp_path):
     (tmp_path / "transforms.json").write_text(json.dumps({"frames": [{"file_path": "missing",
                                                                       "transform_matrix": np.eye(4).tolist()}],
                                                           "camera_angle_x": 0.5}))
-    with pytest.raises(C.CaptureError, match="no image size"):
+    with pytest.raises(C.CaptureError, match="missing: image file not found"):
         C.read_capture(tmp_path)
     (tmp_path / "transforms.json").write_text("{not json")
-    with pytest.raises(C.CaptureError, match="cannot read"):
+    with pytest.raises(C.CaptureError, match=r"transforms\.json, line 1 column 2: invalid JSON"):
         C.read_capture(tmp_path)
-    with pytest.raises(C.CaptureError, match="does not exist"):
+    with pytest.raises(C.CaptureError, match="missing_dir: no such file or folder"):
         C.read_capture(tmp_path / "missing_dir")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(C.CaptureError, match="holds no capture"):
+    with pytest.raises(C.CaptureError, match="empty: no recognised capture format"):
         C.read_capture(tmp_path / "empty")
+    fx.write_png(tmp_path / "exr" / "images" / "a.exr", 4, 4)  # an .exr name is not an image the backend reads
+    (tmp_path / "exr" / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.5, "frames": [
+        {"file_path": "images/a.exr", "transform_matrix": np.eye(4).tolist()}]}))
+    with pytest.raises(C.CaptureError, match="only 1 view"):
+        C.read_capture(tmp_path / "exr")
+
+
+def _capture_of(C, ycors: list[float], w: int = 40, h: int = 30):
+    """An adapter Capture whose cameras need pixel aspects fx/fy = ``ycors``."""
+    cams = [C.CaptureCamera(f"c{i}", np.eye(4), Intrinsics(30.0 * y, 30.0, 20.5, 14.0, w, h), Path(f"c{i}.png"))
+            for i, y in enumerate(ycors)]
+    return C.Capture("transforms_json", Path("transforms.json"), Path("."), cams)
+
+
+def test_one_pixel_aspect_for_the_scene(C):
+    # Every camera needs 1.25: exact, fx, fy, cx, cy all survive Blender's camera model.
+    settings, warning = C.blender_cameras(_capture_of(C, [1.25, 1.25, 1.25]))
+    assert warning is None and {(s.pixel_aspect_x, s.pixel_aspect_y) for s in settings} == {(1.0, 1.25)}
+    k = intrinsics_from_blender(settings[1])
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx((37.5, 30.0, 20.5, 14.0), rel=1e-12)
+    # Slightly different aspects share the middle one: fx and the principal point stay exact, fy moves a little.
+    cap = _capture_of(C, [1.0, 1.004, 1.008])
+    settings, warning = C.blender_cameras(cap)
+    assert "the views need different pixel aspects (fx/fy from 1 for c0 to 1.008 for c2)" in warning
+    assert "all use fx/fy = 1.004, which moves the image border of c0 by 0.06 px" in warning
+    for s, cam in zip(settings, cap.cameras, strict=True):
+        k = intrinsics_from_blender(s)
+        assert (k.fx, k.cx, k.cy) == pytest.approx((cam.intrinsics.fx, 20.5, 14.0), rel=1e-12)
+        assert s.pixel_aspect_y / s.pixel_aspect_x == pytest.approx(1.004)
+    # Beyond half a pixel at the border the import is refused (16 px off, as the issue saw, is far beyond).
+    with pytest.raises(C.CaptureError, match=r"need different pixel aspects .* camera c[01] would be 2\.1 px off"):
+        C.blender_cameras(_capture_of(C, [1.0, 1.3]))
 
 
 def test_camera_path_json():
@@ -154,23 +177,6 @@ def test_camera_path_json():
     assert ns.camera_path_json(shifted, 24, approximate=True)["render_width"] == 1920
 
 
-def test_image_size_headers(tmp_path, lego_dir):
-    write_png(tmp_path / "x.png", 17, 9)
-    assert image_size(tmp_path / "x.png") == (17, 9)
-    assert image_size(lego_dir / "train" / "r_0.png") == (400, 400)
-    jpg = tmp_path / "x.jpg"  # minimal JPEG: SOI, APP0 (skipped), SOF0 with 33x21
-    jpg.write_bytes(b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xc0\x00\x0b\x08" + struct.pack(">HH", 21, 33)
-                    + b"\x01\x01\x11\x00" + b"\xff\xd9")
-    assert image_size(jpg) == (33, 21)
-    exr = tmp_path / "x.exr"
-    exr.write_bytes(b"\x76\x2f\x31\x01\x02\x00\x00\x00" + b"dataWindow\x00box2i\x00" + struct.pack("<i", 16)
-                    + struct.pack("<iiii", 0, 0, 99, 49) + b"\x00")
-    assert image_size(exr) == (100, 50)
-    (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(ValueError, match="not a PNG"):
-        image_size(tmp_path / "x.txt")
-
-
 def test_presets():
     ids = [p.id for p in PRESETS]
     assert len(ids) == len(set(ids)) and all(i == i.upper() for i in ids)
@@ -181,14 +187,16 @@ def test_presets():
     assert split_negative_prompts("a; b\n\n c ") == ["a", "b", "c"]
 
 
-def test_core_imports_without_bpy(repo_root):
-    """``core/`` must import with bpy and mathutils blocked (the add-on package's own import included)."""
+def test_core_imports_without_bpy(staged_addon):
+    """``core/`` (as staged in the zip) must import with bpy, mathutils and torch blocked."""
     code = (
         "import sys; sys.modules['bpy'] = None; sys.modules['mathutils'] = None; sys.modules['torch'] = None\n"
-        "import importlib, pkgutil, blender_addon.core as core\n"
-        "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('blender_addon.core.' + m.name)\n"
-        "print('ok', sorted(n for n in sys.modules if n.startswith('blender_addon')))\n"
+        "sys.modules['PIL'] = None\n"
+        "import importlib, pkgutil, nerfart_blender.core as core\n"
+        "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('nerfart_blender.core.' + m.name)\n"
+        "print('ok', sorted(n for n in sys.modules if n.startswith('nerfart_blender')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=staged_addon.parent, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "blender_addon.core.intrinsics" in out.stdout
+    assert "nerfart_blender.core.captures" in out.stdout and "nerfart_blender.captures.capture" in out.stdout

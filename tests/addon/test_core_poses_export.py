@@ -19,7 +19,6 @@ from blender_addon.core.poses import (
     normalized_c2w,
     opencv_from_blender,
     placement_scale,
-    quaternion_to_matrix,
     world_from_capture,
 )
 
@@ -81,12 +80,6 @@ def test_placement_validation():
         placement_scale(np.diag([-1.0, 1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="4x4"):
         placement_scale(np.eye(3))
-
-
-def test_quaternion():
-    np.testing.assert_allclose(quaternion_to_matrix(1, 0, 0, 0), np.eye(3))
-    r = quaternion_to_matrix(math.cos(0.4), 0, 0, math.sin(0.4))  # 0.8 rad about Z
-    np.testing.assert_allclose(r, trs(angle=0.8)[:3, :3], atol=1e-12)
 
 
 def blender_cam(**kw) -> BlenderCamera:

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .cameras import OPENGL_TO_OPENCV, Cameras
-from .errors import CaptureError
+from captures import OPENGL_TO_OPENCV, Cameras, CaptureError
 
 
 def cameras_from_protocol(items: list[dict[str, Any]]) -> tuple[Cameras, list[int]]:

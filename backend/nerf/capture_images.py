@@ -1,132 +1,27 @@
-"""Image and matte files of a capture: listing, matching, header checks, loading and area resizing.
+"""Pixels of a capture: decoding images and mattes (Pillow), exact area resizing, and :func:`load_images`.
 
-Everything that touches pixels lives here so that the readers only deal with cameras. Images are read
-with Pillow. EXIF orientation is deliberately *not* applied: COLMAP and the other pose tools index the
-stored pixel array, and rotating it would break the intrinsics.
+The shared reader package (:mod:`captures`) finds the files and checks their headers without decoding a
+pixel; this module is the backend's half that decodes them. EXIF orientation is deliberately *not* applied:
+COLMAP and the other pose tools index the stored pixel array, and rotating it would break the intrinsics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from .errors import CaptureError
+from captures import Capture, CaptureError
 
-if TYPE_CHECKING:
-    from .capture import Capture
-
-# Extensions taken as images when a format lists a folder (IDR, LLFF) or a transforms.json path omits it.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# Matte folders, in the order they are looked for next to the images.
-MATTE_DIR_NAMES = ("matte", "masks", "mask")
 # Pillow raises these for unreadable, truncated or unsupported files.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (as IDR, NeuS and LLFF's loaders sort them).
-
-    Raises:
-        CaptureError: the folder is missing or holds no image files.
-    """
-    if not folder.is_dir():
-        raise CaptureError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise CaptureError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
-    return files
-
-
-def find_images_dir(root: Path) -> Path:
-    """``images/`` (COLMAP, LLFF, nerfstudio) or ``image/`` (IDR, NeuS) under ``root``.
-
-    Raises:
-        CaptureError: neither exists.
-    """
-    for name in ("images", "image"):
-        if (root / name).is_dir():
-            return root / name
-    raise CaptureError(f"{root}: no images/ (or image/) folder next to the camera file")
-
-
-def resolve_image_path(base: Path, file_path: str, kind: str = "image") -> Path:
-    """An image path from a transforms.json ``file_path``: relative to ``base``, extension optional.
-
-    NeRF-synthetic writes ``./train/r_0`` for ``train/r_0.png``; the extensions of :data:`IMAGE_EXTENSIONS`
-    (lower and upper case) are tried when the path as written does not exist.
-
-    Raises:
-        CaptureError: no file matches.
-    """
-    p = Path(file_path)
-    p = p if p.is_absolute() else base / p
-    if p.is_file():
-        return p
-    for ext in IMAGE_EXTENSIONS:
-        for cand in (p.with_name(p.name + ext), p.with_name(p.name + ext.upper())):
-            if cand.is_file():
-                return cand
-    raise CaptureError(f"{p}: {kind} file not found (also tried the extensions {', '.join(IMAGE_EXTENSIONS)})")
-
-
-def image_header(path: Path) -> tuple[int, int, bool]:
-    """``(width, height, has_alpha)`` from the file header, without decoding pixels.
-
-    Raises:
-        CaptureError: missing or unreadable file.
-    """
-    if not path.is_file():
-        raise CaptureError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            return im.width, im.height, _mode_has_alpha(im)
-    except _PIL_ERRORS as exc:
-        raise CaptureError(f"{path}: unreadable image ({exc})") from None
 
 
 def _mode_has_alpha(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and
                                                             "transparency" in im.info)
-
-
-def find_matte_dir(root: Path) -> Path | None:
-    """The first of ``matte/``, ``masks/``, ``mask/`` under ``root``, or ``None``."""
-    for name in MATTE_DIR_NAMES:
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
-def match_mattes(image_paths: Sequence[Path], matte_dir: Path) -> list[Path]:
-    """One matte per image, matched by file stem (any image extension).
-
-    Extra mattes are ignored (a split file may use a subset of the images).
-
-    Raises:
-        CaptureError: an image has no matte, or two mattes share a stem.
-    """
-    by_stem: dict[str, Path] = {}
-    for p in sorted(matte_dir.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if p.stem in by_stem:
-            raise CaptureError(f"{matte_dir}: two mattes for the stem {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
-        by_stem[p.stem] = p
-    out = []
-    missing = [p for p in image_paths if p.stem not in by_stem]
-    if missing:
-        raise CaptureError(
-            f"{matte_dir}: no matte for {len(missing)} of {len(image_paths)} images, e.g. {missing[0]} "
-            f"(mattes are matched by file stem: {missing[0].stem}.png); {len(by_stem)} mattes found"
-        )
-    for p in image_paths:
-        out.append(by_stem[p.stem])
-    return out
 
 
 def read_rgba(path: Path) -> tuple[np.ndarray, bool]:

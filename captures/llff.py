@@ -24,7 +24,8 @@ import numpy as np
 
 from .cameras import Cameras
 from .errors import CaptureError
-from .images import find_images_dir, image_header, list_images
+from .image_headers import image_header
+from .images import find_images_dir, list_images
 
 
 @dataclass

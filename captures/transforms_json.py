@@ -33,7 +33,8 @@ import numpy as np
 
 from .cameras import OPENGL_TO_OPENCV, Cameras
 from .errors import CaptureError
-from .images import image_header, resolve_image_path
+from .image_headers import image_header
+from .images import resolve_image_path
 
 _PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
 
@@ -78,11 +79,17 @@ def _number(value: object, key: str, where: str) -> float:
     return float(value)
 
 
-def read_transforms_json(path: str | Path) -> TransformsCapture:
+def read_transforms_json(path: str | Path, confine_to: Path | None = None) -> TransformsCapture:
     """Read one transforms.json (any of the three dialects) into OpenCV cameras.
 
+    Args:
+        path: the json file.
+        confine_to: when given, every ``file_path`` and ``mask_path`` must stay inside this folder
+            (:mod:`.confine`; uploaded captures).
+
     Raises:
-        CaptureError: syntax error (with line), missing/invalid keys, a fisheye camera, missing images.
+        CaptureError: syntax error (with line), missing/invalid keys, a fisheye camera, missing images, a
+            path that leaves ``confine_to``.
     """
     path = Path(path)
     data = read_json(path)
@@ -118,12 +125,12 @@ def read_transforms_json(path: str | Path) -> TransformsCapture:
         fp = frame.get("file_path")
         if not isinstance(fp, str) or not fp:
             raise CaptureError(f"{where}: missing 'file_path'")
-        img = resolve_image_path(base, fp)
+        img = resolve_image_path(base, fp, confine_to=confine_to, where=where)
         image_paths.append(img)
         mp = frame.get("mask_path")
         if mp is not None and not isinstance(mp, str):
             raise CaptureError(f"{where}: 'mask_path' must be a string, got {mp!r}")
-        mask_paths.append(resolve_image_path(base, mp, kind="matte") if mp else None)
+        mask_paths.append(resolve_image_path(base, mp, "matte", confine_to, where) if mp else None)
 
         mat = frame.get("transform_matrix")
         try:

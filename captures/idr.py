@@ -8,7 +8,7 @@ Conventions of the format (IDR ``utils/rend_util.py``, NeuS ``models/dataset.py`
   and R a proper rotation.
 * ``scale_mat_i`` maps the unit sphere to the region of interest; IDR multiplies it into ``P``. We keep the
   cameras in the capture's own world (for fangzhou: the COLMAP world) and turn ``scale_mat`` into the
-  :class:`~backend.captures.normalize.Normalization` instead.
+  :class:`~captures.normalize.Normalization` instead.
 * Images are ``images/`` (or IDR's ``image/``) sorted by name, one per ``world_mat``. No lens distortion.
 * **Pixel centres.** IDR, NeuS and NeRF-Art cast the ray of pixel (col, row) through the integer point
   (col, row) of ``K``'s image plane, i.e. their ``K`` puts pixel centres at integers; ours at +0.5. For such
@@ -33,7 +33,8 @@ import numpy as np
 
 from .cameras import Cameras
 from .errors import CaptureError
-from .images import find_images_dir, image_header, list_images
+from .image_headers import image_header
+from .images import find_images_dir, list_images
 
 _WORLD_KEY = re.compile(r"^world_mat_(\d+)$")
 
@@ -83,6 +84,15 @@ def decompose_projection(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         rot, p_scaled = -rot, -p
     t = np.linalg.solve(k, p_scaled[:, 3])
     return k / k[2, 2], rot, t
+
+
+def idr_camera_count(path: Path) -> int | None:
+    """How many ``world_mat_<i>`` a cameras.npz holds, or ``None`` when it cannot be read (reading it says why)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return sum(1 for k in npz.files if _WORLD_KEY.match(k))
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def read_idr_cameras(path: str | Path, images_dir: Path | None = None, pixel_centers: str = "auto",

@@ -239,9 +239,15 @@ def cameras_from_colmap(model: ColmapModel) -> Cameras:
     return Cameras(c2w=c2w, fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height, distortion=dist, names=names)
 
 
-def images_dir_for_model(model_dir: Path) -> Path | None:
-    """The ``images/`` folder of a model: the nearest ancestor of ``model_dir`` (itself included) holding one."""
+def images_dir_for_model(model_dir: Path, within: Path | None = None) -> Path | None:
+    """The ``images/`` folder of a model: the nearest ancestor of ``model_dir`` (itself included) holding one.
+
+    Args:
+        within: when given, only ancestors inside this folder are looked at (a confined capture).
+    """
     for anc in (model_dir, *list(model_dir.parents)[:3]):
+        if within is not None and not anc.is_relative_to(within):
+            break
         if (anc / "images").is_dir():
             return anc / "images"
     return None

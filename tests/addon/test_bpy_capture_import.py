@@ -1,0 +1,109 @@
+"""Import Capture in real Blender: pixel aspects (one per scene) and the backend's own cameras.
+
+Blender has one pixel aspect per scene, so a capture whose views need different ones cannot be shown exactly:
+it is refused before anything is created; views that share one are imported exactly, non-square pixels
+included. What Blender projects (``Object.calc_matrix_camera``) is compared with the backend's reader.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import capture_fixtures as fx
+import numpy as np
+import pytest
+from conftest import requires_bpy
+
+import captures
+
+pytestmark = requires_bpy
+
+bpy = pytest.importorskip("bpy")
+
+
+def _import(scene, folder: Path, show_photos: bool = False) -> list:
+    scene.nerfart.capture.folder = str(folder)
+    scene.nerfart.capture.show_photos = show_photos
+    assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
+    return sorted((o for o in scene.nerfart.capture.cameras.objects if o.type == "CAMERA"), key=lambda o: o.name)
+
+
+def _assert_blender_projects_the_backend_cameras(scene, objects: list, folder: Path, fy_rtol: float = 1e-5) -> None:
+    from nerfart_blender.cameras_bpy import matrix_to_numpy, projection_intrinsics
+
+    backend = captures.load_capture(folder).cameras
+    by_name = {name: i for i, name in enumerate(backend.names)}
+    for obj in objects:
+        i = by_name[obj.name]
+        scene.render.resolution_x, scene.render.resolution_y = int(backend.width[i]), int(backend.height[i])
+        k = projection_intrinsics(obj, scene)
+        # Blender computes in float32: 1e-5 relative is its precision (pixels of ~1e-3 here).
+        np.testing.assert_allclose([k.fx, k.cx, k.cy], [backend.fx[i], backend.cx[i], backend.cy[i]], rtol=1e-5)
+        assert k.fy == pytest.approx(backend.fy[i], rel=fy_rtol)
+        c2w = matrix_to_numpy(obj.matrix_world) @ captures.OPENGL_TO_OPENCV
+        np.testing.assert_allclose(c2w, backend.c2w[i], atol=2e-6)
+
+
+def test_non_square_pixels_shared_by_all_views_import_exactly(addon, fresh_file, tmp_path):
+    scene = fresh_file
+    folder = fx.nerfstudio(tmp_path / "cap", n=4)  # fx/fy = 1/1.025 for every view, per-frame focal lengths
+    objects = _import(scene, folder, show_photos=True)
+    assert len(objects) == 4 and objects[0].data.background_images[0].image is not None
+    assert scene.render.pixel_aspect_y / scene.render.pixel_aspect_x == pytest.approx(1 / 1.025)
+    _assert_blender_projects_the_backend_cameras(scene, objects, folder)
+
+
+def test_views_needing_different_pixel_aspects_are_refused(addon, fresh_file, tmp_path):
+    scene = fresh_file
+    folder = fx.nerfstudio(tmp_path / "cap", n=4)
+    data = json.loads((folder / "transforms.json").read_text())
+    data["frames"][2]["fl_y"] = data["frames"][2]["fl_x"] * 1.5  # pixels a third wider than the others
+    (folder / "transforms.json").write_text(json.dumps(data))
+    resolution = (scene.render.resolution_x, scene.render.resolution_y)
+    collections = len(bpy.data.collections)
+    scene.nerfart.capture.folder = str(folder)
+    with pytest.raises(RuntimeError, match=r"the views need different pixel aspects .* frame_0[02] would be 1\.4 px off"):
+        bpy.ops.nerfart.import_capture()
+    assert "different pixel aspects" in bpy.context.window_manager.nerfart_runtime.error
+    assert len(bpy.data.collections) == collections and not [o for o in bpy.data.objects if o.type == "CAMERA"]
+    assert (scene.render.resolution_x, scene.render.resolution_y) == resolution
+
+
+def test_nearly_equal_pixel_aspects_share_one(addon, fresh_file, tmp_path):
+    scene = fresh_file
+    folder = fx.nerfstudio(tmp_path / "cap", n=4)
+    data = json.loads((folder / "transforms.json").read_text())
+    data["frames"][1]["fl_y"] *= 1.0005  # a per-image calibration: 0.004 px at the border
+    (folder / "transforms.json").write_text(json.dumps(data))
+    objects = _import(scene, folder)
+    # fx and the principal point exact, fy within the 0.0005 the views differ by.
+    _assert_blender_projects_the_backend_cameras(scene, objects, folder, fy_rtol=6e-4)
+
+
+def test_fangzhou_import_is_what_the_backend_reads(addon, fresh_file, fangzhou_dir):
+    scene = fresh_file
+    objects = _import(scene, fangzhou_dir)
+    assert len(objects) == 100
+    _assert_blender_projects_the_backend_cameras(scene, objects[::9], fangzhou_dir)
+    # The cameras.npz of the same capture imports with the same principal point (no +0.5 shift).
+    scene.nerfart.capture.format = "IDR"
+    idr = _import(scene, fangzhou_dir)
+    from nerfart_blender.cameras_bpy import projection_intrinsics
+
+    scene.render.resolution_x, scene.render.resolution_y = 540, 960
+    cx = captures.load_capture(fangzhou_dir).cameras.cx[0]
+    assert projection_intrinsics(idr[0], scene).cx == pytest.approx(cx, abs=2e-3)
+
+
+def test_a_scene_kept_at_another_pixel_aspect_is_reported(addon, fresh_file, tmp_path):
+    from nerfart_blender.capture_bpy import import_capture
+    from nerfart_blender.core.captures import read_capture
+
+    scene = fresh_file
+    folder = fx.nerfstudio(tmp_path / "cap", n=3)  # needs fx/fy = 1/1.025; the scene stays at 1:1
+    _, _, warnings = import_capture(scene, read_capture(folder), show_photos=False, set_resolution=False)
+    assert (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) == (1.0, 1.0)
+    assert any(w.startswith("the scene's pixel aspect is 1:1 but the capture's cameras need 1.025:1") for w in warnings)
+    _, _, warnings = import_capture(scene, read_capture(folder), show_photos=False, set_resolution=True)
+    assert not any("pixel aspect" in w for w in warnings)
