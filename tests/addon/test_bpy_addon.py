@@ -401,8 +401,10 @@ INSTALL_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def built_zip(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("dist")
+    import build_addon
+
     cache = repo_root / ".whl"
-    has_wheel = any(cache.glob("pyzmq-*manylinux*x86_64.whl"))
+    has_wheel = all(build_addon.cached_wheel(cache, "linux-x64", v) for v in build_addon.PYTHON_VERSIONS)
     args = [sys.executable, str(repo_root / "build_addon.py"), "--platform", "linux-x64", "--output-dir", str(out)]
     args += ["--offline"] if has_wheel else ["--no-wheels"]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -449,3 +451,37 @@ def test_every_property_is_fully_defined(addon):
                 assert all(i.identifier == i.identifier.upper() for i in p.enum_items), where
             checked += 1
     assert checked > 80
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Missing packages and network consent
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_missing_packages_are_named_with_how_to_install_them(addon, fresh_file, monkeypatch):
+    """A distribution's Blender may lack numpy or pyzmq: the message names the package and this Python."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    monkeypatch.setitem(sys.modules, "zmq", None)  # `import zmq` now raises ImportError
+    err = addon.connection.zmq_error()
+    assert "'pyzmq'" in err and "-m pip install pyzmq" in err and f"Python {python}" in err
+    assert "reinstall" not in err
+    with pytest.raises(RuntimeError, match="pip install pyzmq"):
+        bpy.ops.nerfart.connect()
+    assert "pip install pyzmq" in bpy.context.window_manager.nerfart_runtime.error
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    with pytest.raises(ImportError, match=r"'numpy'.*pip install numpy.*python3-numpy"):
+        addon.register()  # refused before anything is registered twice
+
+
+def test_remote_backend_needs_online_access(addon, fresh_file):
+    """Blender's Online Access is off here (bpy as a module): a remote address is refused before any socket
+    opens; loopback stays allowed (the bridge tests connect to 127.0.0.1)."""
+    assert not bpy.app.online_access
+    prefs = bpy.context.preferences.addons[MOD].preferences
+    prefs.endpoint = "tcp://192.0.2.10:5555"  # TEST-NET-1: never routed
+    try:
+        with pytest.raises(RuntimeError, match="Online Access is off"):
+            bpy.ops.nerfart.connect()
+        assert addon.connection.client() is None and addon.connection.session.state == "DISCONNECTED"
+    finally:
+        prefs.endpoint = "tcp://127.0.0.1:5555"
