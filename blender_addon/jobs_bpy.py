@@ -130,11 +130,13 @@ def resolve_source_job(scene: bpy.types.Scene) -> str:
             raise ValueError("no finished reconstruction yet")
         return be.reconstruct_job
     if be.render_source == "SELECTED":
-        if not 0 <= be.jobs_index < len(be.jobs):
-            raise ValueError("select a job in the job list first")
-        ref = be.jobs[be.jobs_index]
-        if ref.kind not in ("RECONSTRUCT", "STYLIZE") or ref.state != "done":
-            raise ValueError(f"the selected job '{ref.name}' is not a finished reconstruction or stylization")
+        ref = next((r for r in be.jobs if r.job_id and r.job_id == be.selected_source_job), None)
+        if ref is None:
+            raise ValueError("select a finished reconstruction or stylization in the Jobs list first (Render "
+                             "From ▸ Selected Job renders the one selected last)")
+        if ref.state != "done":
+            raise ValueError(f"the selected job '{ref.name}' is {ref.state}, not finished; select a finished "
+                             "reconstruction or stylization in the Jobs list")
         return ref.job_id
     done = [r for r in be.jobs if r.kind == "STYLIZE" and r.state == "done" and r.job_id]
     if not done:

@@ -59,6 +59,18 @@ class NERFART_PG_job(bpy.types.PropertyGroup):
     error: StringProperty(name="Error", description="Why the job failed", default="")
 
 
+def _on_job_selected(backend, _context) -> None:
+    """Remember the reconstruction or stylization picked in the job list as Render From ▸ Selected Job.
+
+    New jobs take the list selection (so their progress shows), which must not change what the next render
+    starts from: picking a render or mesh job leaves the remembered source alone.
+    """
+    if 0 <= backend.jobs_index < len(backend.jobs):
+        ref = backend.jobs[backend.jobs_index]
+        if ref.kind in ("RECONSTRUCT", "STYLIZE") and ref.job_id:
+            backend.selected_source_job = ref.job_id
+
+
 class NERFART_PG_backend(bpy.types.PropertyGroup):
     """The backend jobs of this file and which results to build on."""
 
@@ -66,14 +78,17 @@ class NERFART_PG_backend(bpy.types.PropertyGroup):
 
     jobs: CollectionProperty(type=NERFART_PG_job, name="Jobs", description="Jobs submitted from this file")
     jobs_index: IntProperty(name="Active Job", description="Selected job in the list", default=0, min=0,
-                            max=100_000)
+                            max=100_000, update=_on_job_selected)
+    selected_source_job: StringProperty(name="Selected Source", description="Job id of the reconstruction or "
+                                        "stylization last selected in the job list (Render From ▸ Selected Job)",
+                                        default="")
     reconstruct_job: StringProperty(name="Reconstruction", description="Job id of the reconstruction that "
                                     "stylization starts from (set when a reconstruction finishes)", default="")
     render_source: EnumProperty(
         name="Render From", description="Which result Render and Extract Mesh use",
         items=[("LATEST_STYLIZED", "Latest Stylization", "The most recent finished stylization"),
                ("RECONSTRUCTION", "Reconstruction", "The unstylized reconstruction"),
-               ("SELECTED", "Selected Job", "The job selected in the job list")],
+               ("SELECTED", "Selected Job", "The reconstruction or stylization last selected in the job list")],
         default="LATEST_STYLIZED")
 
 
