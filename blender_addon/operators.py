@@ -259,6 +259,32 @@ class NERFART_OT_clear_error(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NERFART_OT_copy_error(bpy.types.Operator):
+    """Copy the whole error message, its code and what to do to the clipboard (to paste into a report)"""
+
+    bl_idname = "nerfart.copy_error"
+    bl_label = "Copy Error"
+
+    job_id: StringProperty(name="Job ID", description="Copy this job's error (empty: the error in the panel)",
+                           default="", options={"SKIP_SAVE", "HIDDEN"})
+
+    def execute(self, context):
+        from .core.jobs import describe_error
+
+        if self.job_id:
+            ref = next((r for r in context.scene.nerfart.backend.jobs if r.job_id == self.job_id), None)
+            if ref is None or not ref.error:
+                self.report({"WARNING"}, f"job {self.job_id} has no error")
+                return {"CANCELLED"}
+            text = "\n\n".join(t for t in (f"{ref.name}: {ref.error}", describe_error(ref.error_code)) if t)
+        else:
+            rt = context.window_manager.nerfart_runtime
+            text = "\n\n".join(t for t in (rt.error, rt.error_detail) if t)
+        context.window_manager.clipboard = text
+        self.report({"INFO"}, "copied the error to the clipboard")
+        return {"FINISHED"}
+
+
 class NERFART_OT_cancel_job(bpy.types.Operator):
     """Cancel the job (it stops at its next step; what it produced so far is kept)"""
 
@@ -799,6 +825,7 @@ CLASSES = (
     NERFART_OT_stop_local_backend,
     NERFART_OT_reattach,
     NERFART_OT_clear_error,
+    NERFART_OT_copy_error,
     NERFART_OT_cancel_job,
     NERFART_OT_resume_job,
     NERFART_OT_watch_jobs,

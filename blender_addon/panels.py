@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bpy
 
+from .core.jobs import describe_error
 from .preferences import get_preferences
+from .ui_text import draw_wrapped
 
 STATE_ICONS = {"CONNECTED": "LINKED", "CONNECTING": "SORTTIME", "LOST": "ERROR", "ERROR": "CANCEL",
                "DISCONNECTED": "UNLINKED"}
@@ -47,37 +49,28 @@ class _Panel:
     bl_category = "NeRF-Art"
 
 
-def draw_error(layout, rt) -> None:
-    """The sticky error box: the message in words, details on demand, and a dismiss button."""
+ERROR_SUMMARY_LINES = 4  # lines of an error shown before Show Details
+
+
+def draw_error(layout, rt, context) -> None:
+    """The sticky error box: the message's first lines; Show Details adds the rest, the code and what to do."""
     box = layout.box()
     box.alert = True
-    row = box.row()
+    row = box.row(align=True)
     row.label(text="Error", icon="ERROR")
+    row.operator("nerfart.copy_error", text="", icon="COPYDOWN", emboss=False)
     row.operator("nerfart.clear_error", text="", icon="X", emboss=False)
-    col = box.column(align=True)
-    for line in _wrap(rt.error, 48)[:8]:
-        col.label(text=line)
-    if rt.error_detail:
-        box.prop(rt, "show_error_detail", icon="TRIA_DOWN" if rt.show_error_detail else "TRIA_RIGHT",
-                 emboss=False)
-        if rt.show_error_detail:
-            col = box.column(align=True)
-            for line in rt.error_detail.strip().splitlines()[-12:]:
-                col.label(text=line[:120])
+    draw_error_text(box, rt.error, rt.error_detail, rt, "show_error_detail", context)
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    lines: list[str] = []
-    for para in text.splitlines() or [""]:
-        line = ""
-        for word in para.split():
-            if line and len(line) + 1 + len(word) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        lines.append(line)
-    return lines
+def draw_error_text(box, message: str, detail: str, owner, toggle: str, context) -> None:
+    """``message`` wrapped (a summary until ``owner.<toggle>`` is set), then ``detail`` when it is."""
+    expanded = getattr(owner, toggle)
+    cut = draw_wrapped(box, message, context, in_box=True, max_lines=None if expanded else ERROR_SUMMARY_LINES)
+    if cut or detail:
+        box.prop(owner, toggle, icon="TRIA_DOWN" if expanded else "TRIA_RIGHT", emboss=False)
+    if expanded and detail:
+        draw_wrapped(box, detail, context, in_box=True)
 
 
 class NERFART_PT_main(_Panel, bpy.types.Panel):
@@ -93,11 +86,11 @@ class NERFART_PT_main(_Panel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         rt = context.window_manager.nerfart_runtime
-        row = layout.row()
-        row.alert = rt.connection in ("LOST", "ERROR")
-        row.label(text=rt.status_text, icon=STATE_ICONS.get(rt.connection, "UNLINKED"))
+        col = layout.column()
+        col.alert = rt.connection in ("LOST", "ERROR")
+        draw_wrapped(col, rt.status_text, context, icon=STATE_ICONS.get(rt.connection, "UNLINKED"))
         if rt.error:
-            draw_error(layout, rt)
+            draw_error(layout, rt, context)
         if rt.busy:
             col = layout.column(align=True)
             col.progress(factor=rt.progress, type="BAR", text=rt.job_text or "working…")
@@ -302,10 +295,13 @@ class NERFART_PT_jobs(_Panel, bpy.types.Panel):
                 col.operator("nerfart.resume_job", text="Resume from Checkpoint", icon="RECOVER_LAST").job_id = \
                     ref.job_id
             if ref.error:
-                sub = col.column(align=True)
-                sub.alert = True
-                for line in _wrap(ref.error, 48)[:6]:
-                    sub.label(text=line)
+                box = layout.box()
+                box.alert = True
+                row = box.row(align=True)
+                row.label(text="Why it failed", icon="ERROR")
+                row.operator("nerfart.copy_error", text="", icon="COPYDOWN", emboss=False).job_id = ref.job_id
+                rt = context.window_manager.nerfart_runtime
+                draw_error_text(box, ref.error, describe_error(ref.error_code), rt, "show_job_error", context)
             if ref.output_dir:
                 col.prop(ref, "output_dir", text="")
 

@@ -57,6 +57,7 @@ class NERFART_PG_job(bpy.types.PropertyGroup):
                             max=1.0, subtype="FACTOR")
     stage: StringProperty(name="Stage", description="Last reported stage", default="")
     error: StringProperty(name="Error", description="Why the job failed", default="")
+    error_code: StringProperty(name="Error Code", description="The backend's code for the failure", default="")
 
 
 def _on_job_selected(backend, _context) -> None:
@@ -300,7 +301,10 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
                                    default="")
     error: StringProperty(name="Error", description="The last error, in words", default="")
     error_detail: StringProperty(name="Details", description="Error code or backend trace", default="")
-    show_error_detail: BoolProperty(name="Show Details", description="Show the error's details", default=False)
+    show_error_detail: BoolProperty(name="Show Details", description="Show the whole error message, its code "
+                                    "and what to do", default=False)
+    show_job_error: BoolProperty(name="Show Details", description="Show the selected job's whole error message, "
+                                 "its code and what to do", default=False)
     preview: PointerProperty(type=bpy.types.Image, name="Preview", description="Latest preview from the backend")
     local_backend: StringProperty(name="Local Backend", description="State of the local backend process",
                                   default="")

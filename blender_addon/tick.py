@@ -18,7 +18,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import connection
-from .core.jobs import ACTIVE_STATES, Event, JobState, format_bytes
+from .core.jobs import ACTIVE_STATES, Event, JobState, clip_text, format_bytes
 
 DRAIN_BUDGET_S = 0.005  # time to drain the socket per tick
 HANDLE_BUDGET_S = 0.015  # time to turn events into Blender data per tick; the rest waits for the next tick
@@ -128,7 +128,8 @@ def _update_job_ref(job: JobState) -> None:
             ref.state = job.state
             ref.stage = job.stage
             ref.progress = job.progress
-            ref.error = job.error[:1000]
+            ref.error = clip_text(job.error)
+            ref.error_code = job.error_code
     for item in scene.nerfart.stylize.queue:
         if item.job_id and item.job_id == job.job_id:
             item.state = job.state
@@ -220,8 +221,8 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.job_text = job.status_line() if job else ""
     rt.progress = job.progress if job else 0.0
     rt.current_job_id = (job.job_id or "") if job else ""
-    rt.error = s.last_error[:1000]
-    rt.error_detail = s.last_error_detail[:4000]
+    rt.error = clip_text(s.last_error)
+    rt.error_detail = clip_text(s.last_error_detail)
     lb = connection.local_backend
     rt.local_backend = (f"running (pid {lb.proc.pid})" if lb.running else lb.exit_message)
     pending = 0

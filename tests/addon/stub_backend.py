@@ -43,6 +43,8 @@ class StubBackend:
         self.received: list[Message] = []
         self.jobs: dict[str, dict] = {}
         self.hold = threading.Event()
+        self.fail_code = "job_failed"  # the error a FAIL job ends with
+        self.fail_message = "the stub was asked to fail"
         self.silent = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -149,8 +151,8 @@ class StubBackend:
         if job["fail"]:
             job["state"] = "failed"
             self._send(ident, Message("result", {"job_id": job_id, "state": "failed", "outputs": {},
-                                                 "error": {"code": "job_failed",
-                                                           "message": "the stub was asked to fail"}}))
+                                                 "error": {"code": self.fail_code,
+                                                           "message": self.fail_message}}))
             return
         if job["kind"] == "render":
             for i, cam in enumerate(job["params"]["cameras"]):

@@ -77,7 +77,8 @@ def test_no_bl_info_relative_imports_no_pip(staged_addon):
             stripped = line.strip()
             assert not stripped.startswith(("import protocol", "from protocol", "from blender_addon",
                                             "import blender_addon")), f"{path}: {line}"
-        assert not re.search(r"ensurepip|[\"']pip[\"']|-m pip", text), f"{path} runs pip"
+        # Running pip (an argument list with "pip", or ensurepip); a message that tells the user to run it is fine.
+        assert not re.search(r"ensurepip|[\"']pip[\"']", text), f"{path} runs pip"
 
 
 # ---------------------------------------------------------------------------------------------------------

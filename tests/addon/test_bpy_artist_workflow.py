@@ -67,3 +67,56 @@ def test_render_from_selected_job_without_a_choice_says_what_to_do(connected, st
     scene.nerfart.backend.render_source = "SELECTED"
     with pytest.raises(RuntimeError, match="select a finished reconstruction or stylization in the Jobs list"):
         bpy.ops.nerfart.render()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 6: the whole error text
+# ---------------------------------------------------------------------------------------------------------
+
+LONG_ERROR = "\n".join(f"step {i}: the CLIP weights ViT-B-32/openai could not be found in the cache"
+                       for i in range(1, 16)) + "\nFIX: run python -m backend.stylize.weights --fetch once online"
+
+
+def panel_labels(addon, panel_name: str) -> list[str]:
+    """The label texts a panel draws now (through the checking RecordingLayout)."""
+    from types import SimpleNamespace
+
+    from recording_layout import RecordingLayout
+
+    cls = getattr(addon.panels, panel_name)
+    calls: list = []
+    cls.draw(SimpleNamespace(layout=RecordingLayout(calls, panel_name), bl_idname=cls.bl_idname), bpy.context)
+    return [c[1].get("text", "") for c in calls if c[0] == "label"]
+
+
+def test_whole_backend_error_with_code_and_hint(connected, stub, tmp_path):
+    """Issue 14 item 6: errors were cut after 8 lines (the fix was at the end) and Show Details said only
+    'job_failed'."""
+    from nerfart_blender.ui_text import content_width, text_width
+
+    stub.fail_code, stub.fail_message = "out_of_memory", LONG_ERROR
+    scene = bpy.context.scene
+    scene.nerfart.backend.reconstruct_job = "rec"
+    scene.nerfart.stylize.prompt = "please FAIL"
+    with pytest.raises(RuntimeError, match="FIX: run python"):
+        bpy.ops.nerfart.stylize()
+    rt = bpy.context.window_manager.nerfart_runtime
+    assert rt.error.endswith(LONG_ERROR) and "Code: out_of_memory" in rt.error_detail
+    assert "What to do: Free GPU memory" in rt.error_detail
+    # The panel: a wrapped summary first ...
+    collapsed = panel_labels(connected, "NERFART_PT_main")
+    assert "step 1:" in " ".join(collapsed) and "FIX" not in " ".join(collapsed)
+    # ... and after Show Details the whole message, the code and what to do, in lines that fit the sidebar.
+    rt.show_error_detail = True
+    expanded = panel_labels(connected, "NERFART_PT_main")
+    text = " ".join(" ".join(expanded).split())
+    assert " ".join(LONG_ERROR.split()) in text and "Code: out_of_memory" in text and "What to do:" in text
+    assert max(text_width(t) for t in expanded) <= content_width(in_box=True), [t for t in expanded if text_width(t) > content_width(in_box=True)]
+    # The failed job keeps its whole text and code in the Jobs panel too.
+    ref = scene.nerfart.backend.jobs[-1]
+    assert ref.state == "failed" and ref.error == LONG_ERROR and ref.error_code == "out_of_memory"
+    rt.show_job_error = True
+    jobs_text = " ".join(" ".join(panel_labels(connected, "NERFART_PT_jobs")).split())
+    assert "FIX: run python -m backend.stylize.weights --fetch" in jobs_text and "Code: out_of_memory" in jobs_text
+    assert bpy.ops.nerfart.copy_error() == {"FINISHED"}
+    assert bpy.ops.nerfart.copy_error(job_id=ref.job_id) == {"FINISHED"}
