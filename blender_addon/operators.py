@@ -285,8 +285,21 @@ class NERFART_OT_copy_error(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def cancel_question(job: JobState | None) -> str | None:
+    """What to ask before cancelling ``job`` from the UI, or None to cancel at once.
+
+    Training jobs (reconstruct, stylize) can run for an hour: one stray click must not end them. Renders and
+    meshes keep every frame they wrote, so they stop without a question.
+    """
+    if job is None or job.kind not in ("reconstruct", "stylize"):
+        return None
+    where = f" at {job.stage} {job.step}/{job.total}" if job.total else ""
+    return (f"Stop {job.label or job.kind}{where}? The model trained so far is kept, but the job cannot "
+            "continue from there.")
+
+
 class NERFART_OT_cancel_job(bpy.types.Operator):
-    """Cancel the job (it stops at its next step; what it produced so far is kept)"""
+    """Cancel the job (it stops at its next step; what it produced so far is kept). Training jobs ask first"""
 
     bl_idname = "nerfart.cancel_job"
     bl_label = "Cancel Job"
@@ -303,8 +316,21 @@ class NERFART_OT_cancel_job(bpy.types.Operator):
             return False
         return True
 
+    def _job(self) -> JobState | None:
+        if self.job_id:
+            return connection.session.jobs.get(self.job_id)
+        return connection.session.current_job()
+
+    def invoke(self, context, event):
+        question = cancel_question(self._job())
+        if question is None:
+            return self.execute(context)
+        return context.window_manager.invoke_confirm(self, event, title="Cancel Job?", message=question,
+                                                     confirm_text="Cancel Job", icon="WARNING")
+
     def execute(self, context):
-        job_id = self.job_id or (connection.session.current_job().job_id or "")
+        job = self._job()
+        job_id = self.job_id or ((job.job_id or "") if job is not None else "")
         if not job_id:
             return _fail(self, "the job has not been accepted yet; try again in a moment")
         try:
@@ -341,7 +367,11 @@ class NERFART_OT_resume_job(bpy.types.Operator):
 
 
 class NERFART_OT_watch_jobs(bpy.types.Operator):
-    """Watch running jobs: Esc cancels the current one; finished jobs are reported"""
+    """Watch running jobs and report the ones that finish.
+
+    It passes every event on: Esc belongs to whatever the artist is doing in the viewport (a transform, a
+    menu), so it must never cancel an hour of training; the Cancel button in the panel does, after asking.
+    """
 
     bl_idname = "nerfart.watch_jobs"
     bl_label = "Watch NeRF-Art Jobs"
@@ -364,15 +394,6 @@ class NERFART_OT_watch_jobs(bpy.types.Operator):
                 self._seen_final.add(job.job_id)
                 level = "INFO" if job.state == "done" else ("WARNING" if job.state == "cancelled" else "ERROR")
                 self.report({level}, job.status_line())
-        if event.type == "ESC" and event.value == "PRESS" and s.busy:
-            job = s.current_job()
-            if job is not None and job.job_id:
-                try:
-                    connection.cancel(job.job_id)
-                    self.report({"WARNING"}, f"cancelling {job.label}")
-                except ValueError as exc:
-                    self.report({"ERROR"}, str(exc))
-            return {"RUNNING_MODAL"}
         if not s.busy:
             NERFART_OT_watch_jobs.running = False
             return {"FINISHED"}

@@ -8,6 +8,8 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python module) is not installed")
 pytest.importorskip("zmq")
 
+from conftest import pump  # noqa: E402
+
 MOD = "nerfart_blender"
 
 
@@ -120,3 +122,38 @@ def test_whole_backend_error_with_code_and_hint(connected, stub, tmp_path):
     assert "FIX: run python -m backend.stylize.weights --fetch" in jobs_text and "Code: out_of_memory" in jobs_text
     assert bpy.ops.nerfart.copy_error() == {"FINISHED"}
     assert bpy.ops.nerfart.copy_error(job_id=ref.job_id) == {"FINISHED"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 8: Esc over the viewport
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_esc_over_the_viewport_never_cancels_training(connected, stub):
+    """Issue 14 item 8: the job watcher took every Esc press in the viewport as 'cancel the training'."""
+    from types import SimpleNamespace
+
+    from nerfart_blender.core.jobs import JobState
+
+    addon = connected
+    stub.hold.set()
+    job = JobState("reconstruct", "reconstruct head", params={"capture_path": "/nowhere"},
+                   meta={"scene": bpy.context.scene.name})
+    addon.connection.submit(job)
+    pump(addon, lambda: job.state == "running")
+    watcher = SimpleNamespace(_seen_final=set(), report=lambda *_: None)
+    for value in ("PRESS", "RELEASE"):
+        esc = SimpleNamespace(type="ESC", value=value)
+        assert addon.operators.NERFART_OT_watch_jobs.modal(watcher, bpy.context, esc) == {"PASS_THROUGH"}
+    for _ in range(10):
+        addon.tick.tick()
+    assert not stub.of_type("cancel") and job.state == "running"
+    # The Cancel button asks first for a training job (its invoke shows this question), not for a render.
+    question = addon.operators.cancel_question(job)
+    assert question.startswith("Stop reconstruct head at training 1/4?") and "kept" in question
+    assert addon.operators.cancel_question(JobState("render", "render")) is None
+    # Confirmed (execute, as after the dialog or from a script), it cancels.
+    assert bpy.ops.nerfart.cancel_job() == {"FINISHED"}
+    pump(addon, lambda: job.state == "cancelled")
+    assert stub.of_type("cancel")[-1].content["job_id"] == job.job_id
+    stub.hold.clear()
