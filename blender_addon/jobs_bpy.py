@@ -184,4 +184,4 @@ def mesh_job(scene: bpy.types.Scene) -> JobState:
               "keep_largest_only": bool(out.mesh_keep_largest)}
     return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
                     meta={"scene": scene.name, "placement": placement.name if placement else "",
-                          "decimate": float(out.mesh_decimate)})
+                          "decimate": float(out.mesh_decimate), "show_colours": bool(out.mesh_show_colours)})

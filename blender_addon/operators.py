@@ -432,7 +432,8 @@ class NERFART_OT_import_capture(bpy.types.Operator):
         folder = bpy.path.abspath(cap.folder)
         try:
             capture = read_capture(folder, CAPTURE_FORMATS.get(cap.format))
-            coll, placement, warnings = import_capture(scene, capture, cap.show_photos, cap.set_resolution)
+            coll, placement, warnings = import_capture(scene, capture, cap.show_photos, cap.set_resolution,
+                                                       cap.set_active_camera)
         except (CaptureError, ValueError, OSError) as exc:
             return _fail(self, f"cannot import the capture: {exc}")
         cap.cameras = coll
@@ -811,6 +812,32 @@ class NERFART_OT_extract_mesh(bpy.types.Operator):
         return _submit(self, context, job)
 
 
+class NERFART_OT_load_frames(bpy.types.Operator):
+    """Load the render job's frames as image sequences, one per camera of a rig (view them in an Image Editor)"""
+
+    bl_idname = "nerfart.load_frames"
+    bl_label = "Load Frames"
+
+    job_id: StringProperty(name="Job ID", description="The render job (empty: the job selected in the list)",
+                           default="", options={"SKIP_SAVE", "HIDDEN"})
+
+    def execute(self, context):
+        from .results_bpy import load_frame_folders, output_root
+
+        be = context.scene.nerfart.backend
+        job_id = self.job_id or (be.jobs[be.jobs_index].job_id if 0 <= be.jobs_index < len(be.jobs) else "")
+        ref = next((r for r in be.jobs if r.job_id and r.job_id == job_id), None)
+        if ref is None or ref.kind != "RENDER" or not ref.output_dir:
+            return _fail(self, "select a render job in the Jobs list first")
+        try:
+            images = load_frame_folders(output_root(ref.output_dir), f"NeRF-Art {ref.name}")
+        except (ValueError, RuntimeError, OSError) as exc:
+            return _fail(self, f"cannot load the frames: {exc}")
+        self.report({"INFO"}, f"loaded {len(images)} image(s): {', '.join(i.name for i in images[:4])}"
+                    + ("…" if len(images) > 4 else ""))
+        return {"FINISHED"}
+
+
 class NERFART_OT_job_remove(bpy.types.Operator):
     """Remove the selected job from this file's list (the backend keeps its files)"""
 
@@ -861,5 +888,6 @@ CLASSES = (
     NERFART_OT_queue_run,
     NERFART_OT_render,
     NERFART_OT_extract_mesh,
+    NERFART_OT_load_frames,
     NERFART_OT_job_remove,
 )

@@ -58,6 +58,11 @@ class NERFART_PG_job(bpy.types.PropertyGroup):
     stage: StringProperty(name="Stage", description="Last reported stage", default="")
     error: StringProperty(name="Error", description="Why the job failed", default="")
     error_code: StringProperty(name="Error Code", description="The backend's code for the failure", default="")
+    prompt: StringProperty(name="Prompt", description="The prompt of a stylize job", default="")
+    result: StringProperty(name="Result", description="The job's quality numbers: PSNR, losses, frames",
+                           default="")
+    warning: StringProperty(name="Warning", description="What to know about the result (e.g. not prompt-driven)",
+                            default="")
 
 
 def _on_job_selected(backend, _context) -> None:
@@ -100,9 +105,9 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
 
     source: EnumProperty(
         name="Source", description="Where the multi-view capture comes from",
-        items=[("FOLDER", "Capture Folder", "A folder of photos with cameras (transforms.json, COLMAP, "
+        items=[("FOLDER", "Folder", "A folder of photos with cameras (transforms.json, COLMAP, "
                 "IDR cameras.npz or LLFF poses_bounds.npy)"),
-               ("SCENE", "From Scene", "Render the selected objects from a ring of cameras with Cycles")],
+               ("SCENE", "Scene", "Render the selected objects from a ring of cameras with Cycles")],
         default="FOLDER")
     folder: StringProperty(name="Capture Folder", description="Folder holding the capture's images and camera "
                            "file", default="", subtype="DIR_PATH",
@@ -122,9 +127,13 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
                              description="Collection of the imported or generated capture cameras")
     show_photos: BoolProperty(name="Photos as Backgrounds", description="Show each capture photo as its "
                               "camera's background image", default=True)
-    set_resolution: BoolProperty(name="Set Scene Resolution", description="Set the scene's render resolution "
-                                 "to the capture's image size so the cameras frame exactly like the photos",
-                                 default=True)
+    set_resolution: BoolProperty(name="Set Scene Resolution", description="On import, set the scene's render "
+                                 "resolution to the capture's image size so the cameras frame exactly like the "
+                                 "photos (off: the scene's resolution stays; a warning says when they differ)",
+                                 default=False)
+    set_active_camera: BoolProperty(name="Make Camera Active", description="On import, make the capture's first "
+                                    "camera the scene's active camera (off: the active camera stays)",
+                                    default=False)
     ring_count: IntProperty(name="Cameras per Ring", description="Number of cameras on each ring", default=24,
                             min=3, max=256)
     ring_elevations: StringProperty(name="Ring Elevations", description="Elevation of each ring in degrees, "
@@ -233,9 +242,9 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
 
     mode: EnumProperty(
         name="Cameras", description="Which cameras to render",
-        items=[("ACTIVE", "Active Camera", "The scene camera over the frame range (keyframed motion, animated "
+        items=[("ACTIVE", "Camera", "The scene camera over the frame range (keyframed motion, animated "
                 "lens and cameras switched by timeline markers)"),
-               ("RIG", "Camera Rig", "Every camera in a collection")],
+               ("RIG", "Rig", "Every camera in a collection")],
         default="ACTIVE")
     rig: PointerProperty(type=bpy.types.Collection, name="Rig", description="Collection whose cameras to render")
     rig_frames: EnumProperty(
@@ -256,14 +265,18 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
         name="Format", description="Frame file format",
         items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
         default="PNG")
-    open_sequence: BoolProperty(name="Open as Image Sequence", description="Load the frames as an image "
-                                "sequence as they arrive (view it in an Image Editor)", default=True)
+    open_sequence: BoolProperty(name="Load Frames", description="Load the frames as image sequences (a rig: "
+                                "one per camera, when the render is done) and view them in an Image Editor",
+                                default=True)
     mesh_resolution: IntProperty(name="Resolution", description="Marching-cubes grid resolution per axis",
                                  default=256, min=16, max=1024)
     mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
                                  default=1.0, min=0.01, max=1.0, subtype="FACTOR")
     mesh_keep_largest: BoolProperty(name="Largest Part Only", description="Drop every disconnected piece but "
                                     "the largest", default=True)
+    mesh_show_colours: BoolProperty(name="Colours in Solid View", description="When the mesh arrives, make the "
+                                    "3D views' Solid shading show its vertex colours (Viewport Shading ▸ Color ▸ "
+                                    "Attribute)", default=True)
 
 
 class NERFART_PG_settings(bpy.types.PropertyGroup):
@@ -299,6 +312,10 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
                             max=1.0, subtype="FACTOR")
     current_job_id: StringProperty(name="Current Job", description="Id of the job shown in the progress bar",
                                    default="")
+    job_result: StringProperty(name="Result So Far", description="PSNR or losses of the running job",
+                               default="")
+    job_warning: StringProperty(name="Job Warning", description="What to know about the running job's result",
+                                default="")
     error: StringProperty(name="Error", description="The last error, in words", default="")
     error_detail: StringProperty(name="Details", description="Error code or backend trace", default="")
     show_error_detail: BoolProperty(name="Show Details", description="Show the whole error message, its code "

@@ -19,6 +19,7 @@ from bpy.app.handlers import persistent
 
 from . import connection
 from .core.jobs import ACTIVE_STATES, Event, JobState, clip_text, format_bytes
+from .core.results import result_text, result_warning
 
 DRAIN_BUDGET_S = 0.005  # time to drain the socket per tick
 HANDLE_BUDGET_S = 0.015  # time to turn events into Blender data per tick; the rest waits for the next tick
@@ -112,6 +113,7 @@ def _record_job(job: JobState) -> None:
     ref.kind = _KIND_ENUM.get(job.kind, "RECONSTRUCT")
     ref.endpoint = connection.session.endpoint
     ref.source_job = str(job.params.get("source_job", ""))
+    ref.prompt = str(job.params.get("prompt", ""))
     ref.output_dir = str(job.meta.get("output_dir", ""))
     scene.nerfart.backend.jobs_index = len(jobs) - 1
     qi = job.meta.get("queue_index")
@@ -130,6 +132,9 @@ def _update_job_ref(job: JobState) -> None:
             ref.progress = job.progress
             ref.error = clip_text(job.error)
             ref.error_code = job.error_code
+            # A job reattached after reopening the file knows its numbers only once its result comes again.
+            ref.result = result_text(job) or ref.result
+            ref.warning = result_warning(job) or ref.warning
     for item in scene.nerfart.stylize.queue:
         if item.job_id and item.job_id == job.job_id:
             item.state = job.state
@@ -160,12 +165,20 @@ def _on_mesh(job: JobState, msg) -> None:
     obj = _results().mesh_object(f"NeRF-Art {job.label}", vertices, faces, colors, coll, placement,
                                  float(job.meta.get("decimate", 1.0)))
     job.meta["object"] = obj.name
+    if colors is not None and job.meta.get("show_colours"):
+        _results().show_attribute_colours()
 
 
 def _on_finished(job: JobState) -> None:
     scene = _scene_of(job)
     if job.state == "done" and job.kind == "reconstruct" and job.job_id:
         scene.nerfart.backend.reconstruct_job = job.job_id
+    if job.kind == "render" and job.meta.get("files") and job.meta.get("open_sequence") \
+            and job.meta.get("multi_camera"):
+        # A rig's frames are one folder per camera: load each as an image sequence (or still) once all arrived.
+        from pathlib import Path
+
+        _results().load_frame_folders(Path(job.meta["output_dir"]), f"NeRF-Art {job.label}")
     if bpy.app.background:
         print(f"[nerfart] {job.status_line()}", flush=True)
 
@@ -221,6 +234,8 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.job_text = job.status_line() if job else ""
     rt.progress = job.progress if job else 0.0
     rt.current_job_id = (job.job_id or "") if job else ""
+    rt.job_result = result_text(job) if job else ""
+    rt.job_warning = result_warning(job) if job else ""
     rt.error = clip_text(s.last_error)
     rt.error_detail = clip_text(s.last_error_detail)
     lb = connection.local_backend
@@ -231,7 +246,8 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
                        if ref.job_id and ref.state in (*ACTIVE_STATES, "lost") and ref.job_id not in s.jobs)
     rt.reattach_pending = pending
     _status_bar(wm, rt.job_text if rt.busy else None)
-    shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.progress, rt.error,
+    shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.job_result,
+             rt.job_warning, rt.progress, rt.error,
              rt.local_backend, rt.reattach_pending, _preview_serial,
              sum(len(sc.nerfart.backend.jobs) for sc in bpy.data.scenes))
     global _last_shown

@@ -17,6 +17,8 @@ import bpy
 SIDEBAR_DEFAULT_WIDTH = 220.0
 SIDEBAR_MARGINS = 20.0 + 2 * 8.0 + 2 * 8.0
 BOX_MARGINS = 12.0  # a box's border and padding, both sides together
+LABEL_INSET = 8.0  # a label's text starts this far in
+ICON_WIDTH = 20.0  # an icon before a label's text
 FONT_ID = 0  # Blender's default UI font
 
 
@@ -93,7 +95,7 @@ def _longest_prefix(word: str, width: float, points: float) -> int:
 def draw_wrapped(layout, text: str, context=None, in_box: bool = False, max_lines: int | None = None,
                  icon: str = "NONE") -> bool:
     """Draw ``text`` as wrapped labels (the first with ``icon``); returns whether lines were left out."""
-    width = content_width(context, in_box) - (20.0 if icon != "NONE" else 0.0)
+    width = content_width(context, in_box) - LABEL_INSET - (ICON_WIDTH if icon != "NONE" else 0.0)
     lines = wrap(text, width, context)
     shown = lines if max_lines is None else lines[:max_lines]
     col = layout.column(align=True)

@@ -157,3 +157,97 @@ def test_esc_over_the_viewport_never_cancels_training(connected, stub):
     pump(addon, lambda: job.state == "cancelled")
     assert stub.of_type("cancel")[-1].content["job_id"] == job.job_id
     stub.hold.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 7: results in the panels, rig frames as sequences, mesh colours in Solid shading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def joined_labels(addon, panel_name: str) -> str:
+    return " ".join(" ".join(panel_labels(addon, panel_name)).split())
+
+
+def test_results_show_in_the_panels(connected, stub, tmp_path):
+    """Issue 14 item 7: PSNR, losses and the 'not prompt-driven' warning stayed on the backend."""
+    addon = connected
+    scene = bpy.context.scene
+    be = scene.nerfart.backend
+    stylized = reconstruct_and_stylize(scene, tmp_path)
+    rec_ref = next(r for r in be.jobs if r.job_id == be.reconstruct_job)
+    assert rec_ref.result == "PSNR 27.50 dB, held-out 25.25 dB"
+    assert "PSNR 27.50 dB, held-out 25.25 dB" in joined_labels(addon, "NERFART_PT_capture")
+    sty_ref = next(r for r in be.jobs if r.job_id == stylized)
+    assert sty_ref.result == "style loss 0.5 (directional 0.125, image 0.375)" and sty_ref.warning == ""
+    assert "style loss 0.5" in joined_labels(addon, "NERFART_PT_stylize")
+    # A random-CLIP stylization: the warning shows while it runs and stays on the finished job, in red.
+    scene.nerfart.stylize.clip_pretrained = "random"
+    assert bpy.ops.nerfart.stylize() == {"FINISHED"}
+    ref = be.jobs[-1]
+    assert ref.warning.startswith("Not prompt-driven: random CLIP weights were requested")
+    text = joined_labels(addon, "NERFART_PT_stylize")
+    assert "Not prompt-driven" in text
+    be.jobs_index = len(be.jobs) - 1
+    assert "Not prompt-driven" in joined_labels(addon, "NERFART_PT_jobs")
+
+
+def test_running_job_shows_its_numbers_and_warning_live(connected, stub):
+    from nerfart_blender.core.jobs import JobState
+
+    addon = connected
+    stub.hold.set()
+    job = JobState("stylize", "stylize 'x'", params={"source_job": "r", "prompt": "x", "clip_pretrained": "random"},
+                   meta={"scene": bpy.context.scene.name})
+    addon.connection.submit(job)
+    pump(addon, lambda: job.state == "running")
+    rt = bpy.context.window_manager.nerfart_runtime
+    assert rt.job_warning.startswith("NOT prompt-driven") and "NOT prompt-driven" in joined_labels(addon,
+                                                                                                    "NERFART_PT_main")
+    stub.hold.clear()
+    pump(addon, lambda: not job.active)
+
+
+def test_rig_frames_load_as_image_sequences(connected, stub, tmp_path):
+    scene = bpy.context.scene
+    rig = bpy.data.collections.new("Turntable")
+    scene.collection.children.link(rig)
+    for name in ("Front", "Side"):
+        cam = add_camera(scene, name)
+        scene.collection.objects.unlink(cam)
+        rig.objects.link(cam)
+    reconstruct_and_stylize(scene, tmp_path)
+    out = scene.nerfart.outputs
+    out.mode, out.rig, out.rig_frames = "RIG", rig, "RANGE"
+    out.use_scene_range, out.frame_start, out.frame_end = False, 1, 3
+    out.output_dir = str(tmp_path / "renders")
+    assert out.open_sequence
+    assert bpy.ops.nerfart.render() == {"FINISHED"}
+    ref = scene.nerfart.backend.jobs[-1]
+    images = {i.name: i for i in bpy.data.images if i.name.startswith(f"NeRF-Art {ref.name}")}
+    assert sorted(images) == [f"NeRF-Art {ref.name} Front", f"NeRF-Art {ref.name} Side"]
+    assert all(i.source == "SEQUENCE" and i.filepath.endswith("frame_0001.png") for i in images.values())
+    assert ref.result == "6 frame(s)"
+    # Asked for later (Jobs panel ▸ Load Frames): the same images, reloaded from the output folder.
+    for img in images.values():
+        bpy.data.images.remove(img)
+    assert bpy.ops.nerfart.load_frames(job_id=ref.job_id) == {"FINISHED"}
+    assert sum(1 for i in bpy.data.images if i.name.startswith(f"NeRF-Art {ref.name}")) == 2
+    with pytest.raises(RuntimeError, match="select a render job"):
+        bpy.ops.nerfart.load_frames(job_id=scene.nerfart.backend.reconstruct_job)
+
+
+def test_mesh_colours_show_in_solid_shading(connected, stub, tmp_path):
+    scene = bpy.context.scene
+    views = [s for screen in bpy.data.screens for a in screen.areas for s in a.spaces if s.type == "VIEW_3D"]
+    before = [v.shading.color_type for v in views]
+    assert views and "VERTEX" not in before
+    reconstruct_and_stylize(scene, tmp_path)
+    scene.nerfart.outputs.mesh_show_colours = False
+    assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
+    assert [v.shading.color_type for v in views] == before  # not asked: the views stay as they were
+    scene.nerfart.outputs.mesh_show_colours = True  # the default
+    assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
+    mesh = next(o for o in reversed(bpy.data.objects) if o.type == "MESH").data
+    assert mesh.color_attributes.active_color.name == "Col"
+    assert all(v.shading.color_type == "VERTEX" for v in views)  # Solid ▸ Color ▸ Attribute
+    assert scene.nerfart.backend.jobs[-1].result == "3 vertices, 1 faces"

@@ -49,6 +49,7 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     scene = bpy.context.scene
     nerf = scene.nerfart
     nerf.capture.folder = str(lego_dir)
+    nerf.capture.set_resolution = True
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     # Reconstruct: a loopback backend gets the folder path, not an upload.
     assert bpy.ops.nerfart.reconstruct() == {"FINISHED"}
