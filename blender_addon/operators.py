@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import connection, tick
 from .core.jobs import JobState
@@ -765,12 +765,20 @@ class NERFART_OT_queue_run(bpy.types.Operator):
         return {"FINISHED"}
 
 
+OVERWRITE_HINT = ("change the frame range, rig or output folder, or render again and confirm replacing them (a "
+                  "script: overwrite=True)")
+
+
 class NERFART_OT_render(bpy.types.Operator):
-    """Render the active camera over the frame range (or every rig camera) with the backend; frames go to the
-    output folder and open as an image sequence"""
+    """Render the active camera over the frame range (or every rig camera) with the backend, into a folder named
+    after the prompt, rig and frames; asks before replacing an earlier render"""
 
     bl_idname = "nerfart.render"
     bl_label = "Render Frames"
+
+    overwrite: BoolProperty(name="Overwrite", description="Replace the frames of an earlier render of the same "
+                            "prompt, cameras and frames (without it, a render into a full folder is refused)",
+                            default=False, options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):
@@ -782,14 +790,126 @@ class NERFART_OT_render(bpy.types.Operator):
             return False
         return True
 
-    def execute(self, context):
-        from .jobs_bpy import render_job
+    def invoke(self, context, event):
+        from .jobs_bpy import earlier_render, render_target
 
         try:
-            job = render_job(context.scene)
+            earlier = earlier_render(render_target(context.scene).folder)
         except ValueError as exc:
             return _fail(self, f"cannot render: {exc}")
+        if earlier is None or self.overwrite:
+            return self.execute(context)
+        self.overwrite = True  # what the confirmation means
+        return context.window_manager.invoke_confirm(self, event, title="Replace Earlier Render?",
+                                                     message=f"{earlier}. Replace them?", confirm_text="Replace",
+                                                     icon="WARNING")
+
+    def execute(self, context):
+        from .core.outputs import remove_frames
+        from .jobs_bpy import earlier_render, folder_in_use, render_job, render_target
+
+        try:
+            target = render_target(context.scene)
+            if (writer := folder_in_use(target.folder)) is not None:
+                return _fail(self, f"not rendering: {writer} is still writing into {target.folder}; wait for it "
+                             "or cancel it")
+            earlier = earlier_render(target.folder)
+            if earlier is not None and not self.overwrite:
+                return _fail(self, f"not rendering: {earlier}; {OVERWRITE_HINT}")
+            remove_frames(target.folder)
+            job = render_job(context.scene, target)
+        except (ValueError, OSError) as exc:
+            return _fail(self, f"cannot render: {exc}")
         return _submit(self, context, job)
+
+
+class NERFART_OT_batch_render(bpy.types.Operator):
+    """Stylize every prompt of the Batch Queue and render each through every camera rig of the Rigs collection,
+    one folder per prompt and rig, with a summary; asks before replacing earlier renders"""
+
+    bl_idname = "nerfart.batch_render"
+    bl_label = "Render Batch"
+
+    prompts: StringProperty(name="Prompts", description="Prompts, one per line or separated by '|' (empty: the "
+                            "Batch Queue's)", default="", options={"SKIP_SAVE"})
+    rigs: StringProperty(name="Rigs", description="Names of the rig collections, separated by commas (empty: "
+                         "the rigs in Outputs ▸ Batch ▸ Rigs)", default="", options={"SKIP_SAVE"})
+    overwrite: BoolProperty(name="Overwrite", description="Replace the frames of earlier renders of the same "
+                            "prompt, rig and frames (without it, a batch that would replace any is refused)",
+                            default=False, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return _require_connection(cls)
+
+    def _plan(self, context):
+        from . import batch_bpy
+        from .core.batch import parse_names, parse_prompts
+
+        scene = context.scene
+        prompts = batch_bpy.prompts_of(scene, parse_prompts(self.prompts))
+        rigs = batch_bpy.rigs_of(scene, parse_names(self.rigs))
+        return batch_bpy.plan(scene, prompts, rigs)
+
+    def invoke(self, context, event):
+        from . import batch_bpy
+
+        try:
+            earlier = batch_bpy.earlier_renders(self._plan(context))
+        except ValueError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        if not earlier or self.overwrite:
+            return self.execute(context)
+        self.overwrite = True  # what the confirmation means
+        more = f" (and {len(earlier) - 1} more folder(s))" if len(earlier) > 1 else ""
+        return context.window_manager.invoke_confirm(self, event, title="Replace Earlier Renders?",
+                                                     message=f"{earlier[0]}{more}. Replace them?",
+                                                     confirm_text="Replace", icon="WARNING")
+
+    def execute(self, context):
+        from . import batch_bpy
+
+        try:
+            batch = self._plan(context)
+        except ValueError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        if busy := batch_bpy.busy_folders(batch):
+            return _fail(self, f"not rendering the batch: {busy[0]}; wait for it or cancel it")
+        earlier = batch_bpy.earlier_renders(batch)
+        if earlier and not self.overwrite:
+            return _fail(self, f"not rendering the batch: {len(earlier)} of its {len(batch.renders)} folders hold "
+                         f"earlier renders ({earlier[0]}); {OVERWRITE_HINT}", "\n".join(earlier))
+        try:
+            batch_bpy.start(context.scene, batch)
+        except OSError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        connection.session.clear_error()
+        what = f"{len(batch.prompts)} prompt(s) x {len(batch.renders) // max(1, len(batch.prompts))} rig(s)"
+        if bpy.app.background:
+            last = ""
+
+            def print_progress() -> None:
+                nonlocal last
+                if batch.status_line() != last:
+                    last = batch.status_line()
+                    print(f"[nerfart] {last}", flush=True)
+
+            try:
+                tick.drive_until(lambda: batch.finished, "the batch", print_progress)
+            except RuntimeError as exc:
+                return _fail(self, str(exc))
+            failed = [r for r in batch.renders if r.state != "done"]
+            if failed:
+                return _fail(self, f"{batch.status_line()}: {failed[0].prompt} / {failed[0].rig}: "
+                             f"{failed[0].error or failed[0].state}; summary {batch.summary[1]}",
+                             "\n".join(f"{r.prompt} / {r.rig}: {r.error or r.state}" for r in failed))
+            self.report({"INFO"}, f"{batch.status_line()}; summary {batch.summary[1]}")
+            return {"FINISHED"}
+        tick.sync_runtime(context.window_manager)
+        if context.window is not None and not NERFART_OT_watch_jobs.running:
+            bpy.ops.nerfart.watch_jobs("INVOKE_DEFAULT")
+        self.report({"INFO"}, f"batch of {what} sent; folders under {batch.output_folder}")
+        return {"FINISHED"}
 
 
 class NERFART_OT_extract_mesh(bpy.types.Operator):
@@ -887,6 +1007,7 @@ CLASSES = (
     NERFART_OT_queue_move,
     NERFART_OT_queue_run,
     NERFART_OT_render,
+    NERFART_OT_batch_render,
     NERFART_OT_extract_mesh,
     NERFART_OT_load_frames,
     NERFART_OT_job_remove,

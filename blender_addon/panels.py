@@ -115,6 +115,8 @@ class NERFART_PT_main(_Panel, bpy.types.Panel):
             col.progress(factor=rt.progress, type="BAR", text=f"{rt.progress * 100:.0f}%")
             col.operator("nerfart.cancel_job", text="Cancel", icon="CANCEL")
             draw_result(layout, rt.job_result, rt.job_warning, context)
+        if rt.batch_text:
+            draw_wrapped(layout, rt.batch_text, context, icon="SEQ_STRIP_DUPLICATE")
         if rt.preview is not None:
             layout.template_icon(icon_value=layout.icon(rt.preview), scale=8.0)
 
@@ -297,6 +299,13 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         col.prop(out, "file_format")
         col.prop(out, "open_sequence")
         layout.operator("nerfart.render", icon="RENDER_ANIMATION")
+        box = layout.box()
+        box.label(text="Batch", icon="SEQ_STRIP_DUPLICATE")
+        draw_wrapped(box, "Every Batch Queue prompt through every rig, one folder each", context, in_box=True)
+        labelled(box, out, "batch_rigs")
+        box.operator("nerfart.batch_render", icon="RENDER_ANIMATION")
+        if out.batch_summary:
+            labelled(box, out, "batch_summary")
         box = layout.box()
         box.label(text="Mesh", icon="MESH_DATA")
         col = box.column(align=True)

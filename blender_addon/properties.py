@@ -268,6 +268,11 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
     open_sequence: BoolProperty(name="Load Frames", description="Load the frames as image sequences (a rig: "
                                 "one per camera, when the render is done) and view them in an Image Editor",
                                 default=True)
+    batch_rigs: PointerProperty(type=bpy.types.Collection, name="Rigs", description="Collection holding the "
+                                "camera rigs of a batch: each child collection with cameras is one rig (or this "
+                                "collection is the only rig when it holds the cameras itself)")
+    batch_summary: StringProperty(name="Last Batch Summary", description="The summary table the last batch wrote",
+                                  default="", subtype="FILE_PATH", options=BLEND_RELATIVE)
     mesh_resolution: IntProperty(name="Resolution", description="Marching-cubes grid resolution per axis",
                                  default=256, min=16, max=1024)
     mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
@@ -316,6 +321,7 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
                                default="")
     job_warning: StringProperty(name="Job Warning", description="What to know about the running job's result",
                                 default="")
+    batch_text: StringProperty(name="Batch", description="Progress of the running batch", default="")
     error: StringProperty(name="Error", description="The last error, in words", default="")
     error_detail: StringProperty(name="Details", description="Error code or backend trace", default="")
     show_error_detail: BoolProperty(name="Show Details", description="Show the whole error message, its code "

@@ -25,13 +25,6 @@ def output_root(base: str) -> Path:
     return Path(bpy.path.abspath(base))
 
 
-def job_output_dir(base: str, label: str) -> Path:
-    """Absolute folder for a job's files: :func:`output_root` of ``base`` / a safe form of the job label."""
-    root = output_root(base)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label).strip("_") or "job"
-    return root / safe
-
-
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write a file so that readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)

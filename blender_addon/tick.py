@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 
 import bpy
 from bpy.app.handlers import persistent
@@ -91,12 +92,22 @@ def handle_event(event: Event) -> None:
         _on_finished(job)
     if job is not None:
         _update_job_ref(job)
+        if job.meta.get("batch") is not None:
+            from . import batch_bpy
+
+            batch_bpy.on_event(event)
 
 
 def _results():
     from . import results_bpy
 
     return results_bpy
+
+
+def _running_batches() -> list:
+    from . import batch_bpy
+
+    return batch_bpy.running()
 
 
 def _scene_of(job: JobState) -> bpy.types.Scene:
@@ -236,6 +247,7 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.current_job_id = (job.job_id or "") if job else ""
     rt.job_result = result_text(job) if job else ""
     rt.job_warning = result_warning(job) if job else ""
+    rt.batch_text = "; ".join(b.status_line() for b in _running_batches())
     rt.error = clip_text(s.last_error)
     rt.error_detail = clip_text(s.last_error_detail)
     lb = connection.local_backend
@@ -247,7 +259,7 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.reattach_pending = pending
     _status_bar(wm, rt.job_text if rt.busy else None)
     shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.job_result,
-             rt.job_warning, rt.progress, rt.error,
+             rt.job_warning, rt.batch_text, rt.progress, rt.error,
              rt.local_backend, rt.reattach_pending, _preview_serial,
              sum(len(sc.nerfart.backend.jobs) for sc in bpy.data.scenes))
     global _last_shown
@@ -302,6 +314,29 @@ def wait_connected(timeout_s: float) -> None:
                            f"{connection.session.endpoint} within {timeout_s:g} s")
 
 
+def drive_until(done: Callable[[], bool], what: str, on_step: Callable[[], None] | None = None,
+                lost_timeout_s: float = 60.0) -> None:
+    """Poll and apply events until ``done()`` (background mode: the timer does not run there).
+
+    Raises:
+        RuntimeError: if the backend stops answering for ``lost_timeout_s`` while ``what`` runs.
+    """
+    lost_since: float | None = None
+    while not done():
+        for event in connection.poll(0.05):
+            handle_event(event)
+        if on_step is not None:
+            on_step()
+        if connection.session.state == "LOST":
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > lost_timeout_s:
+                raise RuntimeError(f"the backend at {connection.session.endpoint} stopped answering while {what} "
+                                   "ran")
+        else:
+            lost_since = None
+        time.sleep(0.01)
+
+
 def run_blocking(job: JobState, lost_timeout_s: float = 60.0) -> JobState:
     """Drive the bridge until ``job`` (already submitted) finishes, printing progress lines.
 
@@ -309,23 +344,20 @@ def run_blocking(job: JobState, lost_timeout_s: float = 60.0) -> JobState:
         RuntimeError: if the job fails or the backend stops answering.
     """
     last_line = ""
-    lost_since: float | None = None
-    while job.state not in ("done", "failed", "cancelled", "interrupted", "lost"):
-        for event in connection.poll(0.05):
-            handle_event(event)
+
+    def print_progress() -> None:
+        nonlocal last_line
         line = job.status_line()
         if line != last_line:
             print(f"[nerfart] {line} ({job.progress * 100:.0f}%)", flush=True)
             last_line = line
-        if connection.session.state == "LOST":
-            lost_since = lost_since or time.monotonic()
-            if time.monotonic() - lost_since > lost_timeout_s:
-                job.state = "lost"
-                raise RuntimeError(f"the backend at {connection.session.endpoint} stopped answering while "
-                                   f"{job.label or job.kind} ran")
-        else:
-            lost_since = None
-        time.sleep(0.01)
+
+    try:
+        drive_until(lambda: job.state in ("done", "failed", "cancelled", "interrupted", "lost"),
+                    job.label or job.kind, print_progress, lost_timeout_s)
+    except RuntimeError:
+        job.state = "lost"
+        raise
     print(f"[nerfart] {job.status_line()}", flush=True)
     if job.state != "done":
         raise RuntimeError(f"{job.label or job.kind} {job.state}: {job.error or 'no reason given'}")

@@ -90,7 +90,8 @@ def _set_state(addon, scene, state: str) -> None:
     wm = bpy.context.window_manager
     rt = wm.nerfart_runtime
     prefs = bpy.context.preferences.addons[MOD].preferences
-    for key in ("error", "error_detail", "job_text", "gpu_name", "gpu_memory", "local_backend", "clip_models"):
+    for key in ("error", "error_detail", "job_text", "gpu_name", "gpu_memory", "local_backend", "clip_models",
+                "job_result", "job_warning", "batch_text"):
         setattr(rt, key, "")
     rt.busy = False
     rt.preview = None

@@ -40,6 +40,7 @@ def fill_results(scene) -> None:
     be.reconstruct_job = be.jobs[0].job_id
     be.jobs_index = 1
     be.render_source = "SELECTED"
+    scene.nerfart.outputs.batch_summary = "/studio/projects/heads/nerfart/renders/batch_20261204-005509.txt"
 
 
 @pytest.mark.parametrize("state", ["idle", "busy", "error", "disconnected", "lost"])
@@ -63,6 +64,7 @@ def test_every_panel_fits_the_default_sidebar(addon, fresh_file, state, variant)
     rt.show_error_detail = rt.show_job_error = True
     if state == "busy":
         rt.job_result, rt.job_warning = "style loss 0.512 (directional 0.121, image 0.401)", "Not prompt-driven"
+        rt.batch_text = "batch: 2 of 6 render(s) done, 1 failed"
     width = content_width(bpy.context)
     assert width == pytest.approx(168.0)  # 220 wide, less the tabs and the panel margins
     problems = [p for layout in draw_panels(addon, bpy.context) for p in overflows(layout, width)]
