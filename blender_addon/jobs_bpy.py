@@ -132,7 +132,7 @@ def resolve_source_job(scene: bpy.types.Scene) -> str:
             raise ValueError("no finished reconstruction yet")
         return be.reconstruct_job
     if be.render_source == "SELECTED":
-        ref = next((r for r in be.jobs if r.job_id and r.job_id == be.selected_source_job), None)
+        ref = be.job(be.selected_source_job)
         if ref is None:
             raise ValueError("select a finished reconstruction or stylization in the Jobs list first (Render "
                              "From ▸ Selected Job renders the one selected last)")
@@ -164,7 +164,7 @@ class RenderTarget:
 
 def source_name(scene: bpy.types.Scene, job_id: str) -> str:
     """What a render's source is called in folder names: the stylization's prompt, else "reconstruction"."""
-    ref = next((r for r in scene.nerfart.backend.jobs if r.job_id and r.job_id == job_id), None)
+    ref = scene.nerfart.backend.job(job_id)
     if ref is not None and ref.kind == "STYLIZE":
         return ref.prompt or ref.name.removeprefix("stylize ").strip("'")
     return "reconstruction"

@@ -272,7 +272,7 @@ class NERFART_OT_copy_error(bpy.types.Operator):
         from .core.jobs import describe_error
 
         if self.job_id:
-            ref = next((r for r in context.scene.nerfart.backend.jobs if r.job_id == self.job_id), None)
+            ref = context.scene.nerfart.backend.job(self.job_id)
             if ref is None or not ref.error:
                 self.report({"WARNING"}, f"job {self.job_id} has no error")
                 return {"CANCELLED"}
@@ -946,7 +946,7 @@ class NERFART_OT_load_frames(bpy.types.Operator):
 
         be = context.scene.nerfart.backend
         job_id = self.job_id or (be.jobs[be.jobs_index].job_id if 0 <= be.jobs_index < len(be.jobs) else "")
-        ref = next((r for r in be.jobs if r.job_id and r.job_id == job_id), None)
+        ref = be.job(job_id)
         if ref is None or ref.kind != "RENDER" or not ref.output_dir:
             return _fail(self, "select a render job in the Jobs list first")
         try:

@@ -219,7 +219,7 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
         labelled(box, cap, "transfer")
         box.operator("nerfart.reconstruct", icon="PLAY")
         be = context.scene.nerfart.backend
-        ref = next((r for r in be.jobs if r.job_id and r.job_id == be.reconstruct_job), None)
+        ref = be.job(be.reconstruct_job)
         if be.reconstruct_job:
             box.label(text=f"Done: {be.reconstruct_job}", icon="CHECKMARK")
         if ref is not None:
@@ -280,7 +280,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         be = scene.nerfart.backend
         labelled(layout, be, "render_source")
         if be.render_source == "SELECTED":
-            chosen = next((r for r in be.jobs if r.job_id and r.job_id == be.selected_source_job), None)
+            chosen = be.job(be.selected_source_job)
             draw_wrapped(layout, f"From: {chosen.name}" if chosen is not None else
                          "Select a finished job in the Jobs list", context)
         layout.row().prop(out, "mode", expand=True)

@@ -88,6 +88,10 @@ class NERFART_PG_backend(bpy.types.PropertyGroup):
     selected_source_job: StringProperty(name="Selected Source", description="Job id of the reconstruction or "
                                         "stylization last selected in the job list (Render From ▸ Selected Job)",
                                         default="")
+
+    def job(self, job_id: str) -> NERFART_PG_job | None:
+        """The saved job with this id, or None (also for an empty id)."""
+        return next((ref for ref in self.jobs if job_id and ref.job_id == job_id), None)
     reconstruct_job: StringProperty(name="Reconstruction", description="Job id of the reconstruction that "
                                     "stylization starts from (set when a reconstruction finishes)", default="")
     render_source: EnumProperty(

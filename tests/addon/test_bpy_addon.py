@@ -130,6 +130,21 @@ def _set_state(addon, scene, state: str) -> None:
         rt.reattach_pending = 1
 
 
+def _set_variant(scene, variant: str) -> None:
+    """``folder_active``: the defaults; ``scene_rig``: scene capture, a rig over a frame range, a queue."""
+    if variant != "scene_rig":
+        return
+    nerf = scene.nerfart
+    nerf.capture.source = "SCENE"
+    nerf.outputs.mode = "RIG"
+    nerf.outputs.rig_frames = "RANGE"
+    nerf.outputs.use_scene_range = False
+    nerf.backend.reconstruct_job = "rec1"
+    q = nerf.stylize.queue.add()
+    q.name, q.state, q.job_id = "a marble statue", "running", "j9"
+    nerf.stylize.queue.add().name = "Tolkien Elf"
+
+
 def _draw_all(addon, context) -> list:
     calls: list = []
     panels = [c for c in addon.panels.CLASSES if issubclass(c, bpy.types.Panel)]
@@ -161,16 +176,7 @@ def _draw_all(addon, context) -> list:
 @pytest.mark.parametrize("variant", ["folder_active", "scene_rig"])
 def test_panels_draw_in_every_state(addon, fresh_file, state, variant):
     scene = fresh_file
-    nerf = scene.nerfart
-    if variant == "scene_rig":
-        nerf.capture.source = "SCENE"
-        nerf.outputs.mode = "RIG"
-        nerf.outputs.rig_frames = "RANGE"
-        nerf.outputs.use_scene_range = False
-        nerf.backend.reconstruct_job = "rec1"
-        q = nerf.stylize.queue.add()
-        q.name, q.state, q.job_id = "a marble statue", "running", "j9"
-        nerf.stylize.queue.add().name = "Tolkien Elf"
+    _set_variant(scene, variant)
     _set_state(addon, scene, state)
     calls = _draw_all(addon, bpy.context)
     names = [c[0] for c in calls]

@@ -12,7 +12,7 @@ bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python mod
 
 from recording_layout import RecordingLayout  # noqa: E402
 from sidebar_fit import overflows  # noqa: E402
-from test_bpy_addon import _set_state  # noqa: E402
+from test_bpy_addon import _set_state, _set_variant  # noqa: E402
 
 
 def draw_panels(addon, context) -> list[RecordingLayout]:
@@ -50,14 +50,7 @@ def test_every_panel_fits_the_default_sidebar(addon, fresh_file, state, variant)
     from nerfart_blender.ui_text import content_width
 
     scene = fresh_file
-    nerf = scene.nerfart
-    if variant == "scene_rig":
-        nerf.capture.source = "SCENE"
-        nerf.outputs.mode = "RIG"
-        nerf.outputs.rig_frames = "RANGE"
-        nerf.outputs.use_scene_range = False
-        q = nerf.stylize.queue.add()
-        q.name, q.state, q.job_id = "a marble statue", "running", "j9"
+    _set_variant(scene, variant)
     fill_results(scene)
     _set_state(addon, scene, state)
     rt = bpy.context.window_manager.nerfart_runtime
