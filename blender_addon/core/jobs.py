@@ -109,6 +109,8 @@ ERROR_HINTS = {
     "unknown_job": "The backend does not know this job: it may run with another work folder, or the job's "
                    "folder was deleted. Submit the job again.",
     "unknown_kind": "This backend does not run this kind of job: update the backend.",
+    "job_failed": "The job stopped on the problem the message describes: correct that and submit it again (what "
+                  "it wrote so far stays in its folder on the backend).",
     "out_of_memory": "Free GPU memory (Stop Local Backend frees the backend's; close Cycles renders or other GPU "
                      "programs) or lower the setting the message names, then submit again.",
     "queue_full": "Too many of your jobs are waiting: let some finish or cancel some, then submit again.",
