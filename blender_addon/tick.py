@@ -126,7 +126,10 @@ def _record_job(job: JobState) -> None:
     ref.source_job = str(job.params.get("source_job", ""))
     ref.prompt = str(job.params.get("prompt", ""))
     ref.output_dir = str(job.meta.get("output_dir", ""))
-    scene.nerfart.backend.jobs_index = len(jobs) - 1
+    be = scene.nerfart.backend
+    pinned = be.selected_source_job
+    be.jobs_index = len(jobs) - 1  # the new job's progress shows in the list...
+    be.selected_source_job = pinned  # ...without changing what Render From ▸ Selected Job renders
     qi = job.meta.get("queue_index")
     if qi is not None and qi < len(scene.nerfart.stylize.queue):
         scene.nerfart.stylize.queue[qi].job_id = job.job_id or ""

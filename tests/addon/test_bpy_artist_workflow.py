@@ -61,6 +61,10 @@ def test_render_from_selected_job_works_on_every_click(connected, stub, tmp_path
     scene.nerfart.outputs.frame_start, scene.nerfart.outputs.frame_end = 7, 8
     assert bpy.ops.nerfart.render() == {"FINISHED"}
     assert stub.of_type("submit")[-1].content["params"]["source_job"] == reconstruction
+    # A new stylization takes the list selection (its progress shows) but not the chosen source.
+    scene.nerfart.stylize.prompt = "Fauvism"
+    assert bpy.ops.nerfart.stylize() == {"FINISHED"}
+    assert be.jobs[be.jobs_index].kind == "STYLIZE" and be.selected_source_job == reconstruction
 
 
 def test_render_from_selected_job_without_a_choice_says_what_to_do(connected, stub, tmp_path):
