@@ -19,6 +19,7 @@ from .core.outputs import existing_files, render_folder_name
 from .core.presets import split_negative_prompts
 from .core.sampling import frame_range, plan_active_camera, plan_rig
 from .preferences import is_loopback
+from .properties import find_job
 from .results_bpy import output_root
 
 CAPTURE_FORMATS = {"TRANSFORMS_JSON": "transforms_json", "COLMAP": "colmap", "IDR": "idr", "LLFF": "llff"}
@@ -132,7 +133,7 @@ def resolve_source_job(scene: bpy.types.Scene) -> str:
             raise ValueError("no finished reconstruction yet")
         return be.reconstruct_job
     if be.render_source == "SELECTED":
-        ref = be.job(be.selected_source_job)
+        ref = find_job(be, be.selected_source_job)
         if ref is None:
             raise ValueError("select a finished reconstruction or stylization in the Jobs list first (Render "
                              "From ▸ Selected Job renders the one selected last)")
@@ -164,7 +165,7 @@ class RenderTarget:
 
 def source_name(scene: bpy.types.Scene, job_id: str) -> str:
     """What a render's source is called in folder names: the stylization's prompt, else "reconstruction"."""
-    ref = scene.nerfart.backend.job(job_id)
+    ref = find_job(scene.nerfart.backend, job_id)
     if ref is not None and ref.kind == "STYLIZE":
         return ref.prompt or ref.name.removeprefix("stylize ").strip("'")
     return "reconstruction"

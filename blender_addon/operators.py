@@ -19,6 +19,7 @@ from .core.jobs import JobState
 from .core.local_backend import DEFAULT_ARGS
 from .core.presets import PRESETS_BY_ID, preset_enum_items
 from .preferences import DEFAULT_ENDPOINT, connect_options, get_preferences, is_loopback
+from .properties import find_job
 
 CONNECTED_STATES = ("CONNECTED",)
 # Seconds to wait in background mode for a started local backend's first answer (it imports torch first);
@@ -272,7 +273,7 @@ class NERFART_OT_copy_error(bpy.types.Operator):
         from .core.jobs import describe_error
 
         if self.job_id:
-            ref = context.scene.nerfart.backend.job(self.job_id)
+            ref = find_job(context.scene.nerfart.backend, self.job_id)
             if ref is None or not ref.error:
                 self.report({"WARNING"}, f"job {self.job_id} has no error")
                 return {"CANCELLED"}
@@ -946,7 +947,7 @@ class NERFART_OT_load_frames(bpy.types.Operator):
 
         be = context.scene.nerfart.backend
         job_id = self.job_id or (be.jobs[be.jobs_index].job_id if 0 <= be.jobs_index < len(be.jobs) else "")
-        ref = be.job(job_id)
+        ref = find_job(be, job_id)
         if ref is None or ref.kind != "RENDER" or not ref.output_dir:
             return _fail(self, "select a render job in the Jobs list first")
         try:

@@ -10,6 +10,7 @@ import bpy
 
 from .core.jobs import describe_error
 from .preferences import get_preferences
+from .properties import find_job
 from .ui_text import draw_wrapped
 
 STATE_ICONS = {"CONNECTED": "LINKED", "CONNECTING": "SORTTIME", "LOST": "ERROR", "ERROR": "CANCEL",
@@ -219,7 +220,7 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
         labelled(box, cap, "transfer")
         box.operator("nerfart.reconstruct", icon="PLAY")
         be = context.scene.nerfart.backend
-        ref = be.job(be.reconstruct_job)
+        ref = find_job(be, be.reconstruct_job)
         if be.reconstruct_job:
             box.label(text=f"Done: {be.reconstruct_job}", icon="CHECKMARK")
         if ref is not None:
@@ -280,7 +281,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         be = scene.nerfart.backend
         labelled(layout, be, "render_source")
         if be.render_source == "SELECTED":
-            chosen = be.job(be.selected_source_job)
+            chosen = find_job(be, be.selected_source_job)
             draw_wrapped(layout, f"From: {chosen.name}" if chosen is not None else
                          "Select a finished job in the Jobs list", context)
         layout.row().prop(out, "mode", expand=True)

@@ -88,10 +88,6 @@ class NERFART_PG_backend(bpy.types.PropertyGroup):
     selected_source_job: StringProperty(name="Selected Source", description="Job id of the reconstruction or "
                                         "stylization last selected in the job list (Render From ▸ Selected Job)",
                                         default="")
-
-    def job(self, job_id: str) -> NERFART_PG_job | None:
-        """The saved job with this id, or None (also for an empty id)."""
-        return next((ref for ref in self.jobs if job_id and ref.job_id == job_id), None)
     reconstruct_job: StringProperty(name="Reconstruction", description="Job id of the reconstruction that "
                                     "stylization starts from (set when a reconstruction finishes)", default="")
     render_source: EnumProperty(
@@ -100,6 +96,15 @@ class NERFART_PG_backend(bpy.types.PropertyGroup):
                ("RECONSTRUCTION", "Reconstruction", "The unstylized reconstruction"),
                ("SELECTED", "Selected Job", "The reconstruction or stylization last selected in the job list")],
         default="LATEST_STYLIZED")
+
+
+def find_job(backend: NERFART_PG_backend, job_id: str) -> NERFART_PG_job | None:
+    """The saved job of ``backend`` (``Scene.nerfart.backend``) with this id, or None (also for an empty id).
+
+    A function, not a method: the bpy module of Blender 4.2 (4.2.23) crashes at exit when a registered
+    PropertyGroup defines a method.
+    """
+    return next((ref for ref in backend.jobs if job_id and ref.job_id == job_id), None)
 
 
 class NERFART_PG_capture(bpy.types.PropertyGroup):
