@@ -11,13 +11,16 @@ Steps:
 1. Stage ``blender_addon/`` and the repository's shared packages ``protocol/`` (the wire format) and
    ``captures/`` (the capture readers the backend uses too), copied in as ``<zip>/protocol/`` and
    ``<zip>/captures/`` (the add-on imports them relatively), without ``__pycache__``.
-2. Fetch the pinned pyzmq wheels for CPython 3.11 (Blender 4.2 to 5.0 embed 3.11) with
-   ``pip download --only-binary=:all: --no-deps --platform ... --python-version 3.11`` into a cache
+2. Fetch the pinned pyzmq wheels for every CPython the supported Blender versions embed (:data:`PYTHON_VERSIONS`:
+   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 and distribution builds) and every platform, with
+   ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
    (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
+   pyzmq publishes its wheels for 3.12 and newer with the stable ABI (``cp312-abi3``), which Blender installs
+   on any CPython from 3.12 on; the build checks that each platform has a wheel for each Python.
 3. Build the zip with Blender's own extension builder and check it with Blender's own validator
    (``blender_ext.py build`` / ``validate`` from ``addons_core/bl_pkg/cli``, the code behind
    ``blender --command extension build|validate``), found in the installed ``bpy`` module or a ``blender``
-   binary; then check that every listed wheel is in the zip, unmodified.
+   binary; then check that every listed wheel is in the zip, unmodified, and that each platform has one per Python.
 
 macOS: pyzmq publishes only ``universal2`` wheels for macOS. Blender 4.2.0 skipped universal2 wheels when
 installing (fixed in later 4.2 releases; 4.2.23 is known good), so any zip that carries the macOS wheel gets
@@ -51,7 +54,9 @@ SHARED_PACKAGES = (PROTOCOL_DIR, CAPTURES_DIR)
 MANIFEST = "blender_manifest.toml"
 
 PYZMQ_VERSION = "27.3.0"
-PYTHON_VERSION = "3.11"
+# The CPython versions the supported Blender releases embed: 4.2 LTS to 5.0 ship 3.11, 5.1 ships 3.13 (and
+# Linux distributions build Blender against their system Python, 3.13 in current ones).
+PYTHON_VERSIONS = ("3.11", "3.13")
 # Blender platform -> the pip ``--platform`` tag to ask for (pip also accepts compatible older tags and, for
 # macOS, universal2 wheels).
 PIP_PLATFORMS = {
@@ -74,6 +79,7 @@ class BuildError(RuntimeError):
 class Wheel:
     path: Path
     platforms: tuple[str, ...]  # Blender platforms this wheel serves
+    pythons: tuple[str, ...]  # the PYTHON_VERSIONS it serves
 
     @property
     def sha256(self) -> str:
@@ -103,37 +109,70 @@ def blender_platforms_of_wheel(filename: str) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def cached_wheel(cache: Path, platform: str) -> Path | None:
-    """A pyzmq wheel already in the cache for ``platform``, preferring architecture-specific over universal2."""
-    found = sorted(cache.glob(f"pyzmq-{PYZMQ_VERSION}-cp311-cp311-*.whl"))
-    matches = [p for p in found if platform in blender_platforms_of_wheel(p.name)]
-    matches.sort(key=lambda p: "universal2" in p.name)
+def wheel_serves_python(filename: str, python: str) -> bool:
+    """Whether Blender installs the wheel ``filename`` on CPython ``python`` ("3.13").
+
+    The rule of Blender's own wheel filter (``bl_pkg``): a ``cpXY-cpXY`` wheel serves exactly X.Y; a stable-ABI
+    ``cpXY-abi3`` wheel serves X.Y and every later 3.x; ``py3-none`` serves any 3.x.
+    """
+    python_tag, abi_tag = filename[:-4].split("-")[-3:-1]
+    major, minor = (int(x) for x in python.split("."))
+    for tag in python_tag.split("."):
+        digits = tag[2:]
+        if not tag.startswith(("cp", "py")) or not digits.isdigit():
+            continue
+        if len(digits) == 1:
+            if int(digits) == major:
+                return True
+            continue
+        wheel_version = (int(digits[0]), int(digits[1:]))
+        if wheel_version == (major, minor):
+            return True
+        if abi_tag == f"abi{major}" and wheel_version[0] == major and wheel_version <= (major, minor):
+            return True
+    return False
+
+
+def cached_wheel(cache: Path, platform: str, python: str) -> Path | None:
+    """A pyzmq wheel already in the cache for ``platform`` and CPython ``python``: one built for exactly that
+    Python before a stable-ABI one, architecture-specific before universal2."""
+    found = sorted(cache.glob(f"pyzmq-{PYZMQ_VERSION}-*.whl"))
+    matches = [p for p in found if platform in blender_platforms_of_wheel(p.name) and wheel_serves_python(p.name, python)]
+    matches.sort(key=lambda p: ("abi3" in p.name, "universal2" in p.name))
     return matches[0] if matches else None
 
 
-def fetch_wheels(platforms: tuple[str, ...], cache: Path, offline: bool) -> list[Wheel]:
-    """The pyzmq wheels serving ``platforms``, downloaded into ``cache`` when missing."""
+def _download_wheel(cache: Path, platform: str, python: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", f"pyzmq=={PYZMQ_VERSION}", "--only-binary=:all:",
+           "--no-deps", "--platform", PIP_PLATFORMS[platform], "--python-version", python, "--implementation",
+           "cp", "--dest", str(cache), "--quiet", "--disable-pip-version-check"]
+    print(f"downloading pyzmq {PYZMQ_VERSION} for {platform} ({PIP_PLATFORMS[platform]}), CPython {python}")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"pip download failed for {platform}, CPython {python}:\n{result.stderr.strip()}")
+
+
+def fetch_wheels(platforms: tuple[str, ...], cache: Path, offline: bool,
+                 pythons: tuple[str, ...] = PYTHON_VERSIONS) -> list[Wheel]:
+    """The pyzmq wheels serving every one of ``platforms`` on every one of ``pythons``, downloaded into
+    ``cache`` when missing."""
     cache.mkdir(parents=True, exist_ok=True)
-    by_path: dict[Path, set[str]] = {}
+    chosen: set[Path] = set()
     for platform in platforms:
-        wheel = cached_wheel(cache, platform)
-        if wheel is None:
-            if offline:
-                raise BuildError(f"no cached pyzmq {PYZMQ_VERSION} wheel for {platform} in {cache} and --offline "
-                                 "was given; run once with network access")
-            cmd = [sys.executable, "-m", "pip", "download", f"pyzmq=={PYZMQ_VERSION}", "--only-binary=:all:",
-                   "--no-deps", "--platform", PIP_PLATFORMS[platform], "--python-version", PYTHON_VERSION,
-                   "--implementation", "cp", "--abi", "cp311", "--dest", str(cache), "--quiet",
-                   "--disable-pip-version-check"]
-            print(f"downloading pyzmq {PYZMQ_VERSION} for {platform} ({PIP_PLATFORMS[platform]})")
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise BuildError(f"pip download failed for {platform}:\n{result.stderr.strip()}")
-            wheel = cached_wheel(cache, platform)
+        for python in pythons:
+            wheel = cached_wheel(cache, platform, python)
             if wheel is None:
-                raise BuildError(f"pip download gave no pyzmq wheel usable on {platform} in {cache}")
-        by_path.setdefault(wheel, set()).add(platform)
-    return [Wheel(p, tuple(sorted(blender_platforms_of_wheel(p.name)))) for p in sorted(by_path)]
+                if offline:
+                    raise BuildError(f"no cached pyzmq {PYZMQ_VERSION} wheel for {platform}, CPython {python} in "
+                                     f"{cache} and --offline was given; run once with network access")
+                _download_wheel(cache, platform, python)
+                wheel = cached_wheel(cache, platform, python)
+                if wheel is None:
+                    raise BuildError(f"pip download gave no pyzmq wheel usable on {platform} with CPython {python} "
+                                     f"in {cache}")
+            chosen.add(wheel)
+    return [Wheel(p, blender_platforms_of_wheel(p.name), tuple(v for v in pythons if wheel_serves_python(p.name, v)))
+            for p in sorted(chosen)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,7 +299,19 @@ def check_zip(path: Path, wheels: list[Wheel]) -> dict:
             name = member.split("/", 1)[1]
             if hashlib.sha256(zf.read(member)).hexdigest() != digests.get(name):
                 raise BuildError(f"{path.name}: {member} differs from the downloaded wheel")
+    if wheels:
+        missing = missing_wheels(manifest)
+        if missing:
+            raise BuildError(f"{path.name}: no pyzmq wheel listed for {', '.join(missing)}")
     return manifest
+
+
+def missing_wheels(manifest: dict, pythons: tuple[str, ...] = PYTHON_VERSIONS) -> list[str]:
+    """``"<platform> CPython <version>"`` for every platform of ``manifest`` that has no listed wheel for a
+    Python of ``pythons`` (Blender would install the extension there without pyzmq)."""
+    names = [entry.rsplit("/", 1)[-1] for entry in manifest.get("wheels", [])]
+    return [f"{platform} CPython {python}" for platform in manifest["platforms"] for python in pythons
+            if not any(platform in blender_platforms_of_wheel(n) and wheel_serves_python(n, python) for n in names)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Command line of the backend: ``python -m backend <command>``.
 
 ``serve`` runs the ZeroMQ server; ``status`` asks a running server about its jobs; ``keys`` manages the CURVE
-keys (the server's key pair, the client keys it trusts). The job commands (reconstruct, stylize, render, mesh)
-run the same runners as the server, in this process, with a progress bar.
+keys (the server's key pair, the client keys it trusts). The job commands (reconstruct, stylize, render, mesh,
+resume) run the same runners as the server, in this process, with a progress bar on stderr; each prints the
+finished job's id on stdout (its record as JSON with ``--json``) and a readable summary on stderr.
 """
 
 from __future__ import annotations
@@ -198,8 +199,34 @@ def _run_local(kind: str, params: dict, args: argparse.Namespace, resume_job: st
         why = f": {rec.error['message']}" if rec.error else ""
         print(f"{kind} job {rec.job_id} {rec.state}{why}", file=sys.stderr)
         return 1, {}
-    print(json.dumps({"job_id": rec.job_id, "job_dir": str(job_dir), "outputs": rec.outputs}, indent=1))
+    # stdout carries only the result, so that scripts can chain commands: JOB=$(python -m backend reconstruct
+    # ...); the readable summary goes to stderr with the progress bar.
+    if args.json:
+        print(json.dumps({"job_id": rec.job_id, "job_dir": str(job_dir), "outputs": rec.outputs}, indent=1))
+    else:
+        print(rec.job_id)
+    print(result_summary(kind, rec.job_id, job_dir, rec.outputs), file=sys.stderr)
     return 0, {"job_id": rec.job_id, "job_dir": job_dir, "outputs": rec.outputs}
+
+
+def result_summary(kind: str, job_id: str, job_dir: Path, outputs: dict) -> str:
+    """The readable lines a finished job prints to stderr: its metrics, its folder, and any warning."""
+    facts = []
+    if outputs.get("train_psnr") is not None:
+        facts.append(f"PSNR {outputs['train_psnr']:.2f} dB")
+    if outputs.get("heldout_psnr") is not None:
+        facts.append(f"held-out PSNR {outputs['heldout_psnr']:.2f} dB")
+    if outputs.get("loss_total") is not None:
+        facts.append(f"style loss {outputs['loss_total']:.4f}")
+    if isinstance(outputs.get("frames"), list):
+        facts.append(f"{len(outputs['frames'])} frames")
+    lines = [f"{kind} job {job_id} done" + (f": {', '.join(facts)}" if facts else "")
+             + f"; outputs in {job_dir / 'outputs'}"]
+    if outputs.get("prompt_driven") is False:
+        lines.append(f"warning: {outputs.get('note') or 'the result is not prompt-driven (random CLIP weights)'}")
+    if outputs.get("resume_note"):
+        lines.append(f"note: {outputs['resume_note']}")
+    return "\n".join(lines)
 
 
 def _params(args: argparse.Namespace, names: dict[str, str]) -> dict:
@@ -331,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="jobs and outputs (default %(default)s)")
         p.add_argument("--device", default="auto", help="auto, cuda or cpu (default %(default)s)")
+        p.add_argument("--json", action="store_true", help="print the job's record (id, folder, outputs) as JSON "
+                       "instead of its id")
         return p
 
     p = local_job_parser("reconstruct", "train a NeRF from a capture folder, in this process")

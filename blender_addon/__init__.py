@@ -26,6 +26,13 @@ else:
 
 
 def register():
+    from .core.dependencies import import_problem
+
+    # Every part of the add-on works on numpy arrays (cameras, captures, meshes): without it, refuse to enable
+    # with the package to install rather than fail later inside an operator.
+    problem = import_problem("numpy", "NeRF-Art for Blender")
+    if problem is not None:
+        raise ImportError(problem)
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.nerfart = bpy.props.PointerProperty(

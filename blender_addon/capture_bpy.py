@@ -48,11 +48,16 @@ def _new_placement(coll: bpy.types.Collection, name: str) -> bpy.types.Object:
 
 
 def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool = True,
-                   set_resolution: bool = True) -> tuple[bpy.types.Collection, bpy.types.Object, list[str]]:
+                   set_resolution: bool = False, set_active_camera: bool = False,
+                   ) -> tuple[bpy.types.Collection, bpy.types.Object, list[str]]:
     """Create the capture's cameras in a new collection under one placement empty.
 
+    The scene's render resolution and active camera change only when asked (``set_resolution``,
+    ``set_active_camera``): an artist's shot settings are theirs.
+
     Returns:
-        The collection, the placement empty, and warnings for the user (distortion, mixed image sizes).
+        The collection, the placement empty, and warnings for the user (distortion, mixed image sizes, a scene
+        resolution or pixel aspect that frames the cameras differently from their photos).
 
     Raises:
         CaptureError: the views need pixel aspects too different for one scene (before anything is created).
@@ -94,13 +99,20 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
                         f"but the capture's cameras need {settings[0].pixel_aspect_x:.6g}:"
                         f"{settings[0].pixel_aspect_y:.6g} (non-square pixels, fx != fy); until Output ▸ Format ▸ "
                         "Aspect is set to it, they do not frame their photos")
+    else:
+        r = scene.render
+        width, height = capture.cameras[0].intrinsics.width, capture.cameras[0].intrinsics.height
+        if (r.resolution_x * r.pixel_aspect_x) * height != (r.resolution_y * r.pixel_aspect_y) * width:
+            warnings.append(f"the scene renders {r.resolution_x}x{r.resolution_y} but the capture's photos are "
+                            f"{width}x{height}: the cameras frame exactly like the photos only at that shape; "
+                            "tick Set Scene Resolution to match it")
     if len(sizes) > 1:
         warnings.append(f"the capture mixes {len(sizes)} image sizes; a camera frames its photo exactly only "
                         "when the scene resolution matches its size (stored as nerfart_width/height)")
     if capture.has_distortion:
         warnings.append("the capture's lens distortion (k1 k2 p1 p2) cannot be shown by Blender cameras; the "
                         "backend uses it, the viewport shows the pinhole part only")
-    if scene.camera is None:
+    if set_active_camera:
         scene.camera = first_obj
     return coll, placement, warnings
 

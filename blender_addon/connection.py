@@ -18,10 +18,12 @@ socket, so it puts the session in ERROR with a message that says where to fix it
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from typing import Any
 
+from .core.dependencies import import_problem
 from .core.jobs import Event, JobState, Session
 from .core.local_backend import LocalBackend
 
@@ -45,12 +47,11 @@ PREFS_PATH = "Preferences ▸ Add-ons ▸ NeRF-Art"
 
 def zmq_error() -> str | None:
     """None if pyzmq and the protocol package import, else a sentence saying what is missing."""
-    try:
-        import zmq  # noqa: F401
-    except ImportError:
-        return ("the add-on cannot talk to a backend: the pyzmq module is missing. The pyzmq wheel bundled with "
-                "this extension was not installed for this platform or Blender version (macOS needs Blender "
-                "4.2.23 or newer); reinstall the extension zip built for your platform")
+    problem = import_problem("zmq", "Talking to a backend")
+    if problem is not None:
+        if sys.platform == "darwin":  # Blender 4.2.0-4.2.22 skip the universal2 wheels the zip carries for macOS
+            problem += "; on macOS, Blender 4.2.23 or newer installs the pyzmq wheels bundled with the extension"
+        return problem
     try:
         from . import protocol  # noqa: F401
     except ImportError as exc:

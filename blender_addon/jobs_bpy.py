@@ -6,18 +6,21 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 
-from . import cameras_bpy
+from . import cameras_bpy, connection
 from .capture_bpy import CAPTURE_ROOT_KEY, placement_matrix
 from .core.camera_export import camera_list_to_dicts
 from .core.jobs import JobState
+from .core.outputs import existing_files, render_folder_name
 from .core.presets import split_negative_prompts
 from .core.sampling import frame_range, plan_active_camera, plan_rig
 from .preferences import is_loopback
-from .results_bpy import job_output_dir
+from .properties import find_job
+from .results_bpy import output_root
 
 CAPTURE_FORMATS = {"TRANSFORMS_JSON": "transforms_json", "COLMAP": "colmap", "IDR": "idr", "LLFF": "llff"}
 UPLOAD_SKIP_DIRS = {"__pycache__", ".git"}
@@ -130,11 +133,13 @@ def resolve_source_job(scene: bpy.types.Scene) -> str:
             raise ValueError("no finished reconstruction yet")
         return be.reconstruct_job
     if be.render_source == "SELECTED":
-        if not 0 <= be.jobs_index < len(be.jobs):
-            raise ValueError("select a job in the job list first")
-        ref = be.jobs[be.jobs_index]
-        if ref.kind not in ("RECONSTRUCT", "STYLIZE") or ref.state != "done":
-            raise ValueError(f"the selected job '{ref.name}' is not a finished reconstruction or stylization")
+        ref = find_job(be, be.selected_source_job)
+        if ref is None:
+            raise ValueError("select a finished reconstruction or stylization in the Jobs list first (Render "
+                             "From ▸ Selected Job renders the one selected last)")
+        if ref.state != "done":
+            raise ValueError(f"the selected job '{ref.name}' is {ref.state}, not finished; select a finished "
+                             "reconstruction or stylization in the Jobs list")
         return ref.job_id
     done = [r for r in be.jobs if r.kind == "STYLIZE" and r.state == "done" and r.job_id]
     if not done:
@@ -142,34 +147,91 @@ def resolve_source_job(scene: bpy.types.Scene) -> str:
     return done[-1].job_id
 
 
-def render_job(scene: bpy.types.Scene) -> JobState:
-    """A render job: the active camera over the frame range, or every camera of the rig."""
+@dataclass
+class RenderTarget:
+    """What one render job renders and where it writes, decided before any camera is sampled."""
+
+    source_job: str
+    source_name: str  # the source stylization's prompt, or "reconstruction"
+    cameras: str  # the rig collection's or the active camera's name
+    rig: bpy.types.Collection | None
+    frames: list[int]  # the frames sampled (a rig at the current frame: that one)
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"render {self.folder.name}"
+
+
+def source_name(scene: bpy.types.Scene, job_id: str) -> str:
+    """What a render's source is called in folder names: the stylization's prompt, else "reconstruction"."""
+    ref = find_job(scene.nerfart.backend, job_id)
+    if ref is not None and ref.kind == "STYLIZE":
+        return ref.prompt or ref.name.removeprefix("stylize ").strip("'")
+    return "reconstruction"
+
+
+def render_target(scene: bpy.types.Scene, source: str | None = None,
+                  rig: bpy.types.Collection | None = None) -> RenderTarget:
+    """The render the Outputs settings ask for (``rig`` given: that rig, for a batch), from ``source`` (default:
+    the Render From setting).
+
+    Raises:
+        ValueError: nothing to render from, no rig or camera, an empty frame range.
+    """
     out = scene.nerfart.outputs
-    source = resolve_source_job(scene)
+    source = source or resolve_source_job(scene)
     if out.use_scene_range:
         frames = frame_range(scene.frame_start, scene.frame_end, scene.frame_step)
     else:
         frames = frame_range(out.frame_start, out.frame_end, out.frame_step)
-    if out.mode == "RIG":
-        if out.rig is None:
+    if rig is not None or out.mode == "RIG":
+        rig = rig or out.rig
+        if rig is None:
             raise ValueError("choose the rig collection whose cameras to render")
-        names = cameras_bpy.rig_camera_names(out.rig)
-        plan = plan_rig(names, [scene.frame_current] if out.rig_frames == "CURRENT" else frames)
-        what = out.rig.name
+        if not cameras_bpy.rig_camera_names(rig):
+            raise ValueError(f"the rig collection '{rig.name}' holds no camera objects")
+        cameras = rig.name
+        if out.rig_frames == "CURRENT":
+            frames = [scene.frame_current]
     else:
         if scene.camera is None and not any(m.camera for m in scene.timeline_markers):
             raise ValueError("the scene has no active camera")
-        plan = plan_active_camera(frames)
-        what = "camera"
+        cameras = scene.camera.name if scene.camera is not None else "markers"
+    name = source_name(scene, source)
+    folder = output_root(out.output_dir) / render_folder_name(name, cameras, frames)
+    return RenderTarget(source, name, cameras, rig, frames, folder)
+
+
+def folder_in_use(folder: Path) -> str | None:
+    """The label of an unfinished render of this session that writes into ``folder``, or None."""
+    for job in connection.session.active_jobs():
+        if job.kind == "render" and job.meta.get("output_dir") == str(folder):
+            return job.label
+    return None
+
+
+def earlier_render(folder: Path) -> str | None:
+    """Why rendering into ``folder`` would replace earlier files (it holds some), or None."""
+    count = existing_files(folder)
+    return f"{folder} already holds {count} file(s) from an earlier render" if count else None
+
+
+def render_job(scene: bpy.types.Scene, target: RenderTarget, open_sequence: bool | None = None) -> JobState:
+    """The render job of ``target``: its cameras sampled at its frames (every rig camera, or the active one)."""
+    out = scene.nerfart.outputs
+    if target.rig is not None:
+        plan = plan_rig(cameras_bpy.rig_camera_names(target.rig), target.frames)
+    else:
+        plan = plan_active_camera(target.frames)
     placement = placement_matrix(scene.nerfart.capture.placement)
     records = cameras_bpy.sample_cameras(scene, plan, placement)
-    label = f"render {what} {plan[0].frame}-{plan[-1].frame}"
-    multi = len({r.name for r in records}) > 1 and out.mode == "RIG"
-    params = {"source_job": source, "cameras": camera_list_to_dicts(records), "format": out.file_format.lower()}
-    job = JobState("render", label, params=params, frames_expected=len(records),
-                   meta={"scene": scene.name, "output_dir": str(job_output_dir(out.output_dir, label)),
-                         "multi_camera": multi, "open_sequence": bool(out.open_sequence)})
-    return job
+    multi = target.rig is not None and len({r.name for r in records}) > 1
+    params = {"source_job": target.source_job, "cameras": camera_list_to_dicts(records),
+              "format": out.file_format.lower()}
+    return JobState("render", target.label, params=params, frames_expected=len(records),
+                    meta={"scene": scene.name, "output_dir": str(target.folder), "multi_camera": multi,
+                          "open_sequence": bool(out.open_sequence if open_sequence is None else open_sequence)})
 
 
 def mesh_job(scene: bpy.types.Scene) -> JobState:
@@ -182,4 +244,4 @@ def mesh_job(scene: bpy.types.Scene) -> JobState:
               "keep_largest_only": bool(out.mesh_keep_largest)}
     return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
                     meta={"scene": scene.name, "placement": placement.name if placement else "",
-                          "decimate": float(out.mesh_decimate)})
+                          "decimate": float(out.mesh_decimate), "show_colours": bool(out.mesh_show_colours)})

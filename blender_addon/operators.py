@@ -12,13 +12,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import connection, tick
 from .core.jobs import JobState
 from .core.local_backend import DEFAULT_ARGS
 from .core.presets import PRESETS_BY_ID, preset_enum_items
 from .preferences import DEFAULT_ENDPOINT, connect_options, get_preferences, is_loopback
+from .properties import find_job
 
 CONNECTED_STATES = ("CONNECTED",)
 # Seconds to wait in background mode for a started local backend's first answer (it imports torch first);
@@ -259,8 +260,47 @@ class NERFART_OT_clear_error(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NERFART_OT_copy_error(bpy.types.Operator):
+    """Copy the whole error message, its code and what to do to the clipboard (to paste into a report)"""
+
+    bl_idname = "nerfart.copy_error"
+    bl_label = "Copy Error"
+
+    job_id: StringProperty(name="Job ID", description="Copy this job's error (empty: the error in the panel)",
+                           default="", options={"SKIP_SAVE", "HIDDEN"})
+
+    def execute(self, context):
+        from .core.jobs import describe_error
+
+        if self.job_id:
+            ref = find_job(context.scene.nerfart.backend, self.job_id)
+            if ref is None or not ref.error:
+                self.report({"WARNING"}, f"job {self.job_id} has no error")
+                return {"CANCELLED"}
+            text = "\n\n".join(t for t in (f"{ref.name}: {ref.error}", describe_error(ref.error_code)) if t)
+        else:
+            rt = context.window_manager.nerfart_runtime
+            text = "\n\n".join(t for t in (rt.error, rt.error_detail) if t)
+        context.window_manager.clipboard = text
+        self.report({"INFO"}, "copied the error to the clipboard")
+        return {"FINISHED"}
+
+
+def cancel_question(job: JobState | None) -> str | None:
+    """What to ask before cancelling ``job`` from the UI, or None to cancel at once.
+
+    Training jobs (reconstruct, stylize) can run for an hour: one stray click must not end them. Renders and
+    meshes keep every frame they wrote, so they stop without a question.
+    """
+    if job is None or job.kind not in ("reconstruct", "stylize"):
+        return None
+    where = f" at {job.stage} {job.step}/{job.total}" if job.total else ""
+    return (f"Stop {job.label or job.kind}{where}? The model trained so far is kept, but the job cannot "
+            "continue from there.")
+
+
 class NERFART_OT_cancel_job(bpy.types.Operator):
-    """Cancel the job (it stops at its next step; what it produced so far is kept)"""
+    """Cancel the job (it stops at its next step; what it produced so far is kept). Training jobs ask first"""
 
     bl_idname = "nerfart.cancel_job"
     bl_label = "Cancel Job"
@@ -277,8 +317,21 @@ class NERFART_OT_cancel_job(bpy.types.Operator):
             return False
         return True
 
+    def _job(self) -> JobState | None:
+        if self.job_id:
+            return connection.session.jobs.get(self.job_id)
+        return connection.session.current_job()
+
+    def invoke(self, context, event):
+        question = cancel_question(self._job())
+        if question is None:
+            return self.execute(context)
+        return context.window_manager.invoke_confirm(self, event, title="Cancel Job?", message=question,
+                                                     confirm_text="Cancel Job", icon="WARNING")
+
     def execute(self, context):
-        job_id = self.job_id or (connection.session.current_job().job_id or "")
+        job = self._job()
+        job_id = self.job_id or ((job.job_id or "") if job is not None else "")
         if not job_id:
             return _fail(self, "the job has not been accepted yet; try again in a moment")
         try:
@@ -315,7 +368,11 @@ class NERFART_OT_resume_job(bpy.types.Operator):
 
 
 class NERFART_OT_watch_jobs(bpy.types.Operator):
-    """Watch running jobs: Esc cancels the current one; finished jobs are reported"""
+    """Watch running jobs and report the ones that finish.
+
+    It passes every event on: Esc belongs to whatever the artist is doing in the viewport (a transform, a
+    menu), so it must never cancel an hour of training; the Cancel button in the panel does, after asking.
+    """
 
     bl_idname = "nerfart.watch_jobs"
     bl_label = "Watch NeRF-Art Jobs"
@@ -338,15 +395,6 @@ class NERFART_OT_watch_jobs(bpy.types.Operator):
                 self._seen_final.add(job.job_id)
                 level = "INFO" if job.state == "done" else ("WARNING" if job.state == "cancelled" else "ERROR")
                 self.report({level}, job.status_line())
-        if event.type == "ESC" and event.value == "PRESS" and s.busy:
-            job = s.current_job()
-            if job is not None and job.job_id:
-                try:
-                    connection.cancel(job.job_id)
-                    self.report({"WARNING"}, f"cancelling {job.label}")
-                except ValueError as exc:
-                    self.report({"ERROR"}, str(exc))
-            return {"RUNNING_MODAL"}
         if not s.busy:
             NERFART_OT_watch_jobs.running = False
             return {"FINISHED"}
@@ -385,7 +433,8 @@ class NERFART_OT_import_capture(bpy.types.Operator):
         folder = bpy.path.abspath(cap.folder)
         try:
             capture = read_capture(folder, CAPTURE_FORMATS.get(cap.format))
-            coll, placement, warnings = import_capture(scene, capture, cap.show_photos, cap.set_resolution)
+            coll, placement, warnings = import_capture(scene, capture, cap.show_photos, cap.set_resolution,
+                                                       cap.set_active_camera)
         except (CaptureError, ValueError, OSError) as exc:
             return _fail(self, f"cannot import the capture: {exc}")
         cap.cameras = coll
@@ -717,12 +766,20 @@ class NERFART_OT_queue_run(bpy.types.Operator):
         return {"FINISHED"}
 
 
+OVERWRITE_HINT = ("change the frame range, rig or output folder, or render again and confirm replacing them (a "
+                  "script: overwrite=True)")
+
+
 class NERFART_OT_render(bpy.types.Operator):
-    """Render the active camera over the frame range (or every rig camera) with the backend; frames go to the
-    output folder and open as an image sequence"""
+    """Render the active camera over the frame range (or every rig camera) with the backend, into a folder named
+    after the prompt, rig and frames; asks before replacing an earlier render"""
 
     bl_idname = "nerfart.render"
     bl_label = "Render Frames"
+
+    overwrite: BoolProperty(name="Overwrite", description="Replace the frames of an earlier render of the same "
+                            "prompt, cameras and frames (without it, a render into a full folder is refused)",
+                            default=False, options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):
@@ -734,14 +791,126 @@ class NERFART_OT_render(bpy.types.Operator):
             return False
         return True
 
-    def execute(self, context):
-        from .jobs_bpy import render_job
+    def invoke(self, context, event):
+        from .jobs_bpy import earlier_render, render_target
 
         try:
-            job = render_job(context.scene)
+            earlier = earlier_render(render_target(context.scene).folder)
         except ValueError as exc:
             return _fail(self, f"cannot render: {exc}")
+        if earlier is None or self.overwrite:
+            return self.execute(context)
+        self.overwrite = True  # what the confirmation means
+        return context.window_manager.invoke_confirm(self, event, title="Replace Earlier Render?",
+                                                     message=f"{earlier}. Replace them?", confirm_text="Replace",
+                                                     icon="WARNING")
+
+    def execute(self, context):
+        from .core.outputs import remove_frames
+        from .jobs_bpy import earlier_render, folder_in_use, render_job, render_target
+
+        try:
+            target = render_target(context.scene)
+            if (writer := folder_in_use(target.folder)) is not None:
+                return _fail(self, f"not rendering: {writer} is still writing into {target.folder}; wait for it "
+                             "or cancel it")
+            earlier = earlier_render(target.folder)
+            if earlier is not None and not self.overwrite:
+                return _fail(self, f"not rendering: {earlier}; {OVERWRITE_HINT}")
+            remove_frames(target.folder)
+            job = render_job(context.scene, target)
+        except (ValueError, OSError) as exc:
+            return _fail(self, f"cannot render: {exc}")
         return _submit(self, context, job)
+
+
+class NERFART_OT_batch_render(bpy.types.Operator):
+    """Stylize every prompt of the Batch Queue and render each through every camera rig of the Rigs collection,
+    one folder per prompt and rig, with a summary; asks before replacing earlier renders"""
+
+    bl_idname = "nerfart.batch_render"
+    bl_label = "Render Batch"
+
+    prompts: StringProperty(name="Prompts", description="Prompts, one per line or separated by '|' (empty: the "
+                            "Batch Queue's)", default="", options={"SKIP_SAVE"})
+    rigs: StringProperty(name="Rigs", description="Names of the rig collections, separated by commas (empty: "
+                         "the rigs in Outputs ▸ Batch ▸ Rigs)", default="", options={"SKIP_SAVE"})
+    overwrite: BoolProperty(name="Overwrite", description="Replace the frames of earlier renders of the same "
+                            "prompt, rig and frames (without it, a batch that would replace any is refused)",
+                            default=False, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return _require_connection(cls)
+
+    def _plan(self, context):
+        from . import batch_bpy
+        from .core.batch import parse_names, parse_prompts
+
+        scene = context.scene
+        prompts = batch_bpy.prompts_of(scene, parse_prompts(self.prompts))
+        rigs = batch_bpy.rigs_of(scene, parse_names(self.rigs))
+        return batch_bpy.plan(scene, prompts, rigs)
+
+    def invoke(self, context, event):
+        from . import batch_bpy
+
+        try:
+            earlier = batch_bpy.earlier_renders(self._plan(context))
+        except ValueError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        if not earlier or self.overwrite:
+            return self.execute(context)
+        self.overwrite = True  # what the confirmation means
+        more = f" (and {len(earlier) - 1} more folder(s))" if len(earlier) > 1 else ""
+        return context.window_manager.invoke_confirm(self, event, title="Replace Earlier Renders?",
+                                                     message=f"{earlier[0]}{more}. Replace them?",
+                                                     confirm_text="Replace", icon="WARNING")
+
+    def execute(self, context):
+        from . import batch_bpy
+
+        try:
+            batch = self._plan(context)
+        except ValueError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        if busy := batch_bpy.busy_folders(batch):
+            return _fail(self, f"not rendering the batch: {busy[0]}; wait for it or cancel it")
+        earlier = batch_bpy.earlier_renders(batch)
+        if earlier and not self.overwrite:
+            return _fail(self, f"not rendering the batch: {len(earlier)} of its {len(batch.renders)} folders hold "
+                         f"earlier renders ({earlier[0]}); {OVERWRITE_HINT}", "\n".join(earlier))
+        try:
+            batch_bpy.start(context.scene, batch)
+        except OSError as exc:
+            return _fail(self, f"cannot render the batch: {exc}")
+        connection.session.clear_error()
+        what = f"{len(batch.prompts)} prompt(s) x {len(batch.renders) // max(1, len(batch.prompts))} rig(s)"
+        if bpy.app.background:
+            last = ""
+
+            def print_progress() -> None:
+                nonlocal last
+                if batch.status_line() != last:
+                    last = batch.status_line()
+                    print(f"[nerfart] {last}", flush=True)
+
+            try:
+                tick.drive_until(lambda: batch.finished, "the batch", print_progress)
+            except RuntimeError as exc:
+                return _fail(self, str(exc))
+            failed = [r for r in batch.renders if r.state != "done"]
+            if failed:
+                return _fail(self, f"{batch.status_line()}: {failed[0].prompt} / {failed[0].rig}: "
+                             f"{failed[0].error or failed[0].state}; summary {batch.summary[1]}",
+                             "\n".join(f"{r.prompt} / {r.rig}: {r.error or r.state}" for r in failed))
+            self.report({"INFO"}, f"{batch.status_line()}; summary {batch.summary[1]}")
+            return {"FINISHED"}
+        tick.sync_runtime(context.window_manager)
+        if context.window is not None and not NERFART_OT_watch_jobs.running:
+            bpy.ops.nerfart.watch_jobs("INVOKE_DEFAULT")
+        self.report({"INFO"}, f"batch of {what} sent; folders under {batch.output_folder}")
+        return {"FINISHED"}
 
 
 class NERFART_OT_extract_mesh(bpy.types.Operator):
@@ -762,6 +931,32 @@ class NERFART_OT_extract_mesh(bpy.types.Operator):
         except ValueError as exc:
             return _fail(self, f"cannot extract a mesh: {exc}")
         return _submit(self, context, job)
+
+
+class NERFART_OT_load_frames(bpy.types.Operator):
+    """Load the render job's frames as image sequences, one per camera of a rig (view them in an Image Editor)"""
+
+    bl_idname = "nerfart.load_frames"
+    bl_label = "Load Frames"
+
+    job_id: StringProperty(name="Job ID", description="The render job (empty: the job selected in the list)",
+                           default="", options={"SKIP_SAVE", "HIDDEN"})
+
+    def execute(self, context):
+        from .results_bpy import load_frame_folders, output_root
+
+        be = context.scene.nerfart.backend
+        job_id = self.job_id or (be.jobs[be.jobs_index].job_id if 0 <= be.jobs_index < len(be.jobs) else "")
+        ref = find_job(be, job_id)
+        if ref is None or ref.kind != "RENDER" or not ref.output_dir:
+            return _fail(self, "select a render job in the Jobs list first")
+        try:
+            images = load_frame_folders(output_root(ref.output_dir), f"NeRF-Art {ref.name}")
+        except (ValueError, RuntimeError, OSError) as exc:
+            return _fail(self, f"cannot load the frames: {exc}")
+        self.report({"INFO"}, f"loaded {len(images)} image(s): {', '.join(i.name for i in images[:4])}"
+                    + ("…" if len(images) > 4 else ""))
+        return {"FINISHED"}
 
 
 class NERFART_OT_job_remove(bpy.types.Operator):
@@ -799,6 +994,7 @@ CLASSES = (
     NERFART_OT_stop_local_backend,
     NERFART_OT_reattach,
     NERFART_OT_clear_error,
+    NERFART_OT_copy_error,
     NERFART_OT_cancel_job,
     NERFART_OT_resume_job,
     NERFART_OT_watch_jobs,
@@ -812,6 +1008,8 @@ CLASSES = (
     NERFART_OT_queue_move,
     NERFART_OT_queue_run,
     NERFART_OT_render,
+    NERFART_OT_batch_render,
     NERFART_OT_extract_mesh,
+    NERFART_OT_load_frames,
     NERFART_OT_job_remove,
 )

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import bpy
 
+from .core.jobs import describe_error
 from .preferences import get_preferences
+from .properties import find_job
+from .ui_text import draw_wrapped
 
 STATE_ICONS = {"CONNECTED": "LINKED", "CONNECTING": "SORTTIME", "LOST": "ERROR", "ERROR": "CANCEL",
                "DISCONNECTED": "UNLINKED"}
@@ -47,37 +50,46 @@ class _Panel:
     bl_category = "NeRF-Art"
 
 
-def draw_error(layout, rt) -> None:
-    """The sticky error box: the message in words, details on demand, and a dismiss button."""
+ERROR_SUMMARY_LINES = 4  # lines of an error shown before Show Details
+
+
+def draw_error(layout, rt, context) -> None:
+    """The sticky error box: the message's first lines; Show Details adds the rest, the code and what to do."""
     box = layout.box()
     box.alert = True
-    row = box.row()
+    row = box.row(align=True)
     row.label(text="Error", icon="ERROR")
+    row.operator("nerfart.copy_error", text="", icon="COPYDOWN", emboss=False)
     row.operator("nerfart.clear_error", text="", icon="X", emboss=False)
-    col = box.column(align=True)
-    for line in _wrap(rt.error, 48)[:8]:
-        col.label(text=line)
-    if rt.error_detail:
-        box.prop(rt, "show_error_detail", icon="TRIA_DOWN" if rt.show_error_detail else "TRIA_RIGHT",
-                 emboss=False)
-        if rt.show_error_detail:
-            col = box.column(align=True)
-            for line in rt.error_detail.strip().splitlines()[-12:]:
-                col.label(text=line[:120])
+    draw_error_text(box, rt.error, rt.error_detail, rt, "show_error_detail", context)
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    lines: list[str] = []
-    for para in text.splitlines() or [""]:
-        line = ""
-        for word in para.split():
-            if line and len(line) + 1 + len(word) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        lines.append(line)
-    return lines
+def draw_error_text(box, message: str, detail: str, owner, toggle: str, context) -> None:
+    """``message`` wrapped (a summary until ``owner.<toggle>`` is set), then ``detail`` when it is."""
+    expanded = getattr(owner, toggle)
+    cut = draw_wrapped(box, message, context, in_box=True, max_lines=None if expanded else ERROR_SUMMARY_LINES)
+    if cut or detail:
+        box.prop(owner, toggle, icon="TRIA_DOWN" if expanded else "TRIA_RIGHT", emboss=False)
+    if expanded and detail:
+        draw_wrapped(box, detail, context, in_box=True)
+
+
+def labelled(layout, data, prop: str, text: str = "") -> None:
+    """A property under its name: on two lines both fit the narrow sidebar (side by side, Blender gives the
+    name a third of the width and cuts it)."""
+    col = layout.column(align=True)
+    col.label(text=text or data.bl_rna.properties[prop].name)
+    col.prop(data, prop, text="")
+
+
+def draw_result(layout, result: str, warning: str, context, in_box: bool = False) -> None:
+    """A job's numbers (PSNR, losses) and, in red, what the artist must know about them."""
+    if result:
+        draw_wrapped(layout, result, context, in_box=in_box, icon="INFO")
+    if warning:
+        col = layout.column()
+        col.alert = True
+        draw_wrapped(col, warning, context, in_box=in_box, icon="ERROR")
 
 
 class NERFART_PT_main(_Panel, bpy.types.Panel):
@@ -93,16 +105,19 @@ class NERFART_PT_main(_Panel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         rt = context.window_manager.nerfart_runtime
-        row = layout.row()
-        row.alert = rt.connection in ("LOST", "ERROR")
-        row.label(text=rt.status_text, icon=STATE_ICONS.get(rt.connection, "UNLINKED"))
+        col = layout.column()
+        col.alert = rt.connection in ("LOST", "ERROR")
+        draw_wrapped(col, rt.status_text, context, icon=STATE_ICONS.get(rt.connection, "UNLINKED"))
         if rt.error:
-            draw_error(layout, rt)
+            draw_error(layout, rt, context)
         if rt.busy:
             col = layout.column(align=True)
-            col.progress(factor=rt.progress, type="BAR", text=rt.job_text or "working…")
-            row = col.row(align=True)
-            row.operator("nerfart.cancel_job", text="Cancel", icon="CANCEL")
+            draw_wrapped(col, rt.job_text or "working…", context)
+            col.progress(factor=rt.progress, type="BAR", text=f"{rt.progress * 100:.0f}%")
+            col.operator("nerfart.cancel_job", text="Cancel", icon="CANCEL")
+            draw_result(layout, rt.job_result, rt.job_warning, context)
+        if rt.batch_text:
+            draw_wrapped(layout, rt.batch_text, context, icon="SEQ_STRIP_DUPLICATE")
         if rt.preview is not None:
             layout.template_icon(icon_value=layout.icon(rt.preview), scale=8.0)
 
@@ -113,42 +128,48 @@ class NERFART_PT_backend(_Panel, bpy.types.Panel):
     bl_parent_id = "NERFART_PT_main"
 
     def draw(self, context):
+        from .connection import zmq_error
+
         layout = self.layout
         rt = context.window_manager.nerfart_runtime
         prefs = get_preferences(context)
+        if (err := zmq_error()) is not None:
+            box = layout.box()
+            box.alert = True
+            draw_wrapped(box, err, context, in_box=True, icon="ERROR")
         col = layout.column(align=True)
         if rt.connection == "CONNECTED":
-            col.label(text=f"GPU: {rt.gpu_name or 'none'}", icon="MEMORY")
+            draw_wrapped(col, f"GPU: {rt.gpu_name or 'none'}", context, icon="MEMORY")
             if rt.gpu_memory:
-                col.label(text=f"Memory: {rt.gpu_memory}")
+                draw_wrapped(col, f"Memory: {rt.gpu_memory}", context)
             col.label(text=f"Queue: {rt.queue_length} job(s)")
             if rt.backend_version:
                 col.label(text=f"Backend {rt.backend_version}")
         elif rt.connection == "LOST":
             col.alert = True
-            col.label(text="The backend is not responding", icon="ERROR")
-            col.label(text="Reconnecting by itself; jobs keep running")
-            col.label(text="there and reattach when it answers")
+            draw_wrapped(col, "The backend is not responding. Reconnecting by itself; jobs keep running there "
+                         "and reattach when it answers.", context, icon="ERROR")
         elif rt.connection == "ERROR":
             # Most connection errors are fixed in the preferences (address, keys): one click away.
-            op = col.operator("preferences.addon_show", text="Open Add-on Preferences", icon="PREFERENCES")
+            op = col.operator("preferences.addon_show", text="Add-on Preferences", icon="PREFERENCES")
             op.module = __package__
-        row = layout.row(align=True)
+        col = layout.column(align=True)
         if rt.connection in ("CONNECTED", "CONNECTING", "LOST"):
-            row.operator("nerfart.disconnect", icon="UNLINKED")
             if rt.connection == "LOST":
-                row.operator("nerfart.connect", text="Retry", icon="FILE_REFRESH")
+                col.operator("nerfart.connect", text="Retry", icon="FILE_REFRESH")
+            col.operator("nerfart.disconnect", icon="UNLINKED")
         else:
-            row.operator("nerfart.connect", icon="LINKED")
+            col.operator("nerfart.connect", icon="LINKED")
         if prefs is not None and prefs.start_local:
             row = layout.row(align=True)
-            row.operator("nerfart.start_local_backend", text="Start Local", icon="PLAY")
-            row.operator("nerfart.stop_local_backend", text="Stop Local", icon="CANCEL")
+            row.operator("nerfart.start_local_backend", text="Start", icon="PLAY")
+            row.operator("nerfart.stop_local_backend", text="Stop", icon="CANCEL")
             if rt.local_backend:
-                layout.label(text=f"Local backend: {rt.local_backend.splitlines()[0][:60]}", icon="CONSOLE")
+                draw_wrapped(layout, f"Local backend: {rt.local_backend.splitlines()[0]}", context, icon="CONSOLE")
         if rt.reattach_pending:
             box = layout.box()
-            box.label(text=f"{rt.reattach_pending} job(s) of this file may still be on the backend", icon="INFO")
+            draw_wrapped(box, f"{rt.reattach_pending} job(s) of this file may still be on the backend", context,
+                         in_box=True, icon="INFO")
             if rt.connection == "CONNECTED":
                 box.operator("nerfart.reattach", icon="FILE_REFRESH")
             else:
@@ -167,27 +188,26 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
         if cap.source == "FOLDER":
             col = layout.column()
             col.prop(cap, "folder", text="")
-            col.prop(cap, "format")
-            row = col.row(align=True)
-            row.prop(cap, "show_photos")
-            row.prop(cap, "set_resolution")
-            col.operator("nerfart.import_capture", icon="IMPORT")
+            labelled(col, cap, "format")
+            sub = col.column(align=True)
+            sub.prop(cap, "show_photos")
+            sub.prop(cap, "set_resolution")
+            sub.prop(cap, "set_active_camera")
+            col.operator("nerfart.import_capture", text="Import Capture", icon="IMPORT")
         else:
             col = layout.column(align=True)
             col.prop(cap, "ring_count")
-            col.prop(cap, "ring_elevations")
+            labelled(col, cap, "ring_elevations")
             col.prop(cap, "ring_margin")
             col.prop(cap, "ring_lens")
-            row = col.row(align=True)
-            row.prop(cap, "ring_width")
-            row.prop(cap, "ring_height")
+            col.prop(cap, "ring_width")
+            col.prop(cap, "ring_height")
             col.prop(cap, "ring_samples")
             col.prop(cap, "ring_transparent")
             col.prop(cap, "ring_output", text="")
             layout.operator("nerfart.capture_from_scene", icon="RENDER_STILL")
-        col = layout.column(align=True)
-        col.prop(cap, "placement")
-        col.prop(cap, "cameras")
+        labelled(layout, cap, "placement")
+        labelled(layout, cap, "cameras")
         layout.separator()
         box = layout.box()
         box.label(text="Reconstruction", icon="MESH_ICOSPHERE")
@@ -195,13 +215,16 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
         col.prop(cap, "preset")
         col.prop(cap, "steps")
         col.prop(cap, "scale")
-        col.prop(cap, "background")
         col.prop(cap, "holdout_every")
-        col.prop(cap, "transfer")
+        labelled(box, cap, "background")
+        labelled(box, cap, "transfer")
         box.operator("nerfart.reconstruct", icon="PLAY")
         be = context.scene.nerfart.backend
+        ref = find_job(be, be.reconstruct_job)
         if be.reconstruct_job:
-            box.label(text=f"Reconstruction: {be.reconstruct_job}", icon="CHECKMARK")
+            box.label(text=f"Done: {be.reconstruct_job}", icon="CHECKMARK")
+        if ref is not None:
+            draw_result(box, ref.result, ref.warning, context, in_box=True)
 
 
 class NERFART_PT_stylize(_Panel, bpy.types.Panel):
@@ -214,21 +237,25 @@ class NERFART_PT_stylize(_Panel, bpy.types.Panel):
         st = context.scene.nerfart.stylize
         rt = context.window_manager.nerfart_runtime
         layout.operator_menu_enum("nerfart.apply_style_preset", "preset", text="Paper Styles", icon="PRESET")
-        col = layout.column(align=True)
-        col.prop(st, "prompt", text="")
-        col.prop(st, "source_text")
-        col.prop(st, "negative_prompts")
+        labelled(layout, st, "prompt")
+        labelled(layout, st, "source_text")
+        labelled(layout, st, "negative_prompts")
         col = layout.column(align=True)
         col.prop(st, "strength", slider=True)
         col.prop(st, "iterations")
-        col.prop(st, "colour_only")
-        col.prop(st, "clip_model")
-        col.prop(st, "clip_pretrained")
-        if rt.clip_models:
-            col.label(text=f"Available: {rt.clip_models}"[:80])
         col.prop(st, "scale")
         col.prop(st, "preset")
+        col.prop(st, "colour_only")
+        labelled(layout, st, "clip_model")
+        labelled(layout, st, "clip_pretrained")
+        if rt.clip_models:
+            draw_wrapped(layout, f"Available: {rt.clip_models}", context)
         layout.operator("nerfart.stylize", icon="BRUSH_DATA")
+        latest = next((r for r in reversed(context.scene.nerfart.backend.jobs) if r.kind == "STYLIZE"), None)
+        if latest is not None and (latest.result or latest.warning):
+            box = layout.box()
+            draw_wrapped(box, f"Latest: {latest.prompt or latest.name} ({latest.state})", context, in_box=True)
+            draw_result(box, latest.result, latest.warning, context, in_box=True)
         box = layout.box()
         box.label(text="Batch Queue", icon="SEQ_STRIP_DUPLICATE")
         row = box.row()
@@ -251,30 +278,42 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         layout = self.layout
         scene = context.scene
         out = scene.nerfart.outputs
-        layout.prop(scene.nerfart.backend, "render_source")
+        be = scene.nerfart.backend
+        labelled(layout, be, "render_source")
+        if be.render_source == "SELECTED":
+            chosen = find_job(be, be.selected_source_job)
+            draw_wrapped(layout, f"From: {chosen.name}" if chosen is not None else
+                         "Select a finished job in the Jobs list", context)
         layout.row().prop(out, "mode", expand=True)
         col = layout.column(align=True)
         if out.mode == "RIG":
-            col.prop(out, "rig")
-            col.prop(out, "rig_frames")
+            labelled(col, out, "rig")
+            labelled(col, out, "rig_frames")
         if out.mode == "ACTIVE" or out.rig_frames == "RANGE":
             col.prop(out, "use_scene_range")
             if not out.use_scene_range:
-                row = col.row(align=True)
-                row.prop(out, "frame_start")
-                row.prop(out, "frame_end")
-                row.prop(out, "frame_step")
+                col.prop(out, "frame_start")
+                col.prop(out, "frame_end")
+                col.prop(out, "frame_step")
         col = layout.column(align=True)
-        col.prop(out, "output_dir", text="")
+        labelled(col, out, "output_dir")
         col.prop(out, "file_format")
         col.prop(out, "open_sequence")
         layout.operator("nerfart.render", icon="RENDER_ANIMATION")
+        box = layout.box()
+        box.label(text="Batch", icon="SEQ_STRIP_DUPLICATE")
+        draw_wrapped(box, "Every Batch Queue prompt through every rig, one folder each", context, in_box=True)
+        labelled(box, out, "batch_rigs")
+        box.operator("nerfart.batch_render", icon="RENDER_ANIMATION")
+        if out.batch_summary:
+            labelled(box, out, "batch_summary")
         box = layout.box()
         box.label(text="Mesh", icon="MESH_DATA")
         col = box.column(align=True)
         col.prop(out, "mesh_resolution")
         col.prop(out, "mesh_decimate", slider=True)
         col.prop(out, "mesh_keep_largest")
+        col.prop(out, "mesh_show_colours")
         box.operator("nerfart.extract_mesh", icon="MESH_MONKEY")
 
 
@@ -290,24 +329,32 @@ class NERFART_PT_jobs(_Panel, bpy.types.Panel):
         row = layout.row()
         row.template_list("NERFART_UL_jobs", "", be, "jobs", be, "jobs_index", rows=3)
         row.operator("nerfart.job_remove", text="", icon="X")
-        if 0 <= be.jobs_index < len(be.jobs):
-            ref = be.jobs[be.jobs_index]
+        if not 0 <= be.jobs_index < len(be.jobs):
+            return
+        ref = be.jobs[be.jobs_index]
+        col = layout.column(align=True)
+        draw_wrapped(col, ref.name, context)
+        col.label(text=f"Job {ref.job_id}")
+        draw_wrapped(col, f"State: {ref.state}" + (f" ({ref.stage})" if ref.stage else ""), context)
+        if ref.state == "running":
+            col.progress(factor=ref.progress, type="BAR", text=f"{ref.progress * 100:.0f}%")
+            col.operator("nerfart.cancel_job", icon="CANCEL").job_id = ref.job_id
+        if ref.state == "interrupted":
+            col.operator("nerfart.resume_job", text="Resume", icon="RECOVER_LAST").job_id = ref.job_id
+        draw_result(layout, ref.result, ref.warning, context)
+        if ref.error:
+            box = layout.box()
+            box.alert = True
+            row = box.row(align=True)
+            row.label(text="Why it failed", icon="ERROR")
+            row.operator("nerfart.copy_error", text="", icon="COPYDOWN", emboss=False).job_id = ref.job_id
+            rt = context.window_manager.nerfart_runtime
+            draw_error_text(box, ref.error, describe_error(ref.error_code), rt, "show_job_error", context)
+        if ref.output_dir:
             col = layout.column(align=True)
-            col.label(text=f"Job {ref.job_id}")
-            col.label(text=f"State: {ref.state}" + (f" ({ref.stage})" if ref.stage else ""))
-            if ref.state == "running":
-                col.progress(factor=ref.progress, type="BAR", text=ref.stage or "running")
-                col.operator("nerfart.cancel_job", icon="CANCEL").job_id = ref.job_id
-            if ref.state == "interrupted":
-                col.operator("nerfart.resume_job", text="Resume from Checkpoint", icon="RECOVER_LAST").job_id = \
-                    ref.job_id
-            if ref.error:
-                sub = col.column(align=True)
-                sub.alert = True
-                for line in _wrap(ref.error, 48)[:6]:
-                    sub.label(text=line)
-            if ref.output_dir:
-                col.prop(ref, "output_dir", text="")
+            col.prop(ref, "output_dir", text="")
+            if ref.kind == "RENDER":
+                col.operator("nerfart.load_frames", icon="IMAGE_DATA").job_id = ref.job_id
 
 
 CLASSES = (

@@ -70,12 +70,13 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         layout.use_property_split = True
         from .connection import zmq_error
+        from .ui_text import draw_wrapped
 
         if (err := zmq_error()) is not None:
             box = layout.box()
             box.alert = True
             box.label(text="pyzmq is not available", icon="ERROR")
-            box.label(text=err[:200])
+            draw_wrapped(box, err, context, in_box=True)
         col = layout.column()
         col.prop(self, "endpoint")
         col.prop(self, "hmac_key")
@@ -90,8 +91,7 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
         if runtime.error and runtime.connection == "ERROR":
             box = layout.box()
             box.alert = True
-            for line in _wrap(runtime.error, 90)[:6]:
-                box.label(text=line)
+            draw_wrapped(box, runtime.error, context, in_box=True)
         self.draw_keys(layout)
         layout.separator()
         layout.prop(self, "start_local")
@@ -125,17 +125,6 @@ class NERFART_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text="A backend with keys (e.g. a shared GPU machine) needs a key pair of this Blender",
                       icon="INFO")
             box.operator("nerfart.generate_client_keys", icon="KEY_HLT")
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return [*lines, line] if line else lines
 
 
 def key_name() -> str:

@@ -57,6 +57,24 @@ class NERFART_PG_job(bpy.types.PropertyGroup):
                             max=1.0, subtype="FACTOR")
     stage: StringProperty(name="Stage", description="Last reported stage", default="")
     error: StringProperty(name="Error", description="Why the job failed", default="")
+    error_code: StringProperty(name="Error Code", description="The backend's code for the failure", default="")
+    prompt: StringProperty(name="Prompt", description="The prompt of a stylize job", default="")
+    result: StringProperty(name="Result", description="The job's quality numbers: PSNR, losses, frames",
+                           default="")
+    warning: StringProperty(name="Warning", description="What to know about the result (e.g. not prompt-driven)",
+                            default="")
+
+
+def _on_job_selected(backend, _context) -> None:
+    """Remember the reconstruction or stylization picked in the job list as Render From ▸ Selected Job.
+
+    New jobs take the list selection (so their progress shows), which must not change what the next render
+    starts from: picking a render or mesh job leaves the remembered source alone.
+    """
+    if 0 <= backend.jobs_index < len(backend.jobs):
+        ref = backend.jobs[backend.jobs_index]
+        if ref.kind in ("RECONSTRUCT", "STYLIZE") and ref.job_id:
+            backend.selected_source_job = ref.job_id
 
 
 class NERFART_PG_backend(bpy.types.PropertyGroup):
@@ -66,15 +84,27 @@ class NERFART_PG_backend(bpy.types.PropertyGroup):
 
     jobs: CollectionProperty(type=NERFART_PG_job, name="Jobs", description="Jobs submitted from this file")
     jobs_index: IntProperty(name="Active Job", description="Selected job in the list", default=0, min=0,
-                            max=100_000)
+                            max=100_000, update=_on_job_selected)
+    selected_source_job: StringProperty(name="Selected Source", description="Job id of the reconstruction or "
+                                        "stylization last selected in the job list (Render From ▸ Selected Job)",
+                                        default="")
     reconstruct_job: StringProperty(name="Reconstruction", description="Job id of the reconstruction that "
                                     "stylization starts from (set when a reconstruction finishes)", default="")
     render_source: EnumProperty(
         name="Render From", description="Which result Render and Extract Mesh use",
         items=[("LATEST_STYLIZED", "Latest Stylization", "The most recent finished stylization"),
                ("RECONSTRUCTION", "Reconstruction", "The unstylized reconstruction"),
-               ("SELECTED", "Selected Job", "The job selected in the job list")],
+               ("SELECTED", "Selected Job", "The reconstruction or stylization last selected in the job list")],
         default="LATEST_STYLIZED")
+
+
+def find_job(backend: NERFART_PG_backend, job_id: str) -> NERFART_PG_job | None:
+    """The saved job of ``backend`` (``Scene.nerfart.backend``) with this id, or None (also for an empty id).
+
+    A function, not a method: the bpy module of Blender 4.2 (4.2.23) crashes at exit when a registered
+    PropertyGroup defines a method.
+    """
+    return next((ref for ref in backend.jobs if job_id and ref.job_id == job_id), None)
 
 
 class NERFART_PG_capture(bpy.types.PropertyGroup):
@@ -84,9 +114,9 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
 
     source: EnumProperty(
         name="Source", description="Where the multi-view capture comes from",
-        items=[("FOLDER", "Capture Folder", "A folder of photos with cameras (transforms.json, COLMAP, "
+        items=[("FOLDER", "Folder", "A folder of photos with cameras (transforms.json, COLMAP, "
                 "IDR cameras.npz or LLFF poses_bounds.npy)"),
-               ("SCENE", "From Scene", "Render the selected objects from a ring of cameras with Cycles")],
+               ("SCENE", "Scene", "Render the selected objects from a ring of cameras with Cycles")],
         default="FOLDER")
     folder: StringProperty(name="Capture Folder", description="Folder holding the capture's images and camera "
                            "file", default="", subtype="DIR_PATH",
@@ -106,9 +136,13 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
                              description="Collection of the imported or generated capture cameras")
     show_photos: BoolProperty(name="Photos as Backgrounds", description="Show each capture photo as its "
                               "camera's background image", default=True)
-    set_resolution: BoolProperty(name="Set Scene Resolution", description="Set the scene's render resolution "
-                                 "to the capture's image size so the cameras frame exactly like the photos",
-                                 default=True)
+    set_resolution: BoolProperty(name="Set Scene Resolution", description="On import, set the scene's render "
+                                 "resolution to the capture's image size so the cameras frame exactly like the "
+                                 "photos (off: the scene's resolution stays; a warning says when they differ)",
+                                 default=False)
+    set_active_camera: BoolProperty(name="Make Camera Active", description="On import, make the capture's first "
+                                    "camera the scene's active camera (off: the active camera stays)",
+                                    default=False)
     ring_count: IntProperty(name="Cameras per Ring", description="Number of cameras on each ring", default=24,
                             min=3, max=256)
     ring_elevations: StringProperty(name="Ring Elevations", description="Elevation of each ring in degrees, "
@@ -217,9 +251,9 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
 
     mode: EnumProperty(
         name="Cameras", description="Which cameras to render",
-        items=[("ACTIVE", "Active Camera", "The scene camera over the frame range (keyframed motion, animated "
+        items=[("ACTIVE", "Camera", "The scene camera over the frame range (keyframed motion, animated "
                 "lens and cameras switched by timeline markers)"),
-               ("RIG", "Camera Rig", "Every camera in a collection")],
+               ("RIG", "Rig", "Every camera in a collection")],
         default="ACTIVE")
     rig: PointerProperty(type=bpy.types.Collection, name="Rig", description="Collection whose cameras to render")
     rig_frames: EnumProperty(
@@ -240,14 +274,23 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
         name="Format", description="Frame file format",
         items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
         default="PNG")
-    open_sequence: BoolProperty(name="Open as Image Sequence", description="Load the frames as an image "
-                                "sequence as they arrive (view it in an Image Editor)", default=True)
+    open_sequence: BoolProperty(name="Load Frames", description="Load the frames as image sequences (a rig: "
+                                "one per camera, when the render is done) and view them in an Image Editor",
+                                default=True)
+    batch_rigs: PointerProperty(type=bpy.types.Collection, name="Rigs", description="Collection holding the "
+                                "camera rigs of a batch: each child collection with cameras is one rig (or this "
+                                "collection is the only rig when it holds the cameras itself)")
+    batch_summary: StringProperty(name="Last Batch Summary", description="The summary table the last batch wrote",
+                                  default="", subtype="FILE_PATH", options=BLEND_RELATIVE)
     mesh_resolution: IntProperty(name="Resolution", description="Marching-cubes grid resolution per axis",
                                  default=256, min=16, max=1024)
     mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
                                  default=1.0, min=0.01, max=1.0, subtype="FACTOR")
     mesh_keep_largest: BoolProperty(name="Largest Part Only", description="Drop every disconnected piece but "
                                     "the largest", default=True)
+    mesh_show_colours: BoolProperty(name="Colours in Solid View", description="When the mesh arrives, make the "
+                                    "3D views' Solid shading show its vertex colours (Viewport Shading ▸ Color ▸ "
+                                    "Attribute)", default=True)
 
 
 class NERFART_PG_settings(bpy.types.PropertyGroup):
@@ -283,9 +326,17 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
                             max=1.0, subtype="FACTOR")
     current_job_id: StringProperty(name="Current Job", description="Id of the job shown in the progress bar",
                                    default="")
+    job_result: StringProperty(name="Result So Far", description="PSNR or losses of the running job",
+                               default="")
+    job_warning: StringProperty(name="Job Warning", description="What to know about the running job's result",
+                                default="")
+    batch_text: StringProperty(name="Batch", description="Progress of the running batch", default="")
     error: StringProperty(name="Error", description="The last error, in words", default="")
     error_detail: StringProperty(name="Details", description="Error code or backend trace", default="")
-    show_error_detail: BoolProperty(name="Show Details", description="Show the error's details", default=False)
+    show_error_detail: BoolProperty(name="Show Details", description="Show the whole error message, its code "
+                                    "and what to do", default=False)
+    show_job_error: BoolProperty(name="Show Details", description="Show the selected job's whole error message, "
+                                 "its code and what to do", default=False)
     preview: PointerProperty(type=bpy.types.Image, name="Preview", description="Latest preview from the backend")
     local_backend: StringProperty(name="Local Backend", description="State of the local backend process",
                                   default="")

@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .core.sampling import frame_file_name, sequence_image_user
+from .core.sampling import frame_file_name, frame_of_file, sequence_image_user
 
 PREVIEW_IMAGE = "NeRF-Art Preview"
 
@@ -23,13 +23,6 @@ def output_root(base: str) -> Path:
     if base.startswith("//") and not bpy.data.filepath:
         return Path(tempfile.gettempdir()) / "nerfart" / base[2:]
     return Path(bpy.path.abspath(base))
-
-
-def job_output_dir(base: str, label: str) -> Path:
-    """Absolute folder for a job's files: :func:`output_root` of ``base`` / a safe form of the job label."""
-    root = output_root(base)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label).strip("_") or "job"
-    return root / safe
 
 
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
@@ -56,12 +49,7 @@ def save_frame(msg, out_dir: Path, multi_camera: bool) -> Path:
 def show_sequence(first_frame: Path, frame_start: int, count: int, name: str) -> bpy.types.Image:
     """Load (or refresh) ``first_frame`` as an image sequence and show it in every open Image Editor, each
     file at the scene frame it was rendered for (``frame_0012.png`` at frame 12)."""
-    img = bpy.data.images.get(name)
-    if img is None or Path(bpy.path.abspath(img.filepath)) != first_frame:
-        img = bpy.data.images.load(str(first_frame), check_existing=False)
-        img.name = name
-    img.source = "SEQUENCE"
-    img.reload()
+    img = load_image(first_frame, name, sequence=True)
     start, duration, offset = sequence_image_user(frame_start, frame_start + max(1, count) - 1)
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
@@ -75,6 +63,57 @@ def show_sequence(first_frame: Path, frame_start: int, count: int, name: str) ->
             space.image_user.use_auto_refresh = True
             area.tag_redraw()
     return img
+
+
+def load_image(path: Path, name: str, sequence: bool) -> bpy.types.Image:
+    """The image ``name`` showing ``path`` (loaded, or reloaded when it exists), as a sequence or a still."""
+    img = bpy.data.images.get(name)
+    if img is None or Path(bpy.path.abspath(img.filepath)) != path:
+        img = bpy.data.images.load(str(path), check_existing=False)
+        img.name = name
+    img.source = "SEQUENCE" if sequence else "FILE"
+    img.reload()
+    return img
+
+
+def load_frame_folders(out_dir: Path, name: str) -> list[bpy.types.Image]:
+    """Load a render job's frames: one image per folder of frames (a rig writes one folder per camera), an
+    image sequence where the folder holds several frames. The first is shown in the open Image Editors.
+
+    Raises:
+        ValueError: when ``out_dir`` holds no frames.
+    """
+    by_folder: dict[Path, list[tuple[int, Path]]] = {}
+    for path in sorted(out_dir.rglob("frame_*")):
+        frame = frame_of_file(path.name)
+        if frame is not None and path.is_file():
+            by_folder.setdefault(path.parent, []).append((frame, path))
+    if not by_folder:
+        raise ValueError(f"{out_dir} holds no rendered frames")
+    images = []
+    for folder, frames in sorted(by_folder.items()):
+        frames.sort()
+        label = name if folder == out_dir else f"{name} {folder.name}"
+        first, path = frames[0]
+        if not images:
+            images.append(show_sequence(path, first, frames[-1][0] - first + 1, label) if len(frames) > 1
+                          else load_image(path, label, sequence=False))
+        else:
+            images.append(load_image(path, label, sequence=len(frames) > 1))
+    return images
+
+
+def show_attribute_colours() -> int:
+    """Make the Solid shading of every 3D view show colour attributes (a mesh's vertex colours) instead of
+    material colours ("Attribute" in the shading popover, identifier VERTEX); returns how many views changed."""
+    changed = 0
+    for screen in bpy.data.screens:
+        for area in screen.areas:
+            for space in area.spaces:
+                if space.type == "VIEW_3D" and space.shading.color_type != "VERTEX":
+                    space.shading.color_type = "VERTEX"
+                    changed += 1
+    return changed
 
 
 def update_preview(data: bytes | memoryview, fmt: str = "png") -> bpy.types.Image:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 
 import bpy
 from bpy.app.handlers import persistent
 
 from . import connection
-from .core.jobs import ACTIVE_STATES, Event, JobState, format_bytes
+from .core.jobs import ACTIVE_STATES, Event, JobState, clip_text, format_bytes
+from .core.results import result_text, result_warning
 
 DRAIN_BUDGET_S = 0.005  # time to drain the socket per tick
 HANDLE_BUDGET_S = 0.015  # time to turn events into Blender data per tick; the rest waits for the next tick
@@ -90,12 +92,22 @@ def handle_event(event: Event) -> None:
         _on_finished(job)
     if job is not None:
         _update_job_ref(job)
+        if job.meta.get("batch") is not None:
+            from . import batch_bpy
+
+            batch_bpy.on_event(event)
 
 
 def _results():
     from . import results_bpy
 
     return results_bpy
+
+
+def _running_batches() -> list:
+    from . import batch_bpy
+
+    return batch_bpy.running()
 
 
 def _scene_of(job: JobState) -> bpy.types.Scene:
@@ -112,8 +124,12 @@ def _record_job(job: JobState) -> None:
     ref.kind = _KIND_ENUM.get(job.kind, "RECONSTRUCT")
     ref.endpoint = connection.session.endpoint
     ref.source_job = str(job.params.get("source_job", ""))
+    ref.prompt = str(job.params.get("prompt", ""))
     ref.output_dir = str(job.meta.get("output_dir", ""))
-    scene.nerfart.backend.jobs_index = len(jobs) - 1
+    be = scene.nerfart.backend
+    pinned = be.selected_source_job
+    be.jobs_index = len(jobs) - 1  # the new job's progress shows in the list...
+    be.selected_source_job = pinned  # ...without changing what Render From ▸ Selected Job renders
     qi = job.meta.get("queue_index")
     if qi is not None and qi < len(scene.nerfart.stylize.queue):
         scene.nerfart.stylize.queue[qi].job_id = job.job_id or ""
@@ -128,7 +144,11 @@ def _update_job_ref(job: JobState) -> None:
             ref.state = job.state
             ref.stage = job.stage
             ref.progress = job.progress
-            ref.error = job.error[:1000]
+            ref.error = clip_text(job.error)
+            ref.error_code = job.error_code
+            # A job reattached after reopening the file knows its numbers only once its result comes again.
+            ref.result = result_text(job) or ref.result
+            ref.warning = result_warning(job) or ref.warning
     for item in scene.nerfart.stylize.queue:
         if item.job_id and item.job_id == job.job_id:
             item.state = job.state
@@ -159,12 +179,20 @@ def _on_mesh(job: JobState, msg) -> None:
     obj = _results().mesh_object(f"NeRF-Art {job.label}", vertices, faces, colors, coll, placement,
                                  float(job.meta.get("decimate", 1.0)))
     job.meta["object"] = obj.name
+    if colors is not None and job.meta.get("show_colours"):
+        _results().show_attribute_colours()
 
 
 def _on_finished(job: JobState) -> None:
     scene = _scene_of(job)
     if job.state == "done" and job.kind == "reconstruct" and job.job_id:
         scene.nerfart.backend.reconstruct_job = job.job_id
+    if job.kind == "render" and job.meta.get("files") and job.meta.get("open_sequence") \
+            and job.meta.get("multi_camera"):
+        # A rig's frames are one folder per camera: load each as an image sequence (or still) once all arrived.
+        from pathlib import Path
+
+        _results().load_frame_folders(Path(job.meta["output_dir"]), f"NeRF-Art {job.label}")
     if bpy.app.background:
         print(f"[nerfart] {job.status_line()}", flush=True)
 
@@ -220,8 +248,11 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.job_text = job.status_line() if job else ""
     rt.progress = job.progress if job else 0.0
     rt.current_job_id = (job.job_id or "") if job else ""
-    rt.error = s.last_error[:1000]
-    rt.error_detail = s.last_error_detail[:4000]
+    rt.job_result = result_text(job) if job else ""
+    rt.job_warning = result_warning(job) if job else ""
+    rt.batch_text = "; ".join(b.status_line() for b in _running_batches())
+    rt.error = clip_text(s.last_error)
+    rt.error_detail = clip_text(s.last_error_detail)
     lb = connection.local_backend
     rt.local_backend = (f"running (pid {lb.proc.pid})" if lb.running else lb.exit_message)
     pending = 0
@@ -230,7 +261,8 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
                        if ref.job_id and ref.state in (*ACTIVE_STATES, "lost") and ref.job_id not in s.jobs)
     rt.reattach_pending = pending
     _status_bar(wm, rt.job_text if rt.busy else None)
-    shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.progress, rt.error,
+    shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.job_result,
+             rt.job_warning, rt.batch_text, rt.progress, rt.error,
              rt.local_backend, rt.reattach_pending, _preview_serial,
              sum(len(sc.nerfart.backend.jobs) for sc in bpy.data.scenes))
     global _last_shown
@@ -285,6 +317,29 @@ def wait_connected(timeout_s: float) -> None:
                            f"{connection.session.endpoint} within {timeout_s:g} s")
 
 
+def drive_until(done: Callable[[], bool], what: str, on_step: Callable[[], None] | None = None,
+                lost_timeout_s: float = 60.0) -> None:
+    """Poll and apply events until ``done()`` (background mode: the timer does not run there).
+
+    Raises:
+        RuntimeError: if the backend stops answering for ``lost_timeout_s`` while ``what`` runs.
+    """
+    lost_since: float | None = None
+    while not done():
+        for event in connection.poll(0.05):
+            handle_event(event)
+        if on_step is not None:
+            on_step()
+        if connection.session.state == "LOST":
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > lost_timeout_s:
+                raise RuntimeError(f"the backend at {connection.session.endpoint} stopped answering while {what} "
+                                   "ran")
+        else:
+            lost_since = None
+        time.sleep(0.01)
+
+
 def run_blocking(job: JobState, lost_timeout_s: float = 60.0) -> JobState:
     """Drive the bridge until ``job`` (already submitted) finishes, printing progress lines.
 
@@ -292,23 +347,20 @@ def run_blocking(job: JobState, lost_timeout_s: float = 60.0) -> JobState:
         RuntimeError: if the job fails or the backend stops answering.
     """
     last_line = ""
-    lost_since: float | None = None
-    while job.state not in ("done", "failed", "cancelled", "interrupted", "lost"):
-        for event in connection.poll(0.05):
-            handle_event(event)
+
+    def print_progress() -> None:
+        nonlocal last_line
         line = job.status_line()
         if line != last_line:
             print(f"[nerfart] {line} ({job.progress * 100:.0f}%)", flush=True)
             last_line = line
-        if connection.session.state == "LOST":
-            lost_since = lost_since or time.monotonic()
-            if time.monotonic() - lost_since > lost_timeout_s:
-                job.state = "lost"
-                raise RuntimeError(f"the backend at {connection.session.endpoint} stopped answering while "
-                                   f"{job.label or job.kind} ran")
-        else:
-            lost_since = None
-        time.sleep(0.01)
+
+    try:
+        drive_until(lambda: job.state in ("done", "failed", "cancelled", "interrupted", "lost"),
+                    job.label or job.kind, print_progress, lost_timeout_s)
+    except RuntimeError:
+        job.state = "lost"
+        raise
     print(f"[nerfart] {job.status_line()}", flush=True)
     if job.state != "done":
         raise RuntimeError(f"{job.label or job.kind} {job.state}: {job.error or 'no reason given'}")

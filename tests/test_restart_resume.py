@@ -334,7 +334,7 @@ def test_the_command_line_resumes_an_interrupted_job(tmp_path: Path, capture: Pa
                                        "holdout_every": 0}, owner="cli")
     rec.state = "running"  # its process died before the first checkpoint
     store.save(rec)
-    assert cli.main(["resume", rec.job_id, "--work-dir", str(work), "--device", "cpu"]) == 0
+    assert cli.main(["resume", rec.job_id, "--work-dir", str(work), "--device", "cpu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["job_id"] == rec.job_id and out["outputs"]["steps"] == 8
     assert "starting again from the beginning" in out["outputs"]["resume_note"]

@@ -92,6 +92,54 @@ class Event:
     message: Any = None
 
 
+# What to do about each error code (protocol/errors.py), shown under the backend's message in the details:
+# the message says what went wrong, the hint where to fix it in the add-on.
+ERROR_HINTS = {
+    "malformed": "The add-on and the backend disagree about the message format or signature: check the Signing "
+                 "Key in the add-on preferences, and that both come from the same version.",
+    "invalid_field": "A setting was out of range or of the wrong kind: correct the field named above and try "
+                     "again.",
+    "unknown_type": "The backend is older or newer than the add-on: use both from the same version.",
+    "version_mismatch": "Rebuild and reinstall the add-on from the backend's checkout (python build_addon.py), or "
+                        "update the backend.",
+    "too_large": "The request is larger than the backend accepts: use Capture ▸ Transfer ▸ Path for a backend "
+                 "that can read this disk, or fewer or smaller images.",
+    "unauthorized": "This Blender may not do that here: check the keys in the add-on preferences, or whether "
+                    "the job belongs to another user of the backend.",
+    "unknown_job": "The backend does not know this job: it may run with another work folder, or the job's "
+                   "folder was deleted. Submit the job again.",
+    "unknown_kind": "This backend does not run this kind of job: update the backend.",
+    "job_failed": "The job stopped on the problem the message describes: correct that and submit it again (what "
+                  "it wrote so far stays in its folder on the backend).",
+    "out_of_memory": "Free GPU memory (Stop Local Backend frees the backend's; close Cycles renders or other GPU "
+                     "programs) or lower the setting the message names, then submit again.",
+    "queue_full": "Too many of your jobs are waiting: let some finish or cancel some, then submit again.",
+    "bad_state": "The job is not in a state that allows this any more (e.g. it already finished).",
+    "internal": "A bug in the backend: its log (the terminal or local_backend.log) has the traceback; please "
+                "report it with the text above.",
+}
+MAX_ERROR_CHARS = 20_000  # longer texts are cut (with a note) before they go into Blender properties
+
+
+def describe_error(code: str = "", field: str | None = None) -> str:
+    """The details of a backend error beyond its message: its code, the field at fault, and what to do."""
+    lines = []
+    if code:
+        lines.append(f"Code: {code}")
+    if field:
+        lines.append(f"Field: {field}")
+    if ERROR_HINTS.get(code):
+        lines.append(f"What to do: {ERROR_HINTS[code]}")
+    return "\n".join(lines)
+
+
+def clip_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with a note saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… ({len(text) - limit} more characters; the backend's log has the whole text)"
+
+
 def format_duration(seconds: float) -> str:
     """``75`` -> ``"1:15"``, ``3700`` -> ``"1:01:40"``."""
     s = round(max(0.0, seconds))
@@ -224,8 +272,7 @@ class Session:
             return [Event("accepted", job, msg)]
         if t == "error":
             text = str(c.get("message") or c.get("code") or "backend error")
-            field_ = c.get("field")
-            detail = f"{c.get('code', '')}" + (f" (field {field_})" if field_ else "")
+            detail = describe_error(str(c.get("code", "")), c.get("field"))
             job = None
             if msg.parent_id and msg.parent_id in self.pending:
                 job = self.pending.pop(msg.parent_id)
@@ -288,6 +335,7 @@ class Session:
                 job.error = str(err.get("message", ""))
                 job.error_code = str(err.get("code", ""))
             if job.state == "failed":
-                self.set_error(f"{job.label or job.kind} failed: {job.error or 'no reason given'}", job.error_code)
+                self.set_error(f"{job.label or job.kind} failed: {job.error or 'no reason given'}",
+                               describe_error(job.error_code))
             return [Event("finished", job, msg)]
         return []

@@ -99,6 +99,17 @@ def frame_file_name(index: int, camera: str, frame: int, extension: str = "png",
     return f"{safe}/{stem}.{extension}" if multi_camera else f"{stem}.{extension}"
 
 
+def frame_of_file(name: str) -> int | None:
+    """The frame a file named by :func:`frame_file_name` holds (``frame_m0003.exr`` -> -3), else None."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or ext not in ("png", "exr") or not stem.startswith("frame_"):
+        return None
+    digits = stem[len("frame_"):]
+    sign = -1 if digits.startswith("m") else 1
+    digits = digits.removeprefix("m")
+    return sign * int(digits) if digits.isdigit() else None
+
+
 def sequence_image_user(first_frame: int, last_frame: int) -> tuple[int, int, int]:
     """``(frame_start, frame_duration, frame_offset)`` for an ``ImageUser`` that shows the frame files
     ``frame_<first>`` .. ``frame_<last>`` of a sequence at the scene frames they were rendered for.

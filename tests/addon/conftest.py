@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,39 @@ def fresh_file(addon):
     addon.connection.disconnect()
     addon.connection.session.__init__()
     return bpy.context.scene
+
+
+@pytest.fixture()
+def stub():
+    """A scripted backend (:class:`stub_backend.StubBackend`) on a free loopback port."""
+    pytest.importorskip("zmq")
+    from stub_backend import StubBackend
+
+    s = StubBackend()
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def connected(addon, fresh_file, stub):
+    """The add-on connected to ``stub`` through its Connect operator (background mode waits for the answer)."""
+    import bpy
+
+    prefs = bpy.context.preferences.addons["nerfart_blender"].preferences
+    prefs.endpoint = stub.endpoint
+    prefs.timeout_s = 4.0
+    assert bpy.ops.nerfart.connect() == {"FINISHED"}
+    yield addon
+    addon.connection.disconnect()
+    prefs.endpoint = "tcp://127.0.0.1:5555"
+
+
+def pump(addon, until, timeout: float = 5.0) -> float:
+    """Call the tick like the timer would until ``until()``; returns the last interval it asked for."""
+    deadline = time.monotonic() + timeout
+    interval = addon.tick.tick()
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+        interval = addon.tick.tick()
+    return interval

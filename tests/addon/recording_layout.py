@@ -83,12 +83,21 @@ def _check_value(p, value: Any, where: str) -> None:
 
 
 class RecordingLayout:
-    """Records and validates UILayout calls; sub-layouts are RecordingLayouts too."""
+    """Records and validates UILayout calls; sub-layouts are RecordingLayouts too.
 
-    def __init__(self, calls: list | None = None, path: str = "layout") -> None:
+    ``calls`` is every call of the whole tree, as ``(function name, arguments, layout called on)``;
+    ``items`` is this layout's own content in order: ``(function name, arguments)`` for a widget, or the child
+    RecordingLayout for a sub-layout (``kind`` says which: row, column, box, split, ...; ``args`` its arguments).
+    """
+
+    def __init__(self, calls: list | None = None, path: str = "layout", kind: str = "column",
+                 args: dict | None = None) -> None:
         object.__setattr__(self, "calls", calls if calls is not None else [])
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "attrs", {})
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "args", args or {})
+        object.__setattr__(self, "items", [])
 
     # Attributes (enabled, active, alert, scale_y, use_property_split, ...) -------------------------------
 
@@ -135,16 +144,20 @@ class RecordingLayout:
         for k, v in bound.items():
             if by_id[k].type != "POINTER":
                 _check_value(by_id[k], v, f"{where}({k}=...)")
-        self.calls.append((name, bound))
+        self.calls.append((name, bound, self))
         result_ops = self._semantic_checks(name, bound, where)
         if result_ops is not None:
+            self.items.append((name, bound))
             return result_ops
         if not outputs:
+            self.items.append((name, bound))
             return None
         results = []
         for out in outputs:
             if out.type == "POINTER" and out.fixed_type.identifier == "UILayout":
-                results.append(RecordingLayout(self.calls, f"{where}()"))
+                child = RecordingLayout(self.calls, f"{where}()", name, bound)
+                self.items.append(child)
+                results.append(child)
             elif out.type == "INT":
                 results.append(0)
             elif out.type == "STRING":

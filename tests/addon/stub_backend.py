@@ -43,6 +43,8 @@ class StubBackend:
         self.received: list[Message] = []
         self.jobs: dict[str, dict] = {}
         self.hold = threading.Event()
+        self.fail_code = "job_failed"  # the error a FAIL job ends with
+        self.fail_message = "the stub was asked to fail"
         self.silent = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -144,13 +146,32 @@ class StubBackend:
                              "created": time.time(), "outputs": {"checkpoint": "model.pt"}}
         return job_id
 
+    @staticmethod
+    def _outputs(job: dict) -> dict:
+        """Result outputs shaped like the real runners' (backend/jobs/*.py), with fixed numbers."""
+        params = job["params"]
+        if job["kind"] == "reconstruct":
+            return {"train_psnr": 27.5, "heldout_psnr": 25.25, "steps": 4}
+        if job["kind"] == "stylize":
+            out = {"loss_total": 0.5, "loss_image": 0.375, "loss_directional": 0.125, "prompt": params["prompt"],
+                   "prompt_driven": params.get("clip_pretrained") != "random"}
+            if not out["prompt_driven"]:
+                out["note"] = "random CLIP weights were requested: the result is NOT driven by the prompt"
+            return out
+        if job["kind"] == "render":
+            return {"frames": [f"frames/{i:04d}.png" for i in range(len(params["cameras"]))],
+                    "count": len(params["cameras"])}
+        if job["kind"] == "extract_mesh":
+            return {"mesh": "mesh.ply", "vertices": 3, "faces": 1}
+        return {}
+
     def _finish(self, job_id: str, job: dict) -> None:
         ident = job["ident"]
         if job["fail"]:
             job["state"] = "failed"
             self._send(ident, Message("result", {"job_id": job_id, "state": "failed", "outputs": {},
-                                                 "error": {"code": "job_failed",
-                                                           "message": "the stub was asked to fail"}}))
+                                                 "error": {"code": self.fail_code,
+                                                           "message": self.fail_message}}))
             return
         if job["kind"] == "render":
             for i, cam in enumerate(job["params"]["cameras"]):
@@ -167,5 +188,5 @@ class StubBackend:
             self._send(ident, m)
         self._send(ident, Message("progress", {"job_id": job_id, "stage": "training", "step": 4, "total": 4}))
         job["state"] = "done"
-        job["outputs"] = {"checkpoint": "model.pt"}
+        job["outputs"] = {"checkpoint": "model.pt", **self._outputs(job)}
         self._send(ident, Message("result", {"job_id": job_id, "state": "done", "outputs": job["outputs"]}))

@@ -15,38 +15,9 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python module) is not installed")
 pytest.importorskip("zmq")
 
-from stub_backend import StubBackend  # noqa: E402
+from conftest import pump  # noqa: E402
 
 MOD = "nerfart_blender"
-
-
-@pytest.fixture()
-def stub():
-    s = StubBackend()
-    yield s
-    s.close()
-
-
-@pytest.fixture()
-def connected(addon, fresh_file, stub):
-    prefs = bpy.context.preferences.addons[MOD].preferences
-    prefs.endpoint = stub.endpoint
-    prefs.timeout_s = 4.0
-    assert bpy.ops.nerfart.connect() == {"FINISHED"}  # background mode: waits for hello_reply
-    yield addon
-    addon.connection.disconnect()
-    prefs.endpoint = "tcp://127.0.0.1:5555"
-
-
-def pump(addon, until, timeout=5.0) -> float:
-    """Call the tick like the timer would until ``until()``; returns the last interval it asked for."""
-    deadline = time.monotonic() + timeout
-    interval = addon.tick.tick()
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-        interval = addon.tick.tick()
-    return interval
 
 
 def test_connect_shows_backend_status(connected, stub):
@@ -78,6 +49,7 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     scene = bpy.context.scene
     nerf = scene.nerfart
     nerf.capture.folder = str(lego_dir)
+    nerf.capture.set_resolution = True
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     # Reconstruct: a loopback backend gets the folder path, not an upload.
     assert bpy.ops.nerfart.reconstruct() == {"FINISHED"}

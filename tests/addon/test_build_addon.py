@@ -57,21 +57,68 @@ def test_no_wheels_build_validates(tmp_path):
     assert manifest["blender_version_min"] == "4.2.0"
 
 
-@needs_tool
-def test_cached_wheels_split_platforms(tmp_path, repo_root):
+@pytest.fixture(scope="module")
+def wheel_cache(repo_root):
+    """The build's wheel cache holding every platform's wheels for every Python (filled from PyPI if needed)."""
     cache = repo_root / ".whl"
-    if not any(cache.glob("pyzmq-*universal2.whl")) or not any(cache.glob("pyzmq-*win_amd64.whl")):
-        pytest.skip("run build_addon.py once with network access to fill the wheel cache")
-    outs = ba.build(("windows-x64", "macos-arm64"), split=True, output_dir=tmp_path, cache=cache, offline=True)
+    try:
+        ba.fetch_wheels(ba.ALL_PLATFORMS, cache, offline=False)
+    except ba.BuildError as exc:
+        pytest.skip(f"the pyzmq wheels are not cached in {cache} and PyPI cannot be reached: {exc}")
+    return cache
+
+
+def test_wheel_python_rule():
+    """Blender's wheel filter: cpXY-cpXY serves X.Y only; cpXY-abi3 serves X.Y and later; py3 serves any 3.x."""
+    assert ba.wheel_serves_python("pyzmq-27.3.0-cp311-cp311-win_amd64.whl", "3.11")
+    assert not ba.wheel_serves_python("pyzmq-27.3.0-cp311-cp311-win_amd64.whl", "3.13")
+    assert ba.wheel_serves_python("pyzmq-27.3.0-cp312-abi3-win_amd64.whl", "3.13")
+    assert not ba.wheel_serves_python("pyzmq-27.3.0-cp312-abi3-win_amd64.whl", "3.11")
+    assert ba.wheel_serves_python("x-1-cp313-cp313-manylinux_2_28_x86_64.whl", "3.13")
+    assert ba.wheel_serves_python("x-1-py3-none-any.whl", "3.13")
+    manifest = {"platforms": ["linux-x64", "windows-x64"],
+                "wheels": ["./wheels/pyzmq-27.3.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                           "./wheels/pyzmq-27.3.0-cp312-abi3-manylinux_2_28_x86_64.whl",
+                           "./wheels/pyzmq-27.3.0-cp311-cp311-win_amd64.whl"]}
+    assert ba.missing_wheels(manifest) == ["windows-x64 CPython 3.13"]
+
+
+@needs_tool
+def test_every_platform_gets_a_wheel_for_every_blender_python(tmp_path, wheel_cache):
+    """Blender 4.2-5.0 embed CPython 3.11, Blender 5.1 3.13: the zip lists a pyzmq wheel for each, per platform,
+    and passes Blender's own validator (build() runs it)."""
+    assert ba.PYTHON_VERSIONS == ("3.11", "3.13")
+    (out,) = ba.build(ba.ALL_PLATFORMS, output_dir=tmp_path, cache=wheel_cache, offline=True)
+    with zipfile.ZipFile(out) as zf:
+        m = tomllib.loads(zf.read("blender_manifest.toml").decode())
+        names = set(zf.namelist())
+    assert m["platforms"] == list(ba.ALL_PLATFORMS) and ba.missing_wheels(m) == []
+    wheels = [w.rsplit("/", 1)[1] for w in m["wheels"]]
+    assert all(f"wheels/{w}" in names for w in wheels)
+    for platform in ba.ALL_PLATFORMS:
+        mine = [w for w in wheels if platform in ba.blender_platforms_of_wheel(w)]
+        assert any("-cp311-cp311-" in w for w in mine), platform
+        # pyzmq builds its wheels for 3.12+ with the stable ABI; Blender installs them on 3.13.
+        assert any(ba.wheel_serves_python(w, "3.13") and not ba.wheel_serves_python(w, "3.11") for w in mine), \
+            platform
+    assert m["blender_version_min"] == ba.MACOS_MIN_BLENDER  # the macOS wheels are universal2
+
+
+@needs_tool
+def test_cached_wheels_split_platforms(tmp_path, wheel_cache):
+    outs = ba.build(("windows-x64", "macos-arm64"), split=True, output_dir=tmp_path, cache=wheel_cache,
+                    offline=True)
     by_name = {p.name: p for p in outs}
     assert set(by_name) == {"nerfart_blender-0.1.0-windows_x64.zip", "nerfart_blender-0.1.0-macos_arm64.zip"}
     with zipfile.ZipFile(by_name["nerfart_blender-0.1.0-windows_x64.zip"]) as zf:
         m = tomllib.loads(zf.read("blender_manifest.toml").decode())
-        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-win_amd64.whl"]
+        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-win_amd64.whl",
+                               "./wheels/pyzmq-27.3.0-cp312-abi3-win_amd64.whl"]
         assert m["blender_version_min"] == "4.2.0"
     with zipfile.ZipFile(by_name["nerfart_blender-0.1.0-macos_arm64.zip"]) as zf:
         m = tomllib.loads(zf.read("blender_manifest.toml").decode())
-        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl"]
+        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl",
+                               "./wheels/pyzmq-27.3.0-cp312-abi3-macosx_10_15_universal2.whl"]
         assert m["blender_version_min"] == ba.MACOS_MIN_BLENDER  # universal2 needs a fixed 4.2.x
 
 

@@ -68,7 +68,8 @@ def test_errors_and_failures_set_readable_text():
     s.apply(Msg("accepted", {"job_id": "j2", "position": 0}, parent_id="m2"))
     s.apply(Msg("result", {"job_id": "j2", "state": "failed", "outputs": {},
                            "error": {"code": "out_of_memory", "message": "CUDA out of memory"}}))
-    assert s.last_error == "rec failed: CUDA out of memory" and s.last_error_detail == "out_of_memory"
+    assert s.last_error == "rec failed: CUDA out of memory"
+    assert s.last_error_detail.startswith("Code: out_of_memory\nWhat to do: Free GPU memory")
     s.apply(Msg("error", {"code": "malformed", "message": "undecodable message"}))
     assert s.last_error == "undecodable message"
 

@@ -158,6 +158,7 @@ def flow(addon, backend):
     nerf = scene.nerfart
     # Import the capture, then place it: moved, rotated and uniformly scaled.
     nerf.capture.folder = str(backend.capture)
+    nerf.capture.set_resolution = True  # the cameras then frame exactly like the photos (asked for)
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     placement = nerf.capture.placement
     placement.location = PLACEMENT_LOCATION
