@@ -25,6 +25,8 @@ bpy = pytest.importorskip("bpy")
 def _import(scene, folder: Path, show_photos: bool = False) -> list:
     scene.nerfart.capture.folder = str(folder)
     scene.nerfart.capture.show_photos = show_photos
+    # The pixel aspect checks need the scene set to the capture (off by default: the artist's shot settings).
+    scene.nerfart.capture.set_resolution = True
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     return sorted((o for o in scene.nerfart.capture.cameras.objects if o.type == "CAMERA"), key=lambda o: o.name)
 
