@@ -1,0 +1,252 @@
+"""The broker's rules (``serve --workers``), against MDP workers played by the test.
+
+A :class:`FakeWorker` speaks MDP/0.2 on a DEALER socket the way ``python -m backend worker`` does, but runs
+nothing: the test decides what it answers and when it falls silent. So every rule of the broker is checked
+without a process or a model: least-recently-used dispatch, progress and results on to the client, heartbeat
+expiry, re-queueing from the last checkpoint, the limit on lost workers, cancel, and DISCONNECT for peers that
+break the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from backend_process import wait_for
+from test_server import serving
+
+from backend.cluster import mdp
+from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
+from backend.server.server import Server
+from protocol import Client, Message, encode
+
+HEARTBEAT_S = 0.25  # the broker's; a worker silent for 3 of them (0.75 s) is gone
+
+
+class FakeWorker:
+    """An MDP/0.2 worker run by a thread of the test: it heartbeats on its own (unless :attr:`silent`), queues
+    every other command the broker sends, and sends what the test asks for."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        self.identity = f"testhost/{name}/cpu/0".encode()
+        self.commands: queue.Queue[mdp.Command] = queue.Queue()
+        self.silent = threading.Event()
+        self._outgoing: queue.Queue[list[Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(endpoint,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, endpoint: str) -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        last_told = time.monotonic()  # the first heartbeat after one interval: a READY sent at once comes first
+        try:
+            while not self._stop.is_set():
+                while not self._outgoing.empty():
+                    sock.send_multipart(self._outgoing.get())
+                    last_told = time.monotonic()
+                if not self.silent.is_set() and time.monotonic() - last_told > HEARTBEAT_S:
+                    sock.send_multipart(mdp.heartbeat())
+                    last_told = time.monotonic()
+                if sock.poll(20):
+                    command = mdp.parse(sock.recv_multipart())
+                    if command.name != mdp.HEARTBEAT:
+                        self.commands.put(command)
+        finally:
+            sock.close()
+
+    def send(self, frames: list[Any]) -> None:
+        self._outgoing.put(frames)
+
+    def ready(self, service: bytes = mdp.SERVICE) -> None:
+        self.send([mdp.WORKER_PROTOCOL, mdp.READY, service])
+
+    def next_command(self, timeout_s: float = 5.0) -> mdp.Command:
+        try:
+            return self.commands.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"worker {self.identity!r} got no command within {timeout_s} s") from None
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        """The next command, which must be a REQUEST: (job id, its body)."""
+        command = self.next_command()
+        assert command.name == mdp.REQUEST, command.label
+        return command.address, json.loads(command.body[0])
+
+    def partial(self, msg: Message) -> None:
+        self.send(mdp.addressed(mdp.PARTIAL, msg.job_id, encode(msg)))
+
+    def final(self, job_id: str, state: str = "done", outputs: dict[str, Any] | None = None) -> None:
+        error = None if state in ("done", "cancelled") else {"code": state, "message": f"it ended {state}"}
+        msg = Message("result", {"job_id": job_id, "state": state, "outputs": outputs or {}, "error": error})
+        self.send(mdp.addressed(mdp.FINAL, job_id, encode(msg)))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path / "work", cluster=ClusterConfig(heartbeat_s=HEARTBEAT_S)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def workers(cluster: Server) -> Iterator[list[FakeWorker]]:
+    made: list[FakeWorker] = []
+
+    def make(n: int) -> list[FakeWorker]:
+        for _ in range(n):
+            made.append(FakeWorker(broker_of(cluster).bound_endpoint, str(len(made))))
+            made[-1].ready()
+            # One at a time, so that the order in which they became idle is known.
+            wait_for(lambda: len(broker_of(cluster).workers()) == len(made), 5, "the worker's READY")
+        return made
+
+    yield make  # type: ignore[misc]
+    for worker in made:
+        worker.close()
+
+
+def broker_of(srv: Server) -> Broker:
+    assert isinstance(srv._worker, Broker)
+    return srv._worker
+
+
+def submit(client: Client, steps: int = 5) -> str:
+    return client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": steps}})).content["job_id"]
+
+
+def progress(job_id: str, step: int) -> Message:
+    return Message("progress", {"job_id": job_id, "stage": "training", "step": step, "total": 10, "eta_s": 1.0,
+                                "losses": {"mse": 0.5}, "metrics": {}, "message": ""})
+
+
+def test_oldest_job_to_the_longest_idle_worker_with_progress_and_results_on_to_the_client(
+        cluster: Server, workers: Any) -> None:
+    a, b = workers(2)
+    with Client(cluster.bound_endpoint) as client:
+        assert client.handshake()["gpu"]["name"].startswith("2 workers (0 busy)")
+        jobs = [submit(client, steps) for steps in (3, 4, 5)]
+        job_a, body = a.request()
+        assert job_a == jobs[0] and body["record"]["params"] == {"steps": 3} and body["record"]["resumes"] == 0
+        assert b.request()[0] == jobs[1]
+        status = {j["job_id"]: j for j in client.request(Message("status", {})).content["jobs"]}
+        assert [status[j]["state"] for j in jobs] == ["running", "running", "queued"]
+        assert status[jobs[2]]["position"] == 1
+
+        a.partial(progress(jobs[0], 7))
+        seen: list[Message] = []
+        a.final(jobs[0], outputs={"steps": 3, "psnr": 30.5})
+        result = client.wait_job(jobs[0], on_message=seen.append, timeout_s=5).content
+        assert result["state"] == "done" and result["outputs"] == {"steps": 3, "psnr": 30.5}
+        assert [m.content["step"] for m in seen] == [7]
+        # a is idle again and has been longest: it takes the third job while b still works.
+        assert a.request()[0] == jobs[2]
+        b.final(jobs[1], state="failed")
+        a.final(jobs[2])
+        assert client.wait_job(jobs[2], timeout_s=5).content["state"] == "done"
+        failed = client.wait_job(jobs[1], timeout_s=5).content
+        assert failed["state"] == "failed" and failed["error"]["message"] == "it ended failed"
+        rec = cluster.store.get(jobs[0])
+        assert (rec.state, rec.stage, rec.step, rec.outputs["psnr"]) == ("done", "training", 7, 30.5)
+        assert rec.started is not None and rec.finished >= rec.started
+
+
+def test_a_silent_worker_is_gone_and_its_job_continues_on_another(cluster: Server, workers: Any) -> None:
+    a, b = workers(2)
+    with Client(cluster.bound_endpoint) as client:
+        job = submit(client)
+        assert a.request()[0] == job
+        a.partial(progress(job, 4))
+        a.silent.set()  # hung: no heartbeats, no answers
+        t0 = time.monotonic()
+        job_b, body = b.request()
+        assert job_b == job and body["record"]["resumes"] == 1, "the runner continues from its checkpoint"
+        assert time.monotonic() - t0 < 3.0, "gone after three silent heartbeat intervals"
+        assert [w.identity for w in broker_of(cluster).workers()] == [b.identity]
+        seen: list[Message] = []
+        b.final(job)
+        assert client.wait_job(job, on_message=seen.append, timeout_s=5).content["state"] == "done"
+        notes = [m.content["message"] for m in seen if m.type == "progress"]
+        assert any("was lost (no word from it" in n and "continues from its last checkpoint" in n for n in notes)
+        # A worker declared gone that speaks again is told to start over.
+        a.silent.clear()
+        assert a.next_command().name == mdp.DISCONNECT
+
+
+def test_a_job_that_loses_every_worker_fails(cluster: Server, workers: Any) -> None:
+    pool = workers(MAX_WORKER_LOSSES)
+    with Client(cluster.bound_endpoint) as client:
+        job = submit(client)
+        for i, worker in enumerate(pool):
+            job_id, body = worker.request()
+            assert job_id == job and body["record"]["resumes"] == i
+            worker.send(mdp.disconnect())  # it leaves with the job
+        result = client.wait_job(job, timeout_s=5).content
+        assert result["state"] == "failed" and result["error"]["code"] == "internal"
+        assert f"{MAX_WORKER_LOSSES} workers were lost while running this job" in result["error"]["message"]
+        assert cluster.store.get(job).state == "failed"
+
+
+def test_an_interrupted_worker_hands_its_job_on(cluster: Server, workers: Any) -> None:
+    a, b = workers(2)
+    with Client(cluster.bound_endpoint) as client:
+        job = submit(client)
+        assert a.request()[0] == job
+        a.final(job, state="interrupted")  # what a worker stopped with SIGTERM reports
+        job_b, body = b.request()
+        assert job_b == job and body["record"]["resumes"] == 1
+        b.final(job)
+        assert client.wait_job(job, timeout_s=5).content["state"] == "done"
+
+
+def test_cancel_reaches_the_job_on_its_worker(cluster: Server, workers: Any) -> None:
+    (a,) = workers(1)
+    with Client(cluster.bound_endpoint) as client:
+        running, queued = submit(client), submit(client)
+        assert a.request()[0] == running
+        assert client.request(Message("cancel", {"job_id": queued})).content["state"] == "cancelled"
+        assert client.request(Message("cancel", {"job_id": running})).content["state"] == "running"
+        command = a.next_command()
+        assert (command.name, command.address) == (mdp.CANCEL, running)
+        a.final(running, state="cancelled")
+        assert client.wait_job(running, timeout_s=5).content["state"] == "cancelled"
+        assert client.wait_job(queued, timeout_s=5).content["state"] == "cancelled"
+        # A cancelled job whose worker is lost before it answers ends cancelled, not queued again.
+        job = submit(client)
+        assert a.request()[0] == job
+        client.request(Message("cancel", {"job_id": job}))
+        assert a.next_command().name == mdp.CANCEL
+        a.send(mdp.disconnect())
+        assert client.wait_job(job, timeout_s=5).content["state"] == "cancelled"
+
+
+def test_peers_that_break_the_protocol_are_disconnected(cluster: Server, workers: Any) -> None:
+    endpoint = broker_of(cluster).bound_endpoint
+    stranger = FakeWorker(endpoint, "stranger")  # heartbeats without READY
+    wrong = FakeWorker(endpoint, "wrong")
+    try:
+        assert stranger.next_command().name == mdp.DISCONNECT
+        wrong.ready(service=b"another.service")
+        assert wrong.next_command().name == mdp.DISCONNECT
+        (a,) = workers(1)
+        a.send([b"not MDP", b"garbage"])  # dropped
+        a.partial(progress("0123456789abcdef", 1))  # a job it does not run
+        assert a.next_command().name == mdp.DISCONNECT
+        wait_for(lambda: not broker_of(cluster).workers(), 5, "the worker to be forgotten")
+        with Client(cluster.bound_endpoint) as client:
+            assert client.handshake()["gpu"]["name"].startswith("0 workers")
+    finally:
+        stranger.close()
+        wrong.close()
