@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from backend.server.disk import DiskBudget
 from backend.server.jobs import JobLock, JobRecord, JobStore, RunnerFn, check_record, execute_job
@@ -50,6 +51,8 @@ log = logging.getLogger("nerfart.worker")
 
 JOB_OUTBOX = "inproc://nerfart-job-outbox"
 LOCK_RECHECK_S = 0.5
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class SharedJobStore(JobStore):
@@ -158,7 +161,7 @@ class ClusterWorker:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
-            log.info("signal %s: the running job is interrupted, then this worker ends", signal.Signals(signum).name)
+            log.info("signal %s: this worker ends (a running job is interrupted first)", signal.Signals(signum).name)
             self.stop()
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
@@ -204,6 +207,7 @@ class ClusterWorker:
     def _converse(self, inbox: zmq.Socket) -> bool:
         """One conversation, from READY to its end; returns whether the broker said anything in it."""
         sock = self._connect()
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
         heard_any = False
         try:
             if not self._send(sock, mdp.ready()):
@@ -212,6 +216,7 @@ class ClusterWorker:
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(inbox, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
             while True:
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("worker %s: the process that started it (%d) is gone; stopping", self.name,
@@ -223,6 +228,9 @@ class ClusterWorker:
                     return heard_any
                 events = dict(poller.poll(100))
                 now = time.monotonic()
+                if monitor in events:
+                    self._explain_handshake(recv_monitor_message(monitor))
+                    break
                 if sock in events:
                     last_heard, heard_any = now, True
                     if not self._read_broker(sock, inbox):
@@ -244,7 +252,23 @@ class ClusterWorker:
             self._end_job(inbox, None)  # the broker is gone: it will re-queue the job or find it interrupted
             return heard_any
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
+
+    def _explain_handshake(self, event: dict[str, Any]) -> None:
+        """Say why the broker would not talk to this worker, and what to do."""
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            key = self.curve.public.decode() if self.curve else "?"
+            log.error("worker %s: the broker at %s refused this worker's key %s; on the broker's machine, authorise "
+                      "it: python -m backend keys authorize --worker -- '%s'", self.name, self.broker, key, key)
+        elif self.curve is None:
+            log.error("worker %s: the handshake with %s failed: that broker uses CURVE (give this worker "
+                      "--server-key and --worker-key) or is no NeRF-Art broker", self.name, self.broker)
+        else:
+            log.error("worker %s: the secure handshake with %s failed: check --server-key (the broker's public "
+                      "key, 'python -m backend keys show' there) and that the broker uses CURVE for its workers",
+                      self.name, self.broker)
 
     def _read_broker(self, sock: zmq.Socket, inbox: zmq.Socket) -> bool:
         """Handle what the broker sent; False when the conversation is over (DISCONNECT, or a protocol error)."""

@@ -259,7 +259,7 @@ class AuthorizedKeys:
         self.recheck_s = recheck_s
         self.also = also
         self._lock = threading.Lock()
-        self._signature: tuple = ()
+        self._signature: tuple | None = None  # None: never read, so the first refresh reads the folder
         self._keys: frozenset[bytes] = frozenset()
         self._checked = 0.0
         self.refresh(force=True)
