@@ -9,6 +9,7 @@ break the protocol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -24,6 +25,7 @@ from test_server import serving
 
 from backend.cluster import mdp
 from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
+from backend.server import auth
 from backend.server.server import Server
 from protocol import Client, Message, encode
 
@@ -34,8 +36,9 @@ class FakeWorker:
     """An MDP/0.2 worker run by a thread of the test: it heartbeats on its own (unless :attr:`silent`), queues
     every other command the broker sends, and sends what the test asks for."""
 
-    def __init__(self, endpoint: str, name: str) -> None:
+    def __init__(self, endpoint: str, name: str, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.identity = f"testhost/{name}/cpu/0".encode()
+        self.curve = curve  # (the broker's public key, this worker's public and secret key)
         self.commands: queue.Queue[mdp.Command] = queue.Queue()
         self.silent = threading.Event()
         self._outgoing: queue.Queue[list[Any]] = queue.Queue()
@@ -47,15 +50,17 @@ class FakeWorker:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
         sock.connect(endpoint)
         last_told = time.monotonic()  # the first heartbeat after one interval: a READY sent at once comes first
         try:
             while not self._stop.is_set():
                 while not self._outgoing.empty():
-                    sock.send_multipart(self._outgoing.get())
+                    self._send_now(sock, self._outgoing.get())
                     last_told = time.monotonic()
                 if not self.silent.is_set() and time.monotonic() - last_told > HEARTBEAT_S:
-                    sock.send_multipart(mdp.heartbeat())
+                    self._send_now(sock, mdp.heartbeat())
                     last_told = time.monotonic()
                 if sock.poll(20):
                     command = mdp.parse(sock.recv_multipart())
@@ -63,6 +68,11 @@ class FakeWorker:
                         self.commands.put(command)
         finally:
             sock.close()
+
+    @staticmethod
+    def _send_now(sock: zmq.Socket, frames: list[Any]) -> None:
+        with contextlib.suppress(zmq.Again):  # no connection (a refused CURVE handshake): the message is lost
+            sock.send_multipart(frames, zmq.NOBLOCK)
 
     def send(self, frames: list[Any]) -> None:
         self._outgoing.put(frames)
@@ -250,3 +260,29 @@ def test_peers_that_break_the_protocol_are_disconnected(cluster: Server, workers
     finally:
         stranger.close()
         wrong.close()
+
+
+def test_only_authorised_worker_keys_join_a_curve_broker(tmp_path: Path) -> None:
+    keys, _ = auth.load_or_create_server_keys(tmp_path / "keys")
+    _, worker_secret = auth.new_client(keys.keys_dir, "gpu-box-2", workers=True)
+    _, client_secret = auth.new_client(keys.keys_dir, "artist")  # a client's key is no worker's
+    with serving(tmp_path / "work", cluster=ClusterConfig(heartbeat_s=HEARTBEAT_S, curve=keys)) as srv:
+        endpoint = broker_of(srv).bound_endpoint
+        others = [FakeWorker(endpoint, "stranger", (keys.public, *zmq.curve_keypair())),
+                  FakeWorker(endpoint, "client", (keys.public, *auth.read_key_pair(client_secret))),
+                  FakeWorker(endpoint, "plain")]
+        good = FakeWorker(endpoint, "authorised", (keys.public, *auth.read_key_pair(worker_secret)))
+        try:
+            for worker in (*others, good):
+                worker.ready()
+            wait_for(lambda: [w.identity for w in broker_of(srv).workers()] == [good.identity], 5,
+                     "the authorised worker")
+            time.sleep(1.0)  # the handshakes of the others are long over: they never join
+            assert [w.identity for w in broker_of(srv).workers()] == [good.identity]
+            # Clients without CURVE still work: CURVE is on the worker endpoint only.
+            with Client(srv.bound_endpoint) as client:
+                job = submit(client)
+                assert good.request()[0] == job
+        finally:
+            for worker in (*others, good):
+                worker.close()
