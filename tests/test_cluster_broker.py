@@ -26,6 +26,7 @@ from test_server import serving
 from backend.cluster import mdp
 from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
 from backend.server import auth
+from backend.server.jobs import JobLock, JobStore
 from backend.server.server import Server
 from protocol import Client, Message, encode
 
@@ -286,3 +287,30 @@ def test_only_authorised_worker_keys_join_a_curve_broker(tmp_path: Path) -> None
         finally:
             for worker in (*others, good):
                 worker.close()
+
+
+def test_jobs_another_process_held_at_start_settle_once_it_lets_go(tmp_path: Path) -> None:
+    # What a quick restart of the server leaves: jobs its workers were still running (their locks held).
+    store = JobStore(tmp_path / "work")
+    finishing, dying = (store.create("reconstruct", {"steps": 3}, owner="cli") for _ in range(2))
+    locks = []
+    for rec in (finishing, dying):
+        rec.state = "running"
+        store.save(rec)
+        locks.append(JobLock(store.job_dir(rec.job_id)))
+        assert locks[-1].acquire()
+    try:
+        with serving(tmp_path / "work", cluster=ClusterConfig(heartbeat_s=HEARTBEAT_S)) as srv:
+            assert {srv.store.get(r.job_id).state for r in (finishing, dying)} == {"running"}
+            time.sleep(4 * HEARTBEAT_S)
+            assert srv.store.get(finishing.job_id).state == "running", "held: another process runs it"
+            finishing.state, finishing.outputs = "done", {"steps": 3}
+            store.save(finishing)
+            for lock in locks:  # one finished its job, the other died with its job running
+                lock.release()
+            wait_for(lambda: srv.store.get(finishing.job_id).state == "done", 5, "the finished job")
+            wait_for(lambda: srv.store.get(dying.job_id).state == "interrupted", 5, "the interrupted job")
+            assert srv.store.get(finishing.job_id).outputs == {"steps": 3}
+    finally:
+        for lock in locks:
+            lock.release()

@@ -45,8 +45,8 @@ from typing import Any
 import zmq
 
 from backend.server.auth import ServerKeys, admit_workers, curve_server_options
-from backend.server.jobs import JobQueue, JobStore, finish_job
-from protocol import DEFAULT_LIMITS, Limits, Message, ProtocolError, decode
+from backend.server.jobs import JobQueue, JobStore, finish_job, result_message
+from protocol import DEFAULT_LIMITS, FINAL_STATES, Limits, Message, ProtocolError, decode
 from protocol.errors import clip_text
 
 from . import mdp
@@ -130,7 +130,6 @@ class Broker(JobQueue):
     def __init__(self, store: JobStore, emit: Any, ctx: zmq.Context, config: ClusterConfig) -> None:
         super().__init__(store, emit)
         self.config = config
-        self.restarts = 0  # the in-process worker's counter of dead threads; a broker has no thread
         self.bound_endpoint: str | None = None
         self._ctx = ctx
         self._socket: zmq.Socket | None = None
@@ -139,6 +138,7 @@ class Broker(JobQueue):
         self._losses: Counter[str] = Counter()  # job id -> workers lost while running it
         self._cancelled: set[str] = set()  # running jobs a cancel was sent for
         self._stopping = False
+        self._orphans_checked = time.monotonic()
         self._hostname = socket.gethostname()
         self._local_keys: tuple[bytes, bytes] | None = zmq.curve_keypair() if config.curve else None
         env = {}
@@ -195,6 +195,9 @@ class Broker(JobQueue):
         self._reap_local()
         now = time.monotonic()
         expiry = self.config.heartbeat_s * self.config.liveness
+        if now - self._orphans_checked >= expiry:
+            self._orphans_checked = now
+            self._settle_orphans()
         for link in list(self._workers.values()):
             if now - link.heard > expiry:
                 self._lose(link, f"no word from it for {now - link.heard:.1f} s")
@@ -364,6 +367,19 @@ class Broker(JobQueue):
             for link in list(self._workers.values()):
                 if link.pid == pid and link.host == self._hostname:
                     self._lose(link, "its process exited", kill=False)
+
+    def _settle_orphans(self) -> None:
+        """Jobs listed ``running`` that no worker of this broker runs: those another process held when the server
+        started (a worker of the server before a quick restart, a command-line run). Once that process lets go,
+        the job takes the state it left (done, or interrupted and resumable) and its client is told."""
+        ours = set(self.running_ids())
+        for rec in self.store.all():
+            if rec.state != "running" or rec.job_id in ours:
+                continue
+            settled = self.store.reload_released(rec.job_id)
+            if settled is not None and settled.state in FINAL_STATES:
+                log.info("broker: job %s, run by another process, is %s", settled.job_id, settled.state)
+                self._emit(result_message(settled))
 
     def _is_local(self, link: WorkerLink) -> bool:
         return self.local is not None and link.host == self._hostname and self.local.owns(link.pid)

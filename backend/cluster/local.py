@@ -71,7 +71,6 @@ class _Slot:
     started: float = 0.0
     restart_at: float | None = None
     delay_s: float = 0.0
-    exits: int = 0
     pids: list[int] = field(default_factory=list)
 
 
@@ -126,7 +125,7 @@ class LocalWorkers:
             if slot.proc is not None and slot.proc.poll() is not None:
                 code, pid = slot.proc.returncode, slot.proc.pid
                 exited.append(pid)
-                slot.proc, slot.exits = None, slot.exits + 1
+                slot.proc = None
                 lived = now - slot.started
                 slot.delay_s = 0.0 if lived >= STABLE_S else min(RESTART_MAX_S, max(RESTART_MIN_S, 2 * slot.delay_s))
                 slot.restart_at = now + slot.delay_s

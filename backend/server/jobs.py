@@ -170,15 +170,38 @@ class JobStore:
         records = [rec for path in self.jobs_dir.glob("*/job.json") if (rec := read_record(path)) is not None]
         for rec in sorted(records, key=lambda r: r.created):
             if rec.state == "running" and not self._running_elsewhere(rec.job_id):
-                # Its process died (crash, kill -9, power cut): nothing will finish it.
-                rec.state = "interrupted"
-                rec.finished = time.time()
-                rec.error = interrupted_error(rec, "the backend stopped while this job was running")
-                try:
-                    self.save(rec)
-                except OSError as exc:  # a full disk: the next start finds it running and marks it again
-                    log.warning("job %s is interrupted, but its record could not be updated: %s", rec.job_id, exc)
+                self._mark_interrupted(rec)
             self.jobs[rec.job_id] = rec
+
+    def _mark_interrupted(self, rec: JobRecord) -> None:
+        """Record that a job found ``running`` with no process holding it died with its process (a crash,
+        kill -9, a power cut): nothing will finish it, ``resume`` continues it."""
+        rec.state = "interrupted"
+        rec.finished = time.time()
+        rec.error = interrupted_error(rec, "the backend stopped while this job was running")
+        try:
+            self.save(rec)
+        except OSError as exc:  # a full disk: the next start finds it running and marks it again
+            log.warning("job %s is interrupted, but its record could not be updated: %s", rec.job_id, exc)
+
+    def reload_released(self, job_id: str) -> JobRecord | None:
+        """The record of a job that another process was running (one found ``running`` at start, its lock held),
+        read again once that process has let go of it; one it left ``running`` (it died) is marked interrupted.
+
+        Returns:
+            The record now in the store, or None while the other process still holds the job (or its record
+            cannot be read).
+        """
+        if self._running_elsewhere(job_id):
+            return None
+        rec = read_record(self.job_dir(job_id) / "job.json")
+        if rec is None:
+            return None
+        if rec.state == "running":
+            self._mark_interrupted(rec)
+        with self._lock:
+            self.jobs[job_id] = rec
+        return rec
 
     def _running_elsewhere(self, job_id: str) -> bool:
         """Whether another live process (e.g. a command-line run beside the server) is running this job."""
