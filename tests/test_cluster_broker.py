@@ -23,6 +23,7 @@ import zmq
 from backend_process import wait_for
 from test_server import serving
 
+from backend import cli
 from backend.cluster import mdp
 from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
 from backend.server import auth
@@ -314,3 +315,21 @@ def test_jobs_another_process_held_at_start_settle_once_it_lets_go(tmp_path: Pat
     finally:
         for lock in locks:
             lock.release()
+
+
+def test_the_command_line_refuses_what_would_expose_or_break_a_cluster(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    serve = ["serve", "--work-dir", str(tmp_path / "work"), "--device", "cpu", "--endpoint", "tcp://127.0.0.1:0"]
+    assert cli.main([*serve, "--workers", "1", "--worker-endpoint", "tcp://0.0.0.0:5556"]) == 2
+    assert "refusing to listen on tcp://0.0.0.0:5556" in capsys.readouterr().err
+    assert cli.main([*serve, "--workers", "-1"]) == 2
+    assert "--workers -1: give 0 or more" in capsys.readouterr().err
+    assert cli.main([*serve, "--workers", "2", "--devices", "cpu,,cpu"]) == 2
+    assert "holds an empty name" in capsys.readouterr().err
+    worker = ["worker", "--work-dir", str(tmp_path / "work"), "--device", "cpu"]
+    assert cli.main([*worker, "--connect", "tcp://10.1.2.3:5556"]) == 2
+    assert "refusing to join tcp://10.1.2.3:5556 without CURVE" in capsys.readouterr().err
+    assert cli.main([*worker, "--connect", "tcp://127.0.0.1:5556", "--server-key", "x"]) == 2
+    assert "CURVE needs both --server-key" in capsys.readouterr().err
+    assert cli.main([*worker, "--connect", "tcp://127.0.0.1:5556", "--device", "cuda:x"]) == 2
+    assert "write cuda:0, cuda:1" in capsys.readouterr().err
