@@ -223,6 +223,17 @@ def test_an_interrupted_worker_hands_its_job_on(cluster: Server, workers: Any) -
         assert client.wait_job(job, timeout_s=5).content["state"] == "done"
 
 
+def test_an_unreadable_result_fails_the_job_and_frees_the_worker(cluster: Server, workers: Any) -> None:
+    (a,) = workers(1)
+    with Client(cluster.bound_endpoint) as client:
+        job, after = submit(client), submit(client)
+        assert a.request()[0] == job
+        a.send(mdp.addressed(mdp.FINAL, job, [b"not a protocol message"]))
+        result = client.wait_job(job, timeout_s=5).content
+        assert result["state"] == "failed" and "without a readable result" in result["error"]["message"]
+        assert a.request()[0] == after
+
+
 def test_cancel_reaches_the_job_on_its_worker(cluster: Server, workers: Any) -> None:
     (a,) = workers(1)
     with Client(cluster.bound_endpoint) as client:

@@ -320,28 +320,29 @@ class Broker(JobQueue):
     def _on_job_message(self, link: WorkerLink, command: mdp.Command) -> None:
         job_id = str(link.job_id)
         rec = self.store.get(job_id)
+        msg: Message | None = None
         try:
             msg = decode(command.body, None, self.config.limits)
+            if msg.job_id != job_id:
+                raise ProtocolError("invalid_field", f"it names job {msg.job_id!r}")
         except ProtocolError as exc:
-            log.warning("broker: dropped a message of job %s from %s: %s", job_id, link.name, exc.message)
-            return
-        if rec is None or msg.job_id != job_id:
-            log.warning("broker: dropped a %s from %s that names job %r", msg.type, link.name, msg.job_id)
-            return
+            log.warning("broker: a %s of job %s from %s cannot be used: %s", command.label, job_id, link.name,
+                        exc.message)
+            msg = None
         if command.name == mdp.PARTIAL:
-            if msg.type == "progress":
-                rec.stage, rec.step, rec.total = msg.content["stage"], msg.content["step"], msg.content["total"]
-            if msg.type != "result":
+            if msg is not None and rec is not None and msg.type != "result":
+                if msg.type == "progress":
+                    rec.stage, rec.step, rec.total = msg.content["stage"], msg.content["step"], msg.content["total"]
                 self._emit(msg)
             return
+        # FINAL: the worker is free again, whatever its result says.
         link.job_id = None
         self._idle.append(link.identity)
-        if msg.type != "result":
-            log.error("broker: job %s ended with a %s instead of a result; failing it", job_id, msg.type)
+        if rec is not None and (msg is None or msg.type != "result"):
             finish_job(rec, self.store, self._emit, "failed", {"code": "internal", "message": "its worker ended "
-                       "it without a result (a bug; the backend log has the details)"})
-            return
-        self._adopt_result(rec, msg)
+                       "it without a readable result (a bug; the backend log has the details)"})
+        elif rec is not None and msg is not None:
+            self._adopt_result(rec, msg)
         self._dispatch()
 
     def _adopt_result(self, rec: Any, msg: Message) -> None:
