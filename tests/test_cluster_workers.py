@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backend_process import job_dir, job_record, submit, wait_for
+from backend_process import BackendProcess, job_dir, job_record, submit, wait_for
 from test_jobs_live import write_sphere_capture
 from test_restart_resume import assert_same_model
 from test_server import serving
@@ -65,9 +65,9 @@ def reconstruct_params(capture: Path, steps: int) -> dict:
     return {"capture_path": str(capture), "preset": "tiny", "steps": steps, "holdout_every": 0, "seed": 7}
 
 
-def first_checkpoint(cluster: Server, job: str, total: int) -> None:
+def first_checkpoint(work: Path, job: str, total: int) -> None:
     """Wait until the job has written a resumable checkpoint and trains on."""
-    path = job_dir(cluster.store.work_dir, job) / "outputs" / "checkpoint.pt"
+    path = job_dir(work, job) / "outputs" / "checkpoint.pt"
     wait_for(path.is_file, 60, "the first periodic checkpoint")
     ckpt = load_checkpoint(path, "cpu")
     assert ckpt.train_state is not None and 0 < ckpt.step < total, "the test needs the job mid-training"
@@ -76,12 +76,12 @@ def first_checkpoint(cluster: Server, job: str, total: int) -> None:
 def test_two_workers_run_two_jobs_at_once(cluster: Server, broker: Broker, capture: Path) -> None:
     with Client(cluster.bound_endpoint) as client:
         assert client.handshake()["gpu"]["name"].startswith("2 workers")
-        jobs = [submit(client, "reconstruct", reconstruct_params(capture, 40)) for _ in range(2)]
+        jobs = [submit(client, "reconstruct", reconstruct_params(capture, 30)) for _ in range(2)]
         wait_for(lambda: all(runner_of(broker, j) for j in jobs), 10, "both jobs on workers")
         assert runner_of(broker, jobs[0]).pid != runner_of(broker, jobs[1]).pid
         for job in jobs:
             result = client.wait_job(job, timeout_s=120).content
-            assert result["state"] == "done" and result["outputs"]["steps"] == 40, result
+            assert result["state"] == "done" and result["outputs"]["steps"] == 30, result
     a, b = (cluster.store.get(j) for j in jobs)
     assert a.started < b.finished and b.started < a.finished, "they ran at the same time"
 
@@ -92,7 +92,7 @@ def test_kill9_of_a_worker_mid_reconstruction_resumes_on_the_other(cluster: Serv
     params = reconstruct_params(capture, total)
     with Client(cluster.bound_endpoint) as client:
         job = submit(client, "reconstruct", params)
-        first_checkpoint(cluster, job, total)
+        first_checkpoint(cluster.store.work_dir, job, total)
         killed = runner_of(broker, job)
         os.kill(killed.pid, signal.SIGKILL)
         wait_for(lambda: (w := runner_of(broker, job)) is not None and w.pid != killed.pid, 30,
@@ -115,7 +115,7 @@ def test_a_hung_worker_is_declared_dead_and_its_job_moves(cluster: Server, broke
     total = 100
     with Client(cluster.bound_endpoint) as client:
         job = submit(client, "reconstruct", reconstruct_params(capture, total))
-        first_checkpoint(cluster, job, total)
+        first_checkpoint(cluster.store.work_dir, job, total)
         hung = runner_of(broker, job)
         os.kill(hung.pid, signal.SIGSTOP)
         try:
@@ -156,18 +156,38 @@ def test_a_stopping_curve_cluster_interrupts_its_job_resumably(tmp_path: Path, c
             Client(srv.bound_endpoint) as client:
         job = submit(client, "reconstruct", reconstruct_params(capture, total))
         wait_for(lambda: srv._worker.running_ids() == [job], WORKER_START_S, "the job on the CURVE worker")
-        first_checkpoint(srv, job, total)
+        first_checkpoint(srv.store.work_dir, job, total)
         srv.stop()  # what SIGTERM does: the worker interrupts the job at its next step and reports it
         result = client.wait_job(job, timeout_s=60).content
         assert result["state"] == "interrupted" and "'resume' continues" in result["error"]["message"]
         wait_for(lambda: not srv._worker.local.any_alive(), 30, "the local worker to end")
     record = job_record(work, job)
     assert record["state"] == "interrupted" and 0 < record["step"] < total, "the worker recorded where it stopped"
-    # Any backend on the work dir resumes it, here the plain one.
+
+
+def test_kill9_of_the_server_leaves_its_workers_job_resumable(tmp_path: Path, capture: Path) -> None:
+    work, total = tmp_path / "work", 100
+    backend = BackendProcess(work, tmp_path / "serve1.log", ("--workers", "1"))  # the command line, as users run it
+    try:
+        backend.wait_ready()
+        with Client(backend.endpoint) as client:
+            wait_for(lambda: client.handshake()["gpu"]["name"].startswith("1 worker"), WORKER_START_S, "the worker")
+            job = submit(client, "reconstruct", reconstruct_params(capture, total))
+            first_checkpoint(work, job, total)
+        backend.kill9()
+    finally:
+        if backend.proc.poll() is None:
+            backend.kill9()
+    # Its worker sees the server gone, interrupts the job at its next step (saving its checkpoint) and ends.
+    wait_for(lambda: job_record(work, job)["state"] == "interrupted", 30, "the worker to interrupt the job")
+    stopped_at = job_record(work, job)["step"]
+    assert 0 < stopped_at < total
+    # Any backend on the work dir resumes it from there, here the plain one.
     with serving(work, default_runners()) as plain, Client(plain.bound_endpoint) as client:
+        assert client.request(Message("status", {"job_id": job})).content["jobs"][0]["state"] == "interrupted"
         client.request(Message("resume", {"job_id": job}))
         result = client.wait_job(job, timeout_s=120).content
-    assert result["state"] == "done" and result["outputs"]["resumed_from_step"] == record["step"]
+    assert result["state"] == "done" and result["outputs"]["resumed_from_step"] == stopped_at
 
 
 def _alive(pid: int) -> bool:

@@ -222,6 +222,8 @@ class ClusterWorker:
                     log.warning("worker %s: the process that started it (%d) is gone; stopping", self.name,
                                 self.parent_pid)
                     self.stop()
+                    self._end_job(inbox, None)  # its broker went with it: nobody to report to
+                    return heard_any
                 if self._stop.is_set():
                     self._end_job(inbox, sock)  # interrupted, and reported as such
                     self._send(sock, mdp.disconnect())
@@ -380,13 +382,14 @@ class ClusterWorker:
             return
         job.interrupting.set()
         job.cancel.set()
+        reporting = sock is not None
         while job.alive or inbox.poll(0):
             if inbox.poll(100):
-                if sock is not None:
-                    self._forward(inbox, sock)
+                if reporting and sock is not None:
+                    reporting = self._forward(inbox, sock)  # a broker that takes nothing gets nothing more
                 else:
                     inbox.recv_multipart()
-        if sock is not None and job.result is not None:
+        if reporting and sock is not None and job.result is not None:
             self._send(sock, mdp.addressed(mdp.FINAL, job.job_id, job.result))
         self._job = None
 
