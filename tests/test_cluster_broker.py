@@ -31,7 +31,7 @@ from backend.server.jobs import JobLock, JobStore
 from backend.server.server import Server
 from protocol import Client, Message, encode
 
-HEARTBEAT_S = 0.25  # the broker's; a worker silent for 3 of them (0.75 s) is gone
+HEARTBEAT_S = 0.5  # the broker's; a worker silent for 3 of them (1.5 s) is gone
 
 
 class FakeWorker:
@@ -185,7 +185,7 @@ def test_a_silent_worker_is_gone_and_its_job_continues_on_another(cluster: Serve
         t0 = time.monotonic()
         job_b, body = b.request()
         assert job_b == job and body["record"]["resumes"] == 1, "the runner continues from its checkpoint"
-        assert time.monotonic() - t0 < 3.0, "gone after three silent heartbeat intervals"
+        assert time.monotonic() - t0 < 4 * HEARTBEAT_S * 3, "gone after three silent heartbeat intervals"
         assert [w.identity for w in broker_of(cluster).workers()] == [b.identity]
         seen: list[Message] = []
         b.final(job)

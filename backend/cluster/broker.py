@@ -234,7 +234,8 @@ class Broker(JobQueue):
     # JobQueue -------------------------------------------------------------------------------------------------
 
     def running_ids(self) -> list[str]:
-        return [link.job_id for link in self._workers.values() if link.job_id is not None]
+        # list() copies the links at once: other threads (status in tests) may call this while workers come and go.
+        return [link.job_id for link in list(self._workers.values()) if link.job_id is not None]
 
     def enqueue(self, job_id: str) -> int:
         position = super().enqueue(job_id)
