@@ -50,6 +50,7 @@ from bench.bench_outputs import protocol_cameras, turntable  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from protocol import Client, Message  # noqa: E402
 
+DATE = dt.date.today().isoformat()
 PROMPTS = ("a marble statue", "painting, oil on canvas, Vincent van Gogh self-portrait style", "Fauvism",
            "a bronze bust", "a pencil sketch", "Pixar, disney character, 3D render", "a wooden sculpture",
            "Edvard Munch, The Scream")
@@ -227,7 +228,7 @@ def main() -> int:
         import torch
 
         gpu = torch.cuda.get_device_name()
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in counts:
             used = [devices[i % len(devices)] for i in range(w)]
@@ -252,32 +253,48 @@ def main() -> int:
             finally:
                 backend.stop()
             jobs = 3 * heads
-            rows.append((w, used, wall, jobs / wall * 3600, seconds, started_s))
+            lost = backend.log_path.read_text(errors="replace").count("broker: lost worker")
+            rows.append(Row(w, used, wall, jobs / wall * 3600, seconds, started_s, lost))
             print(f"{w} worker(s) on {','.join(used)}: {jobs} jobs in {wall:.1f} s = {jobs / wall * 3600:.0f} "
-                  f"jobs/hour (workers ready after {started_s:.0f} s)", flush=True)
+                  f"jobs/hour (workers ready after {started_s:.0f} s, {lost} lost)", flush=True)
+            # Written after every worker count: a run cut short keeps the rows it finished.
+            write_results(results_table(rows, args, gpu, heads, sizes), args.out, "scaleout", gpu, DATE, args.smoke)
+    return 0
 
-    base = next((r[3] for r in rows if r[0] == 1), None)
-    date = dt.date.today().isoformat()
-    gpus = {d for r in rows for d in r[1]}
+
+@dataclass(frozen=True)
+class Row:
+    workers: int
+    devices: list[str]
+    wall_s: float
+    jobs_per_hour: float
+    job_seconds: dict[str, list[float]]
+    ready_s: float
+    lost: int  # workers the broker declared lost (a stalled heartbeat shows here)
+
+
+def results_table(rows: list[Row], args: argparse.Namespace, gpu: str, heads: int, sizes: Sizes) -> str:
+    base = next((r.jobs_per_hour for r in rows if r.workers == 1), None)
+    shared = any(len(set(r.devices)) < r.workers for r in rows)
     lines = [f"# Scale-out: jobs per hour through serve --workers ({'smoke' if args.smoke else 'gpu sizes'})", "",
-             f"- GPU: {gpu}", f"- date: {date}", f"- commit: {args.commit}", f"- capture: {args.capture.name}",
+             f"- GPU: {gpu}", f"- date: {DATE}", f"- commit: {args.commit}", f"- capture: {args.capture.name}",
              f"- batch: {heads} pipelines (reconstruct -> stylize -> render), {3 * heads} jobs; reconstruct "
              f"{sizes.reconstruct}; stylize {sizes.stylize}, CLIP {args.clip_pretrained}; render {sizes.frames} "
              f"frames {sizes.frame_size}x{sizes.frame_size}",
-             f"- devices: {', '.join(sorted(gpus))}"
-             + (" (several workers share one GPU: this measures what overlaps, not multi-GPU scaling)"
-                if any(len(set(r[1])) < r[0] for r in rows) else ""), "",
+             f"- devices: {', '.join(sorted({d for r in rows for d in r.devices}))}"
+             + (" (several workers share one device: this measures what overlaps, not multi-GPU scaling)" if shared
+                else ""), "",
              "| workers | devices | wall s | jobs/hour | speed-up | reconstruct s | stylize s | render s | "
-             "workers ready after s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for w, used, wall, jph, seconds, started_s in rows:
-        means = [f"{statistics.mean(seconds[k]):.1f}" if seconds[k] else "-" for k in ("reconstruct", "stylize",
-                                                                                         "render")]
-        speedup = f"{jph / base:.2f}x" if base else "-"
-        lines.append(f"| {w} | {','.join(used)} | {wall:.1f} | {jph:.0f} | {speedup} | {' | '.join(means)} | "
-                     f"{started_s:.0f} |")
-    lines += ["", "Targets (issue 15): >= 1.9x at 2 GPUs and >= 3.6x at 4 GPUs, one worker per GPU."]
-    write_results("\n".join(lines) + "\n", args.out, "scaleout", gpu, date, args.smoke)
-    return 0
+             "workers ready after s | workers lost |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        means = [f"{statistics.mean(r.job_seconds[k]):.1f}" if r.job_seconds[k] else "-"
+                 for k in ("reconstruct", "stylize", "render")]
+        speedup = f"{r.jobs_per_hour / base:.2f}x" if base else "-"
+        lines.append(f"| {r.workers} | {','.join(r.devices)} | {r.wall_s:.1f} | {r.jobs_per_hour:.0f} | {speedup} | "
+                     f"{' | '.join(means)} | {r.ready_s:.0f} | {r.lost} |")
+    lines += ["", "Job seconds are means from start to result on a worker. Targets (issue 15): >= 1.9x at 2 GPUs "
+              "and >= 3.6x at 4 GPUs, one worker per GPU."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

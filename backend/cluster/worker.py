@@ -152,6 +152,7 @@ class ClusterWorker:
         self._ctx = zmq.Context()
         self._stop = threading.Event()
         self._job: RunningJob | None = None
+        self._last_told = 0.0  # when anything last went to the broker: heartbeats fill only the silences
 
     # Lifecycle -------------------------------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class ClusterWorker:
         try:
             if not self._send(sock, mdp.ready()):
                 return False
-            last_heard = last_told = time.monotonic()
+            last_heard = time.monotonic()
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(inbox, zmq.POLLIN)
@@ -243,14 +244,11 @@ class ClusterWorker:
                     job, self._job = self._job, None
                     if not self._send(sock, mdp.addressed(mdp.FINAL, job.job_id, job.result)):
                         break
-                    last_told = time.monotonic()
                 if now - last_heard > self.heartbeat_s * self.liveness:
                     log.warning("worker %s: no word from the broker for %.1f s", self.name, now - last_heard)
                     break
-                if now - last_told >= self.heartbeat_s:
-                    if not self._send(sock, mdp.heartbeat()):
-                        break
-                    last_told = now
+                if now - self._last_told >= self.heartbeat_s and not self._send(sock, mdp.heartbeat()):
+                    break
             self._end_job(inbox, None)  # the broker is gone: it will re-queue the job or find it interrupted
             return heard_any
         finally:
@@ -322,6 +320,7 @@ class ClusterWorker:
     def _send(self, sock: zmq.Socket, frames: list[Any]) -> bool:
         try:
             sock.send_multipart(frames, copy=False)
+            self._last_told = time.monotonic()
             return True
         except zmq.Again:  # SNDTIMEO: the broker has taken nothing for a whole heartbeat expiry
             log.warning("worker %s: the broker takes no messages", self.name)
