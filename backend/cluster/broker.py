@@ -183,6 +183,9 @@ class Broker(JobQueue):
                  " (CURVE: authorised worker keys only)" if self.config.curve else "")
         if self.local is not None:
             self.local.start(self.bound_endpoint)
+        else:
+            log.warning("broker: no local workers; jobs wait until a worker joins: python -m backend worker "
+                        "--connect %s --work-dir %s", self.bound_endpoint, self.store.work_dir)
 
     def sockets(self) -> list[zmq.Socket]:
         """The socket the server's loop polls for this broker."""
