@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import threading
 import time
@@ -26,6 +27,8 @@ from test_server import serving
 from backend import cli
 from backend.cluster import mdp
 from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
+from backend.cluster.local import devices_for, local_endpoint
+from backend.cluster.worker import pin_cuda_device
 from backend.server import auth
 from backend.server.jobs import JobLock, JobStore
 from backend.server.server import Server
@@ -344,3 +347,20 @@ def test_the_command_line_refuses_what_would_expose_or_break_a_cluster(tmp_path:
     assert "CURVE needs both --server-key" in capsys.readouterr().err
     assert cli.main([*worker, "--connect", "tcp://127.0.0.1:5556", "--device", "cuda:x"]) == 2
     assert "write cuda:0, cuda:1" in capsys.readouterr().err
+
+
+def test_local_workers_devices_and_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert devices_for(3, "cpu", ("cuda:0", "cuda:0")) == ["cuda:0", "cuda:0", "cuda:0"]  # one GPU, named twice
+    assert devices_for(2, "cpu") == ["cpu", "cpu"]
+    assert local_endpoint("tcp://0.0.0.0:5556") == "tcp://127.0.0.1:5556"
+    assert local_endpoint("tcp://127.0.0.1:41234") == "tcp://127.0.0.1:41234"
+    # A worker on cuda:K sees GPU K of those visible to it, and only that one.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pin_cuda_device("cuda:1") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert pin_cuda_device("cuda:1") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    with pytest.raises(ValueError, match="lists 2 GPU"):
+        pin_cuda_device("cuda:2")
+    assert (pin_cuda_device("cpu"), pin_cuda_device("cuda")) == ("cpu", "cuda")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6", "only cuda:K narrows the GPUs"
