@@ -107,7 +107,10 @@ class Backend:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
                                                             if p)}
-        env.setdefault("OMP_NUM_THREADS", "1")
+        if device == "cpu":
+            # CPU workers share the cores: one torch thread each (see tests/conftest.py). GPU workers keep the
+            # environment's setting, as a user's would.
+            env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "serve", "--endpoint", self.endpoint, "--work-dir", str(work),
              "--device", device, "--workers", str(workers), "--devices", ",".join(devices)],
