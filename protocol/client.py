@@ -317,7 +317,9 @@ class Client:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = 0.5 if remaining is None else min(0.5, remaining)
-            msg = self._next(step)
+            # Messages of this job that arrived while another wait ran come first (jobs of a backend with
+            # several workers finish in any order).
+            msg = self._take_pending(job_id) or self._next(step)
             if msg is None:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
@@ -336,6 +338,14 @@ class Client:
                 on_message(msg)
 
     # Internals -------------------------------------------------------------------------------------------
+
+    def _take_pending(self, job_id: str) -> Message | None:
+        """The oldest queued message of job ``job_id``, taken out of the queue; None if there is none."""
+        for i, msg in enumerate(self._pending):
+            if msg.job_id == job_id:
+                del self._pending[i]
+                return msg
+        return None
 
     def _next(self, timeout_s: float) -> Message | None:
         """The next non-heartbeat message, waiting up to ``timeout_s``.

@@ -170,15 +170,38 @@ class JobStore:
         records = [rec for path in self.jobs_dir.glob("*/job.json") if (rec := read_record(path)) is not None]
         for rec in sorted(records, key=lambda r: r.created):
             if rec.state == "running" and not self._running_elsewhere(rec.job_id):
-                # Its process died (crash, kill -9, power cut): nothing will finish it.
-                rec.state = "interrupted"
-                rec.finished = time.time()
-                rec.error = interrupted_error(rec, "the backend stopped while this job was running")
-                try:
-                    self.save(rec)
-                except OSError as exc:  # a full disk: the next start finds it running and marks it again
-                    log.warning("job %s is interrupted, but its record could not be updated: %s", rec.job_id, exc)
+                self._mark_interrupted(rec)
             self.jobs[rec.job_id] = rec
+
+    def _mark_interrupted(self, rec: JobRecord) -> None:
+        """Record that a job found ``running`` with no process holding it died with its process (a crash,
+        kill -9, a power cut): nothing will finish it, ``resume`` continues it."""
+        rec.state = "interrupted"
+        rec.finished = time.time()
+        rec.error = interrupted_error(rec, "the backend stopped while this job was running")
+        try:
+            self.save(rec)
+        except OSError as exc:  # a full disk: the next start finds it running and marks it again
+            log.warning("job %s is interrupted, but its record could not be updated: %s", rec.job_id, exc)
+
+    def reload_released(self, job_id: str) -> JobRecord | None:
+        """The record of a job that another process was running (one found ``running`` at start, its lock held),
+        read again once that process has let go of it; one it left ``running`` (it died) is marked interrupted.
+
+        Returns:
+            The record now in the store, or None while the other process still holds the job (or its record
+            cannot be read).
+        """
+        if self._running_elsewhere(job_id):
+            return None
+        rec = read_record(self.job_dir(job_id) / "job.json")
+        if rec is None:
+            return None
+        if rec.state == "running":
+            self._mark_interrupted(rec)
+        with self._lock:
+            self.jobs[job_id] = rec
+        return rec
 
     def _running_elsewhere(self, job_id: str) -> bool:
         """Whether another live process (e.g. a command-line run beside the server) is running this job."""
@@ -489,7 +512,92 @@ def _finite(values: dict[str, float] | None) -> dict[str, float]:
     return out
 
 
-class Worker:
+class JobQueue:
+    """The jobs waiting to run, oldest first, and what a job runner answers about them.
+
+    Shared by the in-process :class:`Worker` (one job at a time on a thread) and the cluster's broker
+    (:class:`backend.cluster.broker.Broker`, one job per worker process). ``emit`` receives the messages to send
+    to the jobs' clients (the server hands them to its socket thread). A subclass says which jobs run
+    (:meth:`running_ids`) and how to stop a running one (:meth:`_cancel_running`).
+    """
+
+    def __init__(self, store: JobStore, emit: Callable[[Message], None]) -> None:
+        self.store = store
+        self._emit = emit
+        self._queue: deque[str] = deque(rec.job_id for rec in store.all() if rec.state == "queued")
+        self._cond = threading.Condition()
+        self._disk_full_logged = False
+
+    def running_ids(self) -> list[str]:
+        """The jobs running now."""
+        raise NotImplementedError
+
+    def _cancel_running(self, job_id: str) -> bool:
+        """Ask a running job to stop at its next step boundary; False if ``job_id`` is not running."""
+        raise NotImplementedError
+
+    def enqueue(self, job_id: str) -> int:
+        """Queue a job; returns its position (0 = next)."""
+        with self._cond:
+            self._queue.append(job_id)
+            self._cond.notify_all()
+            return len(self._queue) - 1 + (1 if self.running_ids() else 0)
+
+    def position(self, job_id: str) -> int:
+        """0 for a running job, else the jobs before it (a running one counts as one); -1 if not queued."""
+        with self._cond:
+            running = self.running_ids()
+            if job_id in running:
+                return 0
+            try:
+                return self._queue.index(job_id) + (1 if running else 0)
+            except ValueError:
+                return -1
+
+    def queue_length(self) -> int:
+        """Jobs queued or running."""
+        with self._cond:
+            return len(self._queue) + len(self.running_ids())
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued one at once, a running one at its next step boundary. Returns its state."""
+        with self._cond:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                rec = self.store.get(job_id)
+                if rec is not None:
+                    finish_job(rec, self.store, self._emit, "cancelled", None)
+                return "cancelled"
+            if self._cancel_running(job_id):
+                return "running"
+        rec = self.store.get(job_id)
+        return rec.state if rec else "failed"
+
+    def resume(self, job_id: str) -> int:
+        """Queue an interrupted job again to continue from its checkpoint; returns its position (0 = next).
+
+        Raises:
+            ProtocolError: ``unknown_job``, ``bad_state`` unless the job is interrupted, or ``disk_full``.
+        """
+        with self._cond:
+            rec = self.store.get(job_id)
+            if rec is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id[:40]!r} on this backend", "job_id")
+            prepare_resume(rec, self.store)
+            return self.enqueue(job_id)
+
+    def _disk_has_room(self) -> bool:
+        """Whether jobs may start; logs once when a full disk starts and stops holding them."""
+        has_room = self.store.disk.room() > 0
+        if not has_room and not self._disk_full_logged:
+            log.warning("queued jobs wait: %s", self.store.disk.shortage("job outputs"))
+        elif has_room and self._disk_full_logged:
+            log.info("there is room on the disk again; queued jobs run")
+        self._disk_full_logged = not has_room
+        return has_room
+
+
+class Worker(JobQueue):
     """Runs queued jobs one at a time, in order, on a thread of its own.
 
     ``emit`` is called from the worker thread with each outgoing message; the server hands it to its socket
@@ -503,24 +611,21 @@ class Worker:
 
     def __init__(self, store: JobStore, runners: dict[str, RunnerFn], emit: Callable[[Message], None],
                  device: str) -> None:
-        self.store = store
+        super().__init__(store, emit)
         self.runners = runners
         self.device = device
         self.restarts = 0  # times ensure_alive() found the thread dead
-        self._emit = emit
-        self._queue: deque[str] = deque()
-        self._cond = threading.Condition()
         self._running: tuple[str, threading.Event] | None = None
         self._stop = False
         self._started = False
-        self._disk_full_logged = False
         self._thread = self._new_thread()
-        for rec in store.all():
-            if rec.state == "queued":
-                self._queue.append(rec.job_id)
 
     def _new_thread(self) -> threading.Thread:
         return threading.Thread(target=self._loop, name="nerfart-worker", daemon=True)
+
+    def sockets(self) -> list[Any]:
+        """ZeroMQ sockets the server's loop should poll for this job runner: none, it is a thread."""
+        return []
 
     def start(self) -> None:
         self._started = True
@@ -558,53 +663,14 @@ class Worker:
         self._thread.start()
         return False
 
-    def enqueue(self, job_id: str) -> int:
-        """Queue a job; returns its position (0 = next)."""
-        with self._cond:
-            self._queue.append(job_id)
-            self._cond.notify_all()
-            return len(self._queue) - 1 + (1 if self._running else 0)
+    def running_ids(self) -> list[str]:
+        return [self._running[0]] if self._running else []
 
-    def position(self, job_id: str) -> int:
-        with self._cond:
-            if self._running and self._running[0] == job_id:
-                return 0
-            try:
-                return self._queue.index(job_id) + (1 if self._running else 0)
-            except ValueError:
-                return -1
-
-    def queue_length(self) -> int:
-        with self._cond:
-            return len(self._queue) + (1 if self._running else 0)
-
-    def cancel(self, job_id: str) -> str:
-        """Cancel a job: a queued one at once, a running one at its next step boundary. Returns its state."""
-        with self._cond:
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                rec = self.store.get(job_id)
-                if rec is not None:
-                    self._finish(rec, "cancelled", None)
-                return "cancelled"
-            if self._running and self._running[0] == job_id:
-                self._running[1].set()
-                return "running"
-        rec = self.store.get(job_id)
-        return rec.state if rec else "failed"
-
-    def resume(self, job_id: str) -> int:
-        """Queue an interrupted job again to continue from its checkpoint; returns its position (0 = next).
-
-        Raises:
-            ProtocolError: ``unknown_job``, ``bad_state`` unless the job is interrupted, or ``disk_full``.
-        """
-        with self._cond:
-            rec = self.store.get(job_id)
-            if rec is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id[:40]!r} on this backend", "job_id")
-            prepare_resume(rec, self.store)
-            return self.enqueue(job_id)
+    def _cancel_running(self, job_id: str) -> bool:
+        if self._running and self._running[0] == job_id:
+            self._running[1].set()
+            return True
+        return False
 
     def _loop(self) -> None:
         while True:
@@ -631,24 +697,11 @@ class Worker:
             with self._cond:
                 self._running = None
 
-    def _disk_has_room(self) -> bool:
-        """Whether jobs may start; logs once when a full disk starts and stops holding them."""
-        has_room = self.store.disk.room() > 0
-        if not has_room and not self._disk_full_logged:
-            log.warning("queued jobs wait: %s", self.store.disk.shortage("job outputs"))
-        elif has_room and self._disk_full_logged:
-            log.info("there is room on the disk again; queued jobs run")
-        self._disk_full_logged = not has_room
-        return has_room
-
     def _run(self, job_id: str, cancel: threading.Event) -> None:
         rec = self.store.get(job_id)
         if rec is not None:
             execute_job(rec, self.store, self.runners.get(rec.kind), self._emit, cancel, self.device,
                         shutting_down=lambda: self._stop)
-
-    def _finish(self, rec: JobRecord, state: str, error: dict[str, Any] | None) -> None:
-        finish_job(rec, self.store, self._emit, state, error)
 
 
 def execute_job(rec: JobRecord, store: JobStore, runner: RunnerFn | None, emit: Callable[[Message], None],

@@ -79,13 +79,14 @@ WRITE_CAPTURE = ("import sys; from pathlib import Path; from tests.test_jobs_liv
                  "write_sphere_capture(Path(sys.argv[1]))")
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    """A real backend process on a free loopback port (CPU), plus the sphere capture written beside it."""
+@contextlib.contextmanager
+def running_backend(root: Path, serve_args: tuple[str, ...] = (), ready=lambda info: True):
+    """A real backend process (``serve --device cpu`` plus ``serve_args``) on a free loopback port, with the
+    sphere capture written beside it in ``root``; its ``hello_reply`` must satisfy ``ready`` (e.g. all its
+    workers connected). Stopped with SIGTERM at the end, which must end it cleanly."""
     problem = _backend_python_problem()
     if problem is not None:
         pytest.skip(problem)
-    root = tmp_path_factory.mktemp("e2e")
     capture = root / "capture"
     writer = subprocess.Popen([str(BACKEND_PYTHON), "-c", WRITE_CAPTURE, str(capture)], cwd=REPO_ROOT,
                               env=_backend_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -93,7 +94,7 @@ def backend(tmp_path_factory):
     log_path = root / "backend.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen([str(BACKEND_PYTHON), "-m", "backend", "serve", "--endpoint", endpoint, "--work-dir",
-                             str(root / "work"), "--device", "cpu"], cwd=REPO_ROOT, env=_backend_env(),
+                             str(root / "work"), "--device", "cpu", *serve_args], cwd=REPO_ROOT, env=_backend_env(),
                             stdout=log, stderr=subprocess.STDOUT)
 
     def log_text() -> str:
@@ -103,16 +104,17 @@ def backend(tmp_path_factory):
     try:
         info = None
         deadline = time.monotonic() + 90
-        while info is None:
+        while info is None or not ready(info):
             assert proc.poll() is None, f"the backend exited with {proc.returncode}:\n{log_text()}"
-            assert time.monotonic() < deadline, f"the backend did not answer hello within 90 s:\n{log_text()}"
+            assert time.monotonic() < deadline, f"the backend was not ready within 90 s:\n{log_text()}"
             # Not answering yet: still starting (importing torch).
             with Client(endpoint, client_name="e2e-test") as client, contextlib.suppress(TimeoutError):
                 info = client.handshake(timeout_s=1.0)
+            time.sleep(0.2)
         out, _ = writer.communicate(timeout=120)
         assert writer.returncode == 0, f"writing the sphere capture failed:\n{out}"
         assert (capture / "transforms.json").is_file()
-        yield SimpleNamespace(endpoint=endpoint, info=info, capture=capture, root=root)
+        yield SimpleNamespace(endpoint=endpoint, info=info, capture=capture, root=root, log=log_text)
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -127,6 +129,13 @@ def backend(tmp_path_factory):
         log.close()
     assert proc.returncode == 0, f"the backend did not exit cleanly on SIGTERM ({proc.returncode}):\n" \
         + log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """A real backend process on a free loopback port (CPU), plus the sphere capture written beside it."""
+    with running_backend(tmp_path_factory.mktemp("e2e")) as real:
+        yield real
 
 
 def _status(endpoint: str, job_id: str) -> dict:
