@@ -89,14 +89,15 @@ def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: Cli
     sty = stylize(one_view, config, "cpu", reports.append, clip=clip, perceptual=lpips,
                   on_checkpoint=lambda c: saved.append(c.metrics["stylize_iterations"]))
     after, terms_after = view_loss(sty.model, ckpt, view, src, config, clip, lpips)
-    # Measured: about 1.320 -> 1.310 in 4 iterations at lr 1e-3 (mostly the directional term).
-    assert after < before - 3e-3, (before, after)
+    # Measured: about 1.3350 -> 1.3334 in 4 iterations at the default rates (grid 1e-4, MLPs 1e-3), mostly the
+    # directional term.
+    assert after < before - 8e-4, (before, after)
     assert terms_after["directional"] < 0.999
     # F_rec is untouched (F_sty is a copy); F_sty's geometry and occupancy grid did change.
     for name, value in density_state(ckpt.model).items():
         assert torch.equal(value, state_rec[name]), name
     assert not torch.equal(sty.model.field.encoding.table, state_rec["table"])
-    assert not torch.equal(sty.model.occupancy.occs, state_rec["occs"]), "the grid keeps updating"
+    assert not torch.equal(sty.model.occupancy.occs, state_rec["occs"]), "the finished model's grid is re-measured"
     # Reports: sources, then every iteration with the loss terms, previews, and a final report.
     stages = [r.stage for r in reports]
     assert stages == ["sources"] + ["stylizing"] * 4 + ["done"]
@@ -230,3 +231,43 @@ def test_novel_views_take_part_in_the_loop(ckpt: NeRFCheckpoint, clip: ClipModel
     sources = [r for r in reports if r.stage == "sources"]
     assert sources[-1].total == 6, "2 training views + 4 novel views, each with a cached source render"
     assert [r.metrics["view"] for r in reports if r.stage == "stylizing"] == [0.0, 1.0]
+
+
+def test_geometry_growth_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,
+                                                      lpips: LpipsLoss) -> None:
+    """Issue 12: rays march through F_rec's occupied cells dilated by ``geometry_growth`` cells, nowhere else; the
+    finished model's grid is its own density inside that region."""
+    rec_grid = ckpt.model.occupancy
+    # Stopped after one iteration: the grid is the region marched, exactly.
+    done: list[int] = []
+
+    def on_progress(p: StylizeProgress) -> None:
+        if p.stage == "stylizing":
+            done.append(p.step)
+
+    partial = stylize(ckpt, preset_config("tiny", PROMPT, iterations=3), "cpu", on_progress, lambda: len(done) >= 1,
+                      clip=clip, perceptual=lpips)
+    assert partial.metrics["cancelled"] == 1
+    assert torch.equal(partial.model.occupancy.binary, rec_grid.dilated(1))
+    assert int(rec_grid.dilated(1).sum()) > int(rec_grid.binary.sum()), "the default lets shape grow a cell"
+    for growth in (0, 2):
+        sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2, geometry_growth=growth), "cpu",
+                      clip=clip, perceptual=lpips)
+        grid = sty.model.occupancy.binary
+        assert not bool((grid & ~rec_grid.dilated(growth)).any()), f"growth {growth}: occupied outside the region"
+        assert bool(grid.any())
+    with pytest.raises(ValueError, match="geometry_growth"):
+        StylizeConfig(prompt=PROMPT, geometry_growth=-1)
+
+
+def test_negatives_too_close_to_the_prompt_are_left_out(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:
+    from backend.stylize.standin_encoder import load_standin_clip
+
+    standin = load_standin_clip()
+    config = preset_config("tiny", "a golden statue", iterations=1)
+    sty = stylize(ckpt, config, "cpu", clip=standin, perceptual=lpips)
+    assert sty.metrics["negatives_dropped"] == 1  # "Klimt portrait with gold leaf" (test_stylize_negatives)
+    assert sty.metrics["prompt_driven"] == 0.0, "the stand-in is a test instrument"
+    kept = stylize(ckpt, dataclasses.replace(config, negative_max_closeness=None), "cpu", clip=standin,
+                   perceptual=lpips)
+    assert kept.metrics["negatives_dropped"] == 0
