@@ -7,6 +7,8 @@ prompt-driven.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,47 @@ def test_a_stylization_with_the_stand_in_is_not_prompt_driven(clip: ClipModel) -
     from backend.stylize.loop import weights_are_random
 
     assert weights_are_random(clip, None)
+
+
+FANGZHOU = Path(__file__).resolve().parents[2] / "shared" / "data" / "fangzhou_nature"
+
+
+@pytest.mark.skipif(not (FANGZHOU / "matte").is_dir(), reason=f"real capture not found at {FANGZHOU}")
+def test_a_red_face_on_the_real_capture_turns_red_and_keeps_the_head(tmp_path: Path) -> None:
+    """Issue 12 on fangzhou_nature, at CPU size (27x48 views, a small model, 20 iterations): with the stand-in,
+    "a red face" makes the head measurably redder, raises the target's similarity and lowers the negatives', while
+    the shape stays (alpha IoU, depth) and no haze appears outside the silhouette. The GPU benchmark measures the
+    same for the full model and the 400-iteration schedule (bench/bench_stylize.py)."""
+    from backend.captures import load_capture
+    from backend.nerf import ReconstructConfig, train_reconstruction
+    from backend.stylize.evaluation import geometry_change, prompt_scores, redness, render_views
+    from backend.stylize.loop import preset_config, stylize
+    from backend.stylize.losses import StyleLossConfig
+    from backend.stylize.negatives import build_negative_pool
+    from backend.stylize.perceptual import load_lpips
+
+    # 256 steps across the box: a marching step is 2 % of the ROI radius, the depth tolerance (the tiny default,
+    # 128, would make one step 4 %).
+    rec = train_reconstruction(load_capture(FANGZHOU), ReconstructConfig.tiny(steps=120, resolution_scale=0.05, seed=1,
+                                                                              render_steps=256), torch.device("cpu"))
+    clip = load_standin_clip()
+    config = preset_config("tiny", "a red face", iterations=20, scale=0.05, max_side=None, n_templates=4,
+                           loss=StyleLossConfig(n_crops=4, n_negatives=4), checkpoint_every=0)
+    sty = stylize(rec, config, "cpu", clip=clip, perceptual=load_lpips("cpu", random_init=True))
+    assert rec.cameras is not None
+    cams = rec.cameras.select(rec.heldout_indices[:3])
+    before, after = render_views(rec, cams), render_views(sty, cams)
+    geometry = geometry_change(before, after, float(rec.normalization.radius))
+    negatives = list(build_negative_pool("a red face").prompts)
+    s0, s1 = (prompt_scores(clip, r.rgb, "a red face", "photo", negatives, config.templates()) for r in (before, after))
+    head = before.alpha >= 0.5
+    red0, red1 = redness(before.rgb, head), redness(after.rgb, head)
+    summary = {"geometry": geometry, "redness": (red0, red1), "target": (s0["target"], s1["target"]),
+               "negatives": (s0["negatives"], s1["negatives"])}
+    assert red1 > red0 + 0.05, summary
+    assert s1["target"] > s0["target"] and s1["negatives"] < s0["negatives"], summary
+    # Measured: IoU 0.993, depth error 2.8 %, haze 0.56 % (F_rec's own: 0.55 %); with the former grid learning
+    # rate (1e-3) IoU 0.980 and depth error 5.7 %. At this size one marching step is 2 % of the ROI radius, so the
+    # depth tolerance is 1.5 steps; the GPU benchmark holds the full model to 2 %.
+    assert geometry["alpha_iou"] >= 0.985 and geometry["depth_err_rel"] <= 0.03, summary
+    assert geometry["haze"] < 0.01, summary

@@ -14,18 +14,23 @@ Embedding space (``D = 32``), axis by axis:
 axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text: words that point along it
 =====  ==========  ======================================================  =====================================
 0      content     the constant 1 (every image is "a photo of a face")     photo, face, head, person, real, ...
-1-3    r, g, b     ``K_RGB (mean_rgb(x) - 0.5)``                           colours: red, golden, blue, white, ...
-4      saturation  ``K_SAT (mean per-pixel channel std - SAT0)``           colourful, vivid / grey, monochrome
-5      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
-6      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
-7-31   (text)      always 0 for images                                     unknown words: hashed unit vectors
+1      luminance   ``K_LUM (mean(x) - 0.5)``                               bright, white / dark, black
+2-4    chroma      ``K_CHROMA (mean_rgb(x) - mean(x))`` (sums to 0)        red, golden, blue, green, pink, ...
+5      saturation  ``K_SAT (mean per-pixel channel std - SAT0)``           colourful, vivid / grey, monochrome
+6      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
+7      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
+8-31   (text)      always 0 for images                                     unknown words: hashed unit vectors
 =====  ==========  ======================================================  =====================================
+
+Colour is split into luminance and chroma (the mean colour minus its grey level) so that hue and brightness are
+separate meanings: a head on a white ground that turns red gains red chroma without losing "white", so its cosine
+with plain "photo"-like texts (the content axis) falls as its red rises.
 
 A sentence's embedding is the sum of its words' unit vectors (the :class:`ClipModel` normalises it). Function
 words and the plain adjectives of open_clip's templates ("a", "bad", "cropped", "of", ...) are *stop words* with no
 vector; template words that are in the vocabulary ("bright", "dark", "sketch", "drawing", "black and white") count,
 as they would for CLIP. Any other word is *unknown* and gets a fixed hashed direction (``zlib.crc32`` of the word)
-in the text-only axes 7-31: images never reach those axes, so an unknown word is neutral to every image, and
+in the text-only axes 8-31: images never reach those axes, so an unknown word is neutral to every image, and
 negatives or prompts made of unknown words still get a defined, distinct embedding.
 
 Example: "a red face" = n(red + content); after ``T_k`` = "a photo of a {}." it is n(red + 2 content). A render that
@@ -62,13 +67,14 @@ EMBED_DIM = 32
 STANDIN_SOURCE = "stand-in(analytic colour and texture statistics; a test instrument, not CLIP)"
 
 # Axes of the embedding space (see the module docstring).
-CONTENT, RED, GREEN, BLUE, SATURATION, EDGES, STRIPES = range(7)
-N_IMAGE_AXES = 7
+CONTENT, LUMINANCE, RED, GREEN, BLUE, SATURATION, EDGES, STRIPES = range(8)
+N_IMAGE_AXES = 8
 
 # Image feature scales and reference levels. They set how far a typical head render sits from the content axis:
-# a head on a white ground has mean RGB ~(0.8, 0.75, 0.7), i.e. an offset of ~0.5 after K_RGB, against 1 on the
-# content axis; channel std ~0.05-0.15, mean luminance gradient ~0.01-0.05 per pixel at 224 px.
-K_RGB = 2.0
+# a head on a white ground has mean RGB ~(0.8, 0.75, 0.7): luminance offset ~0.5 after K_LUM, chroma ~0.1 after
+# K_CHROMA, against 1 on the content axis; channel std ~0.05-0.15, mean luminance gradient ~0.01-0.05 per pixel.
+K_LUM = 2.0
+K_CHROMA = 4.0
 K_SAT = 4.0
 SAT0 = 0.1
 K_EDGE = 8.0
@@ -87,27 +93,28 @@ VOCABULARY: dict[str, dict[int, float]] = {}
 
 
 def _add(words: str, **axes: float) -> None:
-    names = {"content": CONTENT, "r": RED, "g": GREEN, "b": BLUE, "sat": SATURATION, "edges": EDGES,
-             "stripes": STRIPES}
+    names = {"content": CONTENT, "lum": LUMINANCE, "r": RED, "g": GREEN, "b": BLUE, "sat": SATURATION,
+             "edges": EDGES, "stripes": STRIPES}
     for word in words.split():
         VOCABULARY[word] = {names[k]: v for k, v in axes.items()}
 
 
 _add("photo photos photograph photographs picture image face faces head person people human man woman portrait "
      "selfie headshot real realistic natural skin", content=1.0)
+# Hues: chroma weights sum to zero (they are offsets from the grey level).
 _add("red crimson scarlet", r=1.0, g=-0.5, b=-0.5, sat=0.5)
-_add("orange", r=1.0, g=0.1, b=-1.0, sat=0.5)
-_add("yellow", r=0.7, g=0.7, b=-1.0, sat=0.5)
-_add("golden gold", r=0.8, g=0.5, b=-1.0, sat=0.3)
+_add("orange", r=0.8, g=0.1, b=-0.9, sat=0.5)
+_add("yellow", r=0.5, g=0.5, b=-1.0, sat=0.5, lum=0.3)
+_add("golden gold", r=0.6, g=0.3, b=-0.9, sat=0.3, lum=0.2)
 _add("green", r=-0.5, g=1.0, b=-0.5, sat=0.5)
 _add("blue", r=-0.5, g=-0.5, b=1.0, sat=0.5)
 _add("purple violet", r=0.5, g=-1.0, b=0.5, sat=0.5)
-_add("pink", r=1.0, g=-0.2, b=0.4, sat=0.3)
-_add("white", r=1.0, g=1.0, b=1.0, sat=-0.5)
-_add("black", r=-1.0, g=-1.0, b=-1.0, sat=-0.5)
-_add("bright", r=1.0, g=1.0, b=1.0)
-_add("dark", r=-1.0, g=-1.0, b=-1.0)
-_add("pale", r=0.5, g=0.5, b=0.5, sat=-1.0)
+_add("pink", r=0.7, g=-0.5, b=-0.2, sat=0.3, lum=0.3)
+_add("white", lum=1.0, sat=-0.5)
+_add("black", lum=-1.0, sat=-0.5)
+_add("bright", lum=1.0)
+_add("dark", lum=-1.0)
+_add("pale", lum=0.5, sat=-1.0)
 _add("grey gray silver monochrome monochromatic colourless colorless", sat=-1.0)
 _add("colourful colorful vivid saturated neon", sat=1.0)
 _add("sharp detailed textured", edges=1.0)
@@ -212,14 +219,16 @@ class AnalyticStandInEncoder(nn.Module):
         saturation = (centred.pow(2).mean(dim=1) + _SMOOTH_EPS).sqrt().mean(dim=(1, 2))
         grad_x = (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean(dim=(1, 2))
         grad_y = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean(dim=(1, 2))
-        return {"rgb": x.mean(dim=(2, 3)), "saturation": saturation, "edges": grad_x + grad_y,
+        return {"rgb": x.mean(dim=(2, 3)), "luminance": lum.mean(dim=(1, 2)), "saturation": saturation,
+                "edges": grad_x + grad_y,
                 "stripes": ((grad_x - grad_y).pow(2) + _SMOOTH_EPS).sqrt()}
 
     def encode_image(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, D]
         """Image embedding (not normalised): content 1, then the scaled statistics, zeros on the text axes."""
         f = self.image_features(pixels)
         b = pixels.shape[0]
-        parts = [pixels.new_ones(b, 1), K_RGB * (f["rgb"] - 0.5), K_SAT * (f["saturation"] - SAT0)[:, None],
+        parts = [pixels.new_ones(b, 1), K_LUM * (f["luminance"] - 0.5)[:, None],
+                 K_CHROMA * (f["rgb"] - f["luminance"][:, None]), K_SAT * (f["saturation"] - SAT0)[:, None],
                  K_EDGE * (f["edges"] - EDGE0)[:, None], K_STRIPE * f["stripes"][:, None],
                  pixels.new_zeros(b, EMBED_DIM - N_IMAGE_AXES)]
         return torch.cat(parts, dim=1)
