@@ -6,8 +6,8 @@ A fangzhou_nature reconstruction is trained first (``--train-s`` seconds at full
 ``--full``:
 
 * ``standin`` runs use the **analytic stand-in encoder** (:mod:`backend.stylize.standin_encoder`, a test
-  instrument with known semantics, not CLIP) with the prompt "a red face", once with the default ``λ_reg`` and once
-  with ``λ_reg = 0``;
+  instrument with known semantics, not CLIP) with the prompt "a red face", with the default ``λ_reg``, with
+  ``λ_reg = 0`` and with ``λ_reg = 1``;
 * the ``random`` run uses a **random-initialised** ViT-B-32 CLIP (the cost of the real one, no meaning) with the
   released config's prompt.
 
@@ -85,7 +85,7 @@ class Run:
 
 
 RUNS = (Run("standin", "standin", RED_FACE, None), Run("standin-noreg", "standin", RED_FACE, 0.0),
-        Run("random", "random", VAN_GOGH, None))
+        Run("standin-reg1", "standin", RED_FACE, 1.0), Run("random", "random", VAN_GOGH, None))
 
 
 def sync(device: torch.device) -> None:
@@ -273,7 +273,9 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         f"- stylization: {cfg.resolved_iterations()} iterations at scale {args.scale}, {len(cfg.templates())} templates, "
         f"{cfg.loss.n_crops} crops, {cfg.loss.n_negatives} negatives; weights dir {w.directional:g}, global "
         f"{w.global_contrastive:g}, local {w.local_contrastive:g} (mean over crops), perceptual {w.perceptual:g}, "
-        f"reg {w.regularization:g}; lr grid {cfg.lr_grid:g} / MLPs {cfg.lr_mlp:g}; geometry_growth "
+        f"reg {w.regularization:g}; lr grid {cfg.lr_grid:g}, density MLP "
+        f"{cfg.lr_grid if cfg.lr_density_mlp is None else cfg.lr_density_mlp:g}, colour MLP {cfg.lr_mlp:g}; "
+        f"geometry_growth "
         f"{cfg.geometry_growth} cell(s); negatives closer than {cfg.negative_max_closeness} dropped",
         "- encoders: `standin` = the analytic stand-in encoder (a TEST INSTRUMENT with known semantics, not CLIP); "
         "`random` = random-initialised ViT-B-32 CLIP (no meaning). LPIPS: random VGG trunk in every run. Neither is "

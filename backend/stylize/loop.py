@@ -131,7 +131,8 @@ class StylizeConfig:
             Its ``source_text`` is replaced by this config's ``source_text``, the one authority for ``t_src``.
         n_templates: use the first n of open_clip's 80 ImageNet templates; None: all 80 (spec). Fewer only for
             CPU tests: encoding 80 templates per text costs ~100 s on a CPU.
-        lr_grid, lr_mlp: Adam learning rates at iteration 0 for the hash table (1e-4) and for the MLPs (1e-3); see
+        lr_grid, lr_density_mlp, lr_mlp: Adam learning rates at iteration 0 for the hash table (1e-4), the density
+            MLP (None: the grid's) and the colour MLP (1e-3): what shapes density moves slowly, colour fast; see
             "Learning rates" in the module docstring.
         lr_decay: ``lr(it) = lr0 · lr_decay^(it / iterations)`` (0.5: the released schedule).
         adam_eps: Adam's epsilon (instant-ngp's 1e-15: steps are scale-free, see the module docstring).
@@ -173,6 +174,7 @@ class StylizeConfig:
     loss: StyleLossConfig = field(default_factory=StyleLossConfig)
     n_templates: int | None = None
     lr_grid: float = 1e-4
+    lr_density_mlp: float | None = None
     lr_mlp: float = 1e-3
     lr_decay: float = 0.5
     adam_eps: float = 1e-15
@@ -211,8 +213,10 @@ class StylizeConfig:
             raise ValueError(f"iterations must be an integer >= 1 or None, got {self.iterations!r}")
         if self.n_templates is not None and self.n_templates < 1:
             raise ValueError(f"n_templates must be >= 1 or None, got {self.n_templates}")
-        for name in ("lr_grid", "lr_mlp"):
+        for name in ("lr_grid", "lr_mlp", "lr_density_mlp"):
             value = getattr(self, name)
+            if value is None and name == "lr_density_mlp":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not 0 < self.lr_decay <= 1:
@@ -512,9 +516,10 @@ def stylize(
         report(StylizeProgress("sources", i + 1, n_views))
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    groups = [{"params": colour_params + ([] if config.colour_only else list(model.field.density_mlp.parameters())),
-               "lr": config.lr_mlp, "lr0": config.lr_mlp}]
+    groups = [{"params": colour_params, "lr": config.lr_mlp, "lr0": config.lr_mlp}]
     if not config.colour_only:
+        lr_density = config.lr_grid if config.lr_density_mlp is None else config.lr_density_mlp
+        groups.append({"params": list(model.field.density_mlp.parameters()), "lr": lr_density, "lr0": lr_density})
         groups.append({"params": list(model.field.encoding.parameters()), "lr": config.lr_grid,
                        "lr0": config.lr_grid})
     # betas/eps as the reconstruction (instant-ngp's): eps 1e-15 keeps Adam's steps scale-free for the tiny

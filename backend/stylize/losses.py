@@ -634,7 +634,7 @@ class LossWeights:
     global_contrastive: float = 0.2
     local_contrastive: float = 0.2
     perceptual: float = 1.0
-    regularization: float = 1.0
+    regularization: float = 0.1
 
     def __post_init__(self) -> None:
         for f in fields(self):
