@@ -239,6 +239,6 @@ def test_gradient_shares_add_up_and_leave_the_step_unchanged(ckpt: NeRFCheckpoin
         (g,) = torch.autograd.grad(w * terms[name], image)
         parts.append(parameter_gradient(model, view, rays_from_image(g).contiguous()))
     parts.append(parameter_gradient(model, view, torch.zeros(SIZE * SIZE, 3), reg_weight=LAMBDA_REG))
-    total = [sum(p["grid"][0] for p in parts)]
-    torch.testing.assert_close(total[0], g_plain["field.encoding.table"], rtol=1e-4, atol=1e-9)
+    table = sum(p["grid"][0] for p in parts)  # the hash table: the grid group's only tensor
+    torch.testing.assert_close(table, g_plain["field.encoding.table"], rtol=1e-4, atol=1e-9)
     model.zero_grad(set_to_none=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -64,6 +65,8 @@ __all__ = [
     "rays_from_image",
     "render_view_pass1",
 ]
+
+_T = TypeVar("_T")
 
 #: A loss on the full image: ``(1, 3, H, W)`` leaf -> ``(scalar loss, {name: scalar term})``.
 ImageLossFn = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
@@ -315,18 +318,24 @@ def parameter_gradient(model: NeRFModel, view: ViewPass1, grad_rgb: Tensor, *, r
     Returns:
         ``{"grid": [...], "mlp": [...]}``: one gradient (or None) per trainable parameter of each group.
     """
+    _, grads = _gradients_of(model, lambda: backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk))
+    return grads
+
+
+def _gradients_of(model: NeRFModel, run: Callable[[], _T]) -> tuple[_T, dict[str, list[Tensor | None]]]:
+    """Call ``run`` (which accumulates into ``.grad``) on cleared ``.grad`` fields; return its result and the
+    gradients it left, per group, and put back what ``.grad`` held before."""
     groups = _parameter_groups(model)
     params = groups["grid"] + groups["mlp"]
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
     try:
-        backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk)
-        out = {name: [p.grad for p in group] for name, group in groups.items()}
+        result = run()
+        return result, {name: [p.grad for p in group] for name, group in groups.items()}
     finally:
         for p, g in zip(params, saved, strict=True):
             p.grad = g
-    return out
 
 
 def _norm(grads: list[Tensor | None]) -> float:
@@ -491,18 +500,9 @@ def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, he
     """
     reference, total_direct = direct_gradient(model, rays_o, rays_d, height, width, image_loss, background,
                                               reg_weight=reg_weight)
-    groups = _parameter_groups(model)
-    params = groups["grid"] + groups["mlp"]
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        step = deferred_backward(model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
-                                 chunk_render=chunk_render, chunk_grad=chunk_grad)
-        deferred = {name: [p.grad for p in group] for name, group in groups.items()}
-    finally:
-        for p, g in zip(params, saved, strict=True):
-            p.grad = g
+    step, deferred = _gradients_of(model, lambda: deferred_backward(
+        model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
+        chunk_render=chunk_render, chunk_grad=chunk_grad))
     out: dict[str, float] = {}
     worst = 0.0
     for name in ("grid", "mlp"):
