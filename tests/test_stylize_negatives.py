@@ -128,7 +128,7 @@ def test_negatives_close_to_the_target_are_dropped_in_the_encoders_space() -> No
         return clip.text_embeddings_averaged(texts, templates)
 
     target = "a golden statue"
-    pool = build_negative_pool(target, ["gold leaf mask"])
+    pool = build_negative_pool(target, ["golden statue replica"])
     assert pool.removed_groups == () and "Klimt portrait with gold leaf" in pool.prompts
     closeness = negative_closeness(embed, target, "photo", pool.prompts)
     assert closeness["Klimt portrait with gold leaf"] > 0.25  # shares "gold" with the target
@@ -137,7 +137,7 @@ def test_negatives_close_to_the_target_are_dropped_in_the_encoders_space() -> No
     assert [p for p, _ in kept.dropped] == ["Klimt portrait with gold leaf"]
     assert "Klimt portrait with gold leaf" not in kept.prompts and len(kept) == len(pool) - 1
     # The user's negatives and the base group are never dropped, however close.
-    assert closeness["gold leaf mask"] > 0.25 and "gold leaf mask" in kept.prompts
+    assert closeness["golden statue replica"] > 0.25 and "golden statue replica" in kept.prompts
     everything = drop_close_negatives(pool, {p: 1.0 for p in pool.prompts}, max_closeness=1.0)
     assert set(everything.prompts) == set(pool.protected) and "human face" in everything.prompts
     # The scale: the target itself is 1, the source text 0.

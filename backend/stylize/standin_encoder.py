@@ -8,7 +8,7 @@ of differentiable colour and texture statistics, and its text encoder maps a sma
 as with CLIP. It is not offered to users: no job option selects it, its ``source`` starts with ``"stand-in("``, and
 a stylization with it is marked *not prompt-driven*, like one with random CLIP weights.
 
-Embedding space (``D = 32``), axis by axis:
+Embedding space (``D = 256``), axis by axis:
 
 =====  ==========  ======================================================  =====================================
 axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text: words that point along it
@@ -19,7 +19,7 @@ axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text
 5      saturation  ``K_SAT (mean per-pixel channel std - SAT0)``           colourful, vivid / grey, monochrome
 6      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
 7      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
-8-31   (text)      always 0 for images                                     unknown words: hashed unit vectors
+8-255  (text)      always 0 for images                                     unknown words: hashed unit vectors
 =====  ==========  ======================================================  =====================================
 
 Colour is split into luminance and chroma (the mean colour minus its grey level) so that hue and brightness are
@@ -30,7 +30,7 @@ A sentence's embedding is the sum of its words' unit vectors (the :class:`ClipMo
 words and the plain adjectives of open_clip's templates ("a", "bad", "cropped", "of", ...) are *stop words* with no
 vector; template words that are in the vocabulary ("bright", "dark", "sketch", "drawing", "black and white") count,
 as they would for CLIP. Any other word is *unknown* and gets a fixed hashed direction (``zlib.crc32`` of the word)
-in the text-only axes 8-31: images never reach those axes, so an unknown word is neutral to every image, and
+in the text-only axes 8-255: images never reach those axes, so an unknown word is neutral to every image, and
 negatives or prompts made of unknown words still get a defined, distinct embedding.
 
 Example: "a red face" = n(red + content); after ``T_k`` = "a photo of a {}." it is n(red + 2 content). A render that
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: Width of the embedding space.
-EMBED_DIM = 32
+EMBED_DIM = 256
 
 #: The ``ClipModel.source`` of the stand-in: marks every result made with it as not prompt-driven.
 STANDIN_SOURCE = "stand-in(analytic colour and texture statistics; a test instrument, not CLIP)"
