@@ -6,8 +6,8 @@ A fangzhou_nature reconstruction is trained first (``--train-s`` seconds at full
 ``--full``:
 
 * ``standin`` runs use the **analytic stand-in encoder** (:mod:`backend.stylize.standin_encoder`, a test
-  instrument with known semantics, not CLIP) with the prompt "a red face", with the default ``λ_reg``, with
-  ``λ_reg = 0`` and with ``λ_reg = 1``;
+  instrument with known semantics, not CLIP) with the prompt "a red face", with the default ``λ_reg`` (0) and
+  with ``λ_reg = 0.1`` (the regularization on and off);
 * the ``random`` run uses a **random-initialised** ViT-B-32 CLIP (the cost of the real one, no meaning) with the
   released config's prompt.
 
@@ -26,7 +26,7 @@ grid), on one view at scale 0.25.
 
 Usage::
 
-    python bench/bench_stylize.py --full --commit $(git rev-parse --short HEAD)    # GPU, about 9 minutes
+    python bench/bench_stylize.py --full --commit $(git rev-parse --short HEAD)    # GPU, about 9 minutes on an H200
     python bench/bench_stylize.py --smoke                                         # tiny, CPU, checks the script
 
 Writes ``bench/results/stylize_<gpu>_<date>.md`` (``--out``). The commit comes from ``--commit`` or
@@ -84,8 +84,8 @@ class Run:
     reg: float | None  # None: the default λ_reg
 
 
-RUNS = (Run("standin", "standin", RED_FACE, None), Run("standin-noreg", "standin", RED_FACE, 0.0),
-        Run("standin-reg1", "standin", RED_FACE, 1.0), Run("random", "random", VAN_GOGH, None))
+RUNS = (Run("standin", "standin", RED_FACE, None), Run("standin-reg0.1", "standin", RED_FACE, 0.1),
+        Run("random", "random", VAN_GOGH, None))
 
 
 def sync(device: torch.device) -> None:
