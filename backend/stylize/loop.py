@@ -46,7 +46,7 @@ rate, ``1e-2 · 0.03``), 400 steps can move a table entry by ~0.3, twice a train
 CPU study scene (``bench/study_stylize_cpu.py``, ``bench/results/stylize_cpu_study.md``: three spheres, the
 stand-in encoder, "a red face", 60 iterations) the former rates erased the green sphere (alpha IoU 0.847), each
 of the two alone cost IoU (grid: 0.985) or depth (density MLP: 1.4 %), and neither ``λ_reg`` (100: IoU 0.781) nor
-``eps = 1e-4`` (0.876) helped. Now the grid and the density MLP train at 1e-4 and the colour MLP at 1e-3: IoU
+``eps = 1e-4`` (0.875) helped. Now the grid and the density MLP train at 1e-4 and the colour MLP at 1e-3: IoU
 0.9994, depth error 0.38 %, and the spheres still turn red (redness 0.071 → 0.413; 0.372 with ``colour_only``).
 On fangzhou (H200, ``bench/results/stylize_nvidia-h200_2026-12-04*.md``) the density MLP's rate alone took the
 depth error from 4.63 % to 1.60 % of the ROI radius.
