@@ -63,6 +63,16 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def commit() -> str:
+    """The checkout's short commit, with "+changes" when the working tree differs from it."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain") else "")
+
+
 def reconstruction() -> NeRFCheckpoint:
     cams = ring_cameras(16, SIZE)
     return train_on_images(cams, render_spheres(cams), ReconstructConfig.tiny(steps=400, seed=3),
@@ -103,7 +113,7 @@ def main() -> int:
     torch.set_num_threads(1)
     rec = reconstruction()
     lines = ["# Stylization study on the CPU: what holds the geometry (issue 12)", "",
-             f"- date: {dt.date.today().isoformat()}, torch {torch.__version__}, CPU, one thread",
+             f"- date: {dt.date.today().isoformat()}, commit {commit()}, torch {torch.__version__}, CPU, one thread",
              f"- scene: three analytic spheres, 16 ring views at {SIZE}x{SIZE}, tiny reconstruction (400 steps, "
              f"train PSNR {rec.metrics.get('train_psnr', float('nan')):.1f} dB); `python bench/study_stylize_cpu.py`",
              f"- stylization: analytic stand-in encoder (test instrument), \"{PROMPT}\", {args.iterations} iterations, "
