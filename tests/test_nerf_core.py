@@ -192,6 +192,44 @@ def test_occupancy_grid_marks_only_the_object() -> None:
     assert not bool(occupied[r > 0.5 + cell_diag].any())
 
 
+def test_occupancy_dilation_grows_by_whole_cells() -> None:
+    grid = OccupancyGrid(9)
+    grid.binary.zero_()
+    grid.binary[4, 4, 4] = True
+    grid.binary[0, 8, 0] = True  # a corner cell: growth is clipped at the grid's border
+    assert torch.equal(grid.dilated(0), grid.binary) and grid.dilated(0) is not grid.binary
+    one = grid.dilated(1)
+    assert int(one.sum()) == 27 + 8
+    assert bool(one[3:6, 3:6, 3:6].all()) and not bool(one[2, 4, 4]) and bool(one[1, 7, 1])
+    assert int(grid.dilated(2).sum()) == 125 + 27 - 1  # the two cubes share the cell (2, 6, 2)
+    with pytest.raises(ValueError, match="cells"):
+        grid.dilated(-1)
+
+
+def test_occupancy_refresh_measures_the_field_as_it_is_now() -> None:
+    """After stylization the grid is measured afresh: cells that emptied are dropped (no running maximum), and
+    nothing outside the allowed region is marked."""
+    grid = _sphere_grid(16, 0.5, 1.0)
+    domain = SceneDomain("bounded", 1.0)
+    before = grid.binary.clone()
+
+    def smaller_ball(u: torch.Tensor) -> torch.Tensor:
+        return (domain.from_unit_cube(u).norm(dim=-1) < 0.3).float() * 100.0
+
+    allowed = torch.zeros_like(grid.binary)
+    allowed[:8] = True  # half the box
+    grid.refresh(smaller_ball, torch.Generator().manual_seed(1), allowed=allowed)
+    centres = (grid.cell_coords.float() + 0.5) / 16 * 2.0 - 1.0
+    r = centres.norm(dim=-1).view(16, 16, 16)
+    diag = math.sqrt(3) * 2.0 / 16
+    assert bool(grid.binary[:8][r[:8] < 0.3 - diag].all()), "the smaller ball's cells are occupied"
+    assert not bool(grid.binary[r > 0.3 + diag].any()), "the cells that emptied are free again"
+    assert not bool(grid.binary[8:].any()), "nothing outside the allowed region"
+    assert int(grid.binary.sum()) < int(before.sum())
+    with pytest.raises(ValueError, match="allowed"):
+        grid.refresh(smaller_ball, allowed=torch.ones(4, 4, 4, dtype=torch.bool))
+
+
 def test_marching_skips_empty_space() -> None:
     bound = 1.0
     grid = _sphere_grid(32, 0.5, bound)

@@ -20,7 +20,7 @@ from backend.nerf.rendering import render_samples
 from backend.stylize.clip_model import ClipModel, load_clip
 from backend.stylize.deferred import image_from_rays, render_view_pass1
 from backend.stylize.loop import StylizeConfig, StylizeProgress, preset_config, stylize
-from backend.stylize.losses import distortion_loss, total_image_loss
+from backend.stylize.losses import LossWeights, distortion_loss, total_image_loss
 from backend.stylize.perceptual import LpipsLoss, load_lpips
 from backend.stylize.views import interpolate_cameras, stylization_views
 
@@ -89,21 +89,23 @@ def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: Cli
     sty = stylize(one_view, config, "cpu", reports.append, clip=clip, perceptual=lpips,
                   on_checkpoint=lambda c: saved.append(c.metrics["stylize_iterations"]))
     after, terms_after = view_loss(sty.model, ckpt, view, src, config, clip, lpips)
-    # Measured: about 1.320 -> 1.310 in 4 iterations at lr 1e-3 (mostly the directional term).
-    assert after < before - 3e-3, (before, after)
+    # Measured: about 1.3200 -> 1.3169 in 4 iterations at the default rates (grid and density MLP 1e-4, colour MLP
+    # 1e-3), mostly the directional term.
+    assert after < before - 1.5e-3, (before, after)
     assert terms_after["directional"] < 0.999
     # F_rec is untouched (F_sty is a copy); F_sty's geometry and occupancy grid did change.
     for name, value in density_state(ckpt.model).items():
         assert torch.equal(value, state_rec[name]), name
     assert not torch.equal(sty.model.field.encoding.table, state_rec["table"])
-    assert not torch.equal(sty.model.occupancy.occs, state_rec["occs"]), "the grid keeps updating"
+    assert torch.equal(sty.model.occupancy.binary, state_rec["binary"]), "geometry_growth 0: F_rec's cells"
     # Reports: sources, then every iteration with the loss terms, previews, and a final report.
     stages = [r.stage for r in reports]
     assert stages == ["sources"] + ["stylizing"] * 4 + ["done"]
     it = [r for r in reports if r.stage == "stylizing"]
     assert [r.step for r in it] == [1, 2, 3, 4] and all(r.total == 4 for r in it)
+    # λ_reg is 0 by default: no regularization term (tests/test_stylize_deferred.py covers it turned on).
     assert set(it[0].losses) == {"total", "image", "directional", "global_contrastive", "local_contrastive",
-                                 "perceptual", "regularization"}
+                                 "perceptual"}
     assert all(r.preview is not None and r.preview.shape == (SIZE, SIZE, 4) for r in it)  # tiny: every step
     assert sty.metrics["stylize_iterations"] == 4 and sty.metrics["cancelled"] == 0
     assert sty.metrics["prompt_driven"] == 0.0, "random weights are flagged"
@@ -114,7 +116,8 @@ def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: Cli
 
 def test_colour_only_leaves_density_bit_identical(ckpt: NeRFCheckpoint, clip: ClipModel,
                                                   lpips: LpipsLoss) -> None:
-    config = preset_config("tiny", PROMPT, iterations=3, colour_only=True, lr_mlp=1e-2)
+    config = preset_config("tiny", PROMPT, iterations=3, colour_only=True, lr_mlp=1e-2,
+                           weights=LossWeights(regularization=0.5))  # asked for, and still skipped
     sty = stylize(ckpt, config, "cpu", clip=clip, perceptual=lpips)
     before, after = density_state(ckpt.model), density_state(sty.model)
     for name in before:
@@ -230,3 +233,45 @@ def test_novel_views_take_part_in_the_loop(ckpt: NeRFCheckpoint, clip: ClipModel
     sources = [r for r in reports if r.stage == "sources"]
     assert sources[-1].total == 6, "2 training views + 4 novel views, each with a cached source render"
     assert [r.metrics["view"] for r in reports if r.stage == "stylizing"] == [0.0, 1.0]
+
+
+def test_geometry_growth_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,
+                                                      lpips: LpipsLoss) -> None:
+    """Issue 12: rays march through F_rec's occupied cells dilated by ``geometry_growth`` cells, nowhere else; the
+    finished model keeps F_rec's cells and adds only grown cells that hold density."""
+    rec_grid = ckpt.model.occupancy
+    # Stopped after one iteration: the grid is the region marched, exactly.
+    done: list[int] = []
+
+    def on_progress(p: StylizeProgress) -> None:
+        if p.stage == "stylizing":
+            done.append(p.step)
+
+    partial = stylize(ckpt, preset_config("tiny", PROMPT, iterations=3, geometry_growth=1), "cpu", on_progress,
+                      lambda: len(done) >= 1, clip=clip, perceptual=lpips)
+    assert partial.metrics["cancelled"] == 1
+    assert torch.equal(partial.model.occupancy.binary, rec_grid.dilated(1))
+    assert int(rec_grid.dilated(1).sum()) > int(rec_grid.binary.sum())
+    # The default (0) marches exactly F_rec's cells and hands them back unchanged.
+    sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2), "cpu", clip=clip, perceptual=lpips)
+    assert torch.equal(sty.model.occupancy.binary, rec_grid.binary)
+    sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2, geometry_growth=2), "cpu", clip=clip,
+                  perceptual=lpips)
+    grid = sty.model.occupancy.binary
+    assert not bool((rec_grid.binary & ~grid).any()), "F_rec's cells stay"
+    assert not bool((grid & ~rec_grid.dilated(2)).any()), "nothing outside the region"
+    with pytest.raises(ValueError, match="geometry_growth"):
+        StylizeConfig(prompt=PROMPT, geometry_growth=-1)
+
+
+def test_negatives_too_close_to_the_prompt_are_left_out(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:
+    from backend.stylize.standin_encoder import load_standin_clip
+
+    standin = load_standin_clip()
+    config = preset_config("tiny", "a sketch", iterations=1)
+    sty = stylize(ckpt, config, "cpu", clip=standin, perceptual=lpips)
+    assert sty.metrics["negatives_dropped"] == 1  # "manga drawing": "drawing" means sketch to the stand-in
+    assert sty.metrics["prompt_driven"] == 0.0, "the stand-in is a test instrument"
+    kept = stylize(ckpt, dataclasses.replace(config, negative_max_closeness=None), "cpu", clip=standin,
+                   perceptual=lpips)
+    assert kept.metrics["negatives_dropped"] == 0

@@ -164,13 +164,13 @@ def test_infonce_matches_float64_reference() -> None:
     np.testing.assert_allclose(got.numpy(), ref_infonce(v, pos, negs, 0.07), rtol=1e-10)
 
 
-def test_local_contrastive_sums_over_crops() -> None:
+def test_local_contrastive_averages_over_crops() -> None:
     rng = np.random.default_rng(2)
     crops = rng.normal(size=(2, 6, 8))
     pos = np.stack([ref_n(x) for x in rng.normal(size=(3, 8))])
     negs = np.stack([[ref_n(x) for x in row] for row in rng.normal(size=(8, 3, 8))])
     got = local_contrastive_from_embeddings(to_t(crops), to_t(pos), to_t(negs), tau=0.07)
-    expected = [sum(ref_infonce(crops[b], pos, negs, 0.07)) for b in range(2)]
+    expected = [np.mean(ref_infonce(crops[b], pos, negs, 0.07)) for b in range(2)]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
 
 

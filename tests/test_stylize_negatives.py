@@ -10,8 +10,10 @@ from backend.stylize.negatives import (
     DEFAULT_BANK_PATH,
     build_negative_pool,
     draw_negatives,
+    drop_close_negatives,
     load_negative_bank,
     matching_groups,
+    negative_closeness,
     normalize_for_matching,
     parse_negative_bank,
 )
@@ -112,3 +114,47 @@ def test_parse_errors_name_the_line() -> None:
 
 def test_normalize_for_matching() -> None:
     assert normalize_for_matching("  Self-Portrait,  by VAN_GOGH!! ") == "self portrait by van gogh"
+
+
+def test_negatives_close_to_the_target_are_dropped_in_the_encoders_space() -> None:
+    """Issue 12: a prompt that matches no group keeps near-synonyms among the negatives; they are dropped by their
+    closeness in the text encoder's own space (here the analytic stand-in, whose meanings are known)."""
+    from backend.stylize.clip_model import imagenet_templates
+    from backend.stylize.standin_encoder import load_standin_clip
+
+    clip, templates = load_standin_clip(), imagenet_templates()
+
+    def embed(texts):
+        return clip.text_embeddings_averaged(texts, templates)
+
+    target = "a golden statue"
+    pool = build_negative_pool(target, ["golden statue replica"])
+    assert pool.removed_groups == () and "Klimt portrait with gold leaf" in pool.prompts
+    closeness = negative_closeness(embed, target, "photo", pool.prompts)
+    assert closeness["Klimt portrait with gold leaf"] > 0.25  # shares "gold" with the target
+    assert closeness["human face"] < 0.1 and closeness["zombie"] < 0.1
+    kept = drop_close_negatives(pool, closeness)
+    assert [p for p, _ in kept.dropped] == ["Klimt portrait with gold leaf"]
+    assert "Klimt portrait with gold leaf" not in kept.prompts and len(kept) == len(pool) - 1
+    # The user's negatives and the base group are never dropped, however close.
+    assert closeness["golden statue replica"] > 0.25 and "golden statue replica" in kept.prompts
+    everything = drop_close_negatives(pool, {p: 1.0 for p in pool.prompts}, max_closeness=1.0)
+    assert set(everything.prompts) == set(pool.protected) and "human face" in everything.prompts
+    # The scale: the target itself is 1, the source text 0.
+    assert negative_closeness(embed, target, "photo", [target, "photo"]) == pytest.approx({target: 1.0, "photo": 0.0})
+    with pytest.raises(ValueError, match="max_closeness"):
+        drop_close_negatives(pool, closeness, max_closeness=0.0)
+
+
+def test_closeness_runs_with_a_random_clip() -> None:
+    """Wiring with a real open_clip text tower (random weights: the values mean nothing, the shapes do)."""
+    from backend.stylize.clip_model import imagenet_templates, load_clip
+
+    clip = load_clip("ViT-S-32", pretrained=None, random_init=True, device="cpu")
+    templates = imagenet_templates()[:1]
+    pool = build_negative_pool("a wolf")
+    candidates = [p for p in pool.prompts if p not in pool.protected][:12]
+    closeness = negative_closeness(lambda t: clip.text_embeddings_averaged(t, templates), "a wolf", "photo",
+                                   candidates)
+    assert set(closeness) == set(candidates) and all(np.isfinite(list(closeness.values())))
+    assert all(c <= 1.0 + 1e-5 for c in closeness.values())

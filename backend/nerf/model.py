@@ -169,10 +169,14 @@ class NeRFModel(nn.Module):
     def update_occupancy(self, step: int, generator: torch.Generator | None = None, threshold: float = 0.01,
                          ema_decay: float = 0.95, warmup_steps: int = 256) -> None:
         """One occupancy update: opacity proxy ``density * dt_min`` at random points of the cells."""
+        self.occupancy.update(step, self.occupancy_eval_fn(), generator=generator, threshold=threshold,
+                              ema_decay=ema_decay, warmup_steps=warmup_steps)
+
+    def occupancy_eval_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Unit-cube points ``(n, 3)`` -> opacity proxy ``density * dt_min`` ``(n,)``, what the grid stores."""
         dt = self.settings.dt_min
 
         def occ_eval(u: torch.Tensor) -> torch.Tensor:
             return self.density(self.domain.from_unit_cube(u)) * dt
 
-        self.occupancy.update(step, occ_eval, generator=generator, threshold=threshold, ema_decay=ema_decay,
-                              warmup_steps=warmup_steps)
+        return occ_eval

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -105,3 +106,54 @@ class OccupancyGrid(nn.Module):
         self.occs.copy_(torch.where(visited, torch.maximum(self.occs * ema_decay, new), self.occs))
         thre = torch.clamp(self.occs.mean(), max=threshold)
         self.binary.copy_((self.occs > thre).view(self.binary.shape))
+
+    def dilated(self, cells: int) -> torch.Tensor:  # -> [R, R, R] bool
+        """The occupied cells grown by ``cells`` in every direction (a cube of side ``2 cells + 1``).
+
+        Stylization marches through this region (issue 12): shape may form up to ``cells`` cells beyond the
+        reconstruction's occupied cells, and nowhere else.
+        """
+        if cells < 0:
+            raise ValueError(f"cells must be >= 0, got {cells}")
+        if cells == 0:
+            return self.binary.clone()
+        k = 2 * cells + 1
+        grown = F.max_pool3d(self.binary[None, None].float(), k, stride=1, padding=cells)
+        return grown[0, 0] > 0.5
+
+    @torch.no_grad()
+    def refresh(
+        self,
+        occ_eval_fn: Callable[[torch.Tensor], torch.Tensor],
+        generator: torch.Generator | None = None,
+        threshold: float = 0.01,
+        points_per_cell: int = 4,
+        allowed: torch.Tensor | None = None,
+        max_points: int = 2**21,
+    ) -> None:
+        """Re-measure every cell from scratch (no running maximum): the grid of the field as it is now.
+
+        Each cell's value becomes the largest opacity proxy at ``points_per_cell`` random points inside it; the
+        mask is ``value > min(threshold, mean)`` as in :meth:`update`, restricted to ``allowed`` when given. Used
+        after stylization, whose field moved away from the grid its reconstruction left (a stale grid would make
+        renders march through cells that emptied).
+
+        Args:
+            occ_eval_fn: ``(n, 3)`` unit-cube points -> ``(n,)`` opacity proxies.
+            allowed: ``(R, R, R)`` bool: cells that may be occupied at all.
+        """
+        if points_per_cell < 1:
+            raise ValueError(f"points_per_cell must be >= 1, got {points_per_cell}")
+        r = self.resolution
+        if allowed is not None and allowed.shape != (r, r, r):
+            raise ValueError(f"allowed must have shape ({r}, {r}, {r}), got {tuple(allowed.shape)}")
+        device = self.occs.device
+        best = torch.zeros_like(self.occs)
+        for _ in range(points_per_cell):
+            jitter = torch.rand(self.cell_coords.shape[0], 3, device=device, generator=generator)
+            u = (self.cell_coords.to(jitter.dtype) + jitter) / r
+            occ = torch.cat([occ_eval_fn(u[i : i + max_points]) for i in range(0, u.shape[0], max_points)])
+            best = torch.maximum(best, occ.to(best.dtype))
+        self.occs.copy_(best)
+        binary = (self.occs > torch.clamp(self.occs.mean(), max=threshold)).view(self.binary.shape)
+        self.binary.copy_(binary if allowed is None else binary & allowed)

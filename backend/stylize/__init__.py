@@ -7,7 +7,11 @@ Modules:
     clip_model   :func:`load_clip`, :class:`ClipModel` (tensor preprocessing, cached text embeddings).
     losses       the four NeRF-Art losses, :class:`LossWeights`, :func:`total_image_loss`, strength mapping.
     perceptual   LPIPS-VGG (default) and VGG16 relu3_3 L1 (released code) perceptual losses.
-    negatives    the grouped negative-prompt bank, the removal rule, per-iteration draws.
+    negatives    the grouped negative-prompt bank, the removal rule, per-iteration draws, the closeness filter.
+    deferred     deferred back-propagation, each term's share of the gradient, the exactness check.
+    loop         :func:`stylize` (F_rec in, F_sty out).
+    evaluation   geometry change, haze outside the silhouette, similarity to the prompt (benchmarks, tests).
+    standin_encoder  the analytic stand-in encoder: a TEST INSTRUMENT with known semantics, never a CLIP.
 """
 
 from .clip_model import (

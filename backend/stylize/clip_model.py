@@ -387,6 +387,11 @@ class ClipModel:
         self.precompute_texts(texts, templates)
         return torch.stack([self.text_embeddings(t, templates) for t in texts], dim=0)
 
+    def text_embeddings_averaged(self, texts: Sequence[str], templates: Sequence[Template] | None = None) -> Tensor:
+        """``n(mean_k e_k(text))`` per text: ``(J, D)`` unit vectors, the templates averaged (one per text)."""
+        mean = self.text_embeddings_many(texts, templates).mean(dim=1)
+        return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
     def text_direction(self, target: str, source: str, templates: Sequence[Template] | None = None) -> Tensor:
         """``Δt = n(mean_k(e_k(target) − e_k(source)))`` (spec Section 3.1), cached per pair.
 

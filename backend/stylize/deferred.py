@@ -21,20 +21,24 @@ tests/test_stylize_deferred.py). Peak memory is one chunk's graph plus the store
 sample: positions 12, intervals 8, ray index 8) and the image-space buffers.
 
 **Normalised ray distance of** ``L_reg``. The distortion loss measures spread in ``s = (t − t_near) /
-(t_far − t_near)`` per ray (spec Section 10). We take the interval each ray is marched over
-(:func:`~backend.nerf.marching.ray_interval`): for a bounded scene ("matte" checkpoints) ``t_near`` is the box
-entry (at least ``settings.near``) and ``t_far`` the box exit; for a contracted scene ("contract" checkpoints)
-``t_near = settings.near`` but ``settings.far`` (1000 model units) would squash the region of interest, which is
-a few units deep, into ``s < 0.005`` and turn the loss off, so ``t_far`` is the end of the ray's last stored
-sample instead. Both are per-ray constants that do not depend on how rays are chunked, so the chunked sum equals
-the full-image value. ``L_reg`` is summed over a chunk's rays and divided by the view's pixel count: the chunks
-add up to the per-pixel mean (spec Section 6, step 3).
+(t_far − t_near)`` per ray (spec Section 10). For a bounded scene ("matte" checkpoints) ``t_near`` is the box
+entry and the span is **one model unit, i.e. one ROI radius** (``t_far = t_near + 1``): distances along every ray
+are then in the same unit, whatever the box size or the ray's chord through it. (Issue 12: the box chord that
+was used before, 3-5 units at fangzhou's bound 1.5, shrank every value by that factor and weighed oblique rays
+less than central ones; with the per-pixel mean over a view that is mostly empty, ``L_reg`` was ~1e-4 and its
+gradient ~1e-4 of the image loss's at ``λ_reg = 0.1``: inert.) For a contracted scene ("contract" checkpoints)
+``t_near = settings.near`` and ``t_far`` is the end of the ray's last stored sample: ROI units would let the
+background, up to 1000 units away with cone-stepped samples, dominate, and ``settings.far`` would squash the
+region of interest into ``s < 0.005``. Both are per-ray constants that do not depend on how rays are chunked, so
+the chunked sum equals the full-image value. ``L_reg`` is summed over a chunk's rays and divided by the view's
+pixel count: the chunks add up to the per-pixel mean (spec Section 6, step 3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -52,11 +56,17 @@ __all__ = [
     "ViewPass1",
     "backward_pass2",
     "deferred_backward",
+    "deferred_gradient_error",
+    "direct_gradient",
     "distortion_bounds",
+    "gradient_norms_by_term",
     "image_from_rays",
+    "parameter_gradient",
     "rays_from_image",
     "render_view_pass1",
 ]
+
+_T = TypeVar("_T")
 
 #: A loss on the full image: ``(1, 3, H, W)`` leaf -> ``(scalar loss, {name: scalar term})``.
 ImageLossFn = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
@@ -108,6 +118,9 @@ class DeferredStep:
         image: ``(1, 3, H, W)`` the pass-1 image, detached.
         opacity: ``(H, W)`` pass-1 opacity, detached.
         n_samples: samples of the view (kept between the passes).
+        gradient_norms: only when asked for (``term_weights``): per term (``"directional"``, ...,
+            ``"regularization"``), the norm of the parameter gradient that term alone gives, split into the hash
+            grid (``"grid"``) and the MLPs (``"mlp"``); see :func:`gradient_norms_by_term`.
     """
 
     image_loss: float
@@ -117,6 +130,7 @@ class DeferredStep:
     image: Tensor | None = None
     opacity: Tensor | None = None
     n_samples: int = 0
+    gradient_norms: dict[str, dict[str, float]] | None = None
 
 
 def image_from_rays(rgb: Tensor, height: int, width: int) -> Tensor:  # [H*W, 3] -> [1, 3, H, W]
@@ -153,7 +167,10 @@ def distortion_bounds(model: NeRFModel, rays_o: Tensor, rays_d: Tensor,
         raise ValueError(f"samples hold {samples.n_rays} rays but rays_d has shape {tuple(rays_d.shape)}")
     with torch.no_grad():
         t_near, t_far = ray_interval(rays_o, rays_d, model.domain, model.settings)
-        if model.domain.kind != "bounded":
+        if model.domain.kind == "bounded":
+            # Distances in ROI radii (model units), the same on every ray and for every box size: s = t - t_near.
+            t_far = t_near + 1.0
+        else:
             last = torch.full_like(t_near, -torch.inf)
             if samples.n_samples > 0:
                 last = last.scatter_reduce(0, samples.ray_indices, samples.t_ends.to(last.dtype), reduce="amax")
@@ -279,6 +296,81 @@ def backward_pass2(
     return reg_total
 
 
+def _parameter_groups(model: NeRFModel) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters split as the optimizer and the gradient report see them: hash grid, MLPs."""
+    grid = [p for p in model.field.encoding.parameters() if p.requires_grad]
+    grid_ids = {id(p) for p in grid}
+    mlp = [p for p in model.parameters() if p.requires_grad and id(p) not in grid_ids]
+    return {"grid": grid, "mlp": mlp}
+
+
+def parameter_gradient(model: NeRFModel, view: ViewPass1, grad_rgb: Tensor, *, reg_weight: float = 0.0,
+                       chunk: int = 2**14) -> dict[str, list[Tensor | None]]:
+    """The parameter gradient of pass 2 for one image gradient, without touching the parameters' ``.grad``.
+
+    Runs :func:`backward_pass2` on cleared ``.grad`` fields, collects the result and puts back what ``.grad`` held
+    before, so it can be called in the middle of an iteration.
+
+    Args:
+        grad_rgb: ``(n_rays, 3)`` image-space gradient (zeros for the regularization alone).
+        reg_weight: ``λ_reg`` (0: no distortion term).
+
+    Returns:
+        ``{"grid": [...], "mlp": [...]}``: one gradient (or None) per trainable parameter of each group.
+    """
+    _, grads = _gradients_of(model, lambda: backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk))
+    return grads
+
+
+def _gradients_of(model: NeRFModel, run: Callable[[], _T]) -> tuple[_T, dict[str, list[Tensor | None]]]:
+    """Call ``run`` (which accumulates into ``.grad``) on cleared ``.grad`` fields; return its result and the
+    gradients it left, per group, and put back what ``.grad`` held before."""
+    groups = _parameter_groups(model)
+    params = groups["grid"] + groups["mlp"]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        result = run()
+        return result, {name: [p.grad for p in group] for name, group in groups.items()}
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+
+
+def _norm(grads: list[Tensor | None]) -> float:
+    squares = [float(g.double().pow(2).sum()) for g in grads if g is not None]
+    return sum(squares) ** 0.5
+
+
+def gradient_norms_by_term(model: NeRFModel, view: ViewPass1, term_grads: dict[str, Tensor], *,
+                           reg_weight: float = 0.0, chunk: int = 2**14) -> dict[str, dict[str, float]]:
+    """How much each loss term drives the parameters: the norm of the gradient it alone would give.
+
+    Every term's image gradient (already multiplied by its weight λ) goes through pass 2 separately, and so does
+    ``λ_reg L_reg`` alone. The norms are split into the hash grid (``"grid"``, which holds the geometry's fine
+    detail) and the MLPs (``"mlp"``), plus their root-sum-square (``"all"``). Costs one pass 2 per term: for
+    reports every few dozen iterations, not for every step.
+
+    Args:
+        term_grads: ``{name: (n_rays, 3) λ_i ∂L_i/∂rgb}``.
+        reg_weight: ``λ_reg``; > 0 adds a ``"regularization"`` entry.
+
+    Returns:
+        ``{term: {"grid": float, "mlp": float, "all": float}}``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    jobs = [(name, g, 0.0) for name, g in term_grads.items()]
+    if reg_weight > 0:
+        jobs.append(("regularization", torch.zeros_like(view.rgb), reg_weight))
+    for name, grad_rgb, reg in jobs:
+        grads = parameter_gradient(model, view, grad_rgb, reg_weight=reg, chunk=chunk)
+        norms = {group: _norm(g) for group, g in grads.items()}
+        norms["all"] = (norms["grid"] ** 2 + norms["mlp"] ** 2) ** 0.5
+        out[name] = norms
+    return out
+
+
 def deferred_backward(
     model: NeRFModel,
     rays_o: Tensor,  # [H*W, 3]
@@ -295,6 +387,7 @@ def deferred_backward(
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
+    term_weights: dict[str, float] | None = None,
 ) -> DeferredStep:
     """One view of deferred back-propagation: pass 1, image loss and its gradient, pass 2.
 
@@ -314,6 +407,8 @@ def deferred_backward(
         jitter: ``(H*W,)`` stratified offsets, or None for deterministic steps.
         early_stop_eps, alpha_thre: sample culling of pass 1.
         should_stop: polled between chunks; True raises :class:`DeferredAborted`.
+        term_weights: ``{term: λ}`` for the terms ``image_loss`` returns: when given, also measure each term's
+            share of the parameter gradient (:func:`gradient_norms_by_term`, one extra pass 2 per term).
 
     Returns:
         :class:`DeferredStep` with the losses and the pass-1 image.
@@ -334,6 +429,12 @@ def deferred_backward(
         loss, terms = image_loss(image)
     if loss.ndim != 0:
         raise ValueError(f"image_loss must return a scalar loss, got shape {tuple(loss.shape)}")
+    term_grads: dict[str, Tensor] = {}
+    if term_weights is not None:
+        for name, value in terms.items():
+            if term_weights.get(name, 0.0) > 0 and value.requires_grad:
+                (g,) = torch.autograd.grad(term_weights[name] * value, image, retain_graph=True, allow_unused=True)
+                term_grads[name] = rays_from_image(torch.zeros_like(image) if g is None else g).contiguous()
     if loss.requires_grad:
         (grad_image,) = torch.autograd.grad(loss, image, allow_unused=True)
     else:
@@ -341,10 +442,80 @@ def deferred_backward(
     if grad_image is None:
         grad_image = torch.zeros_like(image)
     grad_rgb = rays_from_image(grad_image).contiguous()
+    norms = None
+    if term_weights is not None:
+        norms = gradient_norms_by_term(model, view, term_grads, reg_weight=reg_weight, chunk=chunk_grad)
     reg = backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk_grad, should_stop=should_stop)
     image_value = float(loss.detach())
     return DeferredStep(
         image_loss=image_value, terms={k: float(v.detach()) for k, v in terms.items()}, regularization=reg,
         total=image_value + reg_weight * reg, image=image.detach(),
         opacity=view.opacity.detach().reshape(height, width), n_samples=view.samples.n_samples,
+        gradient_norms=norms,
     )
+
+
+def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
+                    image_loss: ImageLossFn, background: Tensor | None = None, *,
+                    reg_weight: float = 0.0) -> tuple[dict[str, list[Tensor | None]], float]:
+    """The reference for deferred back-propagation: the whole view rendered with gradients at once, one backward.
+
+    The samples are marched as in pass 1 (same settings, no jitter), then every sample is evaluated with autograd
+    and ``L_img + reg_weight · L_reg`` (per-pixel mean) is differentiated in one go. Needs the whole view's graph
+    in memory: for checks on small views. ``.grad`` fields are left as they were.
+
+    Returns:
+        ``({"grid": [...], "mlp": [...]}, total loss)``: the gradient of each trainable parameter and the loss.
+    """
+    view = render_view_pass1(model, rays_o, rays_d, background, chunk=rays_d.shape[0])
+    out = render_samples(model, view.samples, rays_d, background)
+    loss, _ = image_loss(image_from_rays(out.rgb, height, width))
+    total = loss
+    if reg_weight > 0:
+        total = total + reg_weight * distortion_loss(out.weights, view.samples.t_starts, view.samples.t_ends,
+                                                     view.t_near, view.t_far, ray_indices=view.samples.ray_indices,
+                                                     reduction="mean", check_inputs=False)
+    groups = _parameter_groups(model)
+    params = groups["grid"] + groups["mlp"]
+    grads = torch.autograd.grad(total, params, allow_unused=True)
+    n_grid = len(groups["grid"])
+    return {"grid": list(grads[:n_grid]), "mlp": list(grads[n_grid:])}, float(total.detach())
+
+
+def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
+                            image_loss: ImageLossFn, background: Tensor | None = None, *, reg_weight: float = 0.0,
+                            chunk_render: int = 2**15, chunk_grad: int = 2**14) -> dict[str, float]:
+    """How far the deferred gradient is from :func:`direct_gradient`, on whatever path ``model`` runs
+    (eager on the CPU; ``torch.compile`` + Triton hash grid on CUDA).
+
+    ``image_loss`` must be deterministic (draw its crops from a generator it seeds itself): it runs once per method.
+
+    Returns:
+        ``grid`` / ``mlp``: ``||g_deferred − g_direct|| / ||g_direct||`` over each parameter group; ``max``: the
+        largest such ratio over single parameter tensors; ``loss_rel``: relative difference of the two losses;
+        ``compiled``, ``triton`` (1.0 / 0.0), ``width``, ``height``, ``samples``: what was checked.
+
+    Raises:
+        ValueError: a direct gradient is zero (the comparison would prove nothing).
+    """
+    reference, total_direct = direct_gradient(model, rays_o, rays_d, height, width, image_loss, background,
+                                              reg_weight=reg_weight)
+    step, deferred = _gradients_of(model, lambda: deferred_backward(
+        model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
+        chunk_render=chunk_render, chunk_grad=chunk_grad))
+    out: dict[str, float] = {}
+    worst = 0.0
+    for name in ("grid", "mlp"):
+        ref_norm = _norm(reference[name])
+        if ref_norm == 0.0:
+            raise ValueError(f"the direct gradient of the {name} parameters is zero: nothing to compare")
+        diffs = [(d if d is not None else torch.zeros_like(r)) - r
+                 for d, r in zip(deferred[name], reference[name], strict=True) if r is not None]
+        out[name] = _norm(diffs) / ref_norm
+        for d, r in zip(deferred[name], reference[name], strict=True):
+            if r is not None and float(r.norm()) > 0:
+                worst = max(worst, _norm([(d if d is not None else torch.zeros_like(r)) - r]) / float(r.norm()))
+    out.update(max=worst, loss_rel=abs(step.total - total_direct) / max(abs(total_direct), 1e-12),
+               compiled=float(model.compiled), triton=float(getattr(model.field.encoding, "impl", "") == "triton"),
+               width=float(width), height=float(height), samples=float(step.n_samples))
+    return out

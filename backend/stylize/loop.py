@@ -13,23 +13,43 @@
 4. Each iteration renders one full view and back-propagates
    ``L = L_img(I_tgt, I_src) + λ_reg L_reg`` through deferred back-propagation with exact sample reuse
    (:mod:`backend.stylize.deferred`), then takes one Adam step with ``lr(it) = lr0 · 0.5^(it / iterations)``
-   (spec Section 5), then updates the occupancy grid (spec Section 10: the grid follows geometry edits).
+   (spec Section 5).
 5. Every iteration draws ``n_negatives`` (8) negatives from the job's pool, shared by the global and local
-   contrastive terms (spec Section 3.3).
+   contrastive terms (spec Section 3.3). The pool leaves out the bank negatives that are as close to the prompt as
+   the prompt's own paraphrases (``negative_max_closeness``, :func:`~backend.stylize.negatives.negative_closeness`).
 
 ``colour_only`` trains the colour MLP alone: the hash grid and the density MLP (everything that determines
-density) are frozen, the occupancy grid is not updated and ``L_reg`` is skipped, so geometry stays bit-identical.
+density) are frozen, the occupancy grid is left as it is and ``L_reg`` is skipped, so geometry stays bit-identical.
 
 **Background.** "matte" checkpoints (the subject alone, background not modelled) are rendered over a fixed colour,
 white by default, for both ``I_src`` and ``I_tgt``: CLIP sees the subject on a plain ground, as in a cut-out
 photo, and the colour never changes, so it carries no gradient and no "style" of its own. "contract" checkpoints
 model their background and render premultiplied (their opacity is ~1 everywhere).
 
-**Learning rate (PROVISIONAL).** The released ``lr0 = 5e-4`` was tuned for an MLP SDF. For the hash grid and its
-small MLPs we start at ``1e-3`` for both (the reconstruction ends its own schedule at ``1e-2 · 0.03 = 3e-4``, so
-``1e-3`` is a few times the last reconstruction rate: enough for visible edits over 400 steps without
-re-learning geometry from scratch). To be tuned with real CLIP weights on fangzhou (bench/bench_stylize.py
-measures speed and geometry change, not quality).
+**Occupancy (issue 12).** A ray only gets samples, and so gradients, in occupied cells. Updating the grid during
+stylization, as the reconstruction does, did two wrong things at once: a cell ``F_rec`` left empty could never grow
+new shape (nothing samples it), while density leaking into far-away cells through shared hash entries and coarse
+levels got them marked occupied, sampled, and grown into haze. Instead the grid is fixed for the whole run to
+``F_rec``'s occupied cells dilated by ``geometry_growth`` cells: shape may form that far beyond the reconstruction
+and nowhere else. The default is 0 cells, because growth has a price measured on fangzhou: cells ``F_rec`` marked
+empty are not empty but *unsupervised* (the reconstruction never sampled them, so never cleared them), and merely
+marching one more cell around the head, with no training at all, changed the render (alpha IoU 0.967, depth error
+6.9 % of the ROI radius on a small CPU model; two cells: 0.949, 10.6 %). A finished ``F_sty`` keeps ``F_rec``'s
+cells and adds the grown cells whose density passes the occupancy threshold
+(:meth:`~backend.nerf.occupancy.OccupancyGrid.refresh`), so its renders skip the rest of the shell again.
+
+**Learning rates and Adam (issue 12).** Adam with instant-ngp's ``eps = 1e-15`` and ``β2 = 0.99`` is scale-free:
+every parameter a view touches moves by about ``lr`` per step, whatever the size of its gradient. The loss weights
+therefore only set the *direction* of each step, and the learning rates of what shapes density set how far the
+geometry drifts. At the former 1e-3 for the hash grid and the density MLP (three times the reconstruction's final
+rate, ``1e-2 · 0.03``), 400 steps can move a table entry by ~0.3, twice a trained entry's mean magnitude. On the
+CPU study scene (``bench/study_stylize_cpu.py``, ``bench/results/stylize_cpu_study.md``: three spheres, the
+stand-in encoder, "a red face", 60 iterations) the former rates erased the green sphere (alpha IoU 0.847), each
+of the two alone cost IoU (grid: 0.985) or depth (density MLP: 1.4 %), and neither ``λ_reg`` (100: IoU 0.781) nor
+``eps = 1e-4`` (0.875) helped. Now the grid and the density MLP train at 1e-4 and the colour MLP at 1e-3: IoU
+0.9994, depth error 0.38 %, and the spheres still turn red (redness 0.071 → 0.413; 0.372 with ``colour_only``).
+On fangzhou (H200, ``bench/results/stylize_nvidia-h200_2026-12-04*.md``) the density MLP's rate alone took the
+depth error from 4.63 % to 1.60 % of the ROI radius.
 """
 
 from __future__ import annotations
@@ -59,8 +79,16 @@ from .losses import (
     total_image_loss,
     weights_for_strength,
 )
-from .negatives import build_negative_pool, draw_negatives
+from .negatives import (
+    DEFAULT_MAX_CLOSENESS,
+    NegativePool,
+    build_negative_pool,
+    draw_negatives,
+    drop_close_negatives,
+    negative_closeness,
+)
 from .perceptual import LpipsLoss, VggRelu33Loss
+from .standin_encoder import is_test_instrument
 from .views import StylizationViews, stylization_views
 
 __all__ = [
@@ -104,9 +132,21 @@ class StylizeConfig:
             Its ``source_text`` is replaced by this config's ``source_text``, the one authority for ``t_src``.
         n_templates: use the first n of open_clip's 80 ImageNet templates; None: all 80 (spec). Fewer only for
             CPU tests: encoding 80 templates per text costs ~100 s on a CPU.
-        lr_grid, lr_mlp: Adam learning rates at iteration 0 for the hash table and for the MLPs (PROVISIONAL 1e-3,
-            see the module docstring).
+        lr_grid, lr_density_mlp, lr_mlp: Adam learning rates at iteration 0 for the hash table (1e-4), the density
+            MLP (None: the grid's) and the colour MLP (1e-3): what shapes density moves slowly, colour fast; see
+            "Learning rates" in the module docstring.
         lr_decay: ``lr(it) = lr0 · lr_decay^(it / iterations)`` (0.5: the released schedule).
+        adam_eps: Adam's epsilon (instant-ngp's 1e-15: steps are scale-free, see the module docstring).
+        geometry_growth: the geometry-strength setting: how many occupancy cells (1/128 of the box each) the shape
+            may grow beyond the cells ``F_rec`` occupies. 0 (default) keeps the head: rays march exactly where
+            ``F_rec``'s do, so shape may change inside its cells but nothing forms outside them. 1 or 2 let
+            surfaces move out by a cell or two, at a price (see "Occupancy" in the module docstring). Ignored in
+            ``colour_only``.
+        negative_max_closeness: drop bank negatives at least this close to the target in the text encoder's space
+            (:func:`~backend.stylize.negatives.negative_closeness`; None keeps them all).
+        report_gradients_every: every n iterations, also measure each loss term's share of the parameter gradient
+            (one extra gradient pass per term) and report it in the progress metrics (``grad_<term>_<group>``);
+            0: never.
         scale: stylization image size relative to the capture's original size, in (0, 1].
         max_side: optional cap on the longer image side in pixels (the ``tiny`` preset).
         novel_views: interpolated cameras added between consecutive training views (0: none).
@@ -117,7 +157,6 @@ class StylizeConfig:
             bounds the autograd graph held at once (2^14 rays x ~50 samples x a few kB of saved activations per
             sample in the PyTorch hash grid: a few GB; the released code's 1200 rays were sized for a second-order
             SDF graph on a 24 GB card).
-        occ_update_every: occupancy-grid update every n iterations (not in ``colour_only``).
         precompute_negatives: encode the whole negative pool at start (spec); False encodes each text when first
             drawn (CPU tests).
         preview_every: a preview image every n iterations (and at the end).
@@ -135,9 +174,14 @@ class StylizeConfig:
     weights: LossWeights | None = None
     loss: StyleLossConfig = field(default_factory=StyleLossConfig)
     n_templates: int | None = None
-    lr_grid: float = 1e-3
+    lr_grid: float = 1e-4
+    lr_density_mlp: float | None = None
     lr_mlp: float = 1e-3
     lr_decay: float = 0.5
+    adam_eps: float = 1e-15
+    geometry_growth: int = 0
+    negative_max_closeness: float | None = DEFAULT_MAX_CLOSENESS
+    report_gradients_every: int = 0
     scale: float = 0.5
     max_side: int | None = None
     novel_views: int = 0
@@ -145,7 +189,6 @@ class StylizeConfig:
     jitter: bool = False
     chunk_render: int = 2**15
     chunk_grad: int = 2**14
-    occ_update_every: int = 1
     precompute_negatives: bool = True
     preview_every: int = 10
     checkpoint_every: int = 50
@@ -171,8 +214,10 @@ class StylizeConfig:
             raise ValueError(f"iterations must be an integer >= 1 or None, got {self.iterations!r}")
         if self.n_templates is not None and self.n_templates < 1:
             raise ValueError(f"n_templates must be >= 1 or None, got {self.n_templates}")
-        for name in ("lr_grid", "lr_mlp"):
+        for name in ("lr_grid", "lr_mlp", "lr_density_mlp"):
             value = getattr(self, name)
+            if value is None and name == "lr_density_mlp":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not 0 < self.lr_decay <= 1:
@@ -185,9 +230,17 @@ class StylizeConfig:
             raise ValueError(f"novel_views must be >= 0, got {self.novel_views}")
         if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
             raise ValueError(f"background must be 3 numbers in [0, 1], got {self.background!r}")
-        for name in ("chunk_render", "chunk_grad", "occ_update_every", "preview_every"):
+        for name in ("chunk_render", "chunk_grad", "preview_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.geometry_growth, int) or not 0 <= self.geometry_growth <= 4:
+            raise ValueError(f"geometry_growth must be an integer from 0 to 4 (cells), got {self.geometry_growth!r}")
+        if self.negative_max_closeness is not None and not 0 < self.negative_max_closeness <= 1:
+            raise ValueError(f"negative_max_closeness must be in (0, 1] or None, got {self.negative_max_closeness}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ValueError(f"adam_eps must be a finite number > 0, got {self.adam_eps}")
+        if self.report_gradients_every < 0:
+            raise ValueError(f"report_gradients_every must be >= 0, got {self.report_gradients_every}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.compile not in ("auto", "on", "off"):
@@ -291,9 +344,10 @@ TRAIN_STATE_KIND = "stylize"
 
 
 def weights_are_random(clip: ClipModel, perceptual: nn.Module | None) -> bool:
-    """True when CLIP or the perceptual net carries random (explicitly requested) weights: not prompt-driven."""
+    """True when the result is not prompt-driven: CLIP or the perceptual net carries random (explicitly requested)
+    weights, or "CLIP" is the analytic stand-in, a test instrument (:mod:`backend.stylize.standin_encoder`)."""
     sources = [clip.source, getattr(perceptual, "source", "")]
-    return any(str(s).startswith("random(") for s in sources)
+    return any(str(s).startswith("random(") for s in sources) or is_test_instrument(clip.source)
 
 
 def copy_model(model: NeRFModel, device: torch.device | str, compile: bool = False) -> NeRFModel:
@@ -398,7 +452,7 @@ def stylize(
         if canonical_device(perceptual.device) != device:
             raise ValueError(f"the perceptual model is on {perceptual.device} but stylization runs on {device}")
     _check_texts(clip, config, templates)
-    pool = build_negative_pool(config.prompt, config.negative_prompts)
+    pool = _negative_pool(clip, config, templates)
     n_neg = config.loss.n_negatives
     if len(pool) < n_neg:
         raise ValueError(f"the negative pool for {config.prompt!r} holds {len(pool)} texts, fewer than the "
@@ -422,6 +476,10 @@ def stylize(
     use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     model = copy_model(ckpt_rec.model, device, compile=use_compile)
     model.train()
+    # Occupancy (module docstring): march through F_rec's occupied cells grown by geometry_growth, and nowhere else.
+    allowed = None if config.colour_only else model.occupancy.dilated(config.geometry_growth)
+    if allowed is not None:
+        model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
     colour_params = model.field.colour_parameters()
     if config.colour_only:
@@ -459,14 +517,15 @@ def stylize(
         report(StylizeProgress("sources", i + 1, n_views))
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    groups = [{"params": colour_params + ([] if config.colour_only else list(model.field.density_mlp.parameters())),
-               "lr": config.lr_mlp, "lr0": config.lr_mlp}]
+    groups = [{"params": colour_params, "lr": config.lr_mlp, "lr0": config.lr_mlp}]
     if not config.colour_only:
+        lr_density = config.lr_grid if config.lr_density_mlp is None else config.lr_density_mlp
+        groups.append({"params": list(model.field.density_mlp.parameters()), "lr": lr_density, "lr0": lr_density})
         groups.append({"params": list(model.field.encoding.parameters()), "lr": config.lr_grid,
                        "lr0": config.lr_grid})
     # betas/eps as the reconstruction (instant-ngp's): eps 1e-15 keeps Adam's steps scale-free for the tiny
     # gradients hash entries get.
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=config.adam_eps)
     reg_weight = 0.0 if config.colour_only else weights.regularization
     losses: dict[str, float] = {}
     done = 0
@@ -521,9 +580,11 @@ def stylize(
 
         optimizer.zero_grad(set_to_none=True)
         try:
+            measure = config.report_gradients_every > 0 and (it + 1) % config.report_gradients_every == 0
             step = deferred_backward(model, rays_o, rays_d, h, w, image_loss, background, reg_weight=reg_weight,
                                      chunk_render=config.chunk_render, chunk_grad=config.chunk_grad, jitter=jitter,
-                                     early_stop_eps=early_stop_eps, should_stop=stop)
+                                     early_stop_eps=early_stop_eps, should_stop=stop,
+                                     term_weights=_term_weights(weights) if measure else None)
         except DeferredAborted:
             # Stopped mid-iteration: drop its partial gradients, keep the model of the last complete step.
             optimizer.zero_grad(set_to_none=True)
@@ -531,11 +592,6 @@ def stylize(
             break
         optimizer.step()
         done += 1
-        if not config.colour_only and done % config.occ_update_every == 0:
-            # After the step, never between the two passes (spec Section 6, step 4). Past warm-up (sparse
-            # updates): the grid already fits F_rec.
-            model.update_occupancy(ckpt_rec.step + done, generator, threshold=ckpt_rec.config.occ_threshold,
-                                   ema_decay=ckpt_rec.config.occ_ema_decay, warmup_steps=0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
@@ -546,6 +602,8 @@ def stylize(
         per_it = elapsed / done
         metrics = {"lr": config.lr_grid * lr_factor if not config.colour_only else config.lr_mlp * lr_factor,
                    "view": float(v), "n_samples": float(step.n_samples), "seconds_per_iteration": per_it}
+        for term, norms in (step.gradient_norms or {}).items():
+            metrics.update({f"grad_{term}_{group}": value for group, value in norms.items()})
         show = done % config.preview_every == 0 or done == iterations
         report(StylizeProgress("stylizing", done, iterations, losses=dict(losses), metrics=metrics,
                                elapsed_s=elapsed, eta_s=per_it * (iterations - done),
@@ -557,10 +615,39 @@ def stylize(
     model.eval()
     for p in density_params:
         p.requires_grad_(True)  # a checkpoint's model is a plain trainable module again
-    result = current({"cancelled": float(cancelled)}, resumable=done < iterations)
+    if allowed is not None and done == iterations:
+        # The finished model: F_rec's cells, plus the grown cells where density now passes the occupancy threshold.
+        # (F_rec's own cells stay as they were: re-measuring them would drop faint cells F_rec renders, a change
+        # of its own; an unfinished run keeps the whole allowed region, which a resumed run marches again.)
+        rec_cells = ckpt_rec.model.occupancy.binary.to(device)
+        if config.geometry_growth > 0:
+            model.occupancy.refresh(model.occupancy_eval_fn(), generator, threshold=ckpt_rec.config.occ_threshold,
+                                    allowed=allowed & ~rec_cells)
+        else:
+            model.occupancy.binary.zero_()
+        model.occupancy.binary |= rec_cells
+    result = current({"cancelled": float(cancelled), "negatives_dropped": float(len(pool.dropped))},
+                     resumable=done < iterations)
     report(StylizeProgress("done", done, iterations, losses=dict(losses), elapsed_s=elapsed, eta_s=0.0,
                            preview=None if last_image is None else _preview(last_image), done=True))
     return result
+
+
+def _negative_pool(clip: ClipModel, config: StylizeConfig, templates: tuple[Template, ...]) -> NegativePool:
+    """The bank's pool for the prompt, without the negatives too close to it (``negative_max_closeness``)."""
+    pool = build_negative_pool(config.prompt, config.negative_prompts)
+    if config.negative_max_closeness is None:
+        return pool
+    candidates = [p for p in pool.prompts if p not in pool.protected]
+    closeness = negative_closeness(lambda texts: clip.text_embeddings_averaged(texts, templates), config.prompt,
+                                   config.source_text, candidates)
+    return drop_close_negatives(pool, closeness, config.negative_max_closeness)
+
+
+def _term_weights(weights: LossWeights) -> dict[str, float]:
+    """The image-loss terms' weights, keyed as :func:`total_image_loss` names its terms."""
+    return {"directional": weights.directional, "global_contrastive": weights.global_contrastive,
+            "local_contrastive": weights.local_contrastive, "perceptual": weights.perceptual}
 
 
 def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ checked against the spec formulas on random inputs:
 
 * :func:`directional_from_embeddings` — ``L_dir`` (Section 3.1),
 * :func:`infonce_from_embeddings` — template-aligned InfoNCE, the global (Section 10) and per-crop local
-  (Section 3.3) contrastive loss, and :func:`local_contrastive_from_embeddings` summing it over crops,
+  (Section 3.3) contrastive loss, and :func:`local_contrastive_from_embeddings` averaging it over crops,
 * :func:`margin_contrastive_from_embeddings` — the released code's margin-2 global loss (Section 3.2, option),
 * :func:`distortion_from_samples` — the mip-NeRF 360 distortion loss on packed samples (Section 3.4), and
   :func:`distortion_random_pair_from_samples`, the code's single-pair estimator (option).
@@ -221,11 +221,14 @@ def local_contrastive_from_embeddings(
     neg_texts: Tensor,  # (J, K_T, D)
     tau: float = 0.07,
 ) -> Tensor:  # (B,)
-    """Local (patch) contrastive loss per image: InfoNCE per crop, **summed** over crops (spec Section 3.3).
+    """Local (patch) contrastive loss per image: InfoNCE per crop, **averaged** over crops (issue 12).
 
-    .. math:: L_{con}^{l} = \\sum_{c=1}^{N} L_c
+    .. math:: L_{con}^{l} = \\frac{1}{N} \\sum_{c=1}^{N} L_c
 
-    (so the effective weight is ``N · λ_con^l``, as in the released code).
+    The released code sums over its 12 crops (spec Section 3.3), so its ``λ_con^l = 0.1`` weighed 1.2 in all,
+    six times the global term, for crops that held most of the face anyway. Our crops are truly local; with the
+    mean, ``λ_con^l`` is the weight of the whole local term whatever the crop count, and the paper's form
+    ``λ_con (L_con^g + L_con^l)`` holds with one weight for both (:class:`LossWeights`).
 
     Args:
         crop_embeds: ``(B, N, D)`` raw embeddings of N crops per image.
@@ -237,7 +240,7 @@ def local_contrastive_from_embeddings(
     """
     _check_embeds(crop_embeds, "crop_embeds", 3, "(B, N, D)")
     b, n, d = crop_embeds.shape
-    return infonce_from_embeddings(crop_embeds.reshape(b * n, d), pos_text, neg_texts, tau).view(b, n).sum(dim=1)
+    return infonce_from_embeddings(crop_embeds.reshape(b * n, d), pos_text, neg_texts, tau).view(b, n).mean(dim=1)
 
 
 def margin_contrastive_from_embeddings(
@@ -583,7 +586,7 @@ def global_margin_loss(clip: ClipModel, image_tgt: Tensor, image_src: Tensor, po
 def local_contrastive_loss(clip: ClipModel, image_tgt: Tensor, pos_text: Tensor, neg_texts: Tensor,
                            generator: torch.Generator, *, n_crops: int = 12, crop_frac: float = 0.4,
                            tau: float = 0.07, clip_input_shift: bool = False) -> Tensor:
-    """Local contrastive loss (spec Section 10): N random square crops, InfoNCE each, summed over crops.
+    """Local contrastive loss (spec Section 10): N random square crops, InfoNCE each, averaged over crops.
 
     Args:
         image_tgt: ``(B, 3, H, W)`` in [0, 1].
@@ -591,7 +594,7 @@ def local_contrastive_loss(clip: ClipModel, image_tgt: Tensor, pos_text: Tensor,
         generator: draws the crop positions (deterministic for a seeded generator).
 
     Returns:
-        scalar: sum over crops, mean over the batch.
+        scalar: mean over crops and over the batch.
     """
     crops, _ = crops_from_images(image_tgt, n_crops, crop_frac, generator)
     return local_contrastive_from_embeddings(clip.embed_crops(crops, clip_input_shift), pos_text, neg_texts,
@@ -607,22 +610,36 @@ class LossWeights:
     """Loss weights λ (spec Sections 3.7, 5 and 10).
 
     Attributes:
-        directional: λ_dir = 1.0 (released config).
-        global_contrastive: λ_con^g = 0.2 (released config; there for the margin loss, kept for InfoNCE).
-        local_contrastive: λ_con^l = 0.1, applied to the **sum** over crops (released config).
-        perceptual: λ_per = 1.0, PROVISIONAL. The code's 2.0 belongs to its VGG relu3_3 L1 (values ~0.1–1); LPIPS
-            values are of a similar order (~0.1–0.7), so 1.0 is a starting point between the code's VolSDF 2.0 and
-            NeuS 1.1, to be retuned on real captures (spec Section 10 leaves it to configuration).
-        regularization: λ_reg = 0.1, PROVISIONAL (the only hint is a third-party run name, spec Section 3.4); to be
-            swept as spec Section 10 describes. Applied by the loop in the gradient pass, not by
+    Calibrated with the analytic stand-in encoder (issue 12; figures in ``bench/results/stylize_cpu_study.md`` and
+    the GPU ``bench/results/stylize_*.md``), by each term's share of the parameter gradient
+    (:func:`backend.stylize.deferred.gradient_norms_by_term`):
+
+    Attributes:
+        directional: λ_dir = 1.0 (released config): sets the style's direction.
+        global_contrastive: λ_con^g = 0.2 (released config, where it weighed the margin loss). Kept for InfoNCE: at
+            0.2 the global term's gradient is already about half the directional one's.
+        local_contrastive: λ_con^l = 0.2 on the **mean** over crops, the paper's single λ_con for both contrastive
+            terms. The released 0.1 on the sum of 12 crops weighed 1.2, and with our truly local crops the local
+            term then out-pulled the directional one by about 3:1.
+        perceptual: λ_per = 1.0. The code's 2.0 belongs to its VGG relu3_3 L1 (values ~0.1–1); LPIPS values are of
+            a similar order (~0.1–0.7). Not calibrated: LPIPS has random weights here.
+        regularization: λ_reg = 0 (off), with ``L_reg`` in ROI radii (:mod:`backend.stylize.deferred`) when
+            turned on. Measured on fangzhou (H200, 400 iterations, stand-in encoder,
+            ``bench/results/stylize_nvidia-h200_2026-12-04.md``): depth error 1.60 % at λ_reg 0, 3.58 % at 0.1
+            (8 % of the hash grid's gradient), 7.68 % at 1 (42 %); alpha IoU 0.9985 / 0.9979 / 0.9962; opacity
+            outside the silhouette 0.01 % in all three. The distortion loss does not anchor geometry: under Adam's
+            scale-free steps it concentrates each ray's weights wherever is cheapest, which includes making faint
+            density in front of the face opaque. The haze it is meant to stop is kept out by the fixed occupancy
+            region instead (:mod:`backend.stylize.loop`). (At the former 0.1 in box-chord units its gradient was
+            ~1e-4 of the image terms': inert.) Applied by the loop in the gradient pass, not by
             :func:`total_image_loss`.
     """
 
     directional: float = 1.0
     global_contrastive: float = 0.2
-    local_contrastive: float = 0.1
+    local_contrastive: float = 0.2
     perceptual: float = 1.0
-    regularization: float = 0.1
+    regularization: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -775,11 +792,11 @@ def weights_for_strength(strength: float | str) -> LossWeights:
     ===========  ========  ==========  =========  ==========  ======  ==========
     s            label     λ_con^g     λ_con^l    λ_per       λ_dir   iterations
     ===========  ========  ==========  =========  ==========  ======  ==========
-    0.0                    0.1         0.05       2.0         1.0     200
-    0.25         low       0.141       0.071      1.414       1.0     300
-    0.5          medium    0.2         0.1        1.0         1.0     400
-    0.75         high      0.283       0.141      0.707       1.0     500
-    1.0                    0.4         0.2        0.5         1.0     600
+    0.0                    0.1         0.1        2.0         1.0     200
+    0.25         low       0.141       0.141      1.414       1.0     300
+    0.5          medium    0.2         0.2        1.0         1.0     400
+    0.75         high      0.283       0.283      0.707       1.0     500
+    1.0                    0.4         0.4        0.5         1.0     600
     ===========  ========  ==========  =========  ==========  ======  ==========
 
     ``s = 0.5`` gives the defaults (:class:`LossWeights`). λ_dir (the style direction) and λ_reg (artifact

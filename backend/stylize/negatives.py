@@ -6,13 +6,18 @@ cartoon, sketch, zombie, anime/makeup, portrait), one prompt per line, used verb
 code removed only the first match). User-supplied negatives are added to the pool and never removed. Each
 iteration draws ``k`` (default 8) distinct negatives from the pool with a caller-supplied generator, shared by the
 global and every local contrastive term.
+
+**Leaks.** The group rule only knows its keywords: a prompt that matches no group keeps negatives that mean
+nearly what it asks for ("a wolf" keeps "werewolf", "the Joker" keeps "clown makeup"), and the contrastive terms
+then push the render away from its own target. :func:`drop_close_negatives` removes, in the text encoder's own
+space, the bank negatives that are closer to the target than the source text is, by a margin (issue 12).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +29,10 @@ __all__ = [
     "NegativePool",
     "build_negative_pool",
     "draw_negatives",
+    "drop_close_negatives",
     "load_negative_bank",
     "matching_groups",
+    "negative_closeness",
     "normalize_for_matching",
     "parse_negative_bank",
 ]
@@ -63,11 +70,16 @@ class NegativePool:
         prompts: bank prompts of the kept groups, then the user's, without duplicates.
         removed_groups: names of the groups the target prompt removed.
         user_prompts: the user's negatives (always in ``prompts``).
+        protected: prompts :func:`drop_close_negatives` never drops: the ``base`` group (the source domain the
+            style must leave) and the user's negatives.
+        dropped: ``(prompt, closeness)`` of the bank prompts dropped as too close to the target.
     """
 
     prompts: tuple[str, ...]
     removed_groups: tuple[str, ...]
     user_prompts: tuple[str, ...]
+    protected: tuple[str, ...] = ()
+    dropped: tuple[tuple[str, float], ...] = ()
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -191,7 +203,64 @@ def build_negative_pool(target: str, user_negatives: Sequence[str] = (),
         if text not in seen:
             seen.add(text)
             prompts.append(text)
-    return NegativePool(prompts=tuple(prompts), removed_groups=removed, user_prompts=tuple(user))
+    base = next((g.prompts for g in groups if g.name == BASE_GROUP), ())
+    return NegativePool(prompts=tuple(prompts), removed_groups=removed, user_prompts=tuple(user),
+                        protected=tuple(dict.fromkeys([*base, *user])))
+
+
+#: Default of :func:`drop_close_negatives`: drop a negative a quarter of the way (or more) from the source text's
+#: similarity to the target toward the target itself.
+DEFAULT_MAX_CLOSENESS = 0.25
+
+
+def negative_closeness(embed: Callable[[Sequence[str]], torch.Tensor], target: str, source: str,
+                       negatives: Sequence[str]) -> dict[str, float]:
+    """How close each negative is to the target, on the scale set by the source text.
+
+    .. math:: c(n) = \\frac{\\cos(n, t) - \\cos(s, t)}{1 - \\cos(s, t)}
+
+    with ``t``, ``s``, ``n`` the unit embeddings of the target, the source text and the negative. ``c = 1`` is the
+    target itself, ``c = 0`` is as close as the source text (where the render starts), ``c < 0`` is farther. The
+    scale makes the rule independent of how crowded an encoder's text space is (CLIP's text embeddings of
+    templated sentences are all 0.6-0.9 apart; the analytic stand-in's spread over [-1, 1]).
+
+    Args:
+        embed: texts -> ``(J, D)`` unit embeddings in the encoder's space (e.g. templates averaged).
+        negatives: the candidates.
+
+    Returns:
+        ``{negative: closeness}``.
+    """
+    if not negatives:
+        return {}
+    vectors = embed([target, source, *negatives]).float()
+    vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sims = vectors[1:] @ vectors[0]  # (1 + J,): source, then the negatives
+    src = float(sims[0])
+    scale = max(1.0 - src, 1e-6)
+    return {n: (float(c) - src) / scale for n, c in zip(negatives, sims[1:], strict=True)}
+
+
+def drop_close_negatives(pool: NegativePool, closeness: dict[str, float],
+                         max_closeness: float = DEFAULT_MAX_CLOSENESS) -> NegativePool:
+    """The pool without the bank negatives whose :func:`negative_closeness` is ``>= max_closeness``.
+
+    The ``protected`` prompts (the ``base`` group and the user's negatives) always stay.
+
+    Args:
+        closeness: from :func:`negative_closeness`, for (at least) the unprotected prompts of the pool.
+        max_closeness: in (0, 1]; 1 drops only exact synonyms of the target.
+    """
+    if not 0.0 < max_closeness <= 1.0:
+        raise ValueError(f"max_closeness must be in (0, 1], got {max_closeness}")
+    keep, dropped = [], []
+    for prompt in pool.prompts:
+        c = closeness.get(prompt)
+        if prompt not in pool.protected and c is not None and c >= max_closeness:
+            dropped.append((prompt, c))
+        else:
+            keep.append(prompt)
+    return replace(pool, prompts=tuple(keep), dropped=pool.dropped + tuple(dropped))
 
 
 def draw_negatives(pool: NegativePool | Sequence[str], k: int,

@@ -1,0 +1,260 @@
+"""A **test instrument**: an analytic stand-in for CLIP whose embedding has known semantics (never a CLIP).
+
+No pretrained CLIP can be had on the project's machines, so nothing could show that stylization moves a NeRF
+toward its prompt. This encoder fills the gap for tests and benchmarks only: its image embedding is a handful
+of differentiable colour and texture statistics, and its text encoder maps a small vocabulary ("red", "golden",
+"striped", "sketch", ...) to known directions in the same space. It plugs into :class:`ClipModel` unchanged
+(:func:`load_standin_clip`), so the four NeRF-Art losses, the 80 templates, the negatives and the crops run exactly
+as with CLIP. It is not offered to users: no job option selects it, its ``source`` starts with ``"stand-in("``, and
+a stylization with it is marked *not prompt-driven*, like one with random CLIP weights.
+
+Embedding space (``D = 256``), axis by axis:
+
+=====  ==========  ======================================================  =====================================
+axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text: words that point along it
+=====  ==========  ======================================================  =====================================
+0      content     the constant 1 (every image is "a photo of a face")     photo, face, head, person, real, ...
+1      luminance   ``K_LUM (mean(x) - 0.5)``                               bright, white / dark, black
+2-4    chroma      ``K_CHROMA (mean_rgb(x) - mean(x))`` (sums to 0)        red, golden, blue, green, pink, ...
+5      saturation  ``K_SAT (mean per-pixel channel std - SAT0)``           colourful, vivid / grey, monochrome
+6      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
+7      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
+8-255  (text)      always 0 for images                                     unknown words: hashed unit vectors
+=====  ==========  ======================================================  =====================================
+
+Colour is split into luminance and chroma (the mean colour minus its grey level) so that hue and brightness are
+separate meanings: a head on a white ground that turns red gains red chroma without losing "white", so its cosine
+with plain "photo"-like texts (the content axis) falls as its red rises.
+
+A sentence's embedding is the sum of its words' unit vectors (the :class:`ClipModel` normalises it). Function
+words and the plain adjectives of open_clip's templates ("a", "bad", "cropped", "of", ...) are *stop words* with no
+vector; template words that are in the vocabulary ("bright", "dark", "sketch", "drawing", "black and white") count,
+as they would for CLIP. Any other word is *unknown* and gets a fixed hashed direction (``zlib.crc32`` of the word)
+in the text-only axes 8-255: images never reach those axes, so an unknown word is neutral to every image, and
+negatives or prompts made of unknown words still get a defined, distinct embedding.
+
+Example: "a red face" = n(red + content); after ``T_k`` = "a photo of a {}." it is n(red + 2 content). A render that
+gets redder raises its mean red offset, so its cosine with "a red face" rises and its cosine with "photo" (the
+content axis alone) falls: the directional loss's ``Δt`` points from content toward red.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor, nn
+
+from .clip_model import CLIP_SIZE, ClipModel
+
+__all__ = [
+    "EMBED_DIM",
+    "STANDIN_SOURCE",
+    "VOCABULARY",
+    "AnalyticStandInEncoder",
+    "StandInTokenizer",
+    "is_test_instrument",
+    "load_standin_clip",
+]
+
+#: Width of the embedding space.
+EMBED_DIM = 256
+
+#: The ``ClipModel.source`` of the stand-in: marks every result made with it as not prompt-driven.
+STANDIN_SOURCE = "stand-in(analytic colour and texture statistics; a test instrument, not CLIP)"
+
+# Axes of the embedding space (see the module docstring).
+CONTENT, LUMINANCE, RED, GREEN, BLUE, SATURATION, EDGES, STRIPES = range(8)
+N_IMAGE_AXES = 8
+
+# Image feature scales and reference levels. They set how far a typical head render sits from the content axis:
+# a head on a white ground has mean RGB ~(0.8, 0.75, 0.7): luminance offset ~0.5 after K_LUM, chroma ~0.1 after
+# K_CHROMA, against 1 on the content axis; channel std ~0.05-0.15, mean luminance gradient ~0.01-0.05 per pixel.
+K_LUM = 2.0
+K_CHROMA = 4.0
+K_SAT = 4.0
+SAT0 = 0.1
+K_EDGE = 8.0
+EDGE0 = 0.03
+K_STRIPE = 8.0
+_SMOOTH_EPS = 1e-6  # keeps sqrt differentiable at 0
+
+# Token ids. 0 pads (as open_clip's tokenizer), then start, end and "stop word"; vocabulary words follow, and
+# unknown words are hashed into [_FIRST_HASHED, _FIRST_HASHED + _HASH_BUCKETS).
+_PAD, _START, _END, _STOP = 0, 1, 2, 3
+_FIRST_WORD = 4
+_HASH_BUCKETS = 2**20
+
+#: The vocabulary: word -> weights on the named axes (each word's vector is normalised to unit length).
+VOCABULARY: dict[str, dict[int, float]] = {}
+
+
+def _add(words: str, **axes: float) -> None:
+    names = {"content": CONTENT, "lum": LUMINANCE, "r": RED, "g": GREEN, "b": BLUE, "sat": SATURATION,
+             "edges": EDGES, "stripes": STRIPES}
+    for word in words.split():
+        VOCABULARY[word] = {names[k]: v for k, v in axes.items()}
+
+
+_add("photo photos photograph photographs picture image face faces head person people human man woman portrait "
+     "selfie headshot real realistic natural skin", content=1.0)
+# Hues: chroma weights sum to zero (they are offsets from the grey level).
+_add("red crimson scarlet", r=1.0, g=-0.5, b=-0.5, sat=0.5)
+_add("orange", r=0.8, g=0.1, b=-0.9, sat=0.5)
+_add("yellow", r=0.5, g=0.5, b=-1.0, sat=0.5, lum=0.3)
+_add("golden gold", r=0.6, g=0.3, b=-0.9, sat=0.3, lum=0.2)
+_add("green", r=-0.5, g=1.0, b=-0.5, sat=0.5)
+_add("blue", r=-0.5, g=-0.5, b=1.0, sat=0.5)
+_add("purple violet", r=0.5, g=-1.0, b=0.5, sat=0.5)
+_add("pink", r=0.7, g=-0.5, b=-0.2, sat=0.3, lum=0.3)
+_add("white", lum=1.0, sat=-0.5)
+_add("black", lum=-1.0, sat=-0.5)
+_add("bright", lum=1.0)
+_add("dark", lum=-1.0)
+_add("pale", lum=0.5, sat=-1.0)
+_add("grey gray silver monochrome monochromatic colourless colorless", sat=-1.0)
+_add("colourful colorful vivid saturated neon", sat=1.0)
+_add("sharp detailed textured", edges=1.0)
+_add("smooth blurry blurred soft", edges=-1.0)
+_add("striped stripes stripy zebra", stripes=1.0, edges=0.5)
+_add("sketch sketched pencil charcoal drawing drawn ink", sat=-1.0, edges=1.0)
+
+# Words with no meaning to the stand-in: function words and the plain adjectives of open_clip's 80 templates
+# ("a bad photo of the {}."). The templates' style nouns ("painting", "sculpture", "cartoon", "doodle", ...) are
+# unknown words like any other: each adds its hashed direction to the target and the source alike, as a CLIP
+# template adds its own meaning to both. The tests check that every template word is a stop word, a vocabulary
+# word, or one of those style nouns.
+_STOP_WORDS = frozenset([
+    "a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "my", "one",
+    "many", "this", "that", "is", "it", "its", "be", "bad", "good", "hard", "see", "low", "resolution",
+    "cropped", "clean", "dirty", "cool", "close", "up", "large", "small", "nice", "weird", "jpeg", "corrupted",
+    "pixelated", "itap",
+])
+
+_WORD = re.compile(r"[a-z0-9]+")
+_WORD_IDS = {word: _FIRST_WORD + i for i, word in enumerate(VOCABULARY)}
+_FIRST_HASHED = _FIRST_WORD + len(VOCABULARY)
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased alphanumeric words of ``text`` (``"Self-Portrait!"`` -> ``["self", "portrait"]``)."""
+    return _WORD.findall(text.lower())
+
+
+def is_test_instrument(source: str) -> bool:
+    """Whether a ``ClipModel.source`` names the stand-in (results made with it are not prompt-driven)."""
+    return str(source).startswith("stand-in(")
+
+
+class StandInTokenizer:
+    """Words to ids for :class:`AnalyticStandInEncoder`, with open_clip's calling convention.
+
+    ``tokenizer(texts)`` returns ``(len(texts), context_length)`` int64 ids (start, words, end, zero padding);
+    ``encode(text)`` returns the word ids alone, which :class:`ClipModel` uses to count a prompt's tokens.
+    """
+
+    context_length = 77
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in words_of(text):
+            if word in _WORD_IDS:
+                ids.append(_WORD_IDS[word])
+            elif word in _STOP_WORDS:
+                ids.append(_STOP)
+            else:
+                ids.append(_FIRST_HASHED + zlib.crc32(word.encode("utf-8")) % _HASH_BUCKETS)
+        return ids
+
+    def __call__(self, texts: str | Sequence[str]) -> Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.int64)
+        for row, text in enumerate(texts):
+            words = self.encode(text)[: self.context_length - 2]  # open_clip truncates the same way
+            ids = [_START, *words, _END]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return out
+
+
+def _hashed_direction(token: int) -> Tensor:  # -> [EMBED_DIM]
+    """The fixed unit vector of an unknown word's id, in the text-only axes (same on every machine)."""
+    gen = torch.Generator().manual_seed(token)
+    vec = torch.zeros(EMBED_DIM)
+    vec[N_IMAGE_AXES:] = torch.randn(EMBED_DIM - N_IMAGE_AXES, generator=gen)
+    return vec / vec.norm()
+
+
+class AnalyticStandInEncoder(nn.Module):
+    """TEST INSTRUMENT, not CLIP: analytic image and text embeddings with known semantics (module docstring).
+
+    Offers what :class:`ClipModel` uses of an open_clip model: ``encode_image``, ``encode_text``,
+    ``visual.image_size`` / ``visual.output_dim`` and one (frozen) parameter that carries device and dtype.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        self.visual = SimpleNamespace(image_size=CLIP_SIZE, output_dim=EMBED_DIM)
+        # No weights: this parameter only tells ClipModel the device and dtype.
+        self.anchor = nn.Parameter(torch.zeros(1, device=device), requires_grad=False)
+        self.register_buffer("clip_mean", torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1))
+        self.register_buffer("clip_std", torch.tensor(OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1))
+        table = torch.zeros(_FIRST_WORD + len(VOCABULARY), EMBED_DIM)
+        for word, axes in VOCABULARY.items():
+            for axis, value in axes.items():
+                table[_WORD_IDS[word], axis] = value
+        norms = table.norm(dim=1, keepdim=True)
+        self._word_vectors_cpu = table / norms.clamp_min(1e-12)
+        self._hashed: dict[int, Tensor] = {}
+
+    def image_features(self, pixels: Tensor) -> dict[str, Tensor]:
+        """The named statistics of ``(B, 3, S, S)`` CLIP-normalised input, each ``(B,)`` (``rgb``: ``(B, 3)``)."""
+        x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)  # back to [0, 1]
+        lum = x.mean(dim=1)  # (B, S, S)
+        centred = x - lum[:, None]
+        saturation = (centred.pow(2).mean(dim=1) + _SMOOTH_EPS).sqrt().mean(dim=(1, 2))
+        grad_x = (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean(dim=(1, 2))
+        grad_y = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean(dim=(1, 2))
+        return {"rgb": x.mean(dim=(2, 3)), "luminance": lum.mean(dim=(1, 2)), "saturation": saturation,
+                "edges": grad_x + grad_y,
+                "stripes": ((grad_x - grad_y).pow(2) + _SMOOTH_EPS).sqrt()}
+
+    def encode_image(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, D]
+        """Image embedding (not normalised): content 1, then the scaled statistics, zeros on the text axes."""
+        f = self.image_features(pixels)
+        b = pixels.shape[0]
+        parts = [pixels.new_ones(b, 1), K_LUM * (f["luminance"] - 0.5)[:, None],
+                 K_CHROMA * (f["rgb"] - f["luminance"][:, None]), K_SAT * (f["saturation"] - SAT0)[:, None],
+                 K_EDGE * (f["edges"] - EDGE0)[:, None], K_STRIPE * f["stripes"][:, None],
+                 pixels.new_zeros(b, EMBED_DIM - N_IMAGE_AXES)]
+        return torch.cat(parts, dim=1)
+
+    def _vector(self, token: int) -> Tensor:  # -> [EMBED_DIM] on the CPU
+        if token < _FIRST_HASHED:
+            return self._word_vectors_cpu[token]  # start, end, stop and padding rows are zero
+        if token not in self._hashed:
+            self._hashed[token] = _hashed_direction(token)
+        return self._hashed[token]
+
+    @torch.no_grad()
+    def encode_text(self, tokens: Tensor) -> Tensor:  # [S, context] -> [S, D]
+        """Sum of the words' unit vectors per sentence (not normalised). Built on the CPU (thousands of tiny
+        sums), then moved to the model's device in one copy."""
+        rows = []
+        for row in tokens.tolist():
+            words = [self._vector(t) for t in row if t >= _FIRST_WORD]
+            rows.append(torch.stack(words).sum(dim=0) if words else torch.zeros(EMBED_DIM))
+        return torch.stack(rows).to(device=self.anchor.device, dtype=self.anchor.dtype)
+
+
+def load_standin_clip(device: torch.device | str = "cpu") -> ClipModel:
+    """The stand-in as a :class:`ClipModel` (TEST INSTRUMENT: tests and benchmarks only, never offered to users).
+
+    A fresh instance each call (it is cheap); it shares no cache with real CLIP models.
+    """
+    return ClipModel(AnalyticStandInEncoder(device), StandInTokenizer(), name="analytic-stand-in",
+                     source=STANDIN_SOURCE, device=torch.device(device))
