@@ -105,7 +105,8 @@ def base_config(args: argparse.Namespace, prompt: str) -> StylizeConfig:
                              n_templates=1, precompute_negatives=False, compile="off", preview_every=10**9,
                              checkpoint_every=0, report_gradients_every=1)
     return StylizeConfig(prompt=prompt, iterations=DEFAULT_ITERATIONS if args.full else args.iterations,
-                         scale=args.scale, preview_every=10**9, checkpoint_every=0, report_gradients_every=100)
+                         scale=args.scale, preview_every=10**9, checkpoint_every=0,
+                         report_gradients_every=args.gradients_every)
 
 
 def eval_cameras(rec: NeRFCheckpoint, scale: float, max_views: int) -> Any:
@@ -190,7 +191,7 @@ def run_workers(args: argparse.Namespace, runs: list[Run], concurrent: bool) -> 
     for run in runs:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", run.name, "--checkpoint", str(args.checkpoint),
                "--work", str(args.work), "--scale", str(args.scale), "--iterations", str(args.iterations),
-               "--geometry-views", str(args.geometry_views)]
+               "--geometry-views", str(args.geometry_views), "--gradients-every", str(args.gradients_every)]
         cmd += ["--full"] if args.full else []
         cmd += ["--smoke"] if args.smoke else []
         procs.append((run, subprocess.Popen(cmd)))
@@ -308,6 +309,9 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
               "weighted; mean over the measured iterations; share = norm / sum of the terms' norms)", "",
               "| run | group | " + " | ".join(TERMS) + " |", "| --- | --- | " + " | ".join("---" for _ in TERMS) + " |"]
     for r in results:
+        if not r["grads"]:
+            lines.append(f"| {r['run']} | (not measured: --gradients-every 0) | " + " | ".join("" for _ in TERMS) + " |")
+            continue
         for group in ("grid", "mlp"):
             norms = [r["grads"].get(f"grad_{t}_{group}", 0.0) for t in TERMS]
             total = sum(norms) or 1.0
@@ -321,7 +325,7 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
                      f"samples, all four image terms plus λ_reg L_reg): hash grid {exact['grid']:.2e}, MLPs "
                      f"{exact['mlp']:.2e}, worst parameter tensor {exact['max']:.2e}; loss {exact['loss_rel']:.1e}.")
     else:
-        lines.append("(not reached)")
+        lines.append("(skipped: --skip-exactness)" if args.skip_exactness else "(not reached)")
     lines += ["", f"## Outputs: render job fps ({OUTPUT_SIZE}x{OUTPUT_SIZE} turntable, {OUTPUT_FRAMES} frames after "
               f"the first) and {OUTPUT_MESH}^3 mesh", "",
               "| model | render fps | mean alpha of the frames | mesh vertices |", "| --- | --- | --- | --- |"]
@@ -356,6 +360,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, help="folder for checkpoints and per-run results (default: temporary)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 iterations, any device")
+    parser.add_argument("--runs", default=",".join(r.name for r in RUNS),
+                        help="comma-separated runs of RUNS, the first timed alone (default: all)")
+    parser.add_argument("--sequential", action="store_true", help="time every run alone (none side by side)")
+    parser.add_argument("--gradients-every", type=int, default=100,
+                        help="measure each term's gradient share every n iterations (0: never, a clean timing)")
+    parser.add_argument("--skip-exactness", action="store_true", help="skip the GPU deferred-exactness check")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one of RUNS in this process
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -398,12 +408,24 @@ def main() -> int:
             write_results(report(args, rec, source, gpu, results, exact, outs), args.out, "stylize", gpu, date,
                           args.smoke)
 
-        results = run_workers(args, list(RUNS[:1]), concurrent=False)
-        results += run_workers(args, list(RUNS[1:]), concurrent=True)
+        by_name = {r.name: r for r in RUNS}
+        unknown = [n for n in args.runs.split(",") if n not in by_name]
+        if unknown:
+            parser.error(f"unknown runs {unknown}; known: {', '.join(by_name)}")
+        runs = [by_name[n] for n in args.runs.split(",")]
+        results = run_workers(args, runs[:1], concurrent=False)
         write()
-        exact.update(gpu_exactness(rec, device, args.smoke))
-        print(f"deferred exactness: {exact}", flush=True)
-        write()
+        if args.sequential:
+            for run in runs[1:]:
+                results += run_workers(args, [run], concurrent=False)
+                write()
+        else:
+            results += run_workers(args, runs[1:], concurrent=True)
+            write()
+        if not args.skip_exactness:
+            exact.update(gpu_exactness(rec, device, args.smoke))
+            print(f"deferred exactness: {exact}", flush=True)
+            write()
         outs["F_rec (source)"] = outputs(rec, device, args.smoke)
         for r in results:
             name = f"F_sty {r['run']}"
