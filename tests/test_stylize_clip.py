@@ -26,6 +26,8 @@ from backend.stylize.losses import (
     LossWeights,
     StyleLossConfig,
     directional_clip_loss,
+    global_contrastive_loss,
+    local_contrastive_loss,
     normalize_safe,
     total_image_loss,
 )
@@ -245,6 +247,37 @@ def test_total_image_loss_end_to_end(clip: ClipModel, templates: tuple) -> None:
     direction = clip.text_direction(TARGET, "photo", templates)
     with torch.no_grad():
         assert directional_clip_loss(clip, image_tgt, image_src, direction).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_one_encoder_batch_gives_the_terms_and_gradients_of_one_call_per_term(clip: ClipModel,
+                                                                               templates: tuple) -> None:
+    # total_image_loss sends P_dir, P_con and the crops through CLIP in one batch (one forward, one backward):
+    # each term and its image gradient must equal the image-level function computed on its own.
+    image_src = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(3))
+    noise = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(4))
+    image_tgt = (0.6 * image_src + 0.3 * noise).requires_grad_(True)
+    negatives = ["human face", "zombie"]
+    _, terms = total_image_loss(image_tgt, image_src, clip=clip, target=TARGET, negatives=negatives,
+                                generator=torch.Generator().manual_seed(5), perceptual=None,
+                                weights=LossWeights(perceptual=0.0), config=StyleLossConfig(n_crops=3),
+                                templates=templates)
+    pos = clip.text_embeddings(TARGET, templates)
+    negs = clip.text_embeddings_many(negatives, templates)
+    direction = clip.text_direction(TARGET, "photo", templates)
+    one_by_one = {
+        "directional": directional_clip_loss(clip, image_tgt, image_src, direction),
+        "global_contrastive": global_contrastive_loss(clip, image_tgt, pos, negs),
+        "local_contrastive": local_contrastive_loss(clip, image_tgt, pos, negs, torch.Generator().manual_seed(5),
+                                                    n_crops=3),
+    }
+    assert set(terms) == set(one_by_one)
+    for name, value in one_by_one.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+        (g_batch,) = torch.autograd.grad(terms[name], image_tgt, retain_graph=True)
+        (g_alone,) = torch.autograd.grad(value, image_tgt, retain_graph=True)
+        assert g_alone.abs().sum() > 0, name
+        # Float32 sums in another order (batched matrix products): relative error, not bit equality.
+        assert float((g_batch - g_alone).norm() / g_alone.norm()) < 1e-4, name
 
 
 def test_margin_mode_at_iteration_zero(clip: ClipModel, templates: tuple) -> None:

@@ -458,6 +458,43 @@ class ClipModel:
         emb = self.encode_images(preprocess_crops(crops, self.image_size, clip_input_shift))
         return emb.view(crops.shape[0], crops.shape[1], -1)
 
+    def embed_views(self, images: Tensor, *, squash: bool = False, center: bool = False, crops: Tensor | None = None,
+                    clip_input_shift: bool = False) -> dict[str, Tensor]:
+        """The embeddings one iteration's losses need, through the image encoder in **one** batch.
+
+        Equal to :meth:`embed_squash`, :meth:`embed_center` and :meth:`embed_crops` called one by one, but a
+        single forward (and backward) pass: a ViT-B-32 pass over one image costs about as much as over fourteen
+        (kernel launches, not arithmetic, bound it; ``bench/results/stylize-profile_*.md``).
+
+        Args:
+            images: ``(B, 3, H, W)`` in [0, 1].
+            squash: include ``P_dir(images)`` (key ``"squash"``, ``(B, D)``).
+            center: include ``P_con(images)`` (key ``"center"``, ``(B, D)``).
+            crops: ``(B, N, 3, s, s)`` crops (key ``"crops"``, ``(B, N, D)``), or None.
+            clip_input_shift: the released ``(x+1)/2`` quirk, for ``P_con`` and the crops (never ``P_dir``).
+
+        Returns:
+            the raw embeddings asked for, by key.
+        """
+        parts: list[tuple[str, Tensor]] = []
+        if squash:
+            parts.append(("squash", preprocess_squash(images, self.image_size)))
+        if center:
+            parts.append(("center", preprocess_center(images, self.image_size, clip_input_shift)))
+        if crops is not None:
+            parts.append(("crops", preprocess_crops(crops, self.image_size, clip_input_shift)))
+        if not parts:
+            return {}
+        emb = self.encode_images(torch.cat([x for _, x in parts]) if len(parts) > 1 else parts[0][1])
+        out: dict[str, Tensor] = {}
+        start = 0
+        for key, x in parts:
+            out[key] = emb[start:start + x.shape[0]]
+            start += x.shape[0]
+        if "crops" in out and crops is not None:
+            out["crops"] = out["crops"].reshape(crops.shape[0], crops.shape[1], -1)
+        return out
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading.

@@ -739,25 +739,32 @@ def total_image_loss(image_tgt: Tensor, image_src: Tensor, *, clip: ClipModel, t
     if need_texts:
         pos = clip.text_embeddings(target, templates)
         negs = clip.text_embeddings_many(list(negatives), templates)
-    if weights.directional > 0:
+    # Every CLIP input of this iteration (P_dir, P_con, the crops) through the image encoder in one batch.
+    use_dir, use_global, use_local = (weights.directional > 0, weights.global_contrastive > 0,
+                                      weights.local_contrastive > 0)
+    crops = crops_from_images(image_tgt, config.n_crops, config.crop_frac, generator)[0] if use_local else None
+    emb = clip.embed_views(image_tgt, squash=use_dir, center=use_global, crops=crops,
+                           clip_input_shift=config.clip_input_shift)
+    if use_dir:
         direction = clip.text_direction(target, config.source_text, templates)
-        value = directional_clip_loss(clip, image_tgt, image_src, direction, embeds_src=embeds_src,
-                                      eps=config.dir_eps)
+        if embeds_src is None:
+            with torch.no_grad():
+                embeds_src = clip.embed_squash(image_src)
+        value = directional_from_embeddings(emb["squash"], embeds_src, direction.to(image_tgt.device),
+                                            config.dir_eps).mean()
         terms["directional"] = value
         total = total + weights.directional * value
-    if weights.global_contrastive > 0:
+    if use_global:
         if config.global_mode == "infonce":
-            value = global_contrastive_loss(clip, image_tgt, pos, negs, tau=config.tau,
-                                            clip_input_shift=config.clip_input_shift)
+            value = infonce_from_embeddings(emb["center"], pos, negs, config.tau).mean()
         else:
-            value = global_margin_loss(clip, image_tgt, image_src, pos, negs[0], margin=config.margin,
-                                       clip_input_shift=config.clip_input_shift)
+            with torch.no_grad():
+                emb_src = clip.embed_center(image_src, config.clip_input_shift)
+            value = margin_contrastive_from_embeddings(emb["center"], emb_src, pos, negs[0], config.margin).mean()
         terms["global_contrastive"] = value
         total = total + weights.global_contrastive * value
-    if weights.local_contrastive > 0:
-        value = local_contrastive_loss(clip, image_tgt, pos, negs, generator, n_crops=config.n_crops,
-                                       crop_frac=config.crop_frac, tau=config.tau,
-                                       clip_input_shift=config.clip_input_shift)
+    if use_local:
+        value = local_contrastive_from_embeddings(emb["crops"], pos, negs, config.tau).mean()
         terms["local_contrastive"] = value
         total = total + weights.local_contrastive * value
     if weights.perceptual > 0:
