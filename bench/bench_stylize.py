@@ -334,15 +334,21 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
     if not outs:
         lines.append("| (not reached) | | | |")
     lines.append("")
-    main = results[0]
-    g = main["geometry"]
-    checks = [("target similarity rises", main["after"]["target"] > main["before"]["target"]),
-              ("negatives' similarity falls", main["after"]["negatives"] < main["before"]["negatives"]),
-              ("redness rises", main["after"]["redness"] > main["before"]["redness"]),
-              ("alpha IoU >= 0.98", g["alpha_iou"] >= 0.98), ("depth error <= 2 % of ROI radius", g["depth_err_rel"] <= 0.02),
-              ("opacity outside the silhouette < 1 %", g["haze"] < 0.01),
-              ("400-iteration schedule under 2 minutes", main["wall_min"] < 2.0)]
-    lines += ["## Issue 12 targets (run `standin`, computed from the figures above)", ""]
+    # The prompt and geometry targets are the stand-in's (the only encoder with meaning); the time target holds
+    # for every run timed alone, the random CLIP's above all (the real CLIP's cost).
+    standin = [r for r in results if r["run"] == "standin"]
+    checks: list[tuple[str, bool]] = []
+    if standin:
+        main, g = standin[0], standin[0]["geometry"]
+        checks += [("target similarity rises", main["after"]["target"] > main["before"]["target"]),
+                   ("negatives' similarity falls", main["after"]["negatives"] < main["before"]["negatives"]),
+                   ("redness rises", main["after"]["redness"] > main["before"]["redness"]),
+                   ("alpha IoU >= 0.98", g["alpha_iou"] >= 0.98),
+                   ("depth error <= 2 % of ROI radius", g["depth_err_rel"] <= 0.02),
+                   ("opacity outside the silhouette < 1 %", g["haze"] < 0.01)]
+    checks += [(f"400-iteration schedule under 2 minutes (run `{r['run']}`)", r["wall_min"] < 2.0)
+               for r in results if not r.get("concurrent")]
+    lines += ["## Issue 12 targets (prompt and geometry: run `standin`; time: every run alone on the GPU)", ""]
     lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in checks]
     return "\n".join(lines) + "\n"
 

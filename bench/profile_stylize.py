@@ -174,10 +174,10 @@ def _profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, name: str
         f"clip crops ({config.loss.n_crops})": lambda: clip.embed_crops(crops.requires_grad_(True)).float().sum(),
         "lpips": lambda: perceptual(image, sources[1 % n_src][0]),
     }
-    for name, fn in calls.items():
+    for call, fn in calls.items():
         for k in range(args.warmup + args.iterations):
             timer.enabled = k >= args.warmup
-            with timer(name):
+            with timer(call):
                 fn().backward()
 
     trace = ""
