@@ -227,12 +227,21 @@ def test_views_training_order_novel_cameras_and_scale(ckpt: NeRFCheckpoint) -> N
 
 def test_novel_views_take_part_in_the_loop(ckpt: NeRFCheckpoint, clip: ClipModel, lpips: LpipsLoss) -> None:
     reports: list[StylizeProgress] = []
-    config = preset_config("tiny", PROMPT, iterations=2, novel_views=4)
+    config = preset_config("tiny", PROMPT, iterations=7, novel_views=4)
     two_views = dataclasses.replace(ckpt, train_indices=[0, 1])
     stylize(two_views, config, "cpu", reports.append, clip=clip, perceptual=lpips)
     sources = [r for r in reports if r.stage == "sources"]
-    assert sources[-1].total == 6, "2 training views + 4 novel views, each with a cached source render"
-    assert [r.metrics["view"] for r in reports if r.stage == "stylizing"] == [0.0, 1.0]
+    assert sources[-1].total == 6, "2 training views + 4 novel views, each with one cached source render"
+    assert [r.metrics["view"] for r in reports if r.stage == "stylizing"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0]
+
+
+def test_a_short_run_renders_only_the_sources_it_visits(ckpt: NeRFCheckpoint, clip: ClipModel,
+                                                        lpips: LpipsLoss) -> None:
+    reports: list[StylizeProgress] = []
+    two_of_six = dataclasses.replace(ckpt, train_indices=[0, 1])
+    stylize(two_of_six, preset_config("tiny", PROMPT, iterations=2, novel_views=4), "cpu", reports.append, clip=clip,
+            perceptual=lpips)
+    assert [(r.step, r.total) for r in reports if r.stage == "sources"] == [(1, 2), (2, 2)]
 
 
 def test_geometry_growth_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,

@@ -7,8 +7,9 @@
    ``F_sty``, the optimizer, the iteration count and the random generator from its own last checkpoint.
 2. The views are the checkpoint's training cameras in dataset order, resized to the stylization resolution, plus
    optional interpolated novel cameras (:mod:`backend.stylize.views`).
-3. ``I_src`` for every view is ``F_rec``'s render with the same renderer settings and background, rendered once
-   before the first step and cached together with its CLIP embedding ``E_I(P_dir(I_src))`` (spec Section 10).
+3. ``I_src`` for every view the run will visit is ``F_rec``'s render with the same renderer settings and
+   background, rendered once before the first step and cached together with its CLIP embedding
+   ``E_I(P_dir(I_src))`` (spec Section 10).
    It is rendered by ``F_sty`` before its first update, which holds exactly ``F_rec``'s weights.
 4. Each iteration renders one full view and back-propagates
    ``L = L_img(I_tgt, I_src) + λ_reg L_reg`` through deferred back-propagation with exact sample reuse
@@ -542,8 +543,12 @@ def _stylize(
             on_progress(p)
 
     cancelled = False
-    sources: list[tuple[Tensor, Tensor]] = []
-    for i in range(n_views):
+    # Only the views this run will visit (iteration it trains view it % n_views): a short run, or a resumed one
+    # near its end, renders a few sources instead of all of them.
+    start = int(resume_state["done"]) if resume_state is not None else 0
+    needed = sorted({it % n_views for it in range(start, iterations)})
+    sources: dict[int, tuple[Tensor, Tensor]] = {}
+    for k, i in enumerate(needed):
         if stop():
             cancelled = True
             break
@@ -555,8 +560,8 @@ def _stylize(
         src = image_from_rays(rgb, h, w).contiguous()
         with torch.no_grad():
             embeds = clip.embed_squash(src).detach()
-        sources.append((src, embeds))
-        report(StylizeProgress("sources", i + 1, n_views))
+        sources[i] = (src, embeds)
+        report(StylizeProgress("sources", k + 1, len(needed)))
 
     # -- the loop ---------------------------------------------------------------------------------------------
     groups = [{"params": colour_params, "lr": config.lr_mlp, "lr0": config.lr_mlp}]
