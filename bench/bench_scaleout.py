@@ -22,8 +22,7 @@ Usage (about 5 minutes on one H200 for 1 and 2 workers)::
     python bench/bench_scaleout.py --capture .scene/fangzhou_nature --workers 1,2,4 --devices cuda:0,cuda:1,cuda:2,cuda:3
     python bench/bench_scaleout.py --capture ../shared/data/fangzhou_nature --smoke   # CPU, tiny: checks the script
 
-The smoke run takes about 5 minutes on 2 CPU cores: a stylization of fangzhou's 100 views renders its sources
-for a minute there, whatever the size.
+The smoke run only checks the script: its figures are not results (no results file unless ``--out`` is given).
 """
 
 from __future__ import annotations
