@@ -115,8 +115,8 @@ def start(scene: bpy.types.Scene, batch: Batch) -> None:
         if index is None:  # a prompt given by name only: it joins the queue with the current settings
             item = st.queue.add()
             item.name = prompt
-            for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only", "clip_model",
-                        "clip_pretrained"):
+            for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only",
+                        "geometry_growth", "clip_model", "clip_pretrained"):
                 setattr(item, key, getattr(st, key))
             index = len(st.queue) - 1
         item = st.queue[index]

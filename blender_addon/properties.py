@@ -186,6 +186,12 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
     seed: IntProperty(name="Seed", description="Random seed", default=0, min=0, max=2**31 - 1)
 
 
+GEOMETRY_GROWTH_DESCRIPTION = (
+    "How far the stylized shape may grow beyond the reconstruction, in occupancy cells (1/128 of the box "
+    "each). 0 keeps the head's shape (only what is inside it changes); 1 lets surfaces move out by a cell, 2 by "
+    "two. Higher values may change the silhouette. Not used with Colour Only")
+
+
 class NERFART_PG_queued_style(bpy.types.PropertyGroup):
     """One prompt of the batch queue."""
 
@@ -201,6 +207,8 @@ class NERFART_PG_queued_style(bpy.types.PropertyGroup):
                             default=0, min=0, max=100_000)
     colour_only: BoolProperty(name="Colour Only", description="Keep the geometry exactly as reconstructed",
                               default=False)
+    geometry_growth: IntProperty(name="Shape Freedom", description=GEOMETRY_GROWTH_DESCRIPTION, default=0, min=0,
+                                 max=4)
     clip_model: StringProperty(name="CLIP Model", description="open_clip model name", default="ViT-B-32")
     clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag or checkpoint "
                                     "path on the backend (empty = the backend's default)", default="")
@@ -226,6 +234,8 @@ class NERFART_PG_stylize(bpy.types.PropertyGroup):
                             "strength)", default=0, min=0, max=100_000)
     colour_only: BoolProperty(name="Colour Only", description="Freeze the density: only colours change, the "
                               "geometry stays exactly as reconstructed", default=False)
+    geometry_growth: IntProperty(name="Shape Freedom", description=GEOMETRY_GROWTH_DESCRIPTION, default=0, min=0,
+                                 max=4)
     clip_model: StringProperty(name="CLIP Model", description="open_clip model the style loss uses (the backend "
                                "lists the ones it has)", default="ViT-B-32")
     clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag (e.g. openai) or "

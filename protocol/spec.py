@@ -104,6 +104,9 @@ After the routing identities a ROUTER adds, a message is:
   unknown fields inside job parameters (e.g. in a camera) are refused; a submit's inputs each name their
   own buffer; new error codes `disk_full` and `corrupt_record`; `hello_reply.limits` describes the work
   dir's quota and free space.
+- v2, later: the stylize job gains the optional parameter `geometry_growth`. Adding an optional job
+  parameter keeps the version: clients that do not send it are unaffected, and a backend that predates it
+  refuses it by name as an unknown parameter rather than ignoring it.
 
 """
 

@@ -194,6 +194,24 @@ def test_job_parameters_refuse_unknown_fields_at_every_level_and_inputs_their_ow
         decode(encode(msg))
 
 
+def test_stylize_geometry_growth_is_an_integer_from_0_to_4() -> None:
+    base = {"source_job": "j", "prompt": "a marble statue"}
+    for cells in range(5):
+        protocol.validate_params("stylize", {**base, "geometry_growth": cells})
+    protocol.validate_params("stylize", {**base, "geometry_growth": 2, "colour_only": True})  # accepted, ignored
+    for value, why in ((5, "must be at most 4, got 5"), (-1, "must be at least 0, got -1"),
+                       (1.5, "must be an integer, got number"), (True, "must be an integer, got boolean"),
+                       ("2", "must be an integer, got string"), (None, "must not be null")):
+        with pytest.raises(ProtocolError) as err:
+            protocol.validate_params("stylize", {**base, "geometry_growth": value})
+        assert (err.value.code, err.value.field) == ("invalid_field", "params.geometry_growth"), value
+        assert err.value.message == f"field 'params.geometry_growth' {why}", value
+    # On the wire too: a submit carrying it is refused by decode, naming the field.
+    with pytest.raises(ProtocolError) as err:
+        decode(_frames("submit", {"kind": "stylize", "params": {**base, "geometry_growth": 5}}))
+    assert err.value.field == "params.geometry_growth"
+
+
 @pytest.mark.parametrize(("frames", "code"), [
     ([b"junk"], "malformed"),
     ([protocol.DELIMITER, b"", b"{", b"{}"], "malformed"),

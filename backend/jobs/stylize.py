@@ -47,8 +47,8 @@ def config_from_params(params: dict[str, Any]) -> Any:
     return preset_config(
         params.get("preset", "default"), params.get("prompt", ""), source_text=params.get("source_text"),
         negative_prompts=None if negatives is None else tuple(negatives), strength=params.get("strength"),
-        iterations=params.get("iterations"), colour_only=params.get("colour_only"), scale=params.get("scale"),
-        seed=params.get("seed"))
+        iterations=params.get("iterations"), colour_only=params.get("colour_only"),
+        geometry_growth=params.get("geometry_growth"), scale=params.get("scale"), seed=params.get("seed"))
 
 
 def check_clip_name(name: str) -> None:
@@ -169,7 +169,8 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     outputs: dict[str, Any] = {k: float(v) for k, v in ckpt.metrics.items()}
     outputs.update({"checkpoint": CHECKPOINT, "settings": SETTINGS, "prompt": config.prompt,
                     "prompt_driven": prompt_driven, "iterations": int(ckpt.metrics["stylize_iterations"]),
-                    "background": ckpt.background, "colour_only": config.colour_only})
+                    "background": ckpt.background, "colour_only": config.colour_only,
+                    "geometry_growth": config.geometry_growth})
     if not prompt_driven:
         outputs["note"] = NOT_PROMPT_DRIVEN
     if resume is not None:
