@@ -177,6 +177,9 @@ def test_bad_prompts_and_parameters_fail_before_rendering(ckpt: NeRFCheckpoint, 
         StylizeConfig(prompt=PROMPT, strength=2.0)
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_config("huge", PROMPT)
+    for growth in (5, -1, True, 1.0):  # True is an int to Python, not a cell count
+        with pytest.raises(ValueError, match="geometry_growth must be an integer"):
+            StylizeConfig(prompt=PROMPT, geometry_growth=growth)
     # The source text reaches the directional loss (total_image_loss reads it from the loss config).
     assert preset_config("tiny", PROMPT, source_text="selfie").loss.source_text == "selfie"
     with pytest.raises(ValueError, match="negative prompt #1 is empty"):

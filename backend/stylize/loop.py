@@ -241,7 +241,8 @@ class StylizeConfig:
         for name in ("chunk_render", "chunk_grad", "preview_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not isinstance(self.geometry_growth, int) or not 0 <= self.geometry_growth <= 4:
+        if isinstance(self.geometry_growth, bool) or not isinstance(self.geometry_growth, int) \
+                or not 0 <= self.geometry_growth <= 4:
             raise ValueError(f"geometry_growth must be an integer from 0 to 4 (cells), got {self.geometry_growth!r}")
         if self.negative_max_closeness is not None and not 0 < self.negative_max_closeness <= 1:
             raise ValueError(f"negative_max_closeness must be in (0, 1] or None, got {self.negative_max_closeness}")
