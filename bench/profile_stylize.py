@@ -43,19 +43,16 @@ if str(REPO) not in sys.path:
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.rays import rays_for_image  # noqa: E402
 from backend.nerf.rendering import render_rays_chunked  # noqa: E402
-from backend.stylize.clip_model import crops_from_images, load_clip  # noqa: E402
+from backend.stylize.clip_model import crops_from_images  # noqa: E402
 from backend.stylize.deferred import backward_pass2, image_from_rays, rays_from_image, render_view_pass1  # noqa: E402
 from backend.stylize.loop import StylizeConfig, copy_model, matmul_precision  # noqa: E402
 from backend.stylize.losses import StyleLossConfig, total_image_loss  # noqa: E402
 from backend.stylize.negatives import build_negative_pool, draw_negatives  # noqa: E402
 from backend.stylize.perceptual import load_perceptual  # noqa: E402
-from backend.stylize.standin_encoder import load_standin_clip  # noqa: E402
 from backend.stylize.views import stylization_views  # noqa: E402
+from bench.bench_stylize import RED_FACE, VAN_GOGH, load_encoder  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from captures import load_capture  # noqa: E402
-
-VAN_GOGH = "painting, oil on canvas, Vincent van gogh self-portrait style"
-RED_FACE = "a red face"
 
 
 class StageTimer:
@@ -97,8 +94,7 @@ def profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, tf32: bool
 
 def _profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, name: str,
                      device: torch.device) -> dict[str, Any]:
-    clip = load_standin_clip(device) if encoder == "standin" else load_clip(
-        "ViT-S-32" if args.smoke else "ViT-B-32", pretrained=None, random_init=True, device=device)
+    clip = load_encoder(encoder, device, args.smoke)
     perceptual = load_perceptual("lpips", device, random_init=True)
     prompt = RED_FACE if encoder == "standin" else VAN_GOGH
     loss_cfg = StyleLossConfig(n_crops=2, n_negatives=2) if args.smoke else StyleLossConfig()

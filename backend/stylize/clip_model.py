@@ -485,13 +485,9 @@ class ClipModel:
             parts.append(("crops", preprocess_crops(crops, self.image_size, clip_input_shift)))
         if not parts:
             return {}
-        emb = self.encode_images(torch.cat([x for _, x in parts]) if len(parts) > 1 else parts[0][1])
-        out: dict[str, Tensor] = {}
-        start = 0
-        for key, x in parts:
-            out[key] = emb[start:start + x.shape[0]]
-            start += x.shape[0]
-        if "crops" in out and crops is not None:
+        emb = self.encode_images(torch.cat([x for _, x in parts]))
+        out = dict(zip([key for key, _ in parts], emb.split([x.shape[0] for _, x in parts]), strict=True))
+        if crops is not None:
             out["crops"] = out["crops"].reshape(crops.shape[0], crops.shape[1], -1)
         return out
 

@@ -11,9 +11,10 @@ checked against the spec formulas on random inputs:
   :func:`distortion_random_pair_from_samples`, the code's single-pair estimator (option).
 
 Image-level functions (:func:`directional_clip_loss`, :func:`global_contrastive_loss`,
-:func:`local_contrastive_loss`) run CLIP and reduce to a scalar; :func:`total_image_loss` combines the image-space
-terms with :class:`LossWeights`. ``L_reg`` is not an image-space loss: the stylization loop adds
-``λ_reg · distortion_loss(...)`` per chunk in the gradient pass (Section 6, project form, step 3).
+:func:`local_contrastive_loss`) run CLIP once per term and reduce to a scalar; :func:`total_image_loss` computes the
+same terms from one CLIP batch (:meth:`ClipModel.embed_views`) and combines them with :class:`LossWeights`.
+``L_reg`` is not an image-space loss: the stylization loop adds ``λ_reg · distortion_loss(...)`` per chunk in the
+gradient pass (Section 6, project form, step 3).
 
 Conventions: images are ``(B, 3, H, W)`` in [0, 1]; embeddings ``(B, D)``; text embeddings per template
 ``(K_T, D)``; negatives ``(J, K_T, D)``. ``n(x) = x / max(||x||, ε)``.
