@@ -13,12 +13,13 @@ except ImportError:  # imported outside Blender (plain pytest of core/): there i
     bpy = None
 
 if bpy is not None:
-    from . import connection, operators, panels, preferences, properties, tick
+    from . import connection, frames_ops, operators, panels, preferences, properties, tick
 
     classes = (
         *properties.CLASSES,
         *preferences.CLASSES,
         *operators.CLASSES,
+        *frames_ops.CLASSES,
         *panels.CLASSES,
     )
 else:

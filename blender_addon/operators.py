@@ -809,6 +809,7 @@ class NERFART_OT_render(bpy.types.Operator):
     def execute(self, context):
         from .core.outputs import remove_frames
         from .jobs_bpy import earlier_render, folder_in_use, render_job, render_target
+        from .results_bpy import temporary_output_note
 
         try:
             target = render_target(context.scene)
@@ -822,7 +823,10 @@ class NERFART_OT_render(bpy.types.Operator):
             job = render_job(context.scene, target)
         except (ValueError, OSError) as exc:
             return _fail(self, f"cannot render: {exc}")
-        return _submit(self, context, job)
+        result = _submit(self, context, job)
+        if result == {"FINISHED"} and (note := temporary_output_note(context.scene.nerfart.outputs.output_dir)):
+            self.report({"WARNING"}, f"{note} (this render: {target.folder})")
+        return result
 
 
 class NERFART_OT_batch_render(bpy.types.Operator):
@@ -935,7 +939,8 @@ class NERFART_OT_extract_mesh(bpy.types.Operator):
 
 
 class NERFART_OT_load_frames(bpy.types.Operator):
-    """Load the render job's frames as image sequences, one per camera of a rig (view them in an Image Editor)"""
+    """Load the render job's frames as image sequences on the cameras they were rendered from (a rig: each
+    camera its own), reloading the images they had"""
 
     bl_idname = "nerfart.load_frames"
     bl_label = "Load Frames"
@@ -944,7 +949,8 @@ class NERFART_OT_load_frames(bpy.types.Operator):
                            default="", options={"SKIP_SAVE", "HIDDEN"})
 
     def execute(self, context):
-        from .results_bpy import load_frame_folders, output_root
+        from .frames_bpy import show_frames
+        from .results_bpy import output_root
 
         be = context.scene.nerfart.backend
         job_id = self.job_id or (be.jobs[be.jobs_index].job_id if 0 <= be.jobs_index < len(be.jobs) else "")
@@ -952,7 +958,7 @@ class NERFART_OT_load_frames(bpy.types.Operator):
         if ref is None or ref.kind != "RENDER" or not ref.output_dir:
             return _fail(self, "select a render job in the Jobs list first")
         try:
-            images = load_frame_folders(output_root(ref.output_dir), f"NeRF-Art {ref.name}")
+            images = show_frames(context.scene, output_root(ref.output_dir), f"NeRF-Art {ref.name}")
         except (ValueError, RuntimeError, OSError) as exc:
             return _fail(self, f"cannot load the frames: {exc}")
         self.report({"INFO"}, f"loaded {len(images)} image(s): {', '.join(i.name for i in images[:4])}"

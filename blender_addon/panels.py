@@ -11,6 +11,7 @@ import bpy
 from .core.jobs import describe_error
 from .preferences import get_preferences
 from .properties import find_job
+from .results_bpy import temporary_output_note
 from .ui_text import draw_wrapped
 
 STATE_ICONS = {"CONNECTED": "LINKED", "CONNECTING": "SORTTIME", "LOST": "ERROR", "ERROR": "CANCEL",
@@ -302,7 +303,14 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         labelled(col, out, "output_dir")
         col.prop(out, "file_format")
         col.prop(out, "open_sequence")
+        if note := temporary_output_note(out.output_dir):  # an unsaved file renders into the temporary folder
+            box = layout.box()
+            box.alert = True
+            draw_wrapped(box, note, context, in_box=True, icon="ERROR")
         layout.operator("nerfart.render", icon="RENDER_ANIMATION")
+        row = layout.row(align=True)  # the newest (or selected) render's frames, one click each
+        row.operator("nerfart.frames_to_compositor", text="Compositor", icon="NODE_COMPOSITING")
+        row.operator("nerfart.frames_to_sequencer", text="Sequencer", icon="SEQUENCE")
         box = layout.box()
         box.label(text="Batch", icon="SEQ_STRIP_DUPLICATE")
         draw_wrapped(box, "Every Batch Queue prompt through every rig, one folder each", context, in_box=True)
@@ -358,6 +366,10 @@ class NERFART_PT_jobs(_Panel, bpy.types.Panel):
             col.prop(ref, "output_dir", text="")
             if ref.kind == "RENDER":
                 col.operator("nerfart.load_frames", icon="IMAGE_DATA").job_id = ref.job_id
+                row = col.row(align=True)
+                row.operator("nerfart.frames_to_compositor", text="Compositor", icon="NODE_COMPOSITING").job_id = \
+                    ref.job_id
+                row.operator("nerfart.frames_to_sequencer", text="Sequencer", icon="SEQUENCE").job_id = ref.job_id
 
 
 CLASSES = (

@@ -284,9 +284,9 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
         name="Format", description="Frame file format",
         items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
         default="PNG")
-    open_sequence: BoolProperty(name="Load Frames", description="Load the frames as image sequences (a rig: "
-                                "one per camera, when the render is done) and view them in an Image Editor",
-                                default=True)
+    open_sequence: BoolProperty(name="Load Frames", description="Show the frames as they arrive as the "
+                                "background image sequence of the camera they were rendered from (a rig: each "
+                                "camera its own), in front of the scene, synced to the frames", default=True)
     batch_rigs: PointerProperty(type=bpy.types.Collection, name="Rigs", description="Collection holding the "
                                 "camera rigs of a batch: each child collection with cameras is one rig (or this "
                                 "collection is the only rig when it holds the cameras itself)")

@@ -1,5 +1,5 @@
-"""Results coming back from the backend into Blender: frames as files and image sequences, meshes with their
-colours, and the live preview image."""
+"""Results coming back from the backend into Blender: frames as files (where they go, written atomically),
+meshes with their colours, and the live preview image. Showing frames in the scene is :mod:`.frames_bpy`'s."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .core.sampling import frame_file_name, frame_of_file, sequence_image_user
+from .core.sampling import frame_file_name
 
 PREVIEW_IMAGE = "NeRF-Art Preview"
 
@@ -23,6 +23,15 @@ def output_root(base: str) -> Path:
     if base.startswith("//") and not bpy.data.filepath:
         return Path(tempfile.gettempdir()) / "nerfart" / base[2:]
     return Path(bpy.path.abspath(base))
+
+
+def temporary_output_note(base: str) -> str:
+    """What an artist must know before rendering into ``base``: that an unsaved file's ``//`` folder is the
+    system's temporary folder (cleaned by the system), and how to keep the frames; "" when it is not."""
+    if not (base.startswith("//") and not bpy.data.filepath):
+        return ""
+    return (f"This file is not saved: frames go to {output_root(base)} in the system's temporary folder. Save the "
+            ".blend first, or choose an absolute Output Folder, to keep them")
 
 
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
@@ -44,63 +53,6 @@ def save_frame(msg, out_dir: Path, multi_camera: bool) -> Path:
     path = out_dir / name
     write_atomic(path, msg.blob(spec) if hasattr(msg, "blob") else msg.buffers[spec["buffer"]])
     return path
-
-
-def show_sequence(first_frame: Path, frame_start: int, count: int, name: str) -> bpy.types.Image:
-    """Load (or refresh) ``first_frame`` as an image sequence and show it in every open Image Editor, each
-    file at the scene frame it was rendered for (``frame_0012.png`` at frame 12)."""
-    img = load_image(first_frame, name, sequence=True)
-    start, duration, offset = sequence_image_user(frame_start, frame_start + max(1, count) - 1)
-    for window in bpy.context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type != "IMAGE_EDITOR":
-                continue
-            space = area.spaces.active
-            space.image = img
-            space.image_user.frame_start = start
-            space.image_user.frame_duration = duration
-            space.image_user.frame_offset = offset
-            space.image_user.use_auto_refresh = True
-            area.tag_redraw()
-    return img
-
-
-def load_image(path: Path, name: str, sequence: bool) -> bpy.types.Image:
-    """The image ``name`` showing ``path`` (loaded, or reloaded when it exists), as a sequence or a still."""
-    img = bpy.data.images.get(name)
-    if img is None or Path(bpy.path.abspath(img.filepath)) != path:
-        img = bpy.data.images.load(str(path), check_existing=False)
-        img.name = name
-    img.source = "SEQUENCE" if sequence else "FILE"
-    img.reload()
-    return img
-
-
-def load_frame_folders(out_dir: Path, name: str) -> list[bpy.types.Image]:
-    """Load a render job's frames: one image per folder of frames (a rig writes one folder per camera), an
-    image sequence where the folder holds several frames. The first is shown in the open Image Editors.
-
-    Raises:
-        ValueError: when ``out_dir`` holds no frames.
-    """
-    by_folder: dict[Path, list[tuple[int, Path]]] = {}
-    for path in sorted(out_dir.rglob("frame_*")):
-        frame = frame_of_file(path.name)
-        if frame is not None and path.is_file():
-            by_folder.setdefault(path.parent, []).append((frame, path))
-    if not by_folder:
-        raise ValueError(f"{out_dir} holds no rendered frames")
-    images = []
-    for folder, frames in sorted(by_folder.items()):
-        frames.sort()
-        label = name if folder == out_dir else f"{name} {folder.name}"
-        first, path = frames[0]
-        if not images:
-            images.append(show_sequence(path, first, frames[-1][0] - first + 1, label) if len(frames) > 1
-                          else load_image(path, label, sequence=False))
-        else:
-            images.append(load_image(path, label, sequence=len(frames) > 1))
-    return images
 
 
 def show_attribute_colours() -> int:

@@ -161,11 +161,12 @@ def _on_frame(job: JobState, msg) -> None:
     out_dir = Path(job.meta["output_dir"])
     path = results.save_frame(msg, out_dir, bool(job.meta.get("multi_camera")))
     job.meta.setdefault("files", []).append(str(path))
-    if job.meta.get("open_sequence") and not job.meta.get("multi_camera"):
-        first = Path(job.meta["files"][0])
-        frames = sorted([*job.meta.setdefault("frames", []), int(msg.content.get("frame", 0))])
-        job.meta["frames"] = frames
-        results.show_sequence(first, frames[0], frames[-1] - frames[0] + 1, f"NeRF-Art {job.label}")
+    if job.meta.get("open_sequence"):
+        # On the camera the frame was rendered from (a rig: each camera its own folder), as frames arrive.
+        from . import frames_bpy
+
+        frames_bpy.on_frame(_scene_of(job), job.meta, f"NeRF-Art {job.label}", path,
+                            int(msg.content.get("frame", 0)), str(msg.content.get("camera_name", "")))
 
 
 def _on_mesh(job: JobState, msg) -> None:
@@ -187,12 +188,6 @@ def _on_finished(job: JobState) -> None:
     scene = _scene_of(job)
     if job.state == "done" and job.kind == "reconstruct" and job.job_id:
         scene.nerfart.backend.reconstruct_job = job.job_id
-    if job.kind == "render" and job.meta.get("files") and job.meta.get("open_sequence") \
-            and job.meta.get("multi_camera"):
-        # A rig's frames are one folder per camera: load each as an image sequence (or still) once all arrived.
-        from pathlib import Path
-
-        _results().load_frame_folders(Path(job.meta["output_dir"]), f"NeRF-Art {job.label}")
     if bpy.app.background:
         print(f"[nerfart] {job.status_line()}", flush=True)
 
