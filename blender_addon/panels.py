@@ -308,9 +308,9 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
             box.alert = True
             draw_wrapped(box, note, context, in_box=True, icon="ERROR")
         layout.operator("nerfart.render", icon="RENDER_ANIMATION")
-        row = layout.row(align=True)  # the newest (or selected) render's frames, one click each
-        row.operator("nerfart.frames_to_compositor", text="Compositor", icon="NODE_COMPOSITING")
-        row.operator("nerfart.frames_to_sequencer", text="Sequencer", icon="SEQUENCE")
+        col = layout.column(align=True)  # the newest (or selected) render's frames, one click each
+        col.operator("nerfart.frames_to_compositor", icon="NODE_COMPOSITING")
+        col.operator("nerfart.frames_to_sequencer", icon="SEQUENCE")
         box = layout.box()
         box.label(text="Batch", icon="SEQ_STRIP_DUPLICATE")
         draw_wrapped(box, "Every Batch Queue prompt through every rig, one folder each", context, in_box=True)
@@ -366,10 +366,8 @@ class NERFART_PT_jobs(_Panel, bpy.types.Panel):
             col.prop(ref, "output_dir", text="")
             if ref.kind == "RENDER":
                 col.operator("nerfart.load_frames", icon="IMAGE_DATA").job_id = ref.job_id
-                row = col.row(align=True)
-                row.operator("nerfart.frames_to_compositor", text="Compositor", icon="NODE_COMPOSITING").job_id = \
-                    ref.job_id
-                row.operator("nerfart.frames_to_sequencer", text="Sequencer", icon="SEQUENCE").job_id = ref.job_id
+                col.operator("nerfart.frames_to_compositor", icon="NODE_COMPOSITING").job_id = ref.job_id
+                col.operator("nerfart.frames_to_sequencer", icon="SEQUENCE").job_id = ref.job_id
 
 
 CLASSES = (
