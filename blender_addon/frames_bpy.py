@@ -183,7 +183,8 @@ def show_frames(scene: bpy.types.Scene, out_dir: Path, name: str, cameras: Seque
         out_dir: the job's output folder (a rig: one sub-folder per camera).
         name: the image name (a rig camera's image: ``"<name> <camera folder>"``).
         cameras: the camera object names the job rendered from; None: a rig's cameras by folder name among the
-            file's cameras, else the scene camera. Cameras already showing an image get it refreshed too.
+            file's cameras, else the cameras already showing the image, else the scene camera. Cameras already
+            showing an image always get it refreshed.
 
     Raises:
         ValueError: when ``out_dir`` holds no frames.
@@ -197,6 +198,8 @@ def show_frames(scene: bpy.types.Scene, out_dir: Path, name: str, cameras: Seque
             names: list[str] = list(cameras)
         elif frames.folder != out_dir:
             names = [o.name for o in bpy.data.objects if o.type == "CAMERA"]
+        elif cameras_showing(img):  # shown before (a reopened file): on the cameras it was rendered from
+            names = []
         else:
             names = [scene.camera.name] if scene.camera is not None else []
         for cam in {*_cameras_for(frames, out_dir, names), *cameras_showing(img)}:
@@ -249,7 +252,8 @@ def frames_for_camera(found: Sequence[FolderFrames], out_dir: Path, camera: bpy.
                       ) -> FolderFrames:
     """The folder of ``found`` that ``camera`` rendered (a rig: the camera's sub-folder), else the first."""
     if camera is not None:
-        img = camera_background(camera.data).image if camera_background(camera.data) is not None else None
+        bg = camera_background(camera.data)
+        img = bg.image if bg is not None else None
         for frames in found:
             if img is not None and folder_image(frames.folder) == img:
                 return frames

@@ -489,7 +489,8 @@ class Demo:
         closer = EMBEDDED_TURNTABLE_DISTANCE if self.opts.capture is None else 1.0
         cam, orbit = add_turntable_camera(scene, cameras, image_size, p.turntable_frames, p.turntable_size, closer)
         out = scene.nerfart.outputs
-        out.mode, out.use_scene_range, out.file_format, out.open_sequence = "ACTIVE", True, "PNG", True
+        # The frames move to out/frames once rendered; they are put on the camera from there (wire_frames).
+        out.mode, out.use_scene_range, out.file_format, out.open_sequence = "ACTIVE", True, "PNG", False
         out.output_dir = str(self.out / "renders")
         scene.nerfart.backend.render_source = "LATEST_STYLIZED"
         self.operator("render")
@@ -534,9 +535,9 @@ class Demo:
     # -----------------------------------------------------------------------------------------------------
 
     def wire_frames(self, files: list[Path], camera: Any) -> list[Path]:
-        """Move the frames to ``out/frames``, keep them as the render's image sequence, and show that sequence
-        as the turntable camera's background (frame k of the scene shows frame_000k.png)."""
-        from nerfart_blender.core.sampling import sequence_image_user
+        """Move the frames to ``out/frames`` and show them, as the add-on shows a render's frames, as the turntable
+        camera's background image sequence (frame k of the scene shows frame_000k.png)."""
+        from nerfart_blender.frames_bpy import show_frames
 
         frames_dir = self.out / "frames"
         frames_dir.mkdir(exist_ok=True)
@@ -551,21 +552,7 @@ class Demo:
             old_dir.parent.rmdir()
         ref, _job = self.last_job("RENDER")
         ref.output_dir = str(frames_dir)
-        name = f"NeRF-Art {ref.name}"
-        img = bpy.data.images.get(name) or bpy.data.images.load(str(moved[0]), check_existing=False)
-        img.name = name
-        img.filepath = "//frames/" + moved[0].name
-        img.source = "SEQUENCE"
-        scene = bpy.context.scene
-        start, duration, offset = sequence_image_user(scene.frame_start, scene.frame_end)
-        cam_data = camera.data
-        bg = cam_data.background_images.new()
-        bg.image = img
-        bg.alpha = 1.0
-        bg.image_user.frame_start, bg.image_user.frame_duration = start, duration
-        bg.image_user.frame_offset = offset
-        bg.image_user.use_auto_refresh = True
-        cam_data.show_background_images = True
+        show_frames(bpy.context.scene, frames_dir, f"NeRF-Art {ref.name}", cameras=[camera.name])
         return moved
 
     def finish_blend(self, orbit: Orbit, summary: str) -> None:

@@ -83,6 +83,11 @@ def test_frames_are_the_rendering_cameras_background_sequence(connected, stub, t
     assert (bg.image_user.frame_start, bg.image_user.frame_duration, bg.image_user.frame_offset) == (3, 4, 2)
     assert img.use_fake_user and img.users >= 2  # the camera and the fake user
     assert not other.data.show_background_images and len(other.data.background_images) == 0
+    # Load Frames later, with another camera active: the frames go back on the camera they were rendered from.
+    scene.camera = other
+    assert bpy.ops.nerfart.load_frames(job_id=ref.job_id) == {"FINISHED"}
+    assert len(other.data.background_images) == 0 and cam.data.background_images[0].image == img
+    assert frame_images() == [img]
 
 
 def test_rerender_reloads_the_same_image(connected, stub, tmp_path):
