@@ -357,7 +357,9 @@ def to_compositor(scene: bpy.types.Scene, img: bpy.types.Image, first: int, last
         out.location = (out.location[0] + 100, out.location[1])
         image_node.location = (mix.location[0] - 300, mix.location[1] - 250)
     if not any(link.from_node == image_node for link in tree.links):
-        tree.links.new(image_node.outputs["Image"], _alpha_over_sockets(mix)[1])
+        # A PNG's node has an "Image" output; a multilayer EXR's has one per pass, the combined one first.
+        colour = image_node.outputs.get("Image") or image_node.outputs.get("Combined") or image_node.outputs[0]
+        tree.links.new(colour, _alpha_over_sockets(mix)[1])
     return image_node, mix
 
 

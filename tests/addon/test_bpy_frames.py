@@ -197,6 +197,42 @@ def test_compositor_gets_one_image_node_over_the_render(connected, stub, tmp_pat
     assert (image_node.frame_start, image_node.frame_duration, image_node.frame_offset) == (5, 5, 4)
 
 
+def rendered_pixel(scene, frame: int, path: Path) -> tuple[int, ...]:
+    """Render ``frame`` with Cycles (1 sample, the scene's tiny size) through the compositor; the centre pixel
+    of the written PNG as 8-bit RGBA."""
+    scene.frame_set(frame)
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    img = bpy.data.images.load(str(path), check_existing=False)
+    w, h = img.size
+    i = ((h // 2) * w + w // 2) * 4
+    pixel = tuple(round(v * 255) for v in img.pixels[i:i + 4])
+    bpy.data.images.remove(img)
+    return pixel
+
+
+def test_compositor_puts_each_frame_over_the_render(connected, stub, tmp_path):
+    """The compositor's result, rendered: scene frame f shows frame_000f.png where it is opaque and the render
+    where it is clear (the empty scene renders black)."""
+    from stub_backend import png_bytes
+
+    scene = bpy.context.scene
+    scene.camera = add_camera(scene)  # 32 x 24 px
+    reconstruct_and_stylize(scene, tmp_path)
+    ref = render_active(scene, tmp_path, 3, 5)
+    colours = {3: (255, 0, 0, 255), 4: (0, 255, 0, 255), 5: (0, 0, 255, 0)}  # frame 5 is clear
+    for f, rgba in colours.items():
+        (Path(ref.output_dir) / f"frame_{f:04d}.png").write_bytes(png_bytes(32, 24, rgba))
+    assert bpy.ops.nerfart.frames_to_compositor() == {"FINISHED"}
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"  # colours unchanged
+    scene.render.image_settings.file_format, scene.render.image_settings.color_mode = "PNG", "RGBA"
+    shown = {f: rendered_pixel(scene, f, tmp_path / f"composite_{f}.png") for f in colours}
+    assert shown[3] == (255, 0, 0, 255) and shown[4] == (0, 255, 0, 255)
+    assert shown[5][:3] == (0, 0, 0), shown  # the render through the clear frame
+
+
 def test_compositor_keeps_the_artists_tree(connected, stub, tmp_path):
     """An existing tree: the frames go over what went into the output (here a Blur of the render)."""
     scene = bpy.context.scene
@@ -266,6 +302,17 @@ def test_stepped_frames_hold_in_the_sequencer(connected, stub, tmp_path):
     assert [e.filename for e in strip.elements] == ["frame_0001.png", "frame_0001.png", "frame_0003.png",
                                                     "frame_0003.png", "frame_0005.png"]
     assert strip_span(strip) == (1, 6)
+    # Rendered through the sequencer: each scene frame shows the file rendered for it, or the one before.
+    from stub_backend import png_bytes
+
+    folder = Path(bpy.path.abspath(strip.directory))
+    colours = {1: (255, 0, 0, 255), 3: (0, 255, 0, 255), 5: (0, 0, 255, 255)}
+    for f, rgba in colours.items():
+        (folder / f"frame_{f:04d}.png").write_bytes(png_bytes(32, 24, rgba))
+    scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"
+    scene.render.image_settings.file_format, scene.render.image_settings.color_mode = "PNG", "RGBA"
+    shown = [rendered_pixel(scene, f, tmp_path / f"sequence_{f}.png") for f in range(1, 6)]
+    assert shown == [colours[1], colours[1], colours[3], colours[3], colours[5]]
 
 
 def test_one_click_actions_need_a_render(connected, stub, tmp_path):
