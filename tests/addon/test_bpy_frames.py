@@ -137,6 +137,10 @@ def test_rig_cameras_get_their_own_sequences_and_survive_save_and_reopen(connect
         assert Path(bpy.path.abspath(bg.image.filepath)) == Path(ref.output_dir) / cam.name / "frame_0001.png"
         assert file_shown_at(bg.image_user, bg.image, 2) == "frame_0002.png"
     assert len(frame_images()) == 2
+    # One click for a rig takes the scene camera's frames.
+    scene.camera = cams[1]
+    assert bpy.ops.nerfart.frames_to_compositor() == {"FINISHED"}
+    assert compositor_tree(scene).nodes["NeRF-Art Frames"].image == cams[1].data.background_images[0].image
     label = ref.name  # the file's data is gone once another file is opened: keep no references to it
     del ref, cams, bg, cam, out, rig, scene
     blend = tmp_path / "saved" / "shot.blend"
@@ -286,6 +290,14 @@ def test_sequencer_gets_one_strip_at_the_rendered_frames(connected, stub, tmp_pa
     assert bpy.ops.nerfart.frames_to_sequencer() == {"FINISHED"}
     strips = list(editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all)
     assert len(strips) == 1 and strip_span(strips[0]) == (3, 6)
+    # A newer render of other frames; the Jobs panel's button for the earlier one still takes the earlier one.
+    newer = render_active(scene, tmp_path, 7, 8)
+    assert bpy.ops.nerfart.frames_to_sequencer(job_id=ref.job_id) == {"FINISHED"}
+    assert len(list(editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all)) == 1
+    assert bpy.ops.nerfart.frames_to_sequencer() == {"FINISHED"}  # the newest render, selected in the list
+    spans = {s.name: strip_span(s) for s in (editor.strips_all if hasattr(editor, "strips_all")
+                                              else editor.sequences_all)}
+    assert spans == {f"NeRF-Art {ref.name}": (3, 6), f"NeRF-Art {newer.name}": (7, 9)}
 
 
 def test_stepped_frames_hold_in_the_sequencer(connected, stub, tmp_path):
