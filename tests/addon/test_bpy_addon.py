@@ -236,6 +236,36 @@ def test_stylize_job_sends_shape_freedom_when_it_applies(addon, fresh_file):
     validate_params("stylize", params)
 
 
+def test_render_job_sends_the_frame_format_and_the_placement(addon, fresh_file):
+    from nerfart_blender.jobs_bpy import render_job, render_target
+
+    from protocol import validate_params
+
+    scene = fresh_file
+    out = scene.nerfart.outputs
+    items = {i.identifier: i.name for i in out.bl_rna.properties["file_format"].enum_items}
+    assert items == {"PNG": "PNG", "EXR": "OpenEXR Multilayer (colour, depth, normals)"}
+    assert out.file_format == "PNG"  # PNG stays the default
+    cam = bpy.data.objects.new("Shot", bpy.data.cameras.new("Shot"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    scene.frame_start = scene.frame_end = 1
+    params = render_job(scene, render_target(scene, source="rec123")).params
+    assert params["format"] == "png" and "placement" not in params  # no placement: the scene is capture world
+    validate_params("render", params)
+    placement = bpy.data.objects.new("Capture Placement", None)
+    scene.collection.objects.link(placement)
+    placement.location, placement.rotation_euler, placement.scale = (1.0, -2.0, 0.5), (0.3, 0.0, 1.1), (0.25,) * 3
+    scene.nerfart.capture.placement = placement
+    out.file_format = "EXR"
+    bpy.context.view_layer.update()
+    params = render_job(scene, render_target(scene, source="rec123")).params
+    assert params["format"] == "exr"
+    # The backend scales depth by the placement's scale and turns normals by its rotation: scene units and axes.
+    np.testing.assert_allclose(np.array(params["placement"]), np.array(placement.matrix_world), atol=1e-6)
+    validate_params("render", params)
+
+
 def test_recording_layout_rejects_mistakes(addon):
     layout = RecordingLayout()
     scene = bpy.context.scene
