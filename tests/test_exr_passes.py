@@ -218,3 +218,27 @@ def test_linear_premultiplied_inverts_srgb_and_premultiplies() -> None:
     np.testing.assert_allclose(out[..., 3], straight[..., 3], atol=1e-7)
     np.testing.assert_allclose(out[..., :3], srgb_to_linear(straight[..., :3]) * straight[..., 3:], atol=2e-6)
     assert (out[0, 0] == 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fused Triton field)")
+def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
+    pytest.importorskip("triton")
+    from test_fused_field import _model as random_field_model  # the default architecture, a random field
+
+    model = random_field_model("matte", "cuda")
+    domain = model.domain
+    model.occupancy.update(0, lambda u: (domain.from_unit_cube(u).norm(dim=-1) < 0.6).float())
+    cams = ring_cameras(2, 64)
+    placement = _placement()
+    fused = FrameRenderer(model, fused="on").render_passes(cams, 1, placement)
+    ref = FrameRenderer(model, fused="off").render_passes(cams, 1, placement)
+    assert ref.normal is not None and fused.normal is not None
+    hit = (ref.rgba[..., 3] > 0.99) & (fused.rgba[..., 3] > 0.99)
+    assert int(hit.sum()) > 200
+    # float16 tables and weights in the fused kernel: depth within a few thousandths of a scene unit.
+    torch.testing.assert_close(fused.depth[hit], ref.depth[hit], atol=5e-3 * 0.25, rtol=0)
+    cos = (fused.normal[hit] * ref.normal[hit]).sum(-1) / (fused.normal[hit].norm(dim=-1)
+                                                          * ref.normal[hit].norm(dim=-1)).clamp_min(1e-9)
+    assert float(cos.median()) > 0.99, float(cos.median())
+    empty = (ref.rgba[..., 3] == 0) & (fused.rgba[..., 3] == 0)
+    assert bool((fused.depth[empty] == BACKGROUND_DEPTH).all())
