@@ -242,3 +242,83 @@ def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
     assert float(cos.median()) > 0.99, float(cos.median())
     empty = (ref.rgba[..., 3] == 0) & (fused.rgba[..., 3] == 0)
     assert bool((fused.depth[empty] == BACKGROUND_DEPTH).all())
+
+
+def _source_job(tmp_path: Path) -> tuple[str, object]:
+    """A finished reconstruct job holding a small random-field checkpoint (world = model x 2 + offset)."""
+    from test_nerf_render import _model as random_model
+
+    from backend.nerf.checkpoint import NeRFCheckpoint, save_checkpoint
+    from backend.server.jobs import JobStore
+    from captures.normalize import Normalization
+
+    model = random_model(3, "matte", 2.0)
+    norm = Normalization(center=np.array([0.5, -1.0, 2.0]), radius=2.0, method="manual")
+    ckpt = NeRFCheckpoint(model=model, config=ReconstructConfig.tiny(), background="matte", normalization=norm)
+    store = JobStore(tmp_path)
+    rec = store.create("reconstruct", {"capture": "test"}, owner="test")
+    save_checkpoint(ckpt, store.job_dir(rec.job_id) / "outputs" / "model.ckpt")
+    rec.outputs, rec.state = {"checkpoint": "model.ckpt"}, "done"
+    store.save(rec)
+    return rec.job_id, norm.cameras_to_world(ring_cameras(2, 20))
+
+
+def _protocol_cameras(cams) -> list[dict]:
+    return [{"name": f"cam{i}", "frame": i + 1, "c2w": cams.c2w[i].tolist(), "fx": float(cams.fx[i]),
+             "fy": float(cams.fy[i]), "cx": float(cams.cx[i]), "cy": float(cams.cy[i]),
+             "width": int(cams.width[i]), "height": int(cams.height[i])} for i in range(len(cams))]
+
+
+def test_render_job_png_frames_skip_the_passes_and_exr_frames_hold_them(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    from PIL import Image
+
+    from backend.jobs.local import run_job_locally
+    from backend.jobs.render import linear_premultiplied, quantized_straight_alpha
+    from backend.nerf.checkpoint import load_checkpoint
+    from backend.server.jobs import JobStore
+
+    job, cams = _source_job(tmp_path)
+    renderer = FrameRenderer(load_checkpoint(JobStore(tmp_path).job_dir(job) / "outputs" / "model.ckpt", "cpu"))
+    marches = []
+    original = FrameRenderer._march
+
+    def counting(self, rays_o, rays_d, check_cancel, with_normals):
+        marches.append(with_normals)
+        return original(self, rays_o, rays_d, check_cancel, with_normals)
+
+    monkeypatch.setattr(FrameRenderer, "_march", counting)
+    frames: list = []
+    rec = run_job_locally("render", {"source_job": job, "cameras": _protocol_cameras(cams)}, tmp_path, "cpu",
+                          lambda m: frames.append(m) if m.type == "frame" else None)
+    assert rec.state == "done" and len(frames) == 2
+    assert marches == [False, False]  # PNG: colour only, no normals and no depth conversion
+    for i, msg in enumerate(frames):
+        png = np.asarray(Image.open(io.BytesIO(bytes(msg.blob(msg.content["image"])))))
+        rgba, _ = renderer.render(cams, i)
+        np.testing.assert_array_equal(png, quantized_straight_alpha(rgba, 8))  # the PNG path as before
+        assert msg.content["file"].endswith(".png") and "depth" not in msg.content
+
+    marches.clear()
+    frames.clear()
+    placement = _placement()
+    rec = run_job_locally("render", {"source_job": job, "cameras": _protocol_cameras(cams), "format": "exr",
+                                     "depth": True, "placement": placement.tolist()}, tmp_path, "cpu",
+                          lambda m: frames.append(m) if m.type == "frame" else None)
+    assert rec.state == "done" and marches == [True, True] and len(frames) == 2
+    monkeypatch.setattr(FrameRenderer, "_march", original)
+    for i, msg in enumerate(frames):
+        assert msg.content["image"]["format"] == "exr" and msg.content["file"].endswith(".exr")
+        path = tmp_path / "jobs" / rec.job_id / "outputs" / msg.content["file"]
+        channels, _ = _read_exr(path)
+        passes = renderer.render_passes(cams, i, placement)
+        combined = np.stack([channels[f"ViewLayer.Combined.{c}"] for c in "RGBA"], -1)
+        np.testing.assert_allclose(combined, linear_premultiplied(passes.rgba).numpy(), atol=1e-6)
+        np.testing.assert_allclose(channels["ViewLayer.Depth.Z"], passes.depth.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(np.stack([channels[f"ViewLayer.Normal.{c}"] for c in "XYZ"], -1),
+                                   passes.normal.numpy(), atol=1e-6)
+        # The depth array carries the same Depth pass; colour is the same render as the PNG's.
+        np.testing.assert_array_equal(msg.array(msg.content["depth"]), channels["ViewLayer.Depth.Z"])
+        torch.testing.assert_close(passes.rgba, renderer.render(cams, i)[0])
+        assert (channels["ViewLayer.Depth.Z"] < 1e9).sum() > 20 and (channels["ViewLayer.Depth.Z"] == 1e10).sum() > 20
