@@ -300,7 +300,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
                 col.prop(out, "frame_step")
         col = layout.column(align=True)
         labelled(col, out, "output_dir")
-        col.prop(out, "file_format")
+        labelled(col, out, "file_format")  # "OpenEXR Multilayer" beside its name would be cut
         col.prop(out, "open_sequence")
         layout.operator("nerfart.render", icon="RENDER_ANIMATION")
         box = layout.box()

@@ -283,9 +283,9 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
     file_format: EnumProperty(
         name="Format", description="Frame file format",
         items=[("PNG", "PNG", "8-bit sRGB PNG with alpha"),
-               ("EXR", "OpenEXR Multilayer (colour, depth, normals)", "Float multilayer EXR with Blender's "
-                "passes for compositing: Combined (linear, premultiplied alpha), Depth (Z in scene units, for "
-                "Z Combine) and Normal (world space)")],
+               ("EXR", "OpenEXR Multilayer", "Colour, depth and normals: float multilayer EXR with "
+                "Blender's passes for compositing, Combined (linear, premultiplied alpha), Depth (Z in scene "
+                "units, for Z Combine) and Normal (world space)")],
         default="PNG")
     open_sequence: BoolProperty(name="Load Frames", description="Load the frames as image sequences (a rig: "
                                 "one per camera, when the render is done) and view them in an Image Editor",

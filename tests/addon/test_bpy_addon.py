@@ -244,7 +244,8 @@ def test_render_job_sends_the_frame_format_and_the_placement(addon, fresh_file):
     scene = fresh_file
     out = scene.nerfart.outputs
     items = {i.identifier: i.name for i in out.bl_rna.properties["file_format"].enum_items}
-    assert items == {"PNG": "PNG", "EXR": "OpenEXR Multilayer (colour, depth, normals)"}
+    assert items == {"PNG": "PNG", "EXR": "OpenEXR Multilayer"}
+    assert out.bl_rna.properties["file_format"].enum_items["EXR"].description.startswith("Colour, depth and normals")
     assert out.file_format == "PNG"  # PNG stays the default
     cam = bpy.data.objects.new("Shot", bpy.data.cameras.new("Shot"))
     scene.collection.objects.link(cam)
