@@ -322,3 +322,26 @@ def test_render_job_png_frames_skip_the_passes_and_exr_frames_hold_them(tmp_path
         np.testing.assert_array_equal(msg.array(msg.content["depth"]), channels["ViewLayer.Depth.Z"])
         torch.testing.assert_close(passes.rgba, renderer.render(cams, i)[0])
         assert (channels["ViewLayer.Depth.Z"] < 1e9).sum() > 20 and (channels["ViewLayer.Depth.Z"] == 1e10).sum() > 20
+
+
+def fixture_passes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 4x3 frame of ``tests/addon/frame_passes_4x3.exr`` (the add-on tests load it without OpenEXR)."""
+    y, x = np.mgrid[0:3, 0:4].astype(np.float32)
+    rgba = np.stack([x / 3, y / 2, 0.25 * np.ones_like(x), np.where(x > 0, 1.0, 0.0)], -1).astype(np.float32)
+    rgba[..., :3] *= rgba[..., 3:]
+    depth = np.where(x > 0, 2.0 + 0.1 * x + 0.01 * y, BACKGROUND_DEPTH).astype(np.float32)
+    normal = np.zeros((3, 4, 3), np.float32)
+    normal[..., 1] = -rgba[..., 3]
+    return rgba, depth, normal
+
+
+def test_the_add_on_tests_exr_fixture_is_what_the_writer_writes(tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "addon" / "frame_passes_4x3.exr"
+    # To regenerate: fixture.write_bytes(encode_exr_passes(*fixture_passes()))
+    path = tmp_path / "now.exr"
+    path.write_bytes(encode_exr_passes(*fixture_passes()))
+    now, _ = _read_exr(path)
+    then, _ = _read_exr(fixture)
+    assert sorted(now) == sorted(then)
+    for name in now:
+        np.testing.assert_array_equal(now[name], then[name])
