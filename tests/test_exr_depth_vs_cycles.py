@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,10 +71,10 @@ def _read_exr(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def shot(tmp_path_factory) -> SimpleNamespace:
+def shot(tmp_path_factory) -> Iterator[SimpleNamespace]:
     import mathutils
 
-    from backend.demo.scene import SUBJECT_BOUNDS, SUBJECT_COLLECTION, build_head
+    from backend.demo.scene import SUBJECT_BOUNDS, build_head
     from backend.jobs.local import run_job_locally
     from backend.nerf import ReconstructConfig, train_reconstruction
     from backend.nerf.checkpoint import save_checkpoint
@@ -86,8 +87,8 @@ def shot(tmp_path_factory) -> SimpleNamespace:
     from captures import load_capture
 
     out = tmp_path_factory.mktemp("exr_vs_cycles")
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
+    # A scene of its own (the test process may hold other bpy tests' data and add-ons: nothing is reset).
+    scene = bpy.data.scenes.new("NeRF-Art EXR vs Cycles")
     objects = build_head(scene)
     r = scene.render
     r.engine, r.resolution_x, r.resolution_y, r.resolution_percentage = "CYCLES", SIZE, SIZE, 100
@@ -103,7 +104,7 @@ def shot(tmp_path_factory) -> SimpleNamespace:
     for rc in ring_cameras(centre, distance, 8, (0.0, 35.0, -30.0)):
         scene.camera = _camera(scene, rc.name, rc.matrix_world)
         r.filepath = str(out / "capture" / "images" / rc.name)
-        bpy.ops.render.render(write_still=True)
+        bpy.ops.render.render(write_still=True, scene=scene.name)
         records.append(record_from_blender(rc.name, 1, rc.matrix_world, lens))
         paths.append(f"images/{rc.name}.png")
     (out / "capture" / "transforms.json").write_text(json.dumps(transforms_json(records, paths)))
@@ -115,7 +116,7 @@ def shot(tmp_path_factory) -> SimpleNamespace:
     empty = bpy.data.objects.new("Capture Placement", None)
     scene.collection.objects.link(empty)
     empty.matrix_world = mathutils.Matrix(placement.tolist())
-    for obj in bpy.data.collections[SUBJECT_COLLECTION].objects:
+    for obj in objects[0].users_collection[0].objects:  # the head's parts and lights
         obj.parent = empty
         obj.matrix_parent_inverse.identity()
     az, el = math.radians(33.75), math.radians(15.0)
@@ -131,7 +132,8 @@ def shot(tmp_path_factory) -> SimpleNamespace:
     settings.file_format, settings.color_depth = "OPEN_EXR_MULTILAYER", "32"
     scene.cycles.samples = 16
     r.filepath = str(out / "cycles_shot.exr")
-    bpy.ops.render.render(write_still=True)
+    bpy.ops.render.render(write_still=True, scene=scene.name)
+    scene.view_layers[0].update()  # the placed parts' matrix_world, for the mesh check
 
     # The render job, with what the add-on sends: the shot camera mapped into capture world, the placement.
     store = JobStore(out / "work")
@@ -145,8 +147,9 @@ def shot(tmp_path_factory) -> SimpleNamespace:
     job = run_job_locally("render", params, out / "work", "cpu", lambda msg: None)
     assert job.state == "done", job.error
     ours = _read_exr(store.job_dir(job.job_id) / "outputs" / job.outputs["frames"][0])
-    return SimpleNamespace(cycles=_read_exr(out / "cycles_shot.exr"), ours=ours, params=params, objects=objects,
-                           placement=placement, diameter=SCALE * 2 * radius)
+    yield SimpleNamespace(cycles=_read_exr(out / "cycles_shot.exr"), ours=ours, params=params, objects=objects,
+                          scene=scene, placement=placement, diameter=SCALE * 2 * radius)
+    bpy.data.scenes.remove(scene)
 
 
 @pytest.mark.slow
@@ -165,8 +168,9 @@ def test_cycles_depth_back_projects_onto_the_mesh_through_the_camera_we_were_sen
     # Z is along the view axis in scene units: divide by the scale and the ray's cosine for the ray distance.
     points = o[inside] + d[inside] * (z[inside] / SCALE / cos[inside])[:, None]
     points = points @ shot.placement[:3, :3].T + shot.placement[:3, 3]  # into the scene
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    trees = [(obj.matrix_world.copy(), BVHTree.FromObject(obj, depsgraph)) for obj in shot.objects]
+    depsgraph = shot.scene.view_layers[0].depsgraph
+    trees = [(obj.matrix_world.copy(), BVHTree.FromObject(obj.evaluated_get(depsgraph), depsgraph))
+             for obj in shot.objects]
     distances = []
     for p in points:
         p = mathutils.Vector(p)
