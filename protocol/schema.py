@@ -240,7 +240,8 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("frame", "int", "The camera's frame number.", required=False, min=-1_000_000, max=1_000_000),
             Field("width", "int", "Width in pixels.", min=1),
             Field("height", "int", "Height in pixels.", min=1),
-            Field("image", "blob", "The image file bytes (RGBA, straight alpha)."),
+            Field("image", "blob", "The image file bytes: PNG (RGBA, straight alpha) or multilayer EXR (see "
+                  "the render job's format)."),
             Field("depth", "array", "float32 (height, width) Depth pass: distance along the optical axis in "
                   "scene units (see the render job's placement), 1e10 where the pixel is mostly empty.",
                   required=False, nullable=True),
