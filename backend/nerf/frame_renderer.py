@@ -56,6 +56,7 @@ DEPTH_MIN_OPACITY = 0.5
 # gradient's six density evaluations); the sum is renormalised, so the dropped weight only tilts it.
 NORMAL_MIN_WEIGHT = 0.02
 
+
 @dataclass
 class FramePasses:
     """One frame's compositing passes (all float32 on the renderer's device).
@@ -297,7 +298,6 @@ class FrameRenderer:
         h, w = int(cameras.height[i]), int(cameras.width[i])
         rgba = torch.cat([rgb, opacity[:, None]], dim=-1).reshape(h, w, 4)
         return rgba, (depth * scale).reshape(h, w)
-
 
     @torch.no_grad()
     def render_passes(
