@@ -427,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="id of a finished reconstruct or stylize job (in --work-dir)")
     p.add_argument("cameras", help="nerfstudio camera_path.json, or a JSON list of cameras (see protocol/SPEC.md)")
     p.add_argument("--out", help="also copy the frames to this folder")
-    p.add_argument("--format", choices=("png", "png16", "exr"), default="png")
-    p.add_argument("--depth", action="store_true", help="also write depth maps")
+    p.add_argument("--format", choices=("png", "png16", "exr"), default="png",
+                   help="png (8-bit sRGB, default), png16, or exr: multilayer OpenEXR with Blender's Combined, "
+                   "Depth and Normal passes (capture-world units and axes)")
+    p.add_argument("--depth", action="store_true", help="also write depth maps (Blender's Depth pass)")
     p.set_defaults(func=cmd_render)
 
     p = local_job_parser("mesh", "extract a coloured mesh (PLY) of a finished job")

@@ -4,9 +4,10 @@ A fangzhou_nature model is trained first (``--train-s`` seconds at half resoluti
 loaded), then:
 
 * **Frames.** A turntable of ``--frames`` cameras around the head at 512x512 and at 1920x1080, through
-  the ``render`` job itself (run in this process): frames rendered, encoded as PNG, written and streamed.
+  the ``render`` job itself (run in this process): frames rendered, encoded as PNG (or, with
+  ``--image-format exr``, as multilayer OpenEXR with the Depth and Normal passes), written and streamed.
   Frames per second counts from the first frame message to the last (the first frame warms up). Targets:
-  >= 30 fps at 512x512 and >= 5 fps at 1920x1080.
+  >= 30 fps at 512x512 and >= 5 fps at 1920x1080 (PNG).
 * **Mesh.** ``extract_mesh`` at 256^3 (and 512^3) with colours, as the ``extract_mesh`` job does. Target:
   256^3 under 5 s.
 
@@ -17,6 +18,7 @@ Usage::
 
     python bench/bench_outputs.py --commit $(git rev-parse --short HEAD)
     python bench/bench_outputs.py --smoke     # tiny sizes on the CPU, to check the script itself
+    python bench/bench_outputs.py --image-format exr --skip-mesh   # the EXR path's cost (compare with png)
 """
 
 from __future__ import annotations
@@ -100,7 +102,18 @@ def source_job(ckpt, work_dir: Path) -> str:
     return rec.job_id
 
 
-def bench_frames(ckpt, n: int, width: int, height: int, device: torch.device, work_dir: Path) -> dict[str, float]:
+def frame_alpha(data: bytes, image_format: str) -> float:
+    """Mean alpha of a frame file's bytes (PNG, or our multilayer EXR's Combined.A)."""
+    if image_format == "exr":
+        import OpenEXR
+
+        with OpenEXR.File(io.BytesIO(data), separate_channels=True) as exr:
+            return float(exr.parts[0].channels["ViewLayer.Combined.A"].pixels.mean())
+    return float(np.asarray(Image.open(io.BytesIO(data)))[..., 3].mean() / 255.0)
+
+
+def bench_frames(ckpt, n: int, width: int, height: int, device: torch.device, work_dir: Path,
+                 image_format: str = "png") -> dict[str, float]:
     """The ``render`` job end to end (model load excluded): frames rendered, encoded, written and streamed.
 
     Frames per second is over the whole path after the first frame (which warms up kernels for the size):
@@ -115,20 +128,19 @@ def bench_frames(ckpt, n: int, width: int, height: int, device: torch.device, wo
         if msg.type == "frame":
             stamps.append(time.perf_counter())
             if len(alphas) < 4:
-                img = np.asarray(Image.open(io.BytesIO(msg.blob(msg.content["image"]))))
-                alphas.append(float(img[..., 3].mean() / 255.0))
+                alphas.append(frame_alpha(bytes(msg.blob(msg.content["image"])), image_format))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rec = run_job_locally("render", {"source_job": job, "cameras": protocol_cameras(cams)}, work_dir,
-                          device.type, on_message)
+    rec = run_job_locally("render", {"source_job": job, "cameras": protocol_cameras(cams), "format": image_format},
+                          work_dir, device.type, on_message)
     if rec.state != "done":
         raise RuntimeError(f"render job ended {rec.state}: {rec.error}")
     per_frame = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     frames_dir = work_dir / "jobs" / rec.job_id / "outputs" / "frames"
-    sizes = [f.stat().st_size for f in frames_dir.glob("*.png")]
+    sizes = [f.stat().st_size for f in frames_dir.glob(f"*.{image_format}")]
     return {"fps": 1.0 / per_frame, "ms": 1e3 * per_frame, "frames": len(stamps), "field": rec.outputs["field"],
-            "mean_alpha": float(np.mean(alphas)), "png_kib": float(np.mean(sizes)) / 1024,
+            "mean_alpha": float(np.mean(alphas)), "file_kib": float(np.mean(sizes)) / 1024,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
 
 
@@ -178,6 +190,9 @@ def main() -> int:
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device")
+    parser.add_argument("--image-format", choices=("png", "exr"), default="png",
+                        help="frame format of the render job (exr: multilayer with the Depth and Normal passes)")
+    parser.add_argument("--skip-mesh", action="store_true", help="frames only")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -197,12 +212,12 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w, h in sizes:
-            r = bench_frames(ckpt, n, w, h, device, Path(tmp))
+            r = bench_frames(ckpt, n, w, h, device, Path(tmp), args.image_format)
             r.update({f"ref_{k}": v for k, v in bench_reference(ckpt, min(n, 8), w, h).items()})
             rows.append((f"{w}x{h}", r))
             print(f"frames {w}x{h}: {r}", flush=True)
     mesh_rows = []
-    for res in ([32] if args.smoke else [256, 512]):
+    for res in ([] if args.skip_mesh else [32] if args.smoke else [256, 512]):
         # A 20-step smoke model is haze, below the surface rule's density: mesh it at a low isolevel.
         r = bench_mesh(ckpt, res, device, isolevel=0.05 if args.smoke else None)
         mesh_rows.append((res, r))
@@ -214,15 +229,17 @@ def main() -> int:
              f"- model: fangzhou_nature, {ckpt.metrics.get('elapsed_s', float('nan')):.0f} s of training, "
              f"held-out PSNR {ckpt.metrics.get('heldout_psnr', float('nan')):.2f} dB, background "
              f"{ckpt.background}", "",
-             "`render` job end to end (frames rendered, un-premultiplied and quantized on the GPU, PNG-encoded "
-             "on worker threads, written to the job folder and streamed as frame messages); fps over "
+             f"`render` job end to end, frame format {args.image_format} (png: frames rendered, "
+             "un-premultiplied and quantized on the GPU, PNG-encoded on worker threads; exr: plus the Depth and "
+             "Normal passes, linearised on the GPU, multilayer-EXR-encoded on worker threads; written to the job "
+             "folder and streamed as frame messages); fps over "
              f"{n} frames after the first. Reference: the training renderer (`render_image`, 256k-ray chunks) "
              "on the same frames, render only, and the largest difference of the job's frames to it.", "",
-             "| frames | job fps | ms/frame | field | PNG KiB | mean alpha | peak GiB | reference ms/frame "
+             "| frames | job fps | ms/frame | field | file KiB | mean alpha | peak GiB | reference ms/frame "
              "(render only) | max abs diff to reference |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for size, r in rows:
-        lines.append(f"| {size} | {r['fps']:.1f} | {r['ms']:.1f} | {r['field']} | {r['png_kib']:.0f} | "
+        lines.append(f"| {size} | {r['fps']:.1f} | {r['ms']:.1f} | {r['field']} | {r['file_kib']:.0f} | "
                      f"{r['mean_alpha']:.3f} | {r['peak_gib']:.2f} | {r['ref_ms']:.1f} | "
                      f"{r['ref_max_abs_diff']:.1e} |")
     lines += ["", "| mesh grid | seconds (warm) | first run s | vertices | faces | peak GiB |",
@@ -230,7 +247,8 @@ def main() -> int:
     for res, r in mesh_rows:
         lines.append(f"| {res}^3 | {r['seconds']:.2f} | {r['first_seconds']:.2f} | {r['vertices']} | "
                      f"{r['faces']} | {r['peak_gib']:.2f} |")
-    write_results("\n".join(lines) + "\n", args.out, "outputs", gpu, date, args.smoke)
+    name = "outputs" if args.image_format == "png" else f"outputs_{args.image_format}"
+    write_results("\n".join(lines) + "\n", args.out, name, gpu, date, args.smoke)
     return 0
 
 

@@ -16,6 +16,7 @@ from .capture_bpy import CAPTURE_ROOT_KEY, placement_matrix
 from .core.camera_export import camera_list_to_dicts
 from .core.jobs import JobState
 from .core.outputs import existing_files, render_folder_name
+from .core.poses import as_nested_list
 from .core.presets import split_negative_prompts
 from .core.sampling import frame_range, plan_active_camera, plan_rig
 from .preferences import is_loopback
@@ -231,6 +232,8 @@ def render_job(scene: bpy.types.Scene, target: RenderTarget, open_sequence: bool
     multi = target.rig is not None and len({r.name for r in records}) > 1
     params = {"source_job": target.source_job, "cameras": camera_list_to_dicts(records),
               "format": out.file_format.lower()}
+    if placement is not None:  # EXR depth and normals come back in this scene's units and axes
+        params["placement"] = as_nested_list(placement)
     return JobState("render", target.label, params=params, frames_expected=len(records),
                     meta={"scene": scene.name, "output_dir": str(target.folder), "multi_camera": multi,
                           "open_sequence": bool(out.open_sequence if open_sequence is None else open_sequence)})

@@ -301,7 +301,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
                 col.prop(out, "frame_step")
         col = layout.column(align=True)
         labelled(col, out, "output_dir")
-        col.prop(out, "file_format")
+        labelled(col, out, "file_format")  # "OpenEXR Multilayer" beside its name would be cut
         col.prop(out, "open_sequence")
         if note := temporary_output_note(out.output_dir):  # an unsaved file renders into the temporary folder
             box = layout.box()

@@ -282,7 +282,10 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
                            options=BLEND_RELATIVE)
     file_format: EnumProperty(
         name="Format", description="Frame file format",
-        items=[("PNG", "PNG", "8-bit PNG with alpha"), ("EXR", "OpenEXR", "Float EXR (linear)")],
+        items=[("PNG", "PNG", "8-bit sRGB PNG with alpha"),
+               ("EXR", "OpenEXR Multilayer", "Colour, depth and normals: float multilayer EXR with "
+                "Blender's passes for compositing, Combined (linear, premultiplied alpha), Depth (Z in scene "
+                "units, for Z Combine) and Normal (world space)")],
         default="PNG")
     open_sequence: BoolProperty(name="Load Frames", description="Show the frames as they arrive as the "
                                 "background image sequence of the camera they were rendered from (a rig: each "

@@ -166,8 +166,17 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
     "render": (
         Field("source_job", "str", "The reconstruct or stylize job whose checkpoint renders."),
         Field("cameras", "list", "Cameras to render, in order.", min=1, max=MAX_LIST, item=CAMERA),
-        Field("format", "str", "Frame format.", required=False, choices=("png", "png16", "exr")),
-        Field("depth", "bool", "Also return a float32 depth map per frame.", required=False),
+        Field("format", "str", "Frame format: png (8-bit sRGB, straight alpha; the default), png16, or exr: "
+              "multilayer OpenEXR, float32, with Blender's passes ViewLayer.Combined (R, G, B, A: scene-linear, "
+              "premultiplied), ViewLayer.Depth (Z: distance along the camera's view axis in scene units, 1e10 "
+              "where the pixel is mostly empty, as Cycles writes) and ViewLayer.Normal (X, Y, Z: world-space "
+              "normals in scene axes, times coverage).", required=False, choices=("png", "png16", "exr")),
+        Field("depth", "bool", "Also return the Depth pass (as in exr) as a float32 array per frame.",
+              required=False),
+        Field("placement", "matrix4", "matrix_world of the capture's placement empty: maps capture-world "
+              "coordinates (the cameras') into the scene (a rotation, translation and one uniform scale). "
+              "Depth is given in scene units (times its scale) and normals in scene axes; identity if absent.",
+              required=False),
     ),
     "extract_mesh": (
         Field("source_job", "str", "The reconstruct or stylize job whose checkpoint is meshed."),
@@ -231,9 +240,11 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("frame", "int", "The camera's frame number.", required=False, min=-1_000_000, max=1_000_000),
             Field("width", "int", "Width in pixels.", min=1),
             Field("height", "int", "Height in pixels.", min=1),
-            Field("image", "blob", "The image file bytes (RGBA, straight alpha)."),
-            Field("depth", "array", "float32 (height, width) depth along the optical axis.", required=False,
-                  nullable=True),
+            Field("image", "blob", "The image file bytes: PNG (RGBA, straight alpha) or multilayer EXR (see "
+                  "the render job's format)."),
+            Field("depth", "array", "float32 (height, width) Depth pass: distance along the optical axis in "
+                  "scene units (see the render job's placement), 1e10 where the pixel is mostly empty.",
+                  required=False, nullable=True),
             Field("file", "str", "File name in the job's output folder.", required=False),
         )),
         MessageSpec("mesh", "server->client", "The mesh of an extract_mesh job, in capture-world coordinates.", (

@@ -107,6 +107,10 @@ After the routing identities a ROUTER adds, a message is:
 - v2, later: the stylize job gains the optional parameter `geometry_growth`. Adding an optional job
   parameter keeps the version: clients that do not send it are unaffected, and a backend that predates it
   refuses it by name as an unknown parameter rather than ignoring it.
+- v2, later: the render job's `format: "exr"` frames are multilayer OpenEXR with Blender's Combined, Depth
+  and Normal passes (was one RGBA layer with an optional Z); its `depth` arrays are view-axis distances in
+  scene units with 1e10 for empty pixels (were distances along each pixel's ray, 0 for empty pixels); it
+  gains the optional parameter `placement`, which sets the scene those units and axes are in.
 
 """
 

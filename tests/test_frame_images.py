@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.outputs.images import encode_exr, encode_png, srgb_to_linear
+from backend.outputs.images import encode_exr_passes, encode_png, srgb_to_linear
 
 
 def _image(h: int = 7, w: int = 5) -> np.ndarray:
@@ -37,7 +37,7 @@ def _blender_pixels(path: Path) -> tuple[np.ndarray, object]:
     return px.reshape(h, w, 4)[::-1], image
 
 
-def test_png16_and_exr_read_back_in_blender(tmp_path: Path) -> None:
+def test_png16_reads_back_in_blender(tmp_path: Path) -> None:
     bpy = pytest.importorskip("bpy")
     img = _image()
     (tmp_path / "f16.png").write_bytes(encode_png(img, bit_depth=16))
@@ -48,15 +48,7 @@ def test_png16_and_exr_read_back_in_blender(tmp_path: Path) -> None:
     np.testing.assert_allclose(px[..., 3], img[..., 3], atol=1e-4)
     np.testing.assert_allclose(px[..., :3], srgb_to_linear(img[..., :3]) * img[..., 3:], atol=2e-3)
     bpy.data.images.remove(image)
-
-    depth = np.arange(35, dtype=np.float32).reshape(7, 5)
-    (tmp_path / "f.exr").write_bytes(encode_exr(img, depth))
-    px, image = _blender_pixels(tmp_path / "f.exr")
-    assert image.file_format == "OPEN_EXR" and tuple(image.size) == (5, 7)
-    np.testing.assert_allclose(px[..., 3], img[..., 3], atol=1e-6)
-    # EXR holds linear, premultiplied colour; Blender keeps it premultiplied in its float buffer.
-    np.testing.assert_allclose(px[..., :3], srgb_to_linear(img[..., :3]) * img[..., 3:], atol=1e-5)
-    bpy.data.images.remove(image)
+    # EXR frames (multilayer, with Blender's passes): tests/test_exr_passes.py.
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 4), (4, 4, 3), (4, 4)])
@@ -64,7 +56,8 @@ def test_bad_images_are_refused(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="expected an"):
         encode_png(np.zeros(shape, np.float32))
     with pytest.raises(ValueError, match="expected an"):
-        encode_exr(np.zeros(shape, np.float32))
+        encode_exr_passes(np.zeros(shape, np.float32), np.zeros(shape[:2], np.float32),
+                          np.zeros((*shape[:2], 3), np.float32))
 
 
 def test_png_from_quantized_pixels_equals_float_path() -> None:

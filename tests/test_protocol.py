@@ -212,6 +212,22 @@ def test_stylize_geometry_growth_is_an_integer_from_0_to_4() -> None:
     assert err.value.field == "params.geometry_growth"
 
 
+def test_render_takes_an_optional_placement_matrix_and_the_exr_format() -> None:
+    cam = {"name": "c", "c2w": np.eye(4).tolist(), "fx": 10.0, "fy": 10.0, "cx": 4.0, "cy": 4.0, "width": 8,
+           "height": 8}
+    base = {"source_job": "j", "cameras": [cam]}
+    placement = np.diag([0.25, 0.25, 0.25, 1.0]).tolist()
+    protocol.validate_params("render", {**base, "format": "exr", "depth": True, "placement": placement})
+    protocol.validate_params("render", base)  # both optional: PNG, capture-world units
+    for value in ([[1.0] * 4] * 3, [[float("nan")] * 4] * 4, "identity", None):
+        with pytest.raises(ProtocolError) as err:
+            protocol.validate_params("render", {**base, "placement": value})
+        assert (err.value.code, err.value.field) == ("invalid_field", "params.placement"), value
+    with pytest.raises(ProtocolError) as err:
+        protocol.validate_params("render", {**base, "format": "tiff"})
+    assert err.value.field == "params.format"
+
+
 @pytest.mark.parametrize(("frames", "code"), [
     ([b"junk"], "malformed"),
     ([protocol.DELIMITER, b"", b"{", b"{}"], "malformed"),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from backend.outputs.encode_pool import OrderedEncodePool
-from backend.outputs.images import encode_exr, encode_png
+from backend.outputs.images import encode_exr_passes, encode_png
 from backend.server.jobs import JobContext
 from protocol import Message
 
@@ -54,9 +54,22 @@ def quantized_straight_alpha(rgba_premultiplied: torch.Tensor, bit_depth: int) -
     return q.to(torch.int32).cpu().numpy().astype(np.uint16)
 
 
-def _encode(pixels: np.ndarray, depth: np.ndarray | None, fmt: str) -> bytes:
-    if fmt == "exr":
-        return encode_exr(straight_alpha(pixels), depth)
+def linear_premultiplied(rgba_premultiplied: torch.Tensor) -> torch.Tensor:  # [H, W, 4] -> [H, W, 4]
+    """Scene-linear, premultiplied colour (what EXR holds) of a premultiplied ``(H, W, 4)`` sRGB render.
+
+    The NeRF's colours are display-referred sRGB like its photos: un-premultiply, invert the sRGB transfer
+    function, premultiply again (on the render's device, before the frame leaves it).
+    """
+    alpha = rgba_premultiplied[..., 3:].clamp(0.0, 1.0)
+    srgb = torch.where(alpha > 1e-6, rgba_premultiplied[..., :3] / alpha.clamp_min(1e-6), 0.0).clamp(0.0, 1.0)
+    linear = torch.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    return torch.cat([linear * alpha, alpha], dim=-1).nan_to_num(0.0)
+
+
+def _encode(pixels: np.ndarray, passes: tuple[np.ndarray, np.ndarray] | None, fmt: str) -> bytes:
+    """An EXR frame's bytes when ``passes`` (depth, normal) are given, else a PNG's."""
+    if passes is not None:
+        return encode_exr_passes(pixels, *passes)
     return encode_png(pixels, 16 if fmt == "png16" else 8)
 
 
@@ -69,11 +82,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def run_render(ctx: JobContext) -> dict[str, Any]:
     from backend.jobs.camera_path import cameras_from_protocol
-    from backend.nerf.frame_renderer import FrameRenderer
+    from backend.nerf.frame_renderer import FrameRenderer, placement_rotation_scale
 
     cameras, frames = cameras_from_protocol(ctx.params["cameras"])
     fmt = ctx.params.get("format", "png")
     with_depth = bool(ctx.params.get("depth", False))
+    placement = ctx.params.get("placement")
+    placement = np.asarray(placement, dtype=np.float64) if placement is not None else None
+    placement_rotation_scale(placement)  # refuse a placement that is not a similarity before loading anything
     ext, blob_fmt = ("exr", "exr") if fmt == "exr" else ("png", "png")
     ctx.progress("loading model", 0, 1)
     checkpoint = load_source_checkpoint(ctx)
@@ -123,14 +139,21 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
                     finish(j, data, d)
                 finish(i, *earlier)
                 continue
-            rgba_t, depth_t = renderer.render(cameras, i, check_cancel=ctx.check_cancel)
-            if fmt == "exr":
-                pixels = rgba_t.cpu().numpy()
+            passes = None
+            if fmt == "exr" or with_depth:  # Blender's Depth (and, for EXR, Normal) pass, in scene units
+                frame = renderer.render_passes(cameras, i, placement, normals=fmt == "exr",
+                                               check_cancel=ctx.check_cancel)
+                rgba_t, depth_t = frame.rgba, frame.depth
+            else:  # the PNG path: colour only, as fast as before
+                rgba_t, depth_t = renderer.render(cameras, i, check_cancel=ctx.check_cancel)
+            if fmt == "exr" and frame.normal is not None:
+                pixels = linear_premultiplied(rgba_t).cpu().numpy()
+                passes = (frame.depth.cpu().numpy(), frame.normal.cpu().numpy())
             else:
                 pixels = quantized_straight_alpha(rgba_t, 16 if fmt == "png16" else 8)
             # The depth map leaves the GPU only when it was asked for (8 MB a frame at 1080p).
             depth = depth_t.cpu().numpy().astype(np.float32) if with_depth else None
-            for (j, d), data in pool.submit((i, depth), _encode, pixels, depth if fmt == "exr" else None, fmt):
+            for (j, d), data in pool.submit((i, depth), _encode, pixels, passes, fmt):
                 finish(j, data, d)
         for (j, d), data in pool.drain():
             finish(j, data, d)

@@ -12,18 +12,28 @@ On CUDA the field is the fused Triton kernel (:class:`~backend.nerf._triton_fiel
 tables and weights with float32 accumulation) when the architecture allows it; elsewhere it is the model's
 own (PyTorch) field, so the CPU tests exercise the same marching and compositing code.
 
+Compositing passes (:meth:`FrameRenderer.render_passes`, what an OpenEXR render asks for) add, per pixel,
+Blender's Depth pass (``Z``: distance along the camera's view axis, in the units of the scene the camera
+lives in, :data:`BACKGROUND_DEPTH` where the pixel is mostly empty) and its Normal pass (world-space
+normals, weighted by coverage as Cycles accumulates them). Normals are the negated, normalised density
+gradient (central differences of the model's PyTorch density: the fused kernel gives no gradients) at the
+samples that carry visible weight, accumulated with those weights; they cost extra only when asked for.
+
 Example::
 
     renderer = FrameRenderer(checkpoint)
-    rgba, depth = renderer.render(cameras, 0)     # (H, W, 4) premultiplied, (H, W) world units
+    rgba, depth = renderer.render(cameras, 0)     # (H, W, 4) premultiplied, (H, W) world units along the ray
+    passes = renderer.render_passes(cameras, 0, placement=placement)   # + Z and normals in scene units
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from captures.cameras import Cameras
@@ -34,6 +44,34 @@ from .model import NeRFModel
 from .packed import packed_info_from_ray_indices
 from .rays import rays_for_image
 from .volrend import exclusive_sum_packed
+
+# What Cycles writes into its Depth pass where a pixel saw nothing (``film_get_pass_pixel_depth``: an empty
+# depth sample reads back as 1e10; checked on a Cycles render in Blender 4.2, 5.0 and 5.2). Blender's Z Combine
+# then keeps whatever the other input has there.
+BACKGROUND_DEPTH = 1e10
+# Cycles takes the Depth pass from one sample per pixel (not anti-aliased): a pixel's Z is its surface's or
+# the background's. The surface's where the NeRF covers at least this much of the pixel (its likelier value).
+DEPTH_MIN_OPACITY = 0.5
+# Samples whose weight is below this add no normal (their direction is noise and they would cost the
+# gradient's six density evaluations); the sum is renormalised, so the dropped weight only tilts it.
+NORMAL_MIN_WEIGHT = 0.02
+
+
+@dataclass
+class FramePasses:
+    """One frame's compositing passes (all float32 on the renderer's device).
+
+    Attributes:
+        rgba: ``(H, W, 4)`` premultiplied colour and opacity, as :meth:`FrameRenderer.render` returns.
+        depth: ``(H, W)`` Blender Depth pass: distance along the camera's view axis (camera-space ``-z`` in
+            Blender's axes) in scene units; :data:`BACKGROUND_DEPTH` where opacity < :data:`DEPTH_MIN_OPACITY`.
+        normal: ``(H, W, 3)`` Blender Normal pass: scene-world unit normals times opacity (0 where empty), or
+            None when not asked for.
+    """
+
+    rgba: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor | None
 
 
 class FrameRenderer:
@@ -117,23 +155,38 @@ class FrameRenderer:
         ``check_cancel`` is called before every chunk of rays and every batch of at most ``max_samples``
         samples; whatever it raises ends the render there (a job's cancel lands within one batch, not one frame).
         """
+        rgb, opacity, depth, _ = self._march(rays_o, rays_d, check_cancel, with_normals=False)
+        return rgb, opacity, depth
+
+    def _march(
+        self,
+        rays_o: torch.Tensor,  # [n_rays, 3]
+        rays_d: torch.Tensor,  # [n_rays, 3]
+        check_cancel: Callable[[], None] | None,
+        with_normals: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`render_rays` plus, ``with_normals``, the weighted sum of unit normals ``(n_rays, 3)``."""
         if rays_o.ndim != 2 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
             raise ValueError(f"rays_o and rays_d must both be (n_rays, 3), got {tuple(rays_o.shape)} and "
                              f"{tuple(rays_d.shape)}")
         check = check_cancel or _no_check
-        parts = [self._render_chunk(rays_o[c0:c0 + self.max_rays], rays_d[c0:c0 + self.max_rays], check)
+        parts = [self._render_chunk(rays_o[c0:c0 + self.max_rays], rays_d[c0:c0 + self.max_rays], check,
+                                    with_normals)
                  for c0 in range(0, rays_o.shape[0], self.max_rays)]
         if not parts:
             z = rays_o.new_zeros(0)
-            return rays_o.new_zeros(0, 3), z, z.clone()
-        return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+            return rays_o.new_zeros(0, 3), z, z.clone(), rays_o.new_zeros(0, 3) if with_normals else None
+        rgb, opacity, depth, normals = zip(*parts, strict=True)
+        return (torch.cat(rgb), torch.cat(opacity), torch.cat(depth),
+                torch.cat(normals) if with_normals else None)  # type: ignore[arg-type]
 
     def _render_chunk(
         self,
         rays_o: torch.Tensor,  # [n, 3]
         rays_d: torch.Tensor,  # [n, 3]
         check_cancel: Callable[[], None],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with_normals: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         check_cancel()
         model, settings = self.model, self.model.settings
         n = rays_o.shape[0]
@@ -142,11 +195,12 @@ class FrameRenderer:
         rgb = torch.zeros(n, 3, device=rays_o.device, dtype=torch.float32)
         opacity = torch.zeros(n, device=rays_o.device, dtype=torch.float32)
         depth = torch.zeros(n, device=rays_o.device, dtype=torch.float32)
+        normals = torch.zeros(n, 3, device=rays_o.device, dtype=torch.float32) if with_normals else None
         t_min, t_max = ray_interval(rays_o, rays_d, model.domain, settings)
         occ_rays, occ_steps = occupied_steps(rays_o, rays_d, t_min, t_max, model.occupancy, model.domain, settings,
                                              mask_fn=model._mask_fn)
         if occ_rays.numel() == 0:
-            return rgb, opacity, depth
+            return rgb, opacity, depth, normals
         info = packed_info_from_ray_indices(occ_rays, n)
         counts = info[:, 1]
         rank = torch.arange(occ_rays.shape[0], device=rays_o.device) - info[:, 0][occ_rays]
@@ -175,12 +229,44 @@ class FrameRenderer:
                 opacity.index_add_(0, ray, w)
                 depth.index_add_(0, ray, w * t_mid)
                 tau_ray.index_add_(0, ray, sd)
+                if normals is not None:
+                    self._add_normals(normals, rays_o, rays_d, ray, t_mid, w, check_cancel)
             if hi >= settings.max_steps:
                 break
             alive = alive & (tau_ray <= tau_stop) & (counts > hi)
             lo, width = hi, width * 2
         depth = torch.where(opacity > 0, depth / opacity.clamp_min(1e-10), torch.zeros_like(depth))
-        return rgb, opacity, depth
+        return rgb, opacity, depth, normals
+
+    def _add_normals(
+        self,
+        normals: torch.Tensor,  # [n, 3] accumulator
+        rays_o: torch.Tensor,  # [n, 3]
+        rays_d: torch.Tensor,  # [n, 3]
+        ray: torch.Tensor,  # [N] sample's ray
+        t_mid: torch.Tensor,  # [N] sample's distance along its ray
+        w: torch.Tensor,  # [N] sample's rendering weight
+        check_cancel: Callable[[], None],
+    ) -> None:
+        """Add ``w * n`` of the samples with weight >= :data:`NORMAL_MIN_WEIGHT` to their rays' ``normals``,
+        ``n`` the negated, normalised density gradient at the sample (model coordinates)."""
+        keep = torch.nonzero(w >= NORMAL_MIN_WEIGHT).squeeze(-1)
+        if keep.numel() == 0:
+            return
+        # Six points per sample: chunks of max_samples / 6 keep the field's intermediates as bounded as colour's.
+        for part in keep.split(max(1, self.max_samples // 6)):
+            check_cancel()
+            r = ray[part]
+            pos = rays_o[r] + rays_d[r] * t_mid[part, None]
+            grad = density_gradient(self.model.density, pos, self.normal_step)
+            n = -grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            normals.index_add_(0, r, w[part, None] * n)
+
+    @property
+    def normal_step(self) -> float:
+        """Finite-difference step of the normals, model units: one marching step (the finest distance the
+        renderer resolves; smaller steps only add the hash grid's cell-to-cell noise)."""
+        return float(self.model.settings.dt_min)
 
     @torch.no_grad()
     def render(
@@ -212,6 +298,108 @@ class FrameRenderer:
         h, w = int(cameras.height[i]), int(cameras.width[i])
         rgba = torch.cat([rgb, opacity[:, None]], dim=-1).reshape(h, w, 4)
         return rgba, (depth * scale).reshape(h, w)
+
+    @torch.no_grad()
+    def render_passes(
+        self,
+        cameras: Cameras,
+        i: int,
+        placement: np.ndarray | None = None,  # [4, 4]
+        normals: bool = True,
+        check_cancel: Callable[[], None] | None = None,
+    ) -> FramePasses:
+        """Colour, Blender Depth and Blender Normal passes of camera ``i`` (for a multilayer OpenEXR).
+
+        The units chain: the model's ray distance ``t`` (model units, unit directions) times the
+        normalization radius is capture-world distance; times ``d . forward`` (cosine between the ray and
+        the camera's optical axis) it is view-axis depth; times the placement's uniform scale it is in the
+        units of the Blender scene whose camera was sent (the add-on sends cameras mapped into capture world
+        by ``inv(placement)``). Normals need only the rotations: model axes are capture-world axes (the
+        normalization is a translation and a scale), and the placement's rotation turns them into scene axes.
+
+        Args:
+            cameras: as :meth:`render` (world cameras for a checkpoint).
+            i: camera index.
+            placement: ``(4, 4)`` matrix_world of the capture's placement empty (maps capture world into the
+                scene: a similarity), or None (the scene is capture world).
+            normals: whether to compute the Normal pass (the only pass that costs extra field evaluations).
+            check_cancel: as :meth:`render_rays`.
+
+        Raises:
+            ValueError: a camera index out of range, or a placement that is not a similarity.
+        """
+        if not 0 <= i < len(cameras):
+            raise ValueError(f"camera index {i} out of range for {len(cameras)} cameras")
+        rotation, scale = placement_rotation_scale(placement)
+        cams, radius = cameras, 1.0
+        if self.normalization is not None:
+            cams, radius = self.normalization.cameras_to_model(cameras), float(self.normalization.radius)
+        rays_o, rays_d = rays_for_image(cams, i, device=self.device, dtype=torch.float32)
+        rgb, opacity, t, summed = self._march(rays_o, rays_d, check_cancel, with_normals=normals)
+        # OpenCV c2w: column 2 is the optical axis (Blender's camera -Z), unchanged by the normalization.
+        forward = torch.as_tensor(cams.c2w[i][:3, 2], dtype=torch.float32, device=self.device)
+        forward = forward / forward.norm()
+        z = t * (rays_d @ forward) * (radius * scale)
+        z = torch.where(opacity >= DEPTH_MIN_OPACITY, z, torch.full_like(z, BACKGROUND_DEPTH))
+        h, w = int(cameras.height[i]), int(cameras.width[i])
+        normal = None
+        if summed is not None:
+            rot = torch.as_tensor(rotation, dtype=torch.float32, device=self.device)
+            length = summed.norm(dim=-1, keepdim=True)
+            # Unit direction times coverage: a solid surface's normal is as long as its pixel coverage, as in
+            # Cycles (which averages its samples' normals, the background's counting as 0).
+            unit = torch.where(length > 1e-12, summed / length.clamp_min(1e-12), 0.0)
+            normal = ((unit @ rot.T) * opacity[:, None]).reshape(h, w, 3)
+        return FramePasses(rgba=torch.cat([rgb, opacity[:, None]], dim=-1).reshape(h, w, 4),
+                           depth=z.reshape(h, w), normal=normal)
+
+
+def density_gradient(
+    density_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,  # [N, 3]
+    step: float,
+) -> torch.Tensor:  # [N, 3]
+    r"""Gradient of a density field by central differences (six evaluations per point).
+
+    .. math::
+
+        \partial_k \sigma(x) \approx \frac{\sigma(x + h e_k) - \sigma(x - h e_k)}{2h}
+
+    Second-order accurate: the even terms cancel. (A four-point tetrahedral stencil is first-order only: across
+    a surface a few steps thick its curvature term tilted normals by up to 20 degrees.)
+
+    Args:
+        density_fn: ``(M, 3) -> (M,)`` density.
+        x: ``(N, 3)`` points.
+        step: ``h``.
+
+    Returns:
+        ``(N, 3)`` float32 gradient.
+    """
+    e = torch.eye(3, dtype=torch.float32, device=x.device)
+    offsets = torch.cat([e, -e]) * step  # [6, 3]
+    sigma = density_fn((x.float()[:, None, :] + offsets[None]).reshape(-1, 3)).float().reshape(-1, 6)
+    return (sigma[:, :3] - sigma[:, 3:]) / (2.0 * step)
+
+
+def placement_rotation_scale(placement: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The rotation ``(3, 3)`` and uniform scale of a placement matrix (identity and 1 for None).
+
+    Raises:
+        ValueError: when it is not a similarity (non-uniform scale, shear, mirror, zero scale) or not finite.
+    """
+    if placement is None:
+        return np.eye(3), 1.0
+    m = np.asarray(placement, dtype=np.float64)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise ValueError(f"placement must be a finite 4x4 matrix, got shape {m.shape}")
+    scales = np.linalg.norm(m[:3, :3], axis=0)
+    if np.any(scales < 1e-12) or np.ptp(scales) > 1e-4 * np.max(scales):
+        raise ValueError(f"placement must scale uniformly (axis scales {np.round(scales, 6).tolist()})")
+    rot = m[:3, :3] / scales
+    if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
+        raise ValueError("placement must be a rotation, a translation and one positive scale")
+    return rot, float(np.mean(scales))
 
 
 def _no_check() -> None:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -234,6 +235,58 @@ def test_stylize_job_sends_shape_freedom_when_it_applies(addon, fresh_file):
     params = stylize_job(scene, item, 0).params
     assert params["geometry_growth"] == 1 and params["prompt"] == "Tolkien Elf"
     validate_params("stylize", params)
+
+
+def test_render_job_sends_the_frame_format_and_the_placement(addon, fresh_file):
+    from nerfart_blender.jobs_bpy import render_job, render_target
+
+    from protocol import validate_params
+
+    scene = fresh_file
+    out = scene.nerfart.outputs
+    items = {i.identifier: i.name for i in out.bl_rna.properties["file_format"].enum_items}
+    assert items == {"PNG": "PNG", "EXR": "OpenEXR Multilayer"}
+    assert out.bl_rna.properties["file_format"].enum_items["EXR"].description.startswith("Colour, depth and normals")
+    assert out.file_format == "PNG"  # PNG stays the default
+    cam = bpy.data.objects.new("Shot", bpy.data.cameras.new("Shot"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    scene.frame_start = scene.frame_end = 1
+    params = render_job(scene, render_target(scene, source="rec123")).params
+    assert params["format"] == "png" and "placement" not in params  # no placement: the scene is capture world
+    validate_params("render", params)
+    placement = bpy.data.objects.new("Capture Placement", None)
+    scene.collection.objects.link(placement)
+    placement.location, placement.rotation_euler, placement.scale = (1.0, -2.0, 0.5), (0.3, 0.0, 1.1), (0.25,) * 3
+    scene.nerfart.capture.placement = placement
+    out.file_format = "EXR"
+    bpy.context.view_layer.update()
+    params = render_job(scene, render_target(scene, source="rec123")).params
+    assert params["format"] == "exr"
+    # The backend scales depth by the placement's scale and turns normals by its rotation: scene units and axes.
+    np.testing.assert_allclose(np.array(params["placement"]), np.array(placement.matrix_world), atol=1e-6)
+    validate_params("render", params)
+
+
+def test_exr_frames_are_saved_and_load_as_multilayer_image_sequences(addon, fresh_file, tmp_path):
+    from nerfart_blender.results_bpy import load_frame_folders, save_frame
+
+    from protocol import Message
+
+    # What the render job writes for format "exr" (test_exr_passes.py checks the file is encode_exr_passes's).
+    exr = (Path(__file__).with_name("frame_passes_4x3.exr")).read_bytes()
+    for frame in (1, 2):
+        msg = Message("frame", {"index": frame - 1, "camera_name": "Shot", "frame": frame, "width": 4, "height": 3})
+        msg.content["image"] = msg.add_blob(exr, "exr")
+        assert save_frame(msg, tmp_path, multi_camera=False).name == f"frame_{frame:04d}.exr"
+    (image,) = load_frame_folders(tmp_path, "NeRF-Art Shot")
+    assert image.source == "SEQUENCE" and image.filepath.endswith("frame_0001.exr")
+    image.update_tag()
+    tree = bpy.data.node_groups.new("Check", "CompositorNodeTree")
+    node = tree.nodes.new("CompositorNodeImage")
+    node.image = image
+    assert image.type == "MULTILAYER"
+    assert [o.name for o in node.outputs if o.enabled] == ["Combined", "Alpha", "Depth", "Normal"]
 
 
 def test_recording_layout_rejects_mistakes(addon):
