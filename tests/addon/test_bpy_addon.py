@@ -269,7 +269,8 @@ def test_render_job_sends_the_frame_format_and_the_placement(addon, fresh_file):
 
 
 def test_exr_frames_are_saved_and_load_as_multilayer_image_sequences(addon, fresh_file, tmp_path):
-    from nerfart_blender.results_bpy import load_frame_folders, save_frame
+    from nerfart_blender.frames_bpy import frames_image, scan_frames
+    from nerfart_blender.results_bpy import save_frame
 
     from protocol import Message
 
@@ -279,7 +280,8 @@ def test_exr_frames_are_saved_and_load_as_multilayer_image_sequences(addon, fres
         msg = Message("frame", {"index": frame - 1, "camera_name": "Shot", "frame": frame, "width": 4, "height": 3})
         msg.content["image"] = msg.add_blob(exr, "exr")
         assert save_frame(msg, tmp_path, multi_camera=False).name == f"frame_{frame:04d}.exr"
-    (image,) = load_frame_folders(tmp_path, "NeRF-Art Shot")
+    (frames,) = scan_frames(tmp_path)
+    image = frames_image(frames, "NeRF-Art Shot")
     assert image.source == "SEQUENCE" and image.filepath.endswith("frame_0001.exr")
     image.update_tag()
     tree = bpy.data.node_groups.new("Check", "CompositorNodeTree")
