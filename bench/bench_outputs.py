@@ -185,6 +185,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of training one")
+    parser.add_argument("--save-checkpoint", type=Path,
+                        help="write the trained model here, so later benchmarks in the same lease reuse it")
     parser.add_argument("--train-s", type=float, default=60.0, help="training budget for the model")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--commit", default="unknown")
@@ -206,6 +208,8 @@ def main() -> int:
         t0 = time.perf_counter()
         ckpt = train_reconstruction(capture, config, device)
         print(f"trained in {time.perf_counter() - t0:.1f} s: {ckpt.metrics}", flush=True)
+        if args.save_checkpoint:
+            save_checkpoint(ckpt, args.save_checkpoint)
 
     sizes = [(64, 64), (96, 54)] if args.smoke else [(512, 512), (1920, 1080)]
     n = 3 if args.smoke else args.frames
