@@ -72,17 +72,20 @@ def frame_mismatch(scene_size: tuple[int, int], scene_pixel_aspect: tuple[float,
     """
     (sw, sh), (spx, spy) = scene_size, scene_pixel_aspect
     (pw, ph), (ppx, ppy) = photo_size, photo_pixel_aspect
-    fix = f"Match Photo Size sets the scene to {pw}x{ph}"
+    problems = []
+    # Displayed shapes (pixel aspect included); float32 pixel aspects: equal within 1e-6.
+    if not math.isclose(sw * spx * ph * ppy, sh * spy * pw * ppx, rel_tol=1e-6):
+        scene_shape, photo_shape = orientation(sw * spx, sh * spy), orientation(pw * ppx, ph * ppy)
+        side = "height" if ph * ppy > pw * ppx else "width"
+        what = (f"the capture's photos are {photo_shape} ({pw}x{ph}) but the scene renders {scene_shape} ({sw}x{sh})"
+                if scene_shape != photo_shape else f"the scene renders {sw}x{sh} but the capture's photos are {pw}x{ph}")
+        problems.append(f"{what}: the cameras keep the photos' full {side}; renders through them add or cut the "
+                        "rest")
     if not math.isclose(spy / spx, ppy / ppx, rel_tol=1e-6):
-        return (f"the scene's pixel aspect is {spx:g}:{spy:g} but the capture's cameras need {ppx:.6g}:{ppy:.6g} "
-                f"(non-square pixels, fx != fy): until Output ▸ Format ▸ Aspect is set to it, they do not frame "
-                f"their photos. {fix} and that aspect")
-    scene_shape, photo_shape = orientation(sw * spx, sh * spy), orientation(pw * ppx, ph * ppy)
-    if math.isclose(sw * spx * ph * ppy, sh * spy * pw * ppx, rel_tol=1e-6):  # float32 pixel aspects
+        problems.append(f"the scene's pixel aspect is {spx:g}:{spy:g} but the capture's cameras need "
+                        f"{ppx:.6g}:{ppy:.6g} (non-square pixels, fx != fy): until Output ▸ Format ▸ Aspect is set "
+                        "to it, they do not frame their photos")
+    if not problems:
         return None
-    if scene_shape != photo_shape:
-        what = f"the capture's photos are {photo_shape} ({pw}x{ph}) but the scene renders {scene_shape} ({sw}x{sh})"
-    else:
-        what = f"the scene renders {sw}x{sh} but the capture's photos are {pw}x{ph}"
-    side = "height" if ph > pw else "width"
-    return f"{what}: the cameras keep the photos' full {side}; renders through them add or cut the rest. {fix}"
+    aspect = "" if math.isclose(ppx, ppy, rel_tol=1e-6) else f" with pixel aspect {ppx:.6g}:{ppy:.6g}"
+    return "; ".join(problems) + f". Match Photo Size sets the scene to {pw}x{ph}{aspect}"
