@@ -5,7 +5,8 @@ their photos only at the photos' shape. At any other shape:
 
 * the camera keeps the photo's view along the photo's long side: ``VERTICAL`` sensor fit for a portrait photo,
   ``HORIZONTAL`` for a landscape or square one (:func:`capture_sensor_fit`). With ``AUTO`` a portrait camera in
-  a landscape scene would spread its sensor over the image width and shrink the subject to a third
+  a landscape scene would spread its sensor over the frame's width, so the frame's width would see what the
+  photo's height saw: the subject magnified by the scene's aspect (1.8x at 16:9), head and chin cut off
   (``intrinsics.effective_sensor_fit``);
 * the photo shown behind the camera keeps its own shape (:func:`background_frame_method`): ``FIT`` or ``CROP``
   so that its fitted side spans the frame's, never ``STRETCH`` (which squashed a portrait photo into a

@@ -223,8 +223,8 @@ def test_a_portrait_capture_in_a_landscape_scene_is_not_squashed_and_says_how_to
     folder = fx.idr(tmp_path / "portrait", n=6, w=12, h=20, k=(20.0, 20.0, 6.5, 9.5))  # square pixels
     cams = _import(scene, folder, show_photos=True)
     assert (scene.render.resolution_x, scene.render.resolution_y) == (1920, 1080)  # not asked to change it
-    # The camera keeps the photo's vertical view in the landscape frame (AUTO would fit 36 mm across the width
-    # and shrink the subject to a third), and its photo keeps its shape, fitted to the frame's height.
+    # The camera keeps the photo's vertical view in the landscape frame (AUTO would fit the sensor across the
+    # width and magnify the subject 1.8x), and its photo keeps its shape, fitted to the frame's height.
     cam = cams[0]
     assert cam.data.sensor_fit == "VERTICAL"
     k = projection_intrinsics(cam, scene)
