@@ -1,8 +1,9 @@
 """Captures in the scene: import a capture's cameras under one placement empty, or render a ring of cameras.
 
 An imported capture is a collection holding a *placement* empty and one camera per photo, parented to it with
-an identity parent-inverse, so ``camera.matrix_world = placement.matrix_world · c2w_file``. Moving, rotating or
-uniformly scaling the empty moves the whole capture (and every mesh or render that comes back) into place.
+an identity parent-inverse, so ``camera.matrix_world = placement.matrix_world · c2w_file``. By default the
+placement stands the subject upright at the 3D cursor at head scale (:mod:`.core.placement`). Moving, rotating
+or uniformly scaling the empty moves the whole capture (and every mesh or render that comes back) into place.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from .cameras_bpy import (
     numpy_to_matrix,
 )
 from .core.camera_export import record_from_blender
-from .core.captures import Capture, blender_cameras
+from .core.capture_frame import background_frame_method, frame_mismatch
+from .core.captures import Capture, blender_cameras, capture_subject
 from .core.intrinsics import BlenderCamera, intrinsics_from_blender
 from .core.nerfstudio import transforms_json
+from .core.placement import HEAD_SIZE_M, upright_placement
 from .core.poses import placement_scale
 from .core.ring import RingCamera, bounding_sphere, framing_distance, ring_cameras
 
 CAPTURE_ROOT_KEY = "nerfart_capture_root"
 CAPTURE_FORMAT_KEY = "nerfart_capture_format"
+CAPTURE_SIZE_KEY = "nerfart_photo_size"  # (width, height) of the first photo
+CAPTURE_PIXEL_ASPECT_KEY = "nerfart_pixel_aspect"  # (x, y) the cameras need
 
 
 def _new_collection(scene: bpy.types.Scene, name: str) -> bpy.types.Collection:
@@ -39,42 +44,64 @@ def _new_collection(scene: bpy.types.Scene, name: str) -> bpy.types.Collection:
     return coll
 
 
-def _new_placement(coll: bpy.types.Collection, name: str) -> bpy.types.Object:
+def _new_placement(coll: bpy.types.Collection, name: str, display_size: float = 0.5) -> bpy.types.Object:
     empty = bpy.data.objects.new(name, None)
     empty.empty_display_type = "ARROWS"
-    empty.empty_display_size = 0.5
+    empty.empty_display_size = display_size
     coll.objects.link(empty)
     return empty
 
 
+PLACEMENT_MODES = ("CURSOR", "AS_CAPTURED")
+# Drawn sizes relative to the subject's diameter, in capture units (the placement's scale applies on top).
+CAMERA_DISPLAY_FRACTION = 0.15
+PLACEMENT_DISPLAY_FRACTION = 0.75
+
+
 def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool = True,
                    set_resolution: bool = False, set_active_camera: bool = False,
+                   placement_mode: str = "CURSOR", subject_size: float = HEAD_SIZE_M,
                    ) -> tuple[bpy.types.Collection, bpy.types.Object, list[str]]:
     """Create the capture's cameras in a new collection under one placement empty.
 
-    The scene's render resolution and active camera change only when asked (``set_resolution``,
-    ``set_active_camera``): an artist's shot settings are theirs.
+    ``placement_mode`` ``'CURSOR'`` stands the subject upright at the 3D cursor, ``subject_size`` Blender units
+    across (:func:`.core.placement.upright_placement`); ``'AS_CAPTURED'`` keeps the capture's own position,
+    orientation and scale (identity placement). The scene's render resolution and active camera change only
+    when asked (``set_resolution``, ``set_active_camera``): an artist's shot settings are theirs.
 
     Returns:
-        The collection, the placement empty, and warnings for the user (distortion, mixed image sizes, a scene
-        resolution or pixel aspect that frames the cameras differently from their photos).
+        The collection, the placement empty, and warnings for the user (reader warnings, distortion, mixed
+        image sizes, pixel aspects shared). Whether the scene's render frames like the photos is not among them:
+        it changes with the scene, so :func:`frame_warning` tells it when asked.
 
     Raises:
         CaptureError: the views need pixel aspects too different for one scene (before anything is created).
+        ValueError: an unknown ``placement_mode`` or a non-positive ``subject_size``.
     """
+    if placement_mode not in PLACEMENT_MODES:
+        raise ValueError(f"placement_mode must be one of {', '.join(PLACEMENT_MODES)}, got {placement_mode!r}")
     settings, aspect_warning = blender_cameras(capture, clip_start=0.01, clip_end=1000.0)
+    subject = capture_subject(capture)
+    if placement_mode == "CURSOR":
+        matrix = upright_placement(subject, tuple(scene.cursor.location), subject_size)
+    else:
+        matrix = np.eye(4)
     name = f"NeRF-Art {capture.root.name or 'capture'}"
     coll = _new_collection(scene, name)
-    placement = _new_placement(coll, f"{name} Placement")
+    placement = _new_placement(coll, f"{name} Placement", PLACEMENT_DISPLAY_FRACTION * subject.diameter)
+    placement.matrix_world = numpy_to_matrix(matrix)
     coll[CAPTURE_ROOT_KEY] = str(capture.root)
     coll[CAPTURE_FORMAT_KEY] = capture.format
+    first = capture.cameras[0].intrinsics
+    coll[CAPTURE_SIZE_KEY] = (first.width, first.height)
+    coll[CAPTURE_PIXEL_ASPECT_KEY] = (settings[0].pixel_aspect_x, settings[0].pixel_aspect_y)
     warnings = [*capture.warnings, *([aspect_warning] if aspect_warning else [])]
     sizes = {(c.intrinsics.width, c.intrinsics.height) for c in capture.cameras}
     first_obj = None
     for cam, bc in zip(capture.cameras, settings, strict=True):
         data = bpy.data.cameras.new(cam.name)
         apply_blender_camera(data, bc)
-        data.display_size = 0.2
+        data.display_size = CAMERA_DISPLAY_FRACTION * subject.diameter
         obj = bpy.data.objects.new(cam.name, data)
         coll.objects.link(obj)
         obj.parent = placement
@@ -93,19 +120,7 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
             data.show_background_images = True
     if set_resolution:
         apply_render_settings(scene.render, settings[0])
-    elif not math.isclose(scene.render.pixel_aspect_y / scene.render.pixel_aspect_x,
-                          settings[0].pixel_aspect_y / settings[0].pixel_aspect_x, rel_tol=1e-6):
-        warnings.append(f"the scene's pixel aspect is {scene.render.pixel_aspect_x:g}:{scene.render.pixel_aspect_y:g} "
-                        f"but the capture's cameras need {settings[0].pixel_aspect_x:.6g}:"
-                        f"{settings[0].pixel_aspect_y:.6g} (non-square pixels, fx != fy); until Output ▸ Format ▸ "
-                        "Aspect is set to it, they do not frame their photos")
-    else:
-        r = scene.render
-        width, height = capture.cameras[0].intrinsics.width, capture.cameras[0].intrinsics.height
-        if (r.resolution_x * r.pixel_aspect_x) * height != (r.resolution_y * r.pixel_aspect_y) * width:
-            warnings.append(f"the scene renders {r.resolution_x}x{r.resolution_y} but the capture's photos are "
-                            f"{width}x{height}: the cameras frame exactly like the photos only at that shape; "
-                            "tick Set Scene Resolution to match it")
+    fit_backgrounds(scene, coll)
     if len(sizes) > 1:
         warnings.append(f"the capture mixes {len(sizes)} image sizes; a camera frames its photo exactly only "
                         "when the scene resolution matches its size (stored as nerfart_width/height)")
@@ -115,6 +130,70 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
     if set_active_camera:
         scene.camera = first_obj
     return coll, placement, warnings
+
+
+def _capture_shape(coll: bpy.types.Collection | None) -> tuple[tuple[int, int], tuple[float, float]] | None:
+    """The photos' size and the pixel aspect the cameras need, as stored on an imported capture's collection."""
+    if coll is None or CAPTURE_SIZE_KEY not in coll or CAPTURE_PIXEL_ASPECT_KEY not in coll:
+        return None
+    width, height = (int(v) for v in coll[CAPTURE_SIZE_KEY])
+    pax, pay = (float(v) for v in coll[CAPTURE_PIXEL_ASPECT_KEY])
+    return (width, height), (pax, pay)
+
+
+def frame_warning(scene: bpy.types.Scene, coll: bpy.types.Collection | None) -> str | None:
+    """Why the scene's render does not frame like the imported capture's photos, or None (also for no capture,
+    or one made by Capture from Scene)."""
+    shape = _capture_shape(coll)
+    if shape is None:
+        return None
+    r = scene.render
+    return frame_mismatch((r.resolution_x, r.resolution_y), (r.pixel_aspect_x, r.pixel_aspect_y), *shape)
+
+
+def fit_backgrounds(scene: bpy.types.Scene, coll: bpy.types.Collection) -> None:
+    """Fit every capture camera's photo to its frame at the scene's current render shape, keeping its aspect.
+
+    At the photos' own shape the photo fills the frame exactly (``STRETCH``, which also honours non-square
+    pixels); at any other shape it keeps its shape and lines up with the camera's view
+    (:func:`.core.capture_frame.background_frame_method`).
+    """
+    r = scene.render
+    frame_aspect = (r.resolution_x * r.pixel_aspect_x) / (r.resolution_y * r.pixel_aspect_y)
+    shape = _capture_shape(coll)
+    pax, pay = shape[1] if shape is not None else (1.0, 1.0)
+    for obj in coll.objects:
+        if obj.type != "CAMERA" or "nerfart_width" not in obj:
+            continue
+        w, h = int(obj["nerfart_width"]), int(obj["nerfart_height"])
+        photo_aspect = (w * pax) / (h * pay)
+        if math.isclose(photo_aspect, frame_aspect, rel_tol=1e-6):  # float32 pixel aspects
+            method = "STRETCH"
+        else:
+            method = background_frame_method(obj.data.sensor_fit, photo_aspect, frame_aspect)
+        for bg in obj.data.background_images:
+            bg.frame_method = method
+
+
+def match_scene_to_capture(scene: bpy.types.Scene, coll: bpy.types.Collection) -> tuple[int, int]:
+    """Set the scene's resolution and pixel aspect to the capture's photos (the percentage stays); returns the
+    size set. Raises ``ValueError`` for a collection that is not an imported capture."""
+    shape = _capture_shape(coll)
+    if shape is None:
+        raise ValueError(f"'{coll.name}' is not an imported capture (it has no photo size)")
+    (width, height), (pax, pay) = shape
+    r = scene.render
+    r.resolution_x, r.resolution_y = width, height
+    r.pixel_aspect_x, r.pixel_aspect_y = pax, pay
+    fit_backgrounds(scene, coll)
+    return width, height
+
+
+def store_warnings(cap, warnings: list[str]) -> None:
+    """Replace the warnings shown in the Capture panel (``Scene.nerfart.capture.warnings``) by ``warnings``."""
+    cap.warnings.clear()
+    for text in warnings:
+        cap.warnings.add().text = text
 
 
 def placement_matrix(placement: bpy.types.Object | None) -> np.ndarray | None:

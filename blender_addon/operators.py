@@ -424,7 +424,7 @@ class NERFART_OT_import_capture(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        from .capture_bpy import import_capture
+        from .capture_bpy import frame_warning, import_capture, store_warnings
         from .core.captures import CaptureError, read_capture
         from .jobs_bpy import CAPTURE_FORMATS
 
@@ -434,19 +434,45 @@ class NERFART_OT_import_capture(bpy.types.Operator):
         try:
             capture = read_capture(folder, CAPTURE_FORMATS.get(cap.format))
             coll, placement, warnings = import_capture(scene, capture, cap.show_photos, cap.set_resolution,
-                                                       cap.set_active_camera)
+                                                       cap.set_active_camera, cap.placement_mode,
+                                                       cap.subject_size)
         except (CaptureError, ValueError, OSError) as exc:
             return _fail(self, f"cannot import the capture: {exc}")
         cap.cameras = coll
         cap.placement = placement
+        store_warnings(cap, warnings)  # the panel shows them (and frame_warning, which follows the scene)
         for obj in context.view_layer.objects:
             obj.select_set(False)
         placement.select_set(True)
         context.view_layer.objects.active = placement
-        for w in warnings:
+        for w in [*warnings, *filter(None, [frame_warning(scene, coll)])]:
             self.report({"WARNING"}, w)
         self.report({"INFO"}, f"imported {len(capture.cameras)} {capture.format} cameras into '{coll.name}'; "
                     f"move '{placement.name}' to place the capture")
+        return {"FINISHED"}
+
+
+class NERFART_OT_match_capture_frame(bpy.types.Operator):
+    """Set the scene's render resolution and pixel aspect to the capture's photos, so its cameras frame exactly like them"""
+
+    bl_idname = "nerfart.match_capture_frame"
+    bl_label = "Match Photo Size"
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 - Blender reads a set
+
+    @classmethod
+    def poll(cls, context):
+        from .capture_bpy import frame_warning
+
+        if frame_warning(context.scene, context.scene.nerfart.capture.cameras) is None:
+            cls.poll_message_set("The scene already frames like the imported capture's photos")
+            return False
+        return True
+
+    def execute(self, context):
+        from .capture_bpy import match_scene_to_capture
+
+        width, height = match_scene_to_capture(context.scene, context.scene.nerfart.capture.cameras)
+        self.report({"INFO"}, f"the scene now renders {width}x{height}, the capture's photo size")
         return {"FINISHED"}
 
 
@@ -473,6 +499,7 @@ class NERFART_OT_capture_from_scene(bpy.types.Operator):
 
         scene = context.scene
         cap = scene.nerfart.capture
+        cap.warnings.clear()  # a new capture: the imported one's warnings no longer apply
         elevations = parse_elevations(cap.ring_elevations)
         coll, _ring = create_ring(scene, list(context.selected_objects), cap.ring_count, elevations, cap.ring_lens,
                                   cap.ring_width, cap.ring_height, cap.ring_margin)
@@ -1006,6 +1033,7 @@ CLASSES = (
     NERFART_OT_resume_job,
     NERFART_OT_watch_jobs,
     NERFART_OT_import_capture,
+    NERFART_OT_match_capture_frame,
     NERFART_OT_capture_from_scene,
     NERFART_OT_reconstruct,
     NERFART_OT_stylize,

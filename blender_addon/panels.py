@@ -177,6 +177,23 @@ class NERFART_PT_backend(_Panel, bpy.types.Panel):
                 box.label(text="Connect to reattach them")
 
 
+def draw_capture_warnings(layout, context) -> None:
+    """The imported capture's warnings, and whether the scene frames like its photos (live, with the fix)."""
+    from .capture_bpy import frame_warning
+
+    cap = context.scene.nerfart.capture
+    frame = frame_warning(context.scene, cap.cameras)
+    if not cap.warnings and frame is None:
+        return
+    box = layout.box()
+    box.alert = True
+    for w in cap.warnings:
+        draw_wrapped(box, w.text, context, in_box=True, icon="ERROR")
+    if frame is not None:
+        draw_wrapped(box, frame, context, in_box=True, icon="ERROR")
+        box.operator("nerfart.match_capture_frame", icon="OUTPUT")
+
+
 class NERFART_PT_capture(_Panel, bpy.types.Panel):
     bl_idname = "NERFART_PT_capture"
     bl_label = "Capture"
@@ -194,6 +211,10 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
             sub.prop(cap, "show_photos")
             sub.prop(cap, "set_resolution")
             sub.prop(cap, "set_active_camera")
+            labelled(col, cap, "placement_mode")
+            row = col.row()
+            row.enabled = cap.placement_mode == "CURSOR"  # As Captured keeps the capture's own scale
+            row.prop(cap, "subject_size")
             col.operator("nerfart.import_capture", text="Import Capture", icon="IMPORT")
         else:
             col = layout.column(align=True)
@@ -207,6 +228,7 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
             col.prop(cap, "ring_transparent")
             col.prop(cap, "ring_output", text="")
             layout.operator("nerfart.capture_from_scene", icon="RENDER_STILL")
+        draw_capture_warnings(layout, context)
         labelled(layout, cap, "placement")
         labelled(layout, cap, "cameras")
         layout.separator()

@@ -107,6 +107,14 @@ def find_job(backend: NERFART_PG_backend, job_id: str) -> NERFART_PG_job | None:
     return next((ref for ref in backend.jobs if job_id and ref.job_id == job_id), None)
 
 
+class NERFART_PG_capture_warning(bpy.types.PropertyGroup):
+    """One thing the artist must know about the imported capture (shown in the Capture panel)."""
+
+    __slots__ = ()
+
+    text: StringProperty(name="Warning", description="What to know about the imported capture", default="")
+
+
 class NERFART_PG_capture(bpy.types.PropertyGroup):
     """Where the capture comes from, how it sits in the scene, and how to reconstruct it."""
 
@@ -143,6 +151,18 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
     set_active_camera: BoolProperty(name="Make Camera Active", description="On import, make the capture's first "
                                     "camera the scene's active camera (off: the active camera stays)",
                                     default=False)
+    placement_mode: EnumProperty(
+        name="Place", description="Where Import Capture puts the capture",
+        items=[("CURSOR", "Upright at 3D Cursor", "The subject's centre (where the cameras look) at the 3D "
+                "cursor, the cameras' mean up along +Z, facing the Front view, scaled to Subject Size"),
+               ("AS_CAPTURED", "As Captured", "The capture's own position, orientation and scale (its world is "
+                "the scene's)")],
+        default="CURSOR")
+    subject_size: FloatProperty(name="Subject Size", description="How big the captured subject is made when "
+                                "placed at the 3D cursor (estimated from the cameras; a head is about 0.25 m)",
+                                default=0.25, min=0.001, max=1e6, soft_max=100.0, subtype="DISTANCE")
+    warnings: CollectionProperty(type=NERFART_PG_capture_warning, name="Warnings",
+                                 description="What to know about the imported capture (replaced on each import)")
     ring_count: IntProperty(name="Cameras per Ring", description="Number of cameras on each ring", default=24,
                             min=3, max=256)
     ring_elevations: StringProperty(name="Ring Elevations", description="Elevation of each ring in degrees, "
@@ -360,6 +380,7 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
 CLASSES = (
     NERFART_PG_job,
     NERFART_PG_backend,
+    NERFART_PG_capture_warning,
     NERFART_PG_capture,
     NERFART_PG_queued_style,
     NERFART_PG_stylize,

@@ -37,7 +37,7 @@ from . import report as report_mod
 from .profiles import DEFAULT_PROMPT, Profile, choose
 from .progress import OperatorProgress, quiet_fds
 from .scene import SUBJECT_BOUNDS, SUBJECT_COLLECTION, build_head
-from .turntable import Orbit, add_turntable_camera, orbit_from_cameras
+from .turntable import Orbit, add_turntable_camera
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADDON_MODULE = "nerfart_blender"  # the package name inside the add-on's zip
@@ -384,9 +384,7 @@ class Demo:
         return cameras, (p.capture_size, p.capture_size)
 
     def import_real_capture(self, entry: dict[str, Any]) -> tuple[list[Any], tuple[int, int]]:
-        """Import a capture folder with the add-on's Import Capture, then stand it upright at the origin."""
-        from nerfart_blender.cameras_bpy import matrix_to_numpy, numpy_to_matrix
-
+        """Import a capture folder with the add-on's Import Capture, which stands it upright at the origin."""
         assert self.opts.capture is not None
         folder = self.opts.capture.resolve()
         if not folder.is_dir():
@@ -395,20 +393,17 @@ class Demo:
         cap = scene.nerfart.capture
         cap.source, cap.folder, cap.format = "FOLDER", str(folder), "AUTO"
         cap.show_photos = cap.set_resolution = True
+        # The add-on's default placement: the subject's centre (where the cameras' optical axes meet) at the 3D
+        # cursor, here the origin, the cameras' mean up along +Z, facing the Front view, a head's size (0.25 m).
+        # The placement carries cameras, mesh and renders.
+        scene.cursor.location = (0.0, 0.0, 0.0)
+        cap.placement_mode = "CURSOR"
         self.operator("import_capture")
         cameras = sorted((o for o in cap.cameras.objects if o.type == "CAMERA"), key=lambda o: o.name)
         if not cameras:
             raise DemoError(f"the capture {folder} has no cameras")
         width, height = int(cameras[0]["nerfart_width"]), int(cameras[0]["nerfart_height"])
-        # Stand the capture upright: its subject's centre to the origin, the cameras' mean up to +Z and the
-        # middle camera direction to -Y (Blender's front view). The placement carries cameras, mesh and renders.
         bpy.context.view_layer.update()
-        orbit = orbit_from_cameras(np.stack([matrix_to_numpy(o.matrix_world) for o in cameras]))
-        ez, ey = orbit.up, -orbit.front
-        rot = np.stack([np.cross(ey, ez), ey, ez])
-        placement = np.eye(4)
-        placement[:3, :3], placement[:3, 3] = rot, -rot @ orbit.centre
-        cap.placement.matrix_world = numpy_to_matrix(placement)
         entry.update(source="capture folder", path=str(folder), views=len(cameras), width=width, height=height,
                      format=str(cap.cameras.get("nerfart_capture_format", "")))
         return cameras, (width, height)

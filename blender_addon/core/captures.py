@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from ..captures import FORMATS, CaptureError, load_capture
+from .capture_frame import capture_sensor_fit
 from .intrinsics import BlenderCamera, Intrinsics, blender_from_intrinsics
+from .placement import SubjectFrame, subject_frame
 from .poses import OPENGL_TO_OPENCV
 
 CAPTURE_FORMATS = FORMATS
-__all__ = ["CAPTURE_FORMATS", "Capture", "CaptureCamera", "CaptureError", "blender_cameras", "read_capture"]
+__all__ = ["CAPTURE_FORMATS", "Capture", "CaptureCamera", "CaptureError", "blender_cameras", "capture_subject",
+           "read_capture"]
 
 # Largest error, in pixels at the image border, that sharing one pixel aspect may cause before the import is
 # refused; half a pixel is below what the poses of a real capture are good for (COLMAP's reprojection error).
@@ -70,6 +73,8 @@ class Capture:
         cameras: one per image.
         warnings: what the user must be told (images skipped, mattes paired by order).
         notes: the reader's decisions (format chosen, pixel-centre convention, ...).
+        centre: ``(3,)`` the subject's centre in capture world, where the optical axes converge: the shared
+            reader's region-of-interest centre, the one the backend's model is centred on (None: unknown).
     """
 
     format: str
@@ -78,6 +83,7 @@ class Capture:
     cameras: list[CaptureCamera] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    centre: np.ndarray | None = None
 
     @property
     def has_distortion(self) -> bool:
@@ -105,7 +111,17 @@ def read_capture(path: str | Path, fmt: str | None = None) -> Capture:
     _unique_names(cameras)
     source = shared.source if shared.source is not None else shared.root
     return Capture(shared.source_format, source, shared.root.resolve(), cameras, list(shared.warnings),
-                   list(shared.notes))
+                   list(shared.notes), centre=shared.normalization.center.copy())
+
+
+def capture_subject(capture: Capture) -> SubjectFrame:
+    """The capture's subject (centre, up, front, size) in capture world, from its cameras
+    (:func:`.placement.subject_frame`); the centre is :attr:`Capture.centre`, else the cameras' mean position."""
+    c2w = np.stack([c.c2w for c in capture.cameras])
+    centre = capture.centre if capture.centre is not None else c2w[:, :3, 3].mean(axis=0)
+    k = [c.intrinsics for c in capture.cameras]
+    return subject_frame(c2w, centre, np.array([i.fx for i in k]), np.array([i.fy for i in k]),
+                         np.array([i.width for i in k]), np.array([i.height for i in k]))
 
 
 def _unique_names(cameras: list[CaptureCamera]) -> None:
@@ -124,7 +140,9 @@ def blender_cameras(capture: Capture, clip_start: float = 0.01, clip_end: float 
 
     ``fx`` and the principal point stay exact for every camera; ``fy`` follows the shared pixel aspect
     (``fy = fx / (pixel_aspect_y / pixel_aspect_x)``), chosen to make the worst camera's error smallest
-    (:func:`_shared_aspect`); when every view needs the same aspect, it is that one exactly.
+    (:func:`_shared_aspect`); when every view needs the same aspect, it is that one exactly. Each camera's sensor
+    fits its photo's long side (:func:`.capture_frame.capture_sensor_fit`), so a portrait camera keeps its view in
+    a landscape scene.
 
     Returns:
         One :class:`BlenderCamera` per camera (the scene's resolution and pixel aspect are in each), and a
@@ -157,7 +175,9 @@ def blender_cameras(capture: Capture, clip_start: float = 0.01, clip_end: float 
     for cam in capture.cameras:
         k = cam.intrinsics
         common = Intrinsics(k.fx, k.fx / shared, k.cx, k.cy, k.width, k.height)
-        out.append(blender_from_intrinsics(common, clip_start=clip_start, clip_end=clip_end))
+        fit, sensor_w, sensor_h = capture_sensor_fit(k.width, k.height)
+        out.append(blender_from_intrinsics(common, sensor_fit=fit, sensor_width=sensor_w, sensor_height=sensor_h,
+                                           clip_start=clip_start, clip_end=clip_end))
     return out, warning
 
 

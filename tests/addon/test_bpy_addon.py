@@ -334,6 +334,7 @@ def test_import_capture_cameras_match_file(addon, fresh_file, lego_dir):
     scene = fresh_file
     scene.nerfart.capture.folder = str(lego_dir)
     scene.nerfart.capture.set_resolution = True  # asked for: the cameras then frame exactly like the photos
+    scene.nerfart.capture.placement_mode = "AS_CAPTURED"  # the file's own world: cameras at the file's poses
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     coll, placement = scene.nerfart.capture.cameras, scene.nerfart.capture.placement
     data = json.loads((lego_dir / "transforms_train.json").read_text())

@@ -41,6 +41,15 @@ def fill_results(scene) -> None:
     be.jobs_index = 1
     be.render_source = "SELECTED"
     scene.nerfart.outputs.batch_summary = "/studio/projects/heads/nerfart/renders/batch_20261204-005509.txt"
+    # An imported portrait capture with warnings, in a landscape scene: the warnings box and its fix button.
+    cap = scene.nerfart.capture
+    coll = bpy.data.collections.new("NeRF-Art fangzhou_nature_selfie_capture")
+    coll["nerfart_photo_size"], coll["nerfart_pixel_aspect"] = (540, 960), (1.0, 1.0)
+    cap.cameras = coll
+    for text in ("the capture's lens distortion (k1 k2 p1 p2) cannot be shown by Blender cameras; the backend "
+                 "uses it, the viewport shows the pinhole part only",
+                 "2 image(s) have no matte (matte/000017.png, matte/000042.png)"):
+        cap.warnings.add().text = text
 
 
 @pytest.mark.parametrize("state", ["idle", "busy", "error", "disconnected", "lost"])
@@ -94,8 +103,8 @@ def test_import_capture_leaves_resolution_and_camera_unless_asked(addon, fresh_f
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
     assert (scene.render.resolution_x, scene.render.resolution_y) == (1920, 1080) and scene.camera == shot
     assert len([o for o in cap.cameras.objects if o.type == "CAMERA"]) == 50
-    warnings = addon.capture_bpy.import_capture(scene, addon.core.captures.read_capture(lego_dir))[2]
-    assert any("renders 1920x1080 but the capture's photos are 400x400" in w for w in warnings)
+    warning = addon.capture_bpy.frame_warning(scene, cap.cameras)
+    assert "the capture's photos are square (400x400) but the scene renders landscape (1920x1080)" in warning
     # Asked for, both change.
     cap.set_resolution = cap.set_active_camera = True
     assert bpy.ops.nerfart.import_capture() == {"FINISHED"}

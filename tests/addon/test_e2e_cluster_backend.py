@@ -43,6 +43,7 @@ def test_a_batch_through_a_two_worker_backend(addon, cluster, tmp_path):
         scene = bpy.context.scene
         nerf = scene.nerfart
         nerf.capture.folder = str(cluster.capture)
+        nerf.capture.placement_mode = "AS_CAPTURED"  # the rig below is placed in the capture's own units
         assert bpy.ops.nerfart.import_capture() == {"FINISHED"}
         nerf.capture.preset, nerf.capture.steps, nerf.capture.holdout_every = "TINY", 40, 0
         assert bpy.ops.nerfart.reconstruct() == {"FINISHED"}
