@@ -13,7 +13,7 @@ bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python mod
 pytest.importorskip("zmq")
 
 from conftest import pump  # noqa: E402
-from test_bpy_artist_workflow import add_camera, reconstruct_and_stylize  # noqa: E402
+from test_bpy_artist_workflow import add_camera, joined_labels, reconstruct_and_stylize  # noqa: E402
 
 MOD = "nerfart_blender"
 
@@ -81,6 +81,8 @@ def test_a_tiny_mesh_says_why_and_what_to_do(connected, stub, tmp_path):
     assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}  # the stub's mesh has 3 vertices
     ref = scene.nerfart.backend.jobs[-1]
     assert ref.warning.startswith("Tiny mesh, only 3 vertices") and "reconstruct longer" in ref.warning
+    scene.nerfart.backend.jobs_index = len(scene.nerfart.backend.jobs) - 1
+    assert "Tiny mesh, only 3 vertices" in joined_labels(connected, "NERFART_PT_jobs")
 
 
 def test_queue_counts_this_blenders_jobs_while_they_wait(connected, stub):
@@ -95,6 +97,7 @@ def test_queue_counts_this_blenders_jobs_while_they_wait(connected, stub):
         addon.connection.submit(job)
     pump(addon, lambda: all(j.state == "running" for j in jobs))
     assert rt.queue_length == 2  # the backend's hello said 0
+    assert "Queue: 2 job(s)" in joined_labels(addon, "NERFART_PT_backend")
     stub.hold.clear()
     pump(addon, lambda: not any(j.active for j in jobs))
     assert rt.queue_length == 0
@@ -121,6 +124,8 @@ def test_render_and_batch_buttons_grey_out_while_their_job_runs(connected, stub,
 
     # A batch: the button waits until its last render ends, then the panel and status say how it went.
     scene.nerfart.stylize.queue.add().name = "a marble statue"
+    # The prompt runs with its own settings, which the panel spells out under the queue.
+    assert "Runs with its own settings: strength 0.50, CLIP ViT-B-32" in joined_labels(addon, "NERFART_PT_stylize")
     rig = bpy.data.collections.new("Rig")
     scene.collection.children.link(rig)
     rig.objects.link(bpy.data.objects["Shot Cam"])
@@ -184,3 +189,5 @@ def test_lost_backend_is_not_said_to_run_jobs_unless_it_answered(connected, stub
     assert addon.connection.session.state == "LOST"
     text = addon.connection.lost_explanation()
     assert text.startswith("No backend answered") and "keep running" not in text
+    addon.tick.sync_runtime(bpy.context.window_manager)
+    assert "No backend answered" in joined_labels(addon, "NERFART_PT_backend")
