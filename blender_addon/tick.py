@@ -511,7 +511,7 @@ def reset_runtime() -> None:
     _last_status, _last_shown = None, ()
     try:
         wm = bpy.context.window_manager
-    except AttributeError:  # no context yet (Blender starting up): nothing is shown from before
+    except (AttributeError, IndexError):  # no context yet (Blender starting up): nothing was shown before
         return
     if wm is not None:
         wm.property_unset("nerfart_runtime")
