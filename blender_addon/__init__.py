@@ -40,10 +40,12 @@ def register():
         type=properties.NERFART_PG_settings, name="NeRF-Art", description="NeRF-Art settings of this scene")
     bpy.types.WindowManager.nerfart_runtime = bpy.props.PointerProperty(
         type=properties.NERFART_PG_runtime, name="NeRF-Art Runtime", description="Live NeRF-Art state (not saved)")
+    tick.reset_runtime()
     tick.register_timer()
 
 
 def unregister():
+    tick.say_goodbye()
     tick.unregister_timer()
     connection.shutdown()
     del bpy.types.WindowManager.nerfart_runtime

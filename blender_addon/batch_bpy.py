@@ -14,6 +14,7 @@ from pathlib import Path
 import bpy
 
 from . import cameras_bpy, connection
+from .core.advice import batch_done_text
 from .core.batch import Batch, BatchRender
 from .core.jobs import Event
 from .core.outputs import remove_frames, render_folder_name
@@ -21,10 +22,25 @@ from .jobs_bpy import earlier_render, folder_in_use, render_job, render_target, 
 from .results_bpy import output_root
 
 _running: list[Batch] = []  # batches of this Blender session that have not finished
+last_done = ""  # what the last finished batch did and where its outputs are (panel, status bar)
+done_reports: list[tuple[str, str]] = []  # (level, text) of finished batches, for the info bar (watch_jobs)
 
 
 def running() -> list[Batch]:
     return list(_running)
+
+
+def reset() -> None:
+    """Forget this Blender session's batches (the add-on is being disabled: their jobs are no longer followed)."""
+    global last_done
+    _running.clear()
+    done_reports.clear()
+    last_done = ""
+
+
+def running_in(scene_name: str) -> bool:
+    """Whether a batch started from this scene is still running (its Render Batch button waits)."""
+    return any(b.scene == scene_name for b in _running)
 
 
 def rigs_of(scene: bpy.types.Scene, names: list[str]) -> list[bpy.types.Collection]:
@@ -106,8 +122,11 @@ def start(scene: bpy.types.Scene, batch: Batch) -> None:
 
     A prompt whose stylization cannot be submitted fails its renders with the reason; the others go on.
     """
+    global last_done
     for r in batch.renders:
         remove_frames(Path(r.folder))
+    batch.scene = scene.name
+    last_done = ""
     _running.append(batch)
     st = scene.nerfart.stylize
     for prompt in batch.prompts:
@@ -166,6 +185,7 @@ def on_event(event: Event) -> None:
 def _finish_if_done(batch: Batch) -> None:
     if not batch.finished or batch.summary is not None:
         return
+    global last_done
     json_path, text_path = batch.write_summary()
     if batch in _running:
         _running.remove(batch)
@@ -173,3 +193,6 @@ def _finish_if_done(batch: Batch) -> None:
         if output_root(scene.nerfart.outputs.output_dir) == Path(batch.output_folder):
             scene.nerfart.outputs.batch_summary = str(text_path)
     print(f"[nerfart] {batch.status_line()}; summary {text_path} and {json_path.name}", flush=True)
+    last_done = batch_done_text(batch.counts(), batch.output_folder, text_path.name)
+    failed = any(r.state != "done" for r in batch.renders)
+    done_reports.append(("WARNING" if failed else "INFO", last_done))

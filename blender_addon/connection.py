@@ -137,6 +137,7 @@ def connect(endpoint: str, hmac_key: str = "", client_name: str = "blender", tim
 
     disconnect()
     _reconnecting = False
+    local_backend.exit_message = ""  # an earlier local backend's exit says nothing about this connection
     c = Client(endpoint, hmac_key=hmac_key.encode() if hmac_key else None, client_name=client_name,
                heartbeat_interval_s=HEARTBEAT_INTERVAL_S, context=_get_context(), curve=keys,
                client_id=client_id or _session_client_id)
@@ -237,6 +238,16 @@ def status_line() -> str:
     if _reconnecting and session.state == "CONNECTING":
         return f"reconnecting to {session.endpoint}…"
     return session.status_line()
+
+
+def lost_explanation() -> str:
+    """What the panel says while the connection is lost: that jobs go on only where the backend answered on
+    this connection before; a backend that never answered, or a local one that exited, is said to be so."""
+    from .core.advice import lost_text
+
+    lb = local_backend
+    local_exit = lb.exit_message if lb.exit_message and not lb.running else ""
+    return lost_text(bool(session.info) and _backend_session is not None, local_exit)
 
 
 def _say_hello_again() -> None:

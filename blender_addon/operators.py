@@ -18,6 +18,7 @@ from . import connection, tick
 from .core.jobs import JobState
 from .core.local_backend import DEFAULT_ARGS
 from .core.presets import PRESETS_BY_ID, preset_enum_items
+from .core.results import result_warning
 from .preferences import DEFAULT_ENDPOINT, connect_options, get_preferences, is_loopback
 from .properties import find_job
 
@@ -71,6 +72,8 @@ def _submit(op, context, job: JobState, inputs=None) -> set[str]:
         except RuntimeError as exc:
             return _fail(op, str(exc), detail=None)
         op.report({"INFO"}, job.status_line())
+        if warning := result_warning(job):  # e.g. a tiny mesh: why, and what to change
+            op.report({"WARNING"}, warning)
         return {"FINISHED"}
     tick.sync_runtime(context.window_manager)
     if context.window is not None and not NERFART_OT_watch_jobs.running:
@@ -395,6 +398,13 @@ class NERFART_OT_watch_jobs(bpy.types.Operator):
                 self._seen_final.add(job.job_id)
                 level = "INFO" if job.state == "done" else ("WARNING" if job.state == "cancelled" else "ERROR")
                 self.report({level}, job.status_line())
+                if warning := result_warning(job):
+                    self.report({"WARNING"}, warning)
+        from . import batch_bpy
+
+        while batch_bpy.done_reports:  # a batch ended: how it went and where its outputs are
+            level, text = batch_bpy.done_reports.pop(0)
+            self.report({level}, text)
         if not s.busy:
             NERFART_OT_watch_jobs.running = False
             return {"FINISHED"}
@@ -813,6 +823,10 @@ class NERFART_OT_render(bpy.types.Operator):
     def poll(cls, context):
         if not _require_connection(cls):
             return False
+        if any(j.kind == "render" and j.meta.get("scene") == context.scene.name
+               for j in connection.session.active_jobs()):
+            cls.poll_message_set("A render of this scene is running: wait for it, or cancel it (NeRF-Art panel)")
+            return False
         out = context.scene.nerfart.outputs
         if out.mode == "RIG" and out.rig is None:
             cls.poll_message_set("Choose the rig collection")
@@ -873,7 +887,14 @@ class NERFART_OT_batch_render(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _require_connection(cls)
+        from . import batch_bpy
+
+        if not _require_connection(cls):
+            return False
+        if batch_bpy.running_in(context.scene.name):
+            cls.poll_message_set("A batch of this scene is running: wait for it, or cancel its jobs")
+            return False
+        return True
 
     def _plan(self, context):
         from . import batch_bpy
@@ -936,7 +957,8 @@ class NERFART_OT_batch_render(bpy.types.Operator):
                 return _fail(self, f"{batch.status_line()}: {failed[0].prompt} / {failed[0].rig}: "
                              f"{failed[0].error or failed[0].state}; summary {batch.summary[1]}",
                              "\n".join(f"{r.prompt} / {r.rig}: {r.error or r.state}" for r in failed))
-            self.report({"INFO"}, f"{batch.status_line()}; summary {batch.summary[1]}")
+            batch_bpy.done_reports.clear()  # reported here, not by the watcher
+            self.report({"INFO"}, batch_bpy.last_done)
             return {"FINISHED"}
         tick.sync_runtime(context.window_manager)
         if context.window is not None and not NERFART_OT_watch_jobs.running:
@@ -1015,6 +1037,7 @@ class NERFART_OT_job_remove(bpy.types.Operator):
         be = context.scene.nerfart.backend
         i = self.index if self.index >= 0 else be.jobs_index
         if 0 <= i < len(be.jobs):
+            tick.dismissed.add(be.jobs[i].job_id)  # undo brings it back, a re-sync of the job list does not
             be.jobs.remove(i)
             be.jobs_index = min(be.jobs_index, max(0, len(be.jobs) - 1))
         return {"FINISHED"}

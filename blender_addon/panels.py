@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bpy
 
+from .core.advice import queued_settings_text
 from .core.jobs import describe_error
 from .preferences import get_preferences
 from .properties import find_job
@@ -129,6 +130,7 @@ class NERFART_PT_backend(_Panel, bpy.types.Panel):
     bl_parent_id = "NERFART_PT_main"
 
     def draw(self, context):
+        from . import connection
         from .connection import zmq_error
 
         layout = self.layout
@@ -148,8 +150,7 @@ class NERFART_PT_backend(_Panel, bpy.types.Panel):
                 col.label(text=f"Backend {rt.backend_version}")
         elif rt.connection == "LOST":
             col.alert = True
-            draw_wrapped(col, "The backend is not responding. Reconnecting by itself; jobs keep running there "
-                         "and reattach when it answers.", context, icon="ERROR")
+            draw_wrapped(col, connection.lost_explanation(), context, icon="ERROR")
         elif rt.connection == "ERROR":
             # Most connection errors are fixed in the preferences (address, keys): one click away.
             op = col.operator("preferences.addon_show", text="Add-on Preferences", icon="PREFERENCES")
@@ -292,6 +293,15 @@ class NERFART_PT_stylize(_Panel, bpy.types.Panel):
         side.separator()
         side.operator("nerfart.queue_move", text="", icon="TRIA_UP").direction = "UP"
         side.operator("nerfart.queue_move", text="", icon="TRIA_DOWN").direction = "DOWN"
+        if 0 <= st.queue_index < len(st.queue):
+            item = st.queue[st.queue_index]
+            # Each prompt runs with the settings it was added with, not the panel's above: show and edit them.
+            sub = box.column(align=True)
+            draw_wrapped(sub, f"Runs with its own settings: {queued_settings_text(item)}", context, in_box=True)
+            sub.prop(item, "strength", slider=True)
+            sub.prop(item, "iterations")
+            sub.prop(item, "colour_only")
+            labelled(sub, item, "clip_pretrained")
         box.operator("nerfart.queue_run", icon="PLAY")
 
 

@@ -350,7 +350,7 @@ class NERFART_PG_runtime(bpy.types.PropertyGroup):
     backend_version: StringProperty(name="Backend Version", description="Version of the backend", default="")
     gpu_name: StringProperty(name="GPU", description="The backend's compute device", default="")
     gpu_memory: StringProperty(name="GPU Memory", description="Free and total GPU memory", default="")
-    queue_length: IntProperty(name="Queue", description="Jobs queued or running on the backend", default=0,
+    queue_length: IntProperty(name="Queue", description="This Blender's jobs queued or running on the backend", default=0,
                               min=0, max=1_000_000)
     clip_models: StringProperty(name="CLIP Models", description="CLIP models the backend offers", default="")
     busy: BoolProperty(name="Busy", description="A job of this session is running", default=False)

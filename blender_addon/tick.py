@@ -34,6 +34,8 @@ _backlog: deque[Event] = deque()  # events drained but not yet applied to Blende
 _last_status: str | None = None
 _last_shown: tuple = ()
 _preview_serial = 0
+_finish_serial = 0  # counts finished jobs, so a re-sync after undo knows which reconstruction finished last
+dismissed: set[str] = set()  # ids of jobs the artist removed from a job list: a re-sync never brings them back
 
 
 def tick() -> float:
@@ -110,6 +112,12 @@ def _running_batches() -> list:
     return batch_bpy.running()
 
 
+def _batch_done_text() -> str:
+    from . import batch_bpy
+
+    return batch_bpy.last_done
+
+
 def _scene_of(job: JobState) -> bpy.types.Scene:
     return bpy.data.scenes.get(job.meta.get("scene", "")) or bpy.context.scene
 
@@ -117,6 +125,16 @@ def _scene_of(job: JobState) -> bpy.types.Scene:
 def _record_job(job: JobState) -> None:
     """Save an accepted job in its scene so a reopened file can reattach to it."""
     scene = _scene_of(job)
+    jobs = scene.nerfart.backend.jobs
+    _fill_job_ref(scene, job)
+    be = scene.nerfart.backend
+    pinned = be.selected_source_job
+    be.jobs_index = len(jobs) - 1  # the new job's progress shows in the list...
+    be.selected_source_job = pinned  # ...without changing what Render From ▸ Selected Job renders
+
+
+def _fill_job_ref(scene: bpy.types.Scene, job: JobState) -> None:
+    """The job's entry in the scene's job list (added when missing) and its queued prompt's link to it."""
     jobs = scene.nerfart.backend.jobs
     ref = next((j for j in jobs if j.job_id == job.job_id), None) or jobs.add()
     ref.job_id = job.job_id or ""
@@ -126,10 +144,6 @@ def _record_job(job: JobState) -> None:
     ref.source_job = str(job.params.get("source_job", ""))
     ref.prompt = str(job.params.get("prompt", ""))
     ref.output_dir = str(job.meta.get("output_dir", ""))
-    be = scene.nerfart.backend
-    pinned = be.selected_source_job
-    be.jobs_index = len(jobs) - 1  # the new job's progress shows in the list...
-    be.selected_source_job = pinned  # ...without changing what Render From ▸ Selected Job renders
     qi = job.meta.get("queue_index")
     if qi is not None and qi < len(scene.nerfart.stylize.queue):
         scene.nerfart.stylize.queue[qi].job_id = job.job_id or ""
@@ -180,16 +194,91 @@ def _on_mesh(job: JobState, msg) -> None:
     obj = _results().mesh_object(f"NeRF-Art {job.label}", vertices, faces, colors, coll, placement,
                                  float(job.meta.get("decimate", 1.0)))
     job.meta["object"] = obj.name
+    job.meta["mesh_vertices"] = len(vertices)
     if colors is not None and job.meta.get("show_colours"):
         _results().show_attribute_colours()
+    push_undo(f"NeRF-Art: import {obj.name}")
 
 
 def _on_finished(job: JobState) -> None:
+    global _finish_serial
+    _finish_serial += 1
+    job.meta["finished"] = _finish_serial
     scene = _scene_of(job)
     if job.state == "done" and job.kind == "reconstruct" and job.job_id:
         scene.nerfart.backend.reconstruct_job = job.job_id
+    if job.kind == "render" and job.meta.get("files"):
+        push_undo(f"NeRF-Art: frames of {job.label}")  # the loaded sequences survive a later Ctrl+Z
     if bpy.app.background:
         print(f"[nerfart] {job.status_line()}", flush=True)
+        if warning := result_warning(job):
+            print(f"[nerfart] warning: {warning}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Undo: results are undo steps of their own; the job list follows the backend, not the undo stack
+# ---------------------------------------------------------------------------------------------------------
+
+
+def push_undo(message: str) -> bool:
+    """Make what just arrived from the backend its own undo step; returns whether one was pushed.
+
+    Results arrive from the timer, outside any operator, so Blender records no undo step for them: a Ctrl+Z
+    would go back to the last operator's step and drop every mesh, image and job entry added since. Pushing a
+    step right after each import makes Ctrl+Z undo at most the newest import. The timer runs without a window
+    in its context, which ``ed.undo_push`` needs, so the first window is lent. Nothing is pushed where undo is
+    off (background mode until a script initialises undo with its own ``ed.undo_push``).
+    """
+    wm = bpy.context.window_manager
+    window = bpy.context.window or (wm.windows[0] if wm is not None and wm.windows else None)
+    if window is None or bpy.context.preferences.edit.undo_steps == 0:
+        return False
+    try:
+        with bpy.context.temp_override(window=window, screen=window.screen):
+            if not bpy.ops.ed.undo_history.poll():  # polls true once the undo stack exists
+                return False
+            return bpy.ops.ed.undo_push(message=message) == {"FINISHED"}
+    except (RuntimeError, TypeError):  # e.g. a modal operator holds the context: the next import pushes
+        return False
+
+
+def resync_jobs() -> int:
+    """Put every job this Blender follows back into its scene's job list with its true state; returns how
+    many entries were added back.
+
+    Undo and redo restore the scene's saved job list to an older state (entries missing, an interrupted job
+    shown as running); the session (:data:`.connection.session`) is not undo data and holds each job's state as
+    the backend last reported it, so it wins. Jobs the artist removed (Remove Job) stay removed.
+    """
+    added = 0
+    latest_reconstruction: dict[str, JobState] = {}
+    for job in connection.session.jobs.values():
+        scene = bpy.data.scenes.get(job.meta.get("scene", ""))
+        if not job.job_id or scene is None:
+            continue
+        if job.job_id not in dismissed and not any(ref.job_id == job.job_id for ref in scene.nerfart.backend.jobs):
+            _fill_job_ref(scene, job)
+            added += 1
+        _update_job_ref(job)
+        if job.kind == "reconstruct" and job.state == "done" and "finished" in job.meta:
+            best = latest_reconstruction.get(scene.name)
+            if best is None or job.meta["finished"] > best.meta["finished"]:
+                latest_reconstruction[scene.name] = job
+    for name, job in latest_reconstruction.items():
+        be = bpy.data.scenes[name].nerfart.backend
+        if be.reconstruct_job != job.job_id:
+            be.reconstruct_job = job.job_id
+    return added
+
+
+@persistent
+def on_undo_redo(*_args) -> None:
+    """After undo or redo: the job list shows the backend's states again (see :func:`resync_jobs`)."""
+    try:
+        resync_jobs()
+        sync_runtime(bpy.context.window_manager)
+    except Exception:  # a handler must never break undo
+        traceback.print_exc()
 
 
 def reattach_after_connect() -> int:
@@ -236,7 +325,8 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.gpu_name = str(gpu.get("name", "")) if gpu else ("no GPU" if info else "")
     rt.gpu_memory = (f"{format_bytes(gpu['memory_free'])} free of {format_bytes(gpu['memory_total'])}"
                      if gpu and gpu.get("memory_total") else "")
-    rt.queue_length = int(info.get("queue_length", 0) or 0)
+    # The backend counts its queue only when it answers hello: count this Blender's queued and running jobs.
+    rt.queue_length = len(s.active_jobs())
     rt.clip_models = ", ".join(info.get("clip_models", []) or [])
     job = s.current_job()
     rt.busy = job is not None
@@ -245,7 +335,7 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
     rt.current_job_id = (job.job_id or "") if job else ""
     rt.job_result = result_text(job) if job else ""
     rt.job_warning = result_warning(job) if job else ""
-    rt.batch_text = "; ".join(b.status_line() for b in _running_batches())
+    rt.batch_text = "; ".join(b.status_line() for b in _running_batches()) or _batch_done_text()
     rt.error = clip_text(s.last_error)
     rt.error_detail = clip_text(s.last_error_detail)
     lb = connection.local_backend
@@ -255,7 +345,7 @@ def sync_runtime(wm: bpy.types.WindowManager) -> None:
         pending += sum(1 for ref in scene.nerfart.backend.jobs
                        if ref.job_id and ref.state in (*ACTIVE_STATES, "lost") and ref.job_id not in s.jobs)
     rt.reattach_pending = pending
-    _status_bar(wm, rt.job_text if rt.busy else None)
+    _status_bar(wm, rt.job_text if rt.busy else (_batch_done_text() or None))
     shown = (rt.connection, rt.status_text, rt.gpu_memory, rt.queue_length, rt.job_text, rt.job_result,
              rt.job_warning, rt.batch_text, rt.progress, rt.error,
              rt.local_backend, rt.reattach_pending, _preview_serial,
@@ -377,11 +467,59 @@ def on_load_post(*_args) -> None:
     sync_runtime(bpy.context.window_manager)
 
 
+def say_goodbye() -> str:
+    """Before the add-on is disabled: record and say what happens to this Blender's unfinished jobs; returns the
+    sentence ("" when none runs).
+
+    Disabling closes the connection and stops a local backend the add-on started, which interrupts its jobs
+    (the backend keeps their checkpoints): their entries read "lost" with why, so that enabling the add-on and
+    connecting reattaches them, shows them as interrupted and offers Resume. A remote backend's jobs go on.
+    """
+    from . import batch_bpy
+
+    s, lb = connection.session, connection.local_backend
+    active = [j for j in s.jobs.values() if j.job_id and j.active]
+    batch_bpy.reset()
+    if not active:
+        return ""
+    if lb.running:
+        text = (f"NeRF-Art disabled: stopping the local backend interrupts {len(active)} running job(s). Enable "
+                "the add-on, start the backend and connect: they show as interrupted and Resume continues them "
+                "from their latest checkpoint.")
+    else:
+        text = (f"NeRF-Art disabled: {len(active)} job(s) keep running on {s.endpoint}. Enable the add-on and "
+                "connect to follow them again.")
+    for job in active:
+        scene = bpy.data.scenes.get(job.meta.get("scene", ""))
+        ref = next((r for r in scene.nerfart.backend.jobs if r.job_id == job.job_id), None) if scene else None
+        if ref is not None and lb.running:
+            ref.state, ref.error = "lost", text
+    print(f"[nerfart] {text}", flush=True)
+    return text
+
+
+def reset_runtime() -> None:
+    """Forget the runtime display of an earlier enable (the WindowManager keeps its values across disable and
+    enable, which showed a stale error): the panel starts from the current, fresh session."""
+    global _last_status, _last_shown
+    _backlog.clear()
+    _last_status, _last_shown = None, ()
+    try:
+        wm = bpy.context.window_manager
+    except (AttributeError, IndexError):  # no context yet (Blender starting up): nothing was shown before
+        return
+    if wm is not None:
+        wm.property_unset("nerfart_runtime")
+
+
 def register_timer() -> None:
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=IDLE_INTERVAL_S, persistent=True)
     if on_load_post not in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.append(on_load_post)
+    for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
+        if on_undo_redo not in handlers:
+            handlers.append(on_undo_redo)
 
 
 def unregister_timer() -> None:
@@ -389,6 +527,9 @@ def unregister_timer() -> None:
         bpy.app.timers.unregister(tick)
     while on_load_post in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(on_load_post)
+    for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
+        while on_undo_redo in handlers:
+            handlers.remove(on_undo_redo)
     _backlog.clear()
     _status_bar(bpy.context.window_manager, None)
 

@@ -46,6 +46,7 @@ class Batch:
     started: float = field(default_factory=time.time)
     finished_at: float | None = None
     summary: tuple[Path, Path] | None = None
+    scene: str = ""  # the scene that started it (its Render Batch button waits while it runs)
 
     @property
     def prompts(self) -> list[str]:

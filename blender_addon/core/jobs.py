@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .advice import in_panel_words
+
 CONNECTION_STATES = ("DISCONNECTED", "CONNECTING", "CONNECTED", "LOST", "ERROR")
 ACTIVE_STATES = ("submitting", "queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted", "lost")
@@ -271,7 +273,7 @@ class Session:
             self.jobs[job.job_id] = job
             return [Event("accepted", job, msg)]
         if t == "error":
-            text = str(c.get("message") or c.get("code") or "backend error")
+            text = in_panel_words(str(c.get("message") or c.get("code") or "backend error"))
             detail = describe_error(str(c.get("code", "")), c.get("field"))
             job = None
             if msg.parent_id and msg.parent_id in self.pending:
@@ -298,7 +300,7 @@ class Session:
                 j.total = int(rec.get("total", j.total) or 0)
                 j.position = int(rec.get("position", j.position) if rec.get("position") is not None else -1)
                 if rec.get("error"):
-                    j.error = str(rec["error"].get("message", ""))
+                    j.error = in_panel_words(str(rec["error"].get("message", "")))
                 j.updated = now
             return [Event("status", None, msg)]
         if job is None:
@@ -332,7 +334,7 @@ class Session:
             job.outputs = dict(c.get("outputs") or {})
             err = c.get("error")
             if err:
-                job.error = str(err.get("message", ""))
+                job.error = in_panel_words(str(err.get("message", "")))
                 job.error_code = str(err.get("code", ""))
             if job.state == "failed":
                 self.set_error(f"{job.label or job.kind} failed: {job.error or 'no reason given'}",

@@ -100,6 +100,9 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 self.proc.kill()  # type: ignore[union-attr]
                 self.proc.wait(timeout_s)  # type: ignore[union-attr]
+            self.exit_message = "local backend stopped"
+        # Forget the process: a later service() (the add-on enabled again) must not report this exit as a crash.
+        self.proc, self._stop_requested = None, None
         self._close_log()
 
     def service(self) -> str | None:

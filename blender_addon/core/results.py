@@ -7,6 +7,7 @@ Reads what the backend sends (``progress.losses`` / ``progress.metrics``, ``resu
 
 from __future__ import annotations
 
+from .advice import mesh_warning
 from .jobs import JobState
 
 NOT_PROMPT_DRIVEN = ("NOT prompt-driven: random CLIP weights were asked for (CLIP Weights 'random', a test "
@@ -55,7 +56,14 @@ def result_text(job: JobState) -> str:
 
 
 def result_warning(job: JobState) -> str:
-    """What the artist must know about the result, or "": a stylization the prompt did not drive."""
+    """What the artist must know about the result, or "": a stylization the prompt did not drive, a tiny or
+    empty mesh."""
+    if job.kind == "extract_mesh":
+        count = _number(job.outputs.get("vertices"), job.meta.get("mesh_vertices"))
+        if count is None:
+            return ""
+        return mesh_warning(int(count), int(job.params.get("resolution", 256)),
+                            bool(job.params.get("keep_largest_only", True)), float(job.meta.get("decimate", 1.0)))
     if job.kind != "stylize":
         return ""
     if job.outputs.get("prompt_driven") is False or str(job.params.get("clip_pretrained", "")) == "random":

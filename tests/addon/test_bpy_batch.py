@@ -172,4 +172,7 @@ def test_in_the_ui_the_timer_drives_the_batch(connected, shot, stub, tmp_path):
     assert len(submits(stub, "render")) == 6 and batch.summary is not None
     assert batch_bpy.running() == [] and len(frame_files(tmp_path / "renders")) == 6
     addon.tick.tick()
-    assert rt.batch_text == "" and scene.nerfart.outputs.batch_summary == str(batch.summary[1])
+    # Issue 19: the panel and status bar say the batch is done, how it went and where its outputs are.
+    assert rt.batch_text == (f"Batch finished: 6 render(s) done; outputs in {tmp_path / 'renders'} "
+                             f"(summary {batch.summary[1].name})")
+    assert scene.nerfart.outputs.batch_summary == str(batch.summary[1])
