@@ -14,6 +14,7 @@ zip's wheels; the report says where ``zmq`` was imported from.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import json
 import os
@@ -47,11 +48,11 @@ def main(zip_path: str) -> dict:
         raise SystemExit("set BLENDER_USER_RESOURCES to a temporary folder first")
     env_site = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
     sys.meta_path.insert(0, _HideEnvironmentZmq(env_site))
-    import bpy  # first: it puts Blender's script modules (addon_utils) on sys.path
+    import bpy
 
-    import addon_utils
+    addon_utils = importlib.import_module("addon_utils")  # on sys.path once bpy is imported
 
-    report: dict = {"blender": bpy.app.version_string, "python": "%d.%d" % sys.version_info[:2]}
+    report: dict = {"blender": bpy.app.version_string, "python": "{}.{}".format(*sys.version_info[:2])}
     log: list[str] = []
     try:
         result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
@@ -61,7 +62,7 @@ def main(zip_path: str) -> dict:
         report["install_result"] = ["ERROR"]
         log.append(str(exc))
     report["log"] = log
-    default, loaded = addon_utils.check(MODULE)
+    _default, loaded = addon_utils.check(MODULE)
     report["enabled"] = bool(loaded) and MODULE in bpy.context.preferences.addons
     wheel_dir = Path(bpy.utils.user_resource("EXTENSIONS", path=".local")).resolve()
     report["wheel_dir"] = str(wheel_dir)
