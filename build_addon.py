@@ -12,7 +12,7 @@ Steps:
    ``captures/`` (the capture readers the backend uses too), copied in as ``<zip>/protocol/`` and
    ``<zip>/captures/`` (the add-on imports them relatively), without ``__pycache__``.
 2. Fetch the pinned pyzmq wheels for every CPython the supported Blender versions embed (:data:`PYTHON_VERSIONS`:
-   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 and distribution builds) and every platform, with
+   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 to 5.2 LTS and distribution builds) and every platform, with
    ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
    (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
    Blender decides whether an extension fits its Python from the wheel filenames alone, with a rule of its own
@@ -63,7 +63,7 @@ MANIFEST = "blender_manifest.toml"
 # 27.x publishes only cp312-abi3 for 3.12+, which Blender's compatibility check reads as "3" and then drops next
 # to the cp311 wheel's "3.11" (see blender_python_versions), refusing the extension on Python 3.13.
 PYZMQ_VERSION = "26.4.0"
-# The CPython versions the supported Blender releases embed: 4.2 LTS to 5.0 ship 3.11, 5.1 ships 3.13 (and
+# The CPython versions the supported Blender releases embed: 4.2 LTS to 5.0 ship 3.11, 5.1 to 5.2 LTS 3.13 (and
 # Linux distributions build Blender against their system Python, 3.13 in current ones).
 PYTHON_VERSIONS = ("3.11", "3.13")
 # Blender platform -> the pip ``--platform`` tag to ask for (pip also accepts compatible older tags and, for
