@@ -12,8 +12,8 @@ Steps:
    ``captures/`` (the capture readers the backend uses too), copied in as ``<zip>/protocol/`` and
    ``<zip>/captures/`` (the add-on imports them relatively), without ``__pycache__``.
 2. Fetch the pinned pyzmq wheels for every CPython the supported Blender versions embed (:data:`PYTHON_VERSIONS`:
-   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 to 5.2 LTS and distribution builds) and every platform, with
-   ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
+   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 to 5.2 LTS and distribution builds) and every platform,
+   with ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
    (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
    Blender decides whether an extension fits its Python from the wheel filenames alone, with a rule of its own
    (:func:`blender_python_versions`): a ``cpXY-cpXY`` wheel counts as "X.Y", a stable-ABI ``cpXY-abi3`` wheel
