@@ -12,11 +12,16 @@ Steps:
    ``captures/`` (the capture readers the backend uses too), copied in as ``<zip>/protocol/`` and
    ``<zip>/captures/`` (the add-on imports them relatively), without ``__pycache__``.
 2. Fetch the pinned pyzmq wheels for every CPython the supported Blender versions embed (:data:`PYTHON_VERSIONS`:
-   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 and distribution builds) and every platform, with
-   ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
+   3.11 for Blender 4.2 to 5.0, 3.13 for Blender 5.1 to 5.2 LTS and distribution builds) and every platform,
+   with ``pip download --only-binary=:all: --no-deps --platform ... --python-version ...`` into a cache
    (``.whl/`` by default; later builds work offline), and list them in the staged manifest's ``wheels``.
-   pyzmq publishes its wheels for 3.12 and newer with the stable ABI (``cp312-abi3``), which Blender installs
-   on any CPython from 3.12 on; the build checks that each platform has a wheel for each Python.
+   Blender decides whether an extension fits its Python from the wheel filenames alone, with a rule of its own
+   (:func:`blender_python_versions`): a ``cpXY-cpXY`` wheel counts as "X.Y", a stable-ABI ``cpXY-abi3`` wheel
+   only as "X", and "X" is dropped as soon as any wheel names an "X.Y". So ``cp311`` + ``cp312-abi3`` reads as
+   "3.11 only" and Blender on CPython 3.13 refuses the whole extension, although its wheel filter would install
+   the abi3 wheel there. pyzmq 27 ships only ``cp312-abi3`` wheels for 3.12+, hence the pin to 26.4.0, the
+   newest pyzmq with ``cp313-cp313`` wheels: the zip then reads as "3.11, 3.13". The build checks, with
+   Blender's rules, that the extension is accepted on every Python and that each platform gets a wheel there.
 3. Build the zip with Blender's own extension builder and check it with Blender's own validator
    (``blender_ext.py build`` / ``validate`` from ``addons_core/bl_pkg/cli``, the code behind
    ``blender --command extension build|validate``), found in the installed ``bpy`` module or a ``blender``
@@ -53,8 +58,12 @@ CAPTURES_DIR = ROOT / "captures"
 SHARED_PACKAGES = (PROTOCOL_DIR, CAPTURES_DIR)
 MANIFEST = "blender_manifest.toml"
 
-PYZMQ_VERSION = "27.3.0"
-# The CPython versions the supported Blender releases embed: 4.2 LTS to 5.0 ship 3.11, 5.1 ships 3.13 (and
+# The pyzmq bundled in the zip (the backend and test venvs may run a newer one: the ZeroMQ wire protocol and
+# the bundled libzmq 4.3.5 are the same). 26.4.0 is the newest release with per-version cp313-cp313 wheels;
+# 27.x publishes only cp312-abi3 for 3.12+, which Blender's compatibility check reads as "3" and then drops next
+# to the cp311 wheel's "3.11" (see blender_python_versions), refusing the extension on Python 3.13.
+PYZMQ_VERSION = "26.4.0"
+# The CPython versions the supported Blender releases embed: 4.2 LTS to 5.0 ship 3.11, 5.1 to 5.2 LTS 3.13 (and
 # Linux distributions build Blender against their system Python, 3.13 in current ones).
 PYTHON_VERSIONS = ("3.11", "3.13")
 # Blender platform -> the pip ``--platform`` tag to ask for (pip also accepts compatible older tags and, for
@@ -133,6 +142,42 @@ def wheel_serves_python(filename: str, python: str) -> bool:
     return False
 
 
+def blender_python_versions(wheel_filenames: list[str]) -> set[str]:
+    """The Python versions Blender believes an extension supports, from its wheel filenames: ``{"3.11", "3.13"}``.
+
+    Blender's own rule (``python_versions_from_wheels`` in ``bl_pkg/cli/blender_ext.py``, the same in 4.2 LTS to
+    5.2 LTS): a wheel with a stable-ABI tag (``abi3``) gives only the major version "3"; any other wheel gives
+    the versions of its python tag ("cp311" -> "3.11", "py3" -> "3"); Python 2 is ignored; the union is taken
+    and a major version "3" is dropped when any "3.x" is present. An empty set means "any Python".
+    """
+    major_only: set[tuple[int, ...]] = set()
+    major_minor: set[tuple[int, ...]] = set()
+    for filename in wheel_filenames:
+        python_tag, abi_tag = filename.rsplit("/", 1)[-1][:-4].split("-")[-3:-1]
+        versions = {(int(t[3:]),) for t in abi_tag.split(".") if t.startswith("abi") and t[3:].isdigit()}
+        if not versions:
+            for tag in python_tag.split("."):
+                m = re.match(r"([a-zA-Z]+)([0-9]+)", tag)
+                if m is None or m.group(1).lower() not in {"py", "cp"}:
+                    raise BuildError(f"Blender cannot read the Python version of wheel {filename}")
+                digits = m.group(2)
+                versions.add((int(digits[:1]), int(digits[1:])) if len(digits) > 1 else (int(digits),))
+        for v in versions:
+            if v[0] > 2:
+                (major_only if len(v) == 1 else major_minor).add(v)
+    for v in major_minor:
+        major_only.discard((v[0],))
+    return {".".join(str(i) for i in v) for v in major_only | major_minor}
+
+
+def blender_accepts_python(wheel_filenames: list[str], python: str) -> bool:
+    """Whether Blender on CPython ``python`` ("3.13") accepts an extension bundling these wheels at all, rather
+    than refusing it with "This Python version (3.13) isn't compatible with (3.11)" (Blender's
+    ``repository_filter_skip``: "X.Y" or "X" must be among :func:`blender_python_versions`)."""
+    versions = blender_python_versions(wheel_filenames)
+    return not versions or python in versions or python.split(".")[0] in versions
+
+
 def cached_wheel(cache: Path, platform: str, python: str) -> Path | None:
     """A pyzmq wheel already in the cache for ``platform`` and CPython ``python``: one built for exactly that
     Python before a stable-ABI one, architecture-specific before universal2."""
@@ -171,6 +216,12 @@ def fetch_wheels(platforms: tuple[str, ...], cache: Path, offline: bool,
                     raise BuildError(f"pip download gave no pyzmq wheel usable on {platform} with CPython {python} "
                                      f"in {cache}")
             chosen.add(wheel)
+    names = [p.name for p in chosen]
+    refused = [python for python in pythons if not blender_accepts_python(names, python)]
+    if refused:
+        raise BuildError(f"Blender reads the wheels {sorted(names)} as Python "
+                         f"{', '.join(sorted(blender_python_versions(names)))} and would refuse the extension on "
+                         f"CPython {', '.join(refused)}; PYZMQ_VERSION needs per-version wheels for every Python")
     return [Wheel(p, blender_platforms_of_wheel(p.name), tuple(v for v in pythons if wheel_serves_python(p.name, v)))
             for p in sorted(chosen)]
 
@@ -300,10 +351,21 @@ def check_zip(path: Path, wheels: list[Wheel]) -> dict:
             if hashlib.sha256(zf.read(member)).hexdigest() != digests.get(name):
                 raise BuildError(f"{path.name}: {member} differs from the downloaded wheel")
     if wheels:
+        refused = refused_pythons(manifest)
+        if refused:
+            raise BuildError(f"{path.name}: Blender on CPython {', '.join(refused)} would refuse this extension: "
+                             f"it reads its wheels as Python {', '.join(sorted(blender_python_versions(listed)))}")
         missing = missing_wheels(manifest)
         if missing:
             raise BuildError(f"{path.name}: no pyzmq wheel listed for {', '.join(missing)}")
     return manifest
+
+
+def refused_pythons(manifest: dict, pythons: tuple[str, ...] = PYTHON_VERSIONS) -> list[str]:
+    """The Pythons of ``pythons`` on which Blender refuses to enable the extension of ``manifest`` at all
+    (:func:`blender_accepts_python` on its listed wheels)."""
+    wheels = manifest.get("wheels", [])
+    return [python for python in pythons if not blender_accepts_python(wheels, python)]
 
 
 def missing_wheels(manifest: dict, pythons: tuple[str, ...] = PYTHON_VERSIONS) -> list[str]:

@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's .venv with the pinned requirements. Idempotent and quick when nothing changed:
-# a hash of requirements.txt is stamped into the venv, and pip runs only when it differs.
+# Create (or reuse) the project's .venv with the pinned requirements, and with --with-addon-lanes the add-on's
+# test venvs .venv-bpy52 (Blender 5.2 LTS, CPython 3.13) and .venv-bpy42 (Blender 4.2 LTS, CPython 3.11).
+# Idempotent and quick when nothing changed: a hash of each requirements file is stamped into its venv, and pip
+# runs only when it differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# bpy (real Blender as a module) exists for CPython 3.11 only, so the venv must be 3.11.
-pick_python() {
-    for candidate in "${PYTHON:-}" python3.11 python3; do
-        [ -n "$candidate" ] || continue
+# find_python X.Y OVERRIDE: a working CPython X.Y: $OVERRIDE if set, else pythonX.Y / python3 on PATH, else one
+# installed by pyenv ($(pyenv root)/versions/X.Y*/bin, also when the pyenv shim itself points at another
+# version). Each candidate is run, so a shim or a wrong version is skipped.
+find_python() {
+    local want=$1 override=$2 candidate root
+    local -a candidates=()
+    [ -n "${!override:-}" ] && candidates+=("${!override}")
+    candidates+=("python$want" python3)
+    root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+    for candidate in "$root"/versions/"$want"*/bin/python"$want"; do
+        [ -x "$candidate" ] && candidates+=("$candidate")
+    done
+    for candidate in "${candidates[@]}"; do
         command -v "$candidate" >/dev/null 2>&1 || continue
-        if "$candidate" -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        # The exact version, and not a free-threaded build (bpy is built for the regular one).
+        if "$candidate" -c "import sys, sysconfig; raise SystemExit('%d.%d' % sys.version_info[:2] != '$want'
+                            or bool(sysconfig.get_config_var('Py_GIL_DISABLED')))" 2>/dev/null; then
             echo "$candidate"; return 0
         fi
     done
-    echo "error: Python 3.11 is needed (bpy, Blender as a Python module, is built for 3.11 only)." >&2
-    echo "       Install it (e.g. apt-get install python3.11 python3.11-venv) or set PYTHON=/path/to/python3.11." >&2
+    echo "error: Python $want is needed for $3; none found on PATH (python$want, python3) or under $root/versions." >&2
+    echo "       Install it (e.g. apt-get install python$want python$want-venv, or pyenv install $want)" >&2
+    echo "       or set $override=/path/to/python$want." >&2
     return 1
 }
 
-# ensure_venv DIR REQUIREMENTS: create DIR if needed and install REQUIREMENTS when they changed.
+# ensure_venv DIR REQUIREMENTS PYTHON_VERSION OVERRIDE_VAR WHY: create DIR if needed and install REQUIREMENTS
+# when they changed.
 ensure_venv() {
     local dir=$1 req=$2
     if [ ! -x "$dir/bin/python" ]; then
         local py
-        py=$(pick_python)
+        py=$(find_python "$3" "$4" "$5")
         echo "Creating $dir with $py ..." >&2
         "$py" -m venv "$dir"
     fi
@@ -36,8 +51,13 @@ ensure_venv() {
     fi
 }
 
-ensure_venv .venv requirements.txt
-# The add-on is also tested under Blender 4.2 LTS (--with-bpy42, used by the test command).
-if [ "${1:-}" = "--with-bpy42" ]; then
-    ensure_venv .venv-bpy42 requirements-bpy42.txt
-fi
+# The main environment: backend (torch) and the main job's Blender 5.0 (bpy 5.0 is built for CPython 3.11).
+ensure_venv .venv requirements.txt 3.11 PYTHON "the main environment (bpy 5.0, Blender as a Python module)"
+# The add-on's test lanes (used by the test command): Blender 5.2 LTS on CPython 3.13 (the main add-on lane)
+# and Blender 4.2 LTS on CPython 3.11 (the oldest Blender we support).
+case "${1:-}" in
+    --with-addon-lanes | --with-bpy42)
+        ensure_venv .venv-bpy52 requirements-bpy52.txt 3.13 PYTHON313 "the Blender 5.2 LTS test lane (bpy 5.2)"
+        ensure_venv .venv-bpy42 requirements-bpy42.txt 3.11 PYTHON "the Blender 4.2 LTS test lane (bpy 4.2)"
+        ;;
+esac

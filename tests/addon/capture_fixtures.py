@@ -95,10 +95,14 @@ def colmap(root: Path, n: int = 5, w: int = 20, h: int = 14, binary: bool = Fals
             data += struct.pack("<Q3d3BdQ", j, *p, 1, 2, 3, 0.5, 0)
         (model / "points3D.bin").write_bytes(data)
     else:
-        (model / "cameras.txt").write_text(f"1 OPENCV {w} {h} " + " ".join(map(repr, params)) + "\n")
-        (model / "images.txt").write_text("".join(f"{i} {' '.join(map(repr, q))} {' '.join(map(repr, t))} 1 {name}\n\n"
+        # repr of a Python float: numpy 2 (Blender 5.2's) writes a numpy scalar as "np.float64(0.4)".
+        def num(v) -> str:
+            return repr(float(v))
+
+        (model / "cameras.txt").write_text(f"1 OPENCV {w} {h} " + " ".join(map(num, params)) + "\n")
+        (model / "images.txt").write_text("".join(f"{i} {' '.join(map(num, q))} {' '.join(map(num, t))} 1 {name}\n\n"
                                                   for i, q, t, name in poses))
-        (model / "points3D.txt").write_text("".join(f"{j} {x!r} {y!r} {z!r} 1 2 3 0.5\n"
+        (model / "points3D.txt").write_text("".join(f"{j} {num(x)} {num(y)} {num(z)} 1 2 3 0.5\n"
                                                     for j, (x, y, z) in enumerate(pts)))
     return root
 

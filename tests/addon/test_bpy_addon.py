@@ -492,7 +492,8 @@ INSTALL_SCRIPT = textwrap.dedent("""
            "protocol": hasattr(sys.modules.get(name + ".protocol"), "Client") or
                        __import__(name + ".protocol", fromlist=["Client"]).Client is not None,
            "captures": __import__(name + ".core.captures", fromlist=["read_capture"]).read_capture.__module__,
-           "site": bpy.utils.user_resource("EXTENSIONS", path=".local/lib/python3.11/site-packages")}
+           "site": bpy.utils.user_resource(
+               "EXTENSIONS", path=".local/lib/python{}.{}/site-packages".format(*sys.version_info[:2]))}
     mod = sys.modules[name]
     out["zmq_error"] = mod.connection.zmq_error()
     out["tick"] = mod.tick.tick()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,84 @@ def test_wheel_python_rule():
     assert ba.missing_wheels(manifest) == ["windows-x64 CPython 3.13"]
 
 
+# The wheels of the issue-19 zip (pyzmq 27.3.0): Blender on Python 3.13 refused it although it had a wheel there.
+CP311_PLUS_ABI3 = ["./wheels/pyzmq-27.3.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                   "./wheels/pyzmq-27.3.0-cp312-abi3-manylinux_2_28_x86_64.whl"]
+# Wheel lists exercising each branch of Blender's rule: abi3 alone, exact versions, py3, py2.py3, abi3 + exact.
+WHEEL_LISTS = [
+    CP311_PLUS_ABI3,
+    ["x-1-cp312-abi3-win_amd64.whl"],
+    ["x-1-cp311-cp311-win_amd64.whl", "x-1-cp313-cp313-win_amd64.whl"],
+    ["x-1-py3-none-any.whl"],
+    ["x-1-py2.py3-none-any.whl", "y-2-cp313-cp313-win_amd64.whl"],
+    ["x-1-cp312-abi3-win_amd64.whl", "y-2-cp313-cp313-win_amd64.whl"],
+]
+
+
+def test_blender_refuses_cp311_plus_abi3_on_python_313():
+    """Blender reads cp312-abi3 as "3" and drops it next to cp311's "3.11": the extension is refused on 3.13
+    although its wheel filter would install the abi3 wheel there. The build must see that."""
+    assert ba.blender_python_versions(CP311_PLUS_ABI3) == {"3.11"}
+    assert not ba.blender_accepts_python(CP311_PLUS_ABI3, "3.13")
+    assert ba.blender_accepts_python(CP311_PLUS_ABI3, "3.11")
+    manifest = {"platforms": ["linux-x64"], "wheels": CP311_PLUS_ABI3}
+    assert ba.refused_pythons(manifest) == ["3.13"]
+    fixed = {"platforms": ["linux-x64"], "wheels": ["./wheels/pyzmq-26.4.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                                                     "./wheels/pyzmq-26.4.0-cp313-cp313-manylinux_2_28_x86_64.whl"]}
+    assert ba.refused_pythons(fixed) == [] and ba.missing_wheels(fixed) == []
+    assert ba.blender_python_versions(["x-1-cp312-abi3-win_amd64.whl"]) == {"3"}  # abi3 alone: any 3.x
+
+
+def test_check_zip_rejects_a_zip_blender_313_refuses(tmp_path):
+    """check_zip (run on every build) fails on the issue-19 wheel set, with the versions Blender read."""
+    wheels = []
+    for entry in CP311_PLUS_ABI3:  # stand-in files: check_zip compares them to the "downloaded" ones by hash
+        path = tmp_path / entry.rsplit("/", 1)[1]
+        path.write_bytes(entry.encode())
+        wheels.append(ba.Wheel(path, ("linux-x64",), ()))
+    manifest = (ba.ADDON_DIR / ba.MANIFEST).read_text()
+    manifest = ba.set_manifest_value(manifest, "platforms", '["linux-x64"]')
+    manifest = ba.set_manifest_value(manifest, "wheels", ba.toml_list(CP311_PLUS_ABI3))
+    out = tmp_path / "x.zip"
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr(ba.MANIFEST, manifest)
+        zf.writestr("__init__.py", "")
+        for package in ba.SHARED_PACKAGES:
+            zf.writestr(f"{package.name}/__init__.py", "")
+        for w in wheels:
+            zf.write(w.path, f"wheels/{w.path.name}")
+    with pytest.raises(ba.BuildError, match=r"CPython 3\.13 would refuse .* Python 3\.11"):
+        ba.check_zip(out, wheels)
+
+
+def _blenders_extension_cli():
+    """Blender's own ``blender_ext.py`` from the installed bpy module, imported as a module."""
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the bpy module is not installed")
+    hits = sorted(Path(spec.submodule_search_locations[0]).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    assert hits, "bpy has no bl_pkg/cli/blender_ext.py"
+    mod_spec = importlib.util.spec_from_file_location("_blender_ext_under_test", hits[-1])
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("wheels", WHEEL_LISTS)
+def test_python_rule_matches_the_running_blenders_own_code(wheels):
+    """Our copy of the rule agrees with the installed Blender's python_versions_from_wheels and its install-time
+    check (repository_filter_skip) on Python 3.11, 3.12 and 3.13."""
+    ext = _blenders_extension_cli()
+    theirs = {".".join(str(i) for i in v) for v in ext.python_versions_from_wheels(wheels)}
+    assert ba.blender_python_versions(wheels) == theirs
+    for python in ("3.11", "3.12", "3.13"):
+        skipped = ext.repository_filter_skip(
+            {"python_versions": sorted(theirs)}, filter_blender_version=(0, 0, 0), filter_platform="linux-x64",
+            filter_python_version=(*map(int, python.split(".")), 0), skip_message_fn=lambda _m: None,
+            error_fn=lambda ex: pytest.fail(str(ex)))
+        assert ba.blender_accepts_python(wheels, python) == (not skipped), (wheels, python)
+
+
 @needs_tool
 def test_every_platform_gets_a_wheel_for_every_blender_python(tmp_path, wheel_cache):
     """Blender 4.2-5.0 embed CPython 3.11, Blender 5.1 3.13: the zip lists a pyzmq wheel for each, per platform,
@@ -93,14 +172,14 @@ def test_every_platform_gets_a_wheel_for_every_blender_python(tmp_path, wheel_ca
         m = tomllib.loads(zf.read("blender_manifest.toml").decode())
         names = set(zf.namelist())
     assert m["platforms"] == list(ba.ALL_PLATFORMS) and ba.missing_wheels(m) == []
+    # Blender derives "3.11, 3.13" from the wheels, so it accepts the extension on both.
+    assert ba.blender_python_versions(m["wheels"]) == {"3.11", "3.13"} and ba.refused_pythons(m) == []
     wheels = [w.rsplit("/", 1)[1] for w in m["wheels"]]
     assert all(f"wheels/{w}" in names for w in wheels)
     for platform in ba.ALL_PLATFORMS:
         mine = [w for w in wheels if platform in ba.blender_platforms_of_wheel(w)]
         assert any("-cp311-cp311-" in w for w in mine), platform
-        # pyzmq builds its wheels for 3.12+ with the stable ABI; Blender installs them on 3.13.
-        assert any(ba.wheel_serves_python(w, "3.13") and not ba.wheel_serves_python(w, "3.11") for w in mine), \
-            platform
+        assert any("-cp313-cp313-" in w for w in mine), platform
     assert m["blender_version_min"] == ba.MACOS_MIN_BLENDER  # the macOS wheels are universal2
 
 
@@ -112,13 +191,13 @@ def test_cached_wheels_split_platforms(tmp_path, wheel_cache):
     assert set(by_name) == {"nerfart_blender-0.1.0-windows_x64.zip", "nerfart_blender-0.1.0-macos_arm64.zip"}
     with zipfile.ZipFile(by_name["nerfart_blender-0.1.0-windows_x64.zip"]) as zf:
         m = tomllib.loads(zf.read("blender_manifest.toml").decode())
-        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-win_amd64.whl",
-                               "./wheels/pyzmq-27.3.0-cp312-abi3-win_amd64.whl"]
+        assert m["wheels"] == ["./wheels/pyzmq-26.4.0-cp311-cp311-win_amd64.whl",
+                               "./wheels/pyzmq-26.4.0-cp313-cp313-win_amd64.whl"]
         assert m["blender_version_min"] == "4.2.0"
     with zipfile.ZipFile(by_name["nerfart_blender-0.1.0-macos_arm64.zip"]) as zf:
         m = tomllib.loads(zf.read("blender_manifest.toml").decode())
-        assert m["wheels"] == ["./wheels/pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl",
-                               "./wheels/pyzmq-27.3.0-cp312-abi3-macosx_10_15_universal2.whl"]
+        assert m["wheels"] == ["./wheels/pyzmq-26.4.0-cp311-cp311-macosx_10_15_universal2.whl",
+                               "./wheels/pyzmq-26.4.0-cp313-cp313-macosx_10_15_universal2.whl"]
         assert m["blender_version_min"] == ba.MACOS_MIN_BLENDER  # universal2 needs a fixed 4.2.x
 
 
