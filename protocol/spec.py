@@ -107,6 +107,9 @@ After the routing identities a ROUTER adds, a message is:
 - v2, later: the stylize job gains the optional parameter `geometry_growth`. Adding an optional job
   parameter keeps the version: clients that do not send it are unaffected, and a backend that predates it
   refuses it by name as an unknown parameter rather than ignoring it.
+- v2, later: extract_mesh gains the optional parameters `mesh_format`, `texture_size` and `target_faces`;
+  the `mesh` message's arrays become optional and it gains `format` and `glb`. A request without
+  `mesh_format` still gets the PLY arrays, so clients that predate the option are unaffected.
 
 """
 
