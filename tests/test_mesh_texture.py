@@ -126,9 +126,9 @@ def test_baked_texture_matches_the_colour_field_on_the_surface(textured):
     got = tm.texture[row, col] / 255.0
     want = colour(torch.as_tensor(points, dtype=torch.float32)).numpy()
     err = np.abs(got - want)
-    # Measured: mean 0.005, 99th percentile 0.023 (a v-flipped lookup gives a mean of 0.17). Texel quantisation:
-    # nearest texel, and the colour ray sees the field just
-    # inside the surface, at most a voxel from the flat triangle).
+    # Measured: mean 0.005, 99th percentile 0.023 (a v-flipped lookup gives a mean of 0.17). What is left is
+    # the nearest-texel lookup and the colour ray seeing the field just inside the surface, at most a voxel
+    # from the flat triangle.
     assert err.mean() < 0.015 and np.percentile(err, 99) < 0.06
 
 
