@@ -8,8 +8,15 @@ import torch
 
 from backend.outputs.glb import glb_bytes, read_glb, write_glb
 from backend.outputs.mesh import extract_mesh
-from backend.outputs.texture import (AUTO_TARGET_FACES, auto_target_faces, decimate, rasterize_uv, texture_mesh,
-                                     unwrap, vertex_normals)
+from backend.outputs.texture import (
+    AUTO_TARGET_FACES,
+    auto_target_faces,
+    decimate,
+    rasterize_uv,
+    texture_mesh,
+    unwrap,
+    vertex_normals,
+)
 
 RADIUS = 0.6
 RES = 56
