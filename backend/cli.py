@@ -299,7 +299,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(args: argparse.Namespace) -> int:
-    params = {"source_job": args.job, **_params(args, {"resolution": "resolution", "isolevel": "isolevel"})}
+    params = {"source_job": args.job, "mesh_format": args.format,
+              **_params(args, {"resolution": "resolution", "isolevel": "isolevel"})}
+    if args.format == "glb":
+        params.update(texture_size=args.texture_size, target_faces=args.target_faces)
     if args.keep_largest_only:
         params["keep_largest_only"] = True
     code, result = _run_local("extract_mesh", params, args)
@@ -433,9 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", action="store_true", help="also write depth maps (Blender's Depth pass)")
     p.set_defaults(func=cmd_render)
 
-    p = local_job_parser("mesh", "extract a coloured mesh (PLY) of a finished job")
+    p = local_job_parser("mesh", "extract a textured mesh (GLB) or a vertex-coloured one (PLY) of a finished job")
     p.add_argument("job", help="id of a finished reconstruct or stylize job (in --work-dir)")
-    p.add_argument("--out", help="also copy the PLY here")
+    p.add_argument("--out", help="also copy the mesh file (GLB or PLY) here")
+    p.add_argument("--format", choices=("glb", "ply"), default="glb",
+                   help="glb: UV-unwrapped, decimated, baked colour texture embedded (default); "
+                        "ply: every marching-cubes vertex with its colour")
+    p.add_argument("--texture-size", type=int, choices=(1024, 2048, 4096), default=2048,
+                   help="texture width and height in texels (glb; default 2048)")
+    p.add_argument("--target-faces", type=int, default=0,
+                   help="triangles to decimate to before unwrapping (glb): 0 = auto (above 80000 faces, reduce "
+                        "to 80000), -1 = keep every face")
     p.add_argument("--resolution", type=int, help="grid cells per axis (default 256, up to 1024)")
     p.add_argument("--isolevel", type=float, help="surface density (default: the documented rule)")
     p.add_argument("--keep-largest-only", action="store_true", help="drop every part but the largest")

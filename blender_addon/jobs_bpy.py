@@ -246,7 +246,10 @@ def mesh_job(scene: bpy.types.Scene) -> JobState:
     if placement is not None:
         placement_matrix(placement)  # validate the placement before the backend works
     params = {"source_job": source, "resolution": int(out.mesh_resolution),
-              "keep_largest_only": bool(out.mesh_keep_largest)}
+              "keep_largest_only": bool(out.mesh_keep_largest), "mesh_format": out.mesh_format.lower()}
+    if out.mesh_format == "GLB":
+        params.update(texture_size=int(out.mesh_texture_size), target_faces=int(out.mesh_target_faces))
     return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
                     meta={"scene": scene.name, "placement": placement.name if placement else "",
-                          "decimate": float(out.mesh_decimate), "show_colours": bool(out.mesh_show_colours)})
+                          "decimate": float(out.mesh_decimate), "show_colours": bool(out.mesh_show_colours),
+                          "mesh_dir": str(output_root(out.output_dir) / "meshes")})

@@ -319,6 +319,17 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
                                  default=256, min=16, max=1024)
     mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
                                  default=1.0, min=0.01, max=1.0, subtype="FACTOR")
+    mesh_format: EnumProperty(name="Format", description="What Extract Mesh brings in", items=[
+        ("GLB", "Textured (GLB)", "Decimated, UV-unwrapped mesh with the colours baked into an image texture, "
+         "imported with Blender's glTF importer (the .glb stays in the output folder's meshes/)"),
+        ("PLY", "Vertex Colours", "Every marching-cubes vertex with its colour (heavy; colours only as fine as "
+         "the vertices)")], default="GLB")
+    mesh_texture_size: EnumProperty(name="Texture", description="Baked texture width and height", items=[
+        ("1024", "1K", "1024 x 1024"), ("2048", "2K", "2048 x 2048"), ("4096", "4K", "4096 x 4096")],
+        default="2048")
+    mesh_target_faces: IntProperty(name="Faces", description="Triangles to decimate to before unwrapping (0 = "
+                                   "auto: meshes above 80000 faces are reduced to 80000; -1 = keep all)",
+                                   default=0, min=-1, max=10_000_000)
     mesh_keep_largest: BoolProperty(name="Largest Part Only", description="Drop every disconnected piece but "
                                     "the largest", default=True)
     mesh_show_colours: BoolProperty(name="Colours in Solid View", description="When the mesh arrives, make the "

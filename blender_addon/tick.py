@@ -186,11 +186,21 @@ def _on_frame(job: JobState, msg) -> None:
 def _on_mesh(job: JobState, msg) -> None:
     c = msg.content
     scene = _scene_of(job)
+    placement = bpy.data.objects.get(job.meta.get("placement", "")) if job.meta.get("placement") else None
+    coll = placement.users_collection[0] if placement is not None and placement.users_collection else scene.collection
+    if c.get("format") == "glb":
+        from pathlib import Path
+
+        from . import mesh_import_bpy
+
+        path = Path(job.meta.get("mesh_dir") or _results().output_root("//nerfart")) / f"mesh_{job.job_id}.glb"
+        obj = mesh_import_bpy.import_glb(f"NeRF-Art {job.label}", msg.blob(c["glb"]), path, coll, placement)
+        job.meta["object"] = obj.name
+        job.meta["mesh_file"] = str(path)
+        return
     vertices = msg.array(c["vertices"])
     faces = msg.array(c["faces"])
     colors = msg.array(c["colors"]) if c.get("colors") else None
-    placement = bpy.data.objects.get(job.meta.get("placement", "")) if job.meta.get("placement") else None
-    coll = placement.users_collection[0] if placement is not None and placement.users_collection else scene.collection
     obj = _results().mesh_object(f"NeRF-Art {job.label}", vertices, faces, colors, coll, placement,
                                  float(job.meta.get("decimate", 1.0)))
     job.meta["object"] = obj.name

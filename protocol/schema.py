@@ -23,7 +23,7 @@ PROTOCOL_VERSION = 2
 # Field kinds. "array" and "blob" are specs that point at binary frames (see framing.py).
 KINDS = ("str", "int", "float", "bool", "dict", "list", "str_list", "float_map", "matrix4", "array", "blob", "any")
 ARRAY_DTYPES = ("uint8", "uint16", "int32", "int64", "float16", "float32", "float64")
-BLOB_FORMATS = ("png", "exr", "ply", "npz", "jpg", "json", "zip", "bin")
+BLOB_FORMATS = ("png", "exr", "ply", "glb", "npz", "jpg", "json", "zip", "bin")
 JOB_KINDS = ("reconstruct", "stylize", "render", "extract_mesh")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
@@ -42,7 +42,7 @@ class Field:
         doc: what it means, for SPEC.md.
         required: whether it must be present.
         nullable: whether JSON null is allowed.
-        choices: allowed values for ``str`` fields.
+        choices: allowed values for ``str`` and ``int`` fields.
         min, max: inclusive bounds for ``int`` / ``float`` fields, or list length bounds.
         item: a nested schema (tuple of Fields) for ``dict`` fields, or for the items of ``list`` fields.
     """
@@ -52,7 +52,7 @@ class Field:
     doc: str
     required: bool = True
     nullable: bool = False
-    choices: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | tuple[int, ...] | None = None
     min: float | None = None
     max: float | None = None
     item: tuple[Field, ...] | None = None
@@ -184,6 +184,14 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
         Field("isolevel", "float", "Density isolevel (default: the documented rule).", required=False,
               nullable=True, min=0, max=1e6),
         Field("keep_largest_only", "bool", "Drop every component but the largest.", required=False),
+        Field("mesh_format", "str", "'glb': decimated, UV-unwrapped mesh with a baked colour texture embedded; "
+              "'ply' (default): every marching-cubes vertex with its colour.", required=False,
+              choices=("glb", "ply")),
+        Field("texture_size", "int", "Texture width and height in texels for 'glb' (default 2048).",
+              required=False, choices=(1024, 2048, 4096)),
+        Field("target_faces", "int", "Triangles to decimate to before unwrapping ('glb'): 0 (default) = auto "
+              "(meshes above 80000 faces are reduced to 80000), -1 = keep every face.", required=False,
+              min=-1, max=10_000_000),
     ),
 }
 
@@ -249,10 +257,14 @@ MESSAGES: dict[str, MessageSpec] = {
         )),
         MessageSpec("mesh", "server->client", "The mesh of an extract_mesh job, in capture-world coordinates.", (
             Field("job_id", "str", "Job id."),
-            Field("vertices", "array", "float32 (n_vertices, 3)."),
-            Field("faces", "array", "int32 (n_faces, 3) vertex indices."),
-            Field("colors", "array", "uint8 (n_vertices, 4) sRGB RGBA."),
-            Field("file", "str", "PLY file name in the job's output folder.", required=False),
+            Field("vertices", "array", "float32 (n_vertices, 3); absent for 'glb'.", required=False),
+            Field("faces", "array", "int32 (n_faces, 3) vertex indices; absent for 'glb'.", required=False),
+            Field("colors", "array", "uint8 (n_vertices, 4) sRGB RGBA; absent for 'glb'.", required=False),
+            Field("file", "str", "File name (PLY or GLB) in the job's output folder.", required=False),
+            Field("format", "str", "'ply' (the arrays) or 'glb' (the file's bytes in glb).", required=False,
+                  choices=("glb", "ply")),
+            Field("glb", "blob", "The GLB file (Y-up glTF, texture embedded) when format is 'glb'.",
+                  required=False),
         )),
         MessageSpec("result", "server->client", "A job reached a final state.", (
             Field("job_id", "str", "Job id."),
@@ -377,6 +389,8 @@ def _check_value(value: Any, f: Field, path: str, strict: bool = False) -> None:
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad(f"must be an integer, got {_typename(value)}")
+        if f.choices is not None and value not in f.choices:
+            raise bad(f"must be one of {', '.join(map(str, f.choices))}; got {value}")
         _check_range(value, f, bad)
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -111,6 +111,9 @@ After the routing identities a ROUTER adds, a message is:
   and Normal passes (was one RGBA layer with an optional Z); its `depth` arrays are view-axis distances in
   scene units with 1e10 for empty pixels (were distances along each pixel's ray, 0 for empty pixels); it
   gains the optional parameter `placement`, which sets the scene those units and axes are in.
+- v2, later: extract_mesh gains the optional parameters `mesh_format`, `texture_size` and `target_faces`;
+  the `mesh` message's arrays become optional and it gains `format` and `glb`. A request without
+  `mesh_format` still gets the PLY arrays, so clients that predate the option are unaffected.
 
 """
 

@@ -40,7 +40,8 @@ def test_job_commands_print_the_job_id_and_a_summary(tmp_path: Path, capsys: pyt
     assert "warning: random CLIP" in err and "NOT driven by the prompt" in err
 
     # --json: the whole record, for tools.
-    code, out, _ = run(capsys, "mesh", job, "--resolution", "16", "--isolevel", "0.01", "--json", *work)
+    code, out, _ = run(capsys, "mesh", job, "--format", "ply", "--resolution", "16", "--isolevel", "0.01", "--json",
+                       *work)
     record = json.loads(out)
     assert code == 0 and record["job_id"] not in (job, styled) and record["outputs"]["mesh"].endswith(".ply")
 
