@@ -445,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture-size", type=int, choices=(1024, 2048, 4096), default=2048,
                    help="texture width and height in texels (glb; default 2048)")
     p.add_argument("--target-faces", type=int, default=0,
-                   help="triangles to decimate to before unwrapping (glb): 0 = auto (above 80000 faces, reduce "
-                        "to 80000), -1 = keep every face")
+                   help="triangles to decimate to before unwrapping (glb): 0 = auto (above 40000 faces, reduce "
+                        "to 40000), -1 = keep every face")
     p.add_argument("--resolution", type=int, help="grid cells per axis (default 256, up to 1024)")
     p.add_argument("--isolevel", type=float, help="surface density (default: the documented rule)")
     p.add_argument("--keep-largest-only", action="store_true", help="drop every part but the largest")

@@ -52,3 +52,12 @@ def import_glb(name: str, data: bytes | memoryview, path: Path, collection: bpy.
         obj.parent = placement
         obj.matrix_parent_inverse.identity()
     return obj
+
+
+def show_texture_colours() -> None:
+    """Make every 3D view's Solid shading show textures (Viewport Shading ▸ Color ▸ Texture)."""
+    for screen in bpy.data.screens:
+        for area in screen.areas:
+            for space in area.spaces:
+                if space.type == "VIEW_3D":
+                    space.shading.color_type = "TEXTURE"

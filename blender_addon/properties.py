@@ -328,7 +328,7 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
         ("1024", "1K", "1024 x 1024"), ("2048", "2K", "2048 x 2048"), ("4096", "4K", "4096 x 4096")],
         default="2048")
     mesh_target_faces: IntProperty(name="Faces", description="Triangles to decimate to before unwrapping (0 = "
-                                   "auto: meshes above 80000 faces are reduced to 80000; -1 = keep all)",
+                                   "auto: meshes above 40000 faces are reduced to 40000; -1 = keep all)",
                                    default=0, min=-1, max=10_000_000)
     mesh_keep_largest: BoolProperty(name="Largest Part Only", description="Drop every disconnected piece but "
                                     "the largest", default=True)

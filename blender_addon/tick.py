@@ -197,6 +197,8 @@ def _on_mesh(job: JobState, msg) -> None:
         obj = mesh_import_bpy.import_glb(f"NeRF-Art {job.label}", msg.blob(c["glb"]), path, coll, placement)
         job.meta["object"] = obj.name
         job.meta["mesh_file"] = str(path)
+        if job.meta.get("show_colours"):
+            mesh_import_bpy.show_texture_colours()
         return
     vertices = msg.array(c["vertices"])
     faces = msg.array(c["faces"])

@@ -55,12 +55,12 @@ def demo(tmp_path_factory) -> SimpleNamespace:
 
 def test_outputs_exist_and_the_summary_says_where(demo):
     out = demo.out
-    for name in ("scene.blend", "contact_sheet.png", "turntable.gif", "mesh.ply", "report.json",
+    for name in ("scene.blend", "contact_sheet.png", "turntable.gif", "mesh.glb", "report.json",
                  "capture/transforms.json", "logs/backend.log"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert sorted(p.name for p in (out / "frames").iterdir()) == [f"frame_{i:04d}.png" for i in range(1, 9)]
     assert not (out / "renders").exists(), "the frames were moved to frames/"
-    assert str(out) in demo.stdout and "scene.blend" in demo.stdout and "mesh.ply" in demo.stdout
+    assert str(out) in demo.stdout and "scene.blend" in demo.stdout and "mesh.glb" in demo.stdout
     assert "Reconstructing" in demo.stderr and "[7/7]" in demo.stderr  # stage headers and progress
 
 
@@ -87,10 +87,12 @@ def test_capture_was_rendered_with_alpha(demo):
 
 
 def test_mesh_is_inside_the_subject(demo):
-    from backend.outputs.ply import read_ply
+    from backend.outputs.glb import read_glb
 
-    vertices, faces, colors = read_ply(demo.out / "mesh.ply")
-    assert len(vertices) > 100 and len(faces) > 100 and colors.shape == (len(vertices), 4)
+    mesh = read_glb(demo.out / "mesh.glb")
+    vertices = mesh.vertices
+    assert len(vertices) > 100 and len(mesh.faces) > 100 and mesh.uvs.shape == (len(vertices), 2)
+    assert mesh.texture.shape == (1024, 1024, 3) and mesh.texture.std() > 1  # a baked texture, not one grey
     assert len(vertices) == demo.report["stages"]["extract_mesh"]["vertices"]
     # Inside the embedded head's box (with a margin for the tiny model's blur)...
     lo, hi = (np.array(b) for b in demo.report["capture"]["subject_bounds"])
@@ -149,7 +151,9 @@ BLEND_PROBE = textwrap.dedent("""
     print(json.dumps({
         "camera": cam.name, "frames": [scene.frame_start, scene.frame_end], "p1": p1, "p5": p5,
         "mesh_vertices": [len(o.data.vertices) for o in meshes],
-        "mesh_colours": [list(o.data.color_attributes.keys()) for o in meshes],
+        "mesh_textures": [[(n.image.size[0], n.image.packed_file is not None) for n in o.active_material.node_tree.nodes
+                           if n.bl_idname == "ShaderNodeTexImage"] for o in meshes],
+        "mesh_uvs": [len(o.data.uv_layers) for o in meshes],
         "capture_cameras": sum(1 for o in bpy.data.objects if o.type == "CAMERA" and o.name.startswith("NeRFArt_Ring")),
         "show_bg": cam.data.show_background_images,
         "bg_image": None if img is None else {"source": img.source, "filepath": img.filepath,
@@ -169,7 +173,8 @@ def test_blend_opens_with_everything_wired_in(demo):
     assert info["camera"] == "Turntable Camera" and info["frames"] == [1, FRAMES]
     assert np.linalg.norm(np.subtract(info["p1"], info["p5"])) > 0.5, "the turntable camera is animated"
     assert len(info["mesh_vertices"]) == 1 and info["mesh_vertices"][0] > 100
-    assert info["mesh_colours"] == [["Col"]]
+    # The textured GLB, through Blender's glTF importer: one Image Texture, packed into the .blend.
+    assert info["mesh_textures"] == [[[1024, True]]] and info["mesh_uvs"] == [1]
     assert info["capture_cameras"] == VIEWS
     assert info["show_bg"] and info["bg_image"]["source"] == "SEQUENCE"
     assert info["bg_image"]["filepath"].startswith("//"), "relative: the output folder can be moved"

@@ -13,6 +13,7 @@ from backend.outputs.texture import (
     auto_target_faces,
     decimate,
     rasterize_uv,
+    spatial_pieces,
     texture_mesh,
     unwrap,
     vertex_normals,
@@ -91,9 +92,10 @@ def test_decimation_hits_the_target_and_keeps_the_surface(surface):
     assert (np.einsum("ij,ij->i", n, v2) > 0).mean() > 0.99
 
 
-def test_uv_atlas_covers_every_face_without_overlap(surface):
+@pytest.mark.parametrize("piece_faces", [4096, 300])  # one xatlas mesh; the mesh cut into 7-8 pieces
+def test_uv_atlas_covers_every_face_without_overlap(surface, piece_faces):
     v, f = decimate(*surface, 2000)
-    vmap, faces, uvs = unwrap(v, f, 512)
+    vmap, faces, uvs = unwrap(v, f, 512, piece_faces=piece_faces)
     assert len(faces) == len(f) and vmap.max() < len(v)
     np.testing.assert_array_equal(v[vmap][faces], v[f])  # same triangles, in the same order
     assert uvs.min() >= 0.0 and uvs.max() <= 1.0
@@ -107,6 +109,17 @@ def test_uv_atlas_covers_every_face_without_overlap(surface):
     covered = int((face_id >= 0).sum())
     assert covered == pytest.approx(areas.sum() * 512**2, rel=0.02)
     assert 0.3 < areas.sum() < 1.0  # a packed atlas, not a speck
+
+
+def test_spatial_pieces_hold_every_face_once_in_compact_pieces(surface):
+    v, f = surface
+    pieces = spatial_pieces(v, f, 500)
+    assert all(len(p) <= 500 for p in pieces) and len(pieces) >= len(f) // 500
+    np.testing.assert_array_equal(np.sort(np.concatenate(pieces)), np.arange(len(f)))
+    # Compact: each piece's extent is well under the whole mesh's.
+    c = v[f].mean(axis=1)
+    whole = np.ptp(c, axis=0).max()
+    assert max(np.ptp(c[p], axis=0).max() for p in pieces) < 0.75 * whole
 
 
 def test_rasterize_barycentrics_reproduce_texel_centres():

@@ -228,6 +228,27 @@ def test_render_takes_an_optional_placement_matrix_and_the_exr_format() -> None:
     assert err.value.field == "params.format"
 
 
+def test_extract_mesh_textured_options_are_checked() -> None:
+    base = {"source_job": "j"}
+    protocol.validate_params("extract_mesh", base)  # all optional: older clients are unaffected
+    for size in (1024, 2048, 4096):
+        protocol.validate_params("extract_mesh", {**base, "mesh_format": "glb", "texture_size": size,
+                                                  "target_faces": 40000})
+    protocol.validate_params("extract_mesh", {**base, "mesh_format": "ply", "target_faces": -1})
+    for field, value, why in (("texture_size", 1000, "must be one of 1024, 2048, 4096; got 1000"),
+                              ("texture_size", "2048", "must be an integer, got string"),
+                              ("mesh_format", "obj", "must be one of glb, ply; got 'obj'"),
+                              ("target_faces", -2, "must be at least -1, got -2")):
+        with pytest.raises(ProtocolError) as err:
+            protocol.validate_params("extract_mesh", {**base, field: value})
+        assert err.value.message == f"field 'params.{field}' {why}", value
+    # A textured mesh message carries the GLB as a blob and no arrays.
+    msg = Message("mesh", {"job_id": "j1", "file": "mesh.glb", "format": "glb"})
+    msg.content["glb"] = msg.add_blob(b"glTF....", "glb")
+    back = decode(encode(msg))
+    assert bytes(back.blob(back.content["glb"])) == b"glTF...."
+
+
 @pytest.mark.parametrize(("frames", "code"), [
     ([b"junk"], "malformed"),
     ([protocol.DELIMITER, b"", b"{", b"{}"], "malformed"),

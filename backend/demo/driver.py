@@ -44,7 +44,7 @@ ADDON_MODULE = "nerfart_blender"  # the package name inside the add-on's zip
 MARKER_FILE = ".nerfart-demo"  # marks an output folder as the demo's, so a re-run may clear it
 # What a re-run of the demo removes from its own output folder (nothing else is touched).
 OWN_ENTRIES = ("scene.blend", "scene.blend1", "frames", "renders", "capture", "work", "logs", "mesh.ply",
-               "contact_sheet.png", "turntable.gif", "report.json")
+               "mesh.glb", "meshes", "contact_sheet.png", "turntable.gif", "report.json")
 # The message of backend.stylize.weights.WeightsUnavailableError always has both phrases; the backend sends it
 # verbatim as the failed job's error, which is how the add-on (and so the demo) sees it.
 WEIGHTS_MISSING_PHRASES = ("are not available:", "Provide them in one of three ways")
@@ -506,22 +506,28 @@ class Demo:
         assert p is not None
         out = bpy.context.scene.nerfart.outputs
         out.mesh_resolution, out.mesh_keep_largest, out.mesh_decimate = p.mesh_resolution, True, 1.0
+        # What an artist gets by default: a textured GLB (2K; 1K for the coarse grids of the small sizes,
+        # whose few triangles a 2K texture would not add detail to, and whose CPU bake it would make 4x longer).
+        out.mesh_format = "GLB"
+        out.output_dir = str(self.out)  # the add-on keeps the GLB it imports in <out>/meshes/, not in renders/
+        out.mesh_texture_size = "2048" if p.mesh_resolution >= 256 else "1024"
         self.operator("extract_mesh")
         ref, job = self.last_job("EXTRACT_MESH")
         if job is None or "object" not in job.meta:
             raise DemoError("the mesh job finished but no mesh arrived in the scene")
         obj = bpy.data.objects[job.meta["object"]]
-        ply = self.job_dir(ref.job_id) / "outputs" / str(job.outputs.get("mesh", "mesh.ply"))
-        if not ply.is_file():
-            raise DemoError(f"the backend's mesh file {ply} is missing")
-        shutil.copyfile(ply, self.out / "mesh.ply")
+        mesh_file = self.job_dir(ref.job_id) / "outputs" / str(job.outputs.get("mesh", "mesh.glb"))
+        if not mesh_file.is_file():
+            raise DemoError(f"the backend's mesh file {mesh_file} is missing")
+        shutil.copyfile(mesh_file, self.out / mesh_file.name)
         bpy.context.view_layer.update()
         co = np.empty(len(obj.data.vertices) * 3, dtype=np.float64)
         obj.data.vertices.foreach_get("co", co)
         mw = matrix_to_numpy(obj.matrix_world)
         world = co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
         entry.update(job_id=ref.job_id, object=obj.name, resolution=p.mesh_resolution,
-                     vertices=job.outputs.get("vertices"), faces=job.outputs.get("faces"),
+                     vertices=job.outputs.get("vertices"), faces=job.outputs.get("faces"), file=mesh_file.name,
+                     texture_size=job.outputs.get("texture_size"),
                      bounds_blender=[world.min(0).round(4).tolist(), world.max(0).round(4).tolist()])
         return obj
 
@@ -566,7 +572,7 @@ class Demo:
                     continue
                 space = area.spaces.active
                 space.shading.type = "SOLID"
-                space.shading.color_type = "VERTEX"  # the mesh's colours are per-vertex
+                space.shading.color_type = "TEXTURE"  # the mesh's colours are its baked texture
                 r3d = space.region_3d
                 if r3d is not None:
                     from mathutils import Vector
@@ -712,7 +718,7 @@ class Demo:
             "backend_exit_code": self.backend_exit,
             "errors": self.errors,
             "outputs": {"blend": "scene.blend", "frames": "frames/", "contact_sheet": "contact_sheet.png",
-                        "preview": "turntable.gif", "mesh": "mesh.ply" if (self.out / "mesh.ply").is_file() else None,
+                        "preview": "turntable.gif", "mesh": "mesh.glb" if (self.out / "mesh.glb").is_file() else None,
                         "report": "report.json",
                         "capture": "capture/" if self.opts.capture is None else str(self.opts.capture),
                         "work_dir": "work/", "logs": "logs/"},

@@ -179,7 +179,8 @@ def summary_text(report: dict[str, Any], out_dir: Path) -> str:
         f"({st['render']['width']}x{st['render']['height']} PNG with alpha)",
         f"  {o['contact_sheet']:<22} contact sheet (capture views and turntable frames)",
         f"  {o['preview']:<22} animated turntable preview",
-        (f"  {o['mesh']:<22} coloured mesh, {mesh.get('vertices')} vertices, {mesh.get('faces')} faces"
+        (f"  {o['mesh']:<22} textured mesh, {mesh.get('vertices')} vertices, {mesh.get('faces')} faces, "
+         f"{mesh.get('texture_size')}px texture"
          if o["mesh"] else f"  {'(no mesh)':<22} {mesh.get('error', 'the mesh job did not run')}"),
         f"  {o['capture']:<22} the capture (images and transforms.json)",
         f"  {o['report']:<22} this report as JSON",

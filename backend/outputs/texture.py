@@ -31,9 +31,12 @@ TEXTURE_SIZES = (1024, 2048, 4096)
 # Texels left free between UV islands by the packer, and rings filled past the island borders.
 ATLAS_PADDING = 4
 DILATE_TEXELS = 16
-# "auto" decimation: meshes with more faces than this are reduced to it. 80k triangles (~40k vertices) carry
-# a head's surface at the detail a 256^3 grid resolves, and keep xatlas's unwrap to seconds.
-AUTO_TARGET_FACES = 80_000
+# "auto" decimation: meshes with more faces than this are reduced to it. The texture carries the colour
+# detail, so 40k triangles (~20k vertices) carry a head's shape; xatlas's unwrap (CPU, faster than linear in
+# the face count) stays near a second there, where a 256^3 head's ~100k faces would take many.
+AUTO_TARGET_FACES = 40_000
+# Faces per piece handed to xatlas (see :func:`unwrap`): small enough that chart growth stays near-linear.
+UNWRAP_PIECE_FACES = 2048
 
 
 @dataclass
@@ -97,26 +100,72 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return (vn / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def spatial_pieces(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> list[np.ndarray]:
+    """Split the faces into spatially compact pieces of at most ``max_faces`` faces each, by recursive median
+    cuts of the face centroids across the longest side of each piece's bounding box (deterministic).
+
+    Args:
+        vertices: ``(n, 3)`` float. faces: ``(m, 3)`` int.
+
+    Returns:
+        a list of face-index arrays (int64) that together hold every face once.
+    """
+    centroids = vertices[faces].mean(axis=1)
+    pieces, todo = [], [np.arange(len(faces))]
+    while todo:
+        idx = todo.pop()
+        if len(idx) <= max_faces:
+            pieces.append(idx)
+            continue
+        c = centroids[idx]
+        axis = int(np.argmax(c.max(axis=0) - c.min(axis=0)))
+        order = idx[np.argsort(c[:, axis], kind="stable")]
+        half = len(order) // 2
+        todo += [order[half:], order[:half]]
+    return pieces
+
+
 def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int,
-           padding: int = ATLAS_PADDING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           padding: int = ATLAS_PADDING, piece_faces: int = UNWRAP_PIECE_FACES
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A UV atlas of the mesh (xatlas, CPU), packed for a ``texture_size`` square texture.
+
+    xatlas's chart growth costs far more than linearly in the faces of one mesh (a 65k-face NeRF head took
+    36 s on the GPU host's CPU), and it works on separate meshes in parallel on its own threads. So the mesh is
+    cut into spatially compact pieces of at most ``piece_faces`` faces (:func:`spatial_pieces`), each piece is
+    given to xatlas as a mesh of its own, and one atlas packs the charts of all of them. The cuts become chart
+    borders, which the texture's dilation hides like any other seam.
 
     Returns:
         ``(vmapping (n', ) int source vertex of each new vertex, faces (m, 3) int32 into the new vertices,
-        uvs (n', 2) float32 in [0, 1])``.
+        uvs (n', 2) float32 in [0, 1])``; ``faces`` keeps the input's face order.
     """
     import xatlas
 
+    v = np.ascontiguousarray(vertices, np.float32)
+    f = np.asarray(faces, np.int64)
+    pieces = spatial_pieces(v, f, max(1, int(piece_faces)))
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
+    used_of_piece = []
+    for idx in pieces:
+        used, local = np.unique(f[idx], return_inverse=True)
+        used_of_piece.append(used)
+        atlas.add_mesh(v[used], np.ascontiguousarray(local.reshape(-1, 3), np.uint32))
     pack = xatlas.PackOptions()
     pack.resolution = int(texture_size)
     pack.padding = int(padding)
     pack.bilinear = True
     pack.blockAlign = True
     atlas.generate(xatlas.ChartOptions(), pack)
-    vmapping, new_faces, uvs = atlas[0]
-    return vmapping.astype(np.int64), new_faces.astype(np.int32), uvs.astype(np.float32)
+    vmaps, uv_list, out_faces = [], [], np.empty((len(f), 3), np.int32)
+    offset = 0
+    for i, (idx, used) in enumerate(zip(pieces, used_of_piece, strict=True)):
+        vmapping, piece_faces_out, uvs = atlas[i]
+        vmaps.append(used[vmapping.astype(np.int64)])
+        uv_list.append(uvs.astype(np.float32))
+        out_faces[idx] = piece_faces_out.astype(np.int64) + offset
+        offset += len(vmapping)
+    return np.concatenate(vmaps), out_faces, np.concatenate(uv_list)
 
 
 def rasterize_uv(uvs: torch.Tensor, faces: torch.Tensor, size: int,

@@ -45,13 +45,16 @@ def test_glb_mesh_message_imports_in_place_with_a_textured_material(addon, fresh
     coll.objects.link(placement)
     placement.location, placement.scale = (1.0, 2.0, 3.0), (2.0, 2.0, 2.0)
     job = JobState("extract_mesh", "mesh abc", params={"source_job": "abc"},
-                   meta={"scene": scene.name, "placement": "P", "mesh_dir": str(tmp_path / "meshes")})
+                   meta={"scene": scene.name, "placement": "P", "mesh_dir": str(tmp_path / "meshes"),
+                         "show_colours": True})
     job.job_id = "j1"
     objects_before = len(bpy.data.objects)
 
     tick._on_mesh(job, _mesh_message(GLB.read_bytes()))
 
     assert len(bpy.data.objects) == objects_before + 1  # one mesh, no stray importer empties
+    views = [s for screen in bpy.data.screens for a in screen.areas for s in a.spaces if s.type == "VIEW_3D"]
+    assert views and all(v.shading.color_type == "TEXTURE" for v in views)  # Solid view shows the texture
     obj = bpy.data.objects[job.meta["object"]]
     assert obj.name == "NeRF-Art mesh abc" and obj.type == "MESH"
     assert list(obj.users_collection) == [coll] and obj.parent == placement

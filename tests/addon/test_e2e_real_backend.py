@@ -348,6 +348,7 @@ def test_extract_mesh_in_place(flow):
     if _stylize_available(flow.backend):
         _stylize_once(flow)
     scene.nerfart.outputs.mesh_resolution = 48
+    scene.nerfart.outputs.mesh_format = "PLY"  # vertex colours; the textured GLB is test_main_job's
     assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
     ref = be.jobs[-1]
     assert ref.kind == "EXTRACT_MESH" and ref.state == "done"
