@@ -4,7 +4,12 @@ render job's EXR and PNG outputs."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from backend.outputs.images import encode_exr_passes, exr_channel_names, srgb_to
 
 OpenEXR = pytest.importorskip("OpenEXR")
 
+REPO = Path(__file__).resolve().parents[1]
 RADIUS = 0.5  # of the analytic sphere, model units
 
 
@@ -220,28 +226,65 @@ def test_linear_premultiplied_inverts_srgb_and_premultiplies() -> None:
     assert (out[0, 0] == 0).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fused Triton field)")
-def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
-    pytest.importorskip("triton")
+def fused_pass_errors(device: str, size: int) -> dict[str, float]:
+    """Depth and Normal passes of the fused Triton path against the PyTorch path, on a dense random field.
+
+    On the CPU the fused kernel runs only in Triton's interpreter (``TRITON_INTERPRET=1``, chosen when Triton
+    compiles, so in a process of its own); FrameRenderer itself never offers the fused path off CUDA.
+    """
+    import dataclasses
+
     from test_fused_field import _model as random_field_model  # the default architecture, a random field
 
-    model = random_field_model("matte", "cuda")
+    from backend.nerf._triton_field import FusedField
+
+    model = random_field_model("matte", device)
+    # +4 on the density pre-activation: the random field alone stays under 50% opacity everywhere (no pixel
+    # is a solid surface to compare depths on); this makes the sphere's inside opaque.
+    model.field.config = dataclasses.replace(model.field.config,
+                                             density_bias=model.field.config.density_bias + 4.0)
     domain = model.domain
     model.occupancy.update(0, lambda u: (domain.from_unit_cube(u).norm(dim=-1) < 0.6).float())
-    cams = ring_cameras(2, 64)
-    placement = _placement()
-    fused = FrameRenderer(model, fused="on").render_passes(cams, 1, placement)
+    cams, placement = ring_cameras(2, size), _placement()
+    fused_renderer = FrameRenderer(model, fused="off")
+    fused_renderer._fused = FusedField(model.field)  # the fused path, also where it is not offered (CPU)
+    fused = fused_renderer.render_passes(cams, 1, placement)
     ref = FrameRenderer(model, fused="off").render_passes(cams, 1, placement)
     assert ref.normal is not None and fused.normal is not None
     hit = (ref.rgba[..., 3] > 0.99) & (fused.rgba[..., 3] > 0.99)
-    assert int(hit.sum()) > 200
-    # float16 tables and weights in the fused kernel: depth within a few thousandths of a scene unit.
-    torch.testing.assert_close(fused.depth[hit], ref.depth[hit], atol=5e-3 * 0.25, rtol=0)
-    cos = (fused.normal[hit] * ref.normal[hit]).sum(-1) / (fused.normal[hit].norm(dim=-1)
-                                                          * ref.normal[hit].norm(dim=-1)).clamp_min(1e-9)
-    assert float(cos.median()) > 0.99, float(cos.median())
     empty = (ref.rgba[..., 3] == 0) & (fused.rgba[..., 3] == 0)
-    assert bool((fused.depth[empty] == BACKGROUND_DEPTH).all())
+    out = {"pixels": float(size * size), "hit": float(hit.sum()), "empty": float(empty.sum()),
+           "empty_not_background": float((fused.depth[empty] != BACKGROUND_DEPTH).sum())}
+    if out["hit"]:
+        cos = (fused.normal[hit] * ref.normal[hit]).sum(-1) / (fused.normal[hit].norm(dim=-1)
+                                                              * ref.normal[hit].norm(dim=-1)).clamp_min(1e-9)
+        out.update(depth_max_abs=float((fused.depth[hit] - ref.depth[hit]).abs().max()),
+                   normal_cos_median=float(cos.median()))
+    return out
+
+
+def _check_fused_passes(errors: dict[str, float]) -> None:
+    assert errors["hit"] > 0.1 * errors["pixels"], errors  # enough solid surface to compare on
+    assert errors["empty"] > 0.1 * errors["pixels"] and errors["empty_not_background"] == 0, errors
+    # float16 tables and weights in the fused kernel: depth within a few thousandths of a scene unit (the
+    # placement scales model units by 0.25).
+    assert errors["depth_max_abs"] < 5e-3 * 0.25, errors
+    assert errors["normal_cos_median"] > 0.99, errors
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fused Triton field)")
+def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
+    pytest.importorskip("triton")
+    _check_fused_passes(fused_pass_errors("cuda", 64))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_passes_of_the_fused_path_in_the_triton_interpreter() -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_fused_passes(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def _source_job(tmp_path: Path) -> tuple[str, object]:
@@ -345,3 +388,7 @@ def test_the_add_on_tests_exr_fixture_is_what_the_writer_writes(tmp_path: Path) 
     assert sorted(now) == sorted(then)
     for name in now:
         np.testing.assert_array_equal(now[name], then[name])
+
+
+if __name__ == "__main__":  # the interpreter run of test_passes_of_the_fused_path_in_the_triton_interpreter
+    print(json.dumps(fused_pass_errors("cpu", 32)))

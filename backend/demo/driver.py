@@ -452,7 +452,10 @@ class Demo:
             error = job.error if job is not None else ""
             if not is_weights_error(error):
                 raise
-            reason = error.splitlines()[0]
+            # The add-on puts its panel advice first and the backend's own text after "Backend: "; the demo
+            # runs from a terminal, so its report gives the backend's reason.
+            lines = error.splitlines()
+            reason = next((ln[len("Backend: "):] for ln in lines if ln.startswith("Backend: ")), lines[0])
             attempts.append({"job_id": refs[-1].job_id, "clip_pretrained": st.clip_pretrained or "default",
                              "error": error})
             print(f"\n  The stylization's pretrained weights are missing. {reason}\n"
