@@ -32,8 +32,8 @@ TEXTURE_SIZES = (1024, 2048, 4096)
 ATLAS_PADDING = 4
 DILATE_TEXELS = 16
 # "auto" decimation: meshes with more faces than this are reduced to it. The texture carries the colour
-# detail, so 40k triangles (~20k vertices) carry a head's shape; xatlas's unwrap (CPU, faster than linear in
-# the face count) stays near a second there, where a 256^3 head's ~100k faces would take many.
+# detail, so 40k triangles (~20k vertices) carry a head's shape, and the GLB and the unwrap (CPU) stay small
+# (bench/results/mesh_texture_*).
 AUTO_TARGET_FACES = 40_000
 # Faces per piece handed to xatlas (see :func:`unwrap`): small enough that chart growth stays near-linear.
 UNWRAP_PIECE_FACES = 2048
@@ -130,8 +130,8 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int,
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A UV atlas of the mesh (xatlas, CPU), packed for a ``texture_size`` square texture.
 
-    xatlas's chart growth costs far more than linearly in the faces of one mesh (a 65k-face NeRF head took
-    36 s on the GPU host's CPU), and it works on separate meshes in parallel on its own threads. So the mesh is
+    xatlas's chart growth costs far more than linearly in the faces of one mesh (bench/results/mesh_texture_*),
+    and it works on separate meshes in parallel on its own threads. So the mesh is
     cut into spatially compact pieces of at most ``piece_faces`` faces (:func:`spatial_pieces`), each piece is
     given to xatlas as a mesh of its own, and one atlas packs the charts of all of them. The cuts become chart
     borders, which the texture's dilation hides like any other seam.
