@@ -251,5 +251,7 @@ def mesh_job(scene: bpy.types.Scene) -> JobState:
         params.update(texture_size=int(out.mesh_texture_size), target_faces=int(out.mesh_target_faces))
     return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
                     meta={"scene": scene.name, "placement": placement.name if placement else "",
-                          "decimate": float(out.mesh_decimate), "show_colours": bool(out.mesh_show_colours),
+                          # Decimate is the PLY's (in Blender); a GLB is decimated by the backend to Faces.
+                          "decimate": float(out.mesh_decimate) if out.mesh_format == "PLY" else 1.0,
+                          "show_colours": bool(out.mesh_show_colours),
                           "mesh_dir": str(output_root(out.output_dir) / "meshes")})

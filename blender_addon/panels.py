@@ -353,12 +353,13 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         box = layout.box()
         box.label(text="Mesh", icon="MESH_DATA")
         col = box.column(align=True)
+        labelled(col, out, "mesh_format")  # "Textured (GLB)" beside its name would be cut
         col.prop(out, "mesh_resolution")
-        col.prop(out, "mesh_format")
         if out.mesh_format == "GLB":
             col.prop(out, "mesh_texture_size")
             col.prop(out, "mesh_target_faces")
-        col.prop(out, "mesh_decimate", slider=True)
+        else:
+            col.prop(out, "mesh_decimate", slider=True)
         col.prop(out, "mesh_keep_largest")
         col.prop(out, "mesh_show_colours")
         box.operator("nerfart.extract_mesh", icon="MESH_MONKEY")

@@ -317,7 +317,8 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
                                   default="", subtype="FILE_PATH", options=BLEND_RELATIVE)
     mesh_resolution: IntProperty(name="Resolution", description="Marching-cubes grid resolution per axis",
                                  default=256, min=16, max=1024)
-    mesh_decimate: FloatProperty(name="Decimate", description="Fraction of faces to keep (1 = no decimation)",
+    mesh_decimate: FloatProperty(name="Decimate", description="Vertex Colours: fraction of faces to keep "
+                                 "(1 = no decimation); a textured mesh is decimated to Faces instead",
                                  default=1.0, min=0.01, max=1.0, subtype="FACTOR")
     mesh_format: EnumProperty(name="Format", description="What Extract Mesh brings in", items=[
         ("GLB", "Textured (GLB)", "Decimated, UV-unwrapped mesh with the colours baked into an image texture, "

@@ -199,6 +199,7 @@ def _on_mesh(job: JobState, msg) -> None:
         job.meta["mesh_file"] = str(path)
         if job.meta.get("show_colours"):
             mesh_import_bpy.show_texture_colours()
+        push_undo(f"NeRF-Art: import {obj.name}")
         return
     vertices = msg.array(c["vertices"])
     faces = msg.array(c["faces"])

@@ -2,9 +2,10 @@
 with scripted jobs, for testing the add-on's bridge without a GPU.
 
 It answers ``hello``, ``heartbeat``, ``submit`` (then streams progress with a preview, frames for render jobs,
-a mesh for extract_mesh jobs, and a result), ``cancel``, ``status`` and ``attach``. A job is held in
-"running" while :attr:`StubBackend.hold` is set; a prompt or capture path containing ``FAIL`` makes the job
-fail, ``REJECT`` makes the submit fail with an ``error``. :meth:`silence` stops all answers (a vanished backend).
+a mesh for extract_mesh jobs: a textured GLB or a vertex-coloured PLY as asked, and a result), ``cancel``,
+``status`` and ``attach``. A job is held in "running" while :attr:`StubBackend.hold` is set; a prompt or
+capture path containing ``FAIL`` makes the job fail, ``REJECT`` makes the submit fail with an ``error``.
+:meth:`silence` stops all answers (a vanished backend).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import threading
 import time
 import uuid
 import zlib
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from protocol import PROTOCOL_VERSION, Message, decode, encode, make_reply, split_identities
+
+# What the real backend sends for a textured mesh (written by its GLB writer; see data/).
+TEXTURED_QUAD_GLB = Path(__file__).with_name("data") / "textured_quad.glb"
 
 
 def png_bytes(w: int, h: int, rgba=(200, 100, 50, 255)) -> bytes:
@@ -162,6 +167,8 @@ class StubBackend:
             return {"frames": [f"frames/{i:04d}.png" for i in range(len(params["cameras"]))],
                     "count": len(params["cameras"])}
         if job["kind"] == "extract_mesh":
+            if params.get("mesh_format") == "glb":
+                return {"mesh": "mesh.glb", "vertices": 4, "faces": 2}  # data/textured_quad.glb
             return {"mesh": "mesh.ply", "vertices": 3, "faces": 1}
         return {}
 
@@ -180,7 +187,11 @@ class StubBackend:
                                       "height": cam["height"]})
                 m.content["image"] = m.add_blob(png_bytes(cam["width"], cam["height"]), "png")
                 self._send(ident, m)
-        if job["kind"] == "extract_mesh":
+        if job["kind"] == "extract_mesh" and job["params"].get("mesh_format") == "glb":
+            m = Message("mesh", {"job_id": job_id, "file": "mesh.glb", "format": "glb"})
+            m.content["glb"] = m.add_blob(TEXTURED_QUAD_GLB.read_bytes(), "glb")
+            self._send(ident, m)
+        elif job["kind"] == "extract_mesh":
             m = Message("mesh", {"job_id": job_id})
             m.content["vertices"] = m.add_array(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32))
             m.content["faces"] = m.add_array(np.array([[0, 1, 2]], np.int32))

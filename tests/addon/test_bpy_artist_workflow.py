@@ -246,6 +246,7 @@ def test_mesh_colours_show_in_solid_shading(connected, stub, tmp_path):
     before = [v.shading.color_type for v in views]
     assert views and "VERTEX" not in before
     reconstruct_and_stylize(scene, tmp_path)
+    scene.nerfart.outputs.mesh_format = "PLY"  # vertex colours (a GLB's texture: test_bpy_mesh_glb)
     scene.nerfart.outputs.mesh_show_colours = False
     assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
     assert [v.shading.color_type for v in views] == before  # not asked: the views stay as they were

@@ -96,6 +96,7 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     # Extract a mesh: it lands under the placement empty.
     placement = nerf.capture.placement
     placement.location = (5.0, 0.0, 0.0)
+    nerf.outputs.mesh_format = "PLY"
     assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
     mesh = next(o for o in bpy.data.objects if o.name.startswith("NeRF-Art mesh"))
     assert mesh.parent == placement and "Col" in mesh.data.color_attributes

@@ -26,10 +26,13 @@ def job_states() -> dict[str, str]:
     return {r.job_id: r.state for r in bpy.context.scene.nerfart.backend.jobs}
 
 
-def test_one_undo_after_extract_mesh_keeps_older_results_and_true_job_states(connected, stub, tmp_path):
+@pytest.mark.parametrize("mesh_format", ["GLB", "PLY"])  # glTF importer / the add-on's own mesh builder
+def test_one_undo_after_extract_mesh_keeps_older_results_and_true_job_states(connected, stub, tmp_path,
+                                                                              mesh_format):
     addon = connected
     scene = bpy.context.scene
     reconstruct_and_stylize(scene, tmp_path)
+    scene.nerfart.outputs.mesh_format = mesh_format
     # A job saved in the file as running, which the backend interrupted meanwhile.
     old = stub.add_finished_job("stylize")
     stub.jobs[old]["state"] = "interrupted"
@@ -75,14 +78,19 @@ def test_a_removed_job_stays_removed_after_undo_of_something_else(connected, stu
     assert gone not in job_states()
 
 
-def test_a_tiny_mesh_says_why_and_what_to_do(connected, stub, tmp_path):
+@pytest.mark.parametrize(("mesh_format", "vertices"), [("PLY", 3), ("GLB", 4)])  # the stub's meshes
+def test_a_tiny_mesh_says_why_and_what_to_do(connected, stub, tmp_path, mesh_format, vertices):
     scene = bpy.context.scene
     reconstruct_and_stylize(scene, tmp_path)
-    assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}  # the stub's mesh has 3 vertices
+    scene.nerfart.outputs.mesh_format = mesh_format
+    scene.nerfart.outputs.mesh_decimate = 0.3
+    assert bpy.ops.nerfart.extract_mesh() == {"FINISHED"}
     ref = scene.nerfart.backend.jobs[-1]
-    assert ref.warning.startswith("Tiny mesh, only 3 vertices") and "reconstruct longer" in ref.warning
+    assert ref.warning.startswith(f"Tiny mesh, only {vertices} vertices") and "reconstruct longer" in ref.warning
+    # Decimate is the vertex-coloured mesh's slider only: the textured one is decimated to Faces.
+    assert ("raise Decimate" in ref.warning) is (mesh_format == "PLY")
     scene.nerfart.backend.jobs_index = len(scene.nerfart.backend.jobs) - 1
-    assert "Tiny mesh, only 3 vertices" in joined_labels(connected, "NERFART_PT_jobs")
+    assert f"Tiny mesh, only {vertices} vertices" in joined_labels(connected, "NERFART_PT_jobs")
 
 
 def test_queue_counts_this_blenders_jobs_while_they_wait(connected, stub):
