@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("glb", "ply"), default="glb",
                    help="glb: UV-unwrapped, decimated, baked colour texture embedded (default); "
                         "ply: every marching-cubes vertex with its colour")
-    p.add_argument("--texture-size", type=int, choices=(1024, 2048, 4096), default=2048,
+    p.add_argument("--texture-size", type=int, choices=(512, 1024, 2048, 4096), default=2048,
                    help="texture width and height in texels (glb; default 2048)")
     p.add_argument("--target-faces", type=int, default=0,
                    help="triangles to decimate to before unwrapping (glb): 0 = auto (above 40000 faces, reduce "

@@ -326,7 +326,7 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
         ("PLY", "Vertex Colours", "Every marching-cubes vertex with its colour (heavy; colours only as fine as "
          "the vertices)")], default="GLB")
     mesh_texture_size: EnumProperty(name="Texture", description="Baked texture width and height", items=[
-        ("1024", "1K", "1024 x 1024"), ("2048", "2K", "2048 x 2048"), ("4096", "4K", "4096 x 4096")],
+        ("512", "0.5K", "512 x 512 (a small or preview mesh)"), ("1024", "1K", "1024 x 1024"), ("2048", "2K", "2048 x 2048"), ("4096", "4K", "4096 x 4096")],
         default="2048")
     mesh_target_faces: IntProperty(name="Faces", description="Triangles to decimate to before unwrapping (0 = "
                                    "auto: meshes above 40000 faces are reduced to 40000; -1 = keep all)",

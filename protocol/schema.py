@@ -188,7 +188,7 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
               "'ply' (default): every marching-cubes vertex with its colour.", required=False,
               choices=("glb", "ply")),
         Field("texture_size", "int", "Texture width and height in texels for 'glb' (default 2048).",
-              required=False, choices=(1024, 2048, 4096)),
+              required=False, choices=(512, 1024, 2048, 4096)),
         Field("target_faces", "int", "Triangles to decimate to before unwrapping ('glb'): 0 (default) = auto "
               "(meshes above 40000 faces are reduced to 40000), -1 = keep every face.", required=False,
               min=-1, max=10_000_000),

@@ -92,7 +92,7 @@ def test_mesh_is_inside_the_subject(demo):
     mesh = read_glb(demo.out / "mesh.glb")
     vertices = mesh.vertices
     assert len(vertices) > 100 and len(mesh.faces) > 100 and mesh.uvs.shape == (len(vertices), 2)
-    assert mesh.texture.shape == (1024, 1024, 3) and mesh.texture.std() > 1  # a baked texture, not one grey
+    assert mesh.texture.shape == (512, 512, 3) and mesh.texture.std() > 1  # a baked texture, not one grey
     assert len(vertices) == demo.report["stages"]["extract_mesh"]["vertices"]
     # Inside the embedded head's box (with a margin for the tiny model's blur)...
     lo, hi = (np.array(b) for b in demo.report["capture"]["subject_bounds"])
@@ -174,7 +174,7 @@ def test_blend_opens_with_everything_wired_in(demo):
     assert np.linalg.norm(np.subtract(info["p1"], info["p5"])) > 0.5, "the turntable camera is animated"
     assert len(info["mesh_vertices"]) == 1 and info["mesh_vertices"][0] > 100
     # The textured GLB, through Blender's glTF importer: one Image Texture, packed into the .blend.
-    assert info["mesh_textures"] == [[[1024, True]]] and info["mesh_uvs"] == [1]
+    assert info["mesh_textures"] == [[[512, True]]] and info["mesh_uvs"] == [1]
     assert info["capture_cameras"] == VIEWS
     assert info["show_bg"] and info["bg_image"]["source"] == "SEQUENCE"
     assert info["bg_image"]["filepath"].startswith("//"), "relative: the output folder can be moved"

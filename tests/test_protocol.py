@@ -231,11 +231,11 @@ def test_render_takes_an_optional_placement_matrix_and_the_exr_format() -> None:
 def test_extract_mesh_textured_options_are_checked() -> None:
     base = {"source_job": "j"}
     protocol.validate_params("extract_mesh", base)  # all optional: older clients are unaffected
-    for size in (1024, 2048, 4096):
+    for size in (512, 1024, 2048, 4096):
         protocol.validate_params("extract_mesh", {**base, "mesh_format": "glb", "texture_size": size,
                                                   "target_faces": 40000})
     protocol.validate_params("extract_mesh", {**base, "mesh_format": "ply", "target_faces": -1})
-    for field, value, why in (("texture_size", 1000, "must be one of 1024, 2048, 4096; got 1000"),
+    for field, value, why in (("texture_size", 1000, "must be one of 512, 1024, 2048, 4096; got 1000"),
                               ("texture_size", "2048", "must be an integer, got string"),
                               ("mesh_format", "obj", "must be one of glb, ply; got 'obj'"),
                               ("target_faces", -2, "must be at least -1, got -2")):

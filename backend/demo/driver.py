@@ -513,7 +513,8 @@ class Demo:
         # whose few triangles a 2K texture would not add detail to, and whose CPU bake it would make 4x longer).
         out.mesh_format = "GLB"
         out.output_dir = str(self.out)  # the add-on keeps the GLB it imports in <out>/meshes/, not in renders/
-        out.mesh_texture_size = "2048" if p.mesh_resolution >= 256 else "1024"
+        # Texels to match the mesh: a 48^3 check-size mesh has a few thousand faces (and the CPU bakes every texel).
+        out.mesh_texture_size = "2048" if p.mesh_resolution >= 256 else "1024" if p.mesh_resolution >= 96 else "512"
         self.operator("extract_mesh")
         ref, job = self.last_job("EXTRACT_MESH")
         if job is None or "object" not in job.meta:

@@ -27,7 +27,7 @@ import torch
 
 from .mesh import RadianceFn, _to_u8, vertex_colors
 
-TEXTURE_SIZES = (1024, 2048, 4096)
+TEXTURE_SIZES = (512, 1024, 2048, 4096)
 # Texels left free between UV islands by the packer, and rings filled past the island borders.
 ATLAS_PADDING = 4
 DILATE_TEXELS = 16
