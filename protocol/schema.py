@@ -90,6 +90,14 @@ CAMERA = (
     Field("clip_end", "float", "Blender's far clip distance, capture-world units.", required=False, min=0),
 )
 
+SUBJECT_BOUNDS = (
+    Field("shape", "str", "'box' (the cube [-1, 1]^3) or 'ellipsoid' (the unit sphere), mapped by 'matrix'.",
+          choices=("box", "ellipsoid")),
+    Field("matrix", "matrix4", "Affine map from the unit shape to capture-world coordinates (the cameras' frame; "
+          "row-major, last row 0 0 0 1, invertible): a Blender empty's matrix_world (display size 1) after the "
+          "inverse of the capture's placement."),
+)
+
 GPU = (
     Field("name", "str", "Device name, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."),
     Field("memory_total", "int", "Total device memory in bytes (0 for the CPU).", min=0),
@@ -138,6 +146,8 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
               max=1000),
         Field("background", "str", "'auto' uses mattes when the capture has them, else models the background.",
               required=False, choices=("auto", "matte", "contract")),
+        Field("subject_bounds", "dict", "The subject (head and shoulders): what lies inside is the subject, the "
+              "rest is background. Absent: found from the capture (where the cameras look, refined by the reconstructed density); the job's outputs hold the bounds it used.", required=False, item=SUBJECT_BOUNDS),
         Field("preset", "str", "Size preset.", required=False, choices=("tiny", "fast", "default", "quality")),
         Field("seed", "int", "Random seed.", required=False, min=0, max=2**31 - 1),
     ),
@@ -161,6 +171,8 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
               "(explicitly unstyled test mode).", required=False),
         Field("scale", "float", "Image scale for stylization views.", required=False, min=0.01, max=1.0),
         Field("preset", "str", "Size preset.", required=False, choices=("tiny", "fast", "default", "quality")),
+        Field("subject_bounds", "dict", "The subject (head and shoulders): what lies inside is the subject, the "
+              "rest is background. Absent: the source reconstruction's. Only the subject is stylized; the background keeps its reconstructed look.", required=False, item=SUBJECT_BOUNDS),
         Field("seed", "int", "Random seed.", required=False, min=0, max=2**31 - 1),
     ),
     "render": (
@@ -177,6 +189,11 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
               "coordinates (the cameras') into the scene (a rotation, translation and one uniform scale). "
               "Depth is given in scene units (times its scale) and normals in scene axes; identity if absent.",
               required=False),
+        Field("subject_bounds", "dict", "The subject (head and shoulders): what lies inside is the subject, the "
+              "rest is background. Absent: the source reconstruction's.", required=False, item=SUBJECT_BOUNDS),
+        Field("include_background", "bool", "Also render the background outside the subject bounds (opaque "
+              "frames where the capture modelled it); default false: the subject alone, with alpha.",
+              required=False),
     ),
     "extract_mesh": (
         Field("source_job", "str", "The reconstruct or stylize job whose checkpoint is meshed."),
@@ -192,6 +209,8 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
         Field("target_faces", "int", "Triangles to decimate to before unwrapping ('glb'): 0 (default) = auto "
               "(meshes above 40000 faces are reduced to 40000), -1 = keep every face.", required=False,
               min=-1, max=10_000_000),
+        Field("subject_bounds", "dict", "The subject (head and shoulders): what lies inside is the subject, the "
+              "rest is background. Absent: the source reconstruction's. The mesh holds what lies inside them.", required=False, item=SUBJECT_BOUNDS),
     ),
 }
 
@@ -504,7 +523,9 @@ def schema_markdown() -> str:
     for kind, fields in JOB_PARAMS.items():
         out += [f"### `{kind}`", ""]
         out += _fields_table(fields)
-    for title, fields in (("Camera (`render.params.cameras[i]`)", CAMERA), ("GPU (`hello_reply.gpu`)", GPU),
+    for title, fields in (("Camera (`render.params.cameras[i]`)", CAMERA),
+                          ("Subject bounds (`params.subject_bounds` of every job kind)", SUBJECT_BOUNDS),
+                          ("GPU (`hello_reply.gpu`)", GPU),
                           ("Job record (`status_reply.jobs[i]`)", JOB_INFO)):
         out += [f"## {title}", ""]
         out += _fields_table(fields)

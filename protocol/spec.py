@@ -114,6 +114,10 @@ After the routing identities a ROUTER adds, a message is:
 - v2, later: extract_mesh gains the optional parameters `mesh_format`, `texture_size` and `target_faces`;
   the `mesh` message's arrays become optional and it gains `format` and `glb`. A request without
   `mesh_format` still gets the PLY arrays, so clients that predate the option are unaffected.
+- v2, later: every job kind gains the optional parameter `subject_bounds` (a box or ellipsoid in capture-world
+  coordinates: the subject inside, background outside) and the render job gains `include_background`; a
+  reconstruct job's outputs hold the `subject_bounds` it found or was given. Render jobs now return the
+  subject alone with alpha unless `include_background` is true; meshes hold the subject only.
 
 """
 
