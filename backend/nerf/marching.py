@@ -19,6 +19,7 @@ import torch
 from .contraction import SceneDomain
 from .occupancy import OccupancyGrid
 from .packed import PackedSamples, packed_info_from_ray_indices
+from .subject import SubjectBounds
 from .volrend import exclusive_sum_packed
 
 
@@ -123,8 +124,11 @@ def ray_interval(
     rays_d: torch.Tensor,  # [n_rays, 3]
     domain: SceneDomain,
     settings: MarchSettings,
+    subject: SubjectBounds | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # [n_rays], [n_rays]
-    """The ``[t_min, t_max]`` range each ray is marched over (the box, or ``[near, far]`` when contracted)."""
+    """The ``[t_min, t_max]`` range each ray is marched over (the box, or ``[near, far]`` when contracted),
+    cut to the subject bounds when given: then only the subject is sampled (rays that miss it get
+    ``t_max <= t_min`` and no samples)."""
     if domain.kind == "bounded":
         t_min, t_max = ray_aabb_intersect(rays_o, rays_d, domain.bound)
         t_min = t_min.clamp_min(settings.near)
@@ -132,6 +136,10 @@ def ray_interval(
     else:
         t_min = torch.full_like(rays_o[:, 0], settings.near)
         t_max = torch.full_like(rays_o[:, 0], settings.far)
+    if subject is not None:
+        s_min, s_max = subject.ray_interval(rays_o, rays_d)
+        t_min = torch.maximum(t_min, s_min)
+        t_max = torch.minimum(t_max, s_max)
     return t_min, t_max
 
 
@@ -279,6 +287,7 @@ def march_rays(
     mask_fn: MaskFn | None = None,
     impl: str = "auto",
     stats: dict[str, int] | None = None,
+    subject: SubjectBounds | None = None,
 ) -> PackedSamples:
     """Samples of each ray that lie in occupied space and are visible (transmittance >= ``early_stop_eps``).
 
@@ -302,6 +311,7 @@ def march_rays(
         impl: marching implementation, see :func:`occupied_steps`.
         stats: if given, filled with ``n_occupied`` (occupied steps), ``n_evaluated`` (density evaluations
             for culling), ``rounds`` and ``n_samples`` (for benchmarks).
+        subject: march only inside these bounds (the subject alone); None marches the whole domain.
 
     Returns:
         :class:`PackedSamples` sorted by ray and distance.
@@ -314,7 +324,7 @@ def march_rays(
     device = rays_o.device
     if jitter is not None and jitter.shape != (n_rays,):
         raise ValueError(f"jitter must have shape ({n_rays},), got {tuple(jitter.shape)}")
-    t_min, t_max = ray_interval(rays_o, rays_d, domain, settings)
+    t_min, t_max = ray_interval(rays_o, rays_d, domain, settings, subject)
     s0 = t_min if jitter is None else t_min + jitter.to(t_min.dtype) * settings.dt_min
     occ_rays, occ_steps = occupied_steps(rays_o, rays_d, s0, t_max, occupancy, domain, settings, impl=impl,
                                          mask_fn=mask_fn, max_cells=max_cells)

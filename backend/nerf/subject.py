@@ -1,0 +1,278 @@
+"""The subject: the part of a scene that is the person (head and shoulders); everything else is background.
+
+A capture without mattes reconstructs the whole room, but artists stylize, render and mesh *heads*. The
+subject bounds are one convex volume, a box or an ellipsoid, that every job shares: reconstruction finds them,
+stylization changes only what lies inside, renders return the inside with alpha, meshes hold the inside.
+
+**Representation.** An affine ``matrix`` (4x4) maps the unit shape (the cube ``[-1, 1]^3`` for ``"box"``, the
+unit sphere for ``"ellipsoid"``) into model coordinates. A general affine map covers any position, rotation
+and three half-sizes (a Blender empty's ``matrix_world`` is one). Both shapes are convex, so a ray meets the
+subject in one interval; restricting a ray's marching interval to it (:meth:`SubjectBounds.ray_interval`)
+renders the subject alone, exactly at its boundary, through every renderer that marches rays.
+
+**Where they come from** (:func:`detect_subject_bounds`): the cameras of a head capture look at the head, so
+the look-at point (the model origin, :mod:`captures.normalize`) lies in the subject; the "up" of the capture
+is the cameras' mean up vector and its "front" the mean direction towards the cameras. The reconstructed
+density then decides the extent: the solid voxels (the mesh's surface rule) connected to the look-at point
+form the person, and the bounds are their oriented box with a margin. A wall or furniture is not connected to
+the person through solid space, so it stays outside.
+
+**World form.** The protocol carries the bounds in capture-world coordinates (the cameras' frame);
+:meth:`SubjectBounds.to_world` and :meth:`SubjectBounds.from_world` convert with the capture's normalization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from captures.cameras import Cameras
+from captures.normalize import Normalization
+
+SHAPES = ("box", "ellipsoid")
+# Extent searched for the person around the look-at point, in model units along each oriented axis (the head's
+# region of interest is the unit sphere; shoulders and torso reach past it downwards and sideways).
+SEARCH_HALF_EXTENT = 1.6
+# Voxels per axis of the search grid (about 0.033 model units each: a few per centimetre of a real head).
+SEARCH_RESOLUTION = 96
+# A solid voxel: where a layer 1 % of the head's radius thick would be half opaque (the mesh's surface rule).
+SOLID_DENSITY = math.log(2.0) / 0.01
+# Margin around the person's solid voxels: hair and skin edges are softer than the surface rule, and the
+# boundary must not clip them.
+MARGIN_FRACTION = 0.04
+MARGIN_VOXELS = 2
+# Default half-sizes (up, side, front) when no density is known: the region of interest, a little taller.
+DEFAULT_HALF_EXTENTS = (1.2, 1.0, 1.0)
+
+DensityFn = Callable[[torch.Tensor], torch.Tensor]  # [N, 3] model points -> [N] densities
+
+
+class SubjectBoundsError(ValueError):
+    """Subject bounds that cannot be used (unknown shape, degenerate or non-affine matrix)."""
+
+
+@dataclass(frozen=True)
+class SubjectBounds:
+    """A box or ellipsoid in model coordinates.
+
+    Attributes:
+        shape: ``"box"`` (unit cube ``[-1, 1]^3``) or ``"ellipsoid"`` (unit sphere).
+        matrix: ``(4, 4)`` float64 affine map from the unit shape to model coordinates (last row 0 0 0 1).
+    """
+
+    shape: str
+    matrix: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise SubjectBoundsError(f"subject bounds shape must be one of {SHAPES}, got {self.shape!r}")
+        m = np.asarray(self.matrix, dtype=np.float64)
+        if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+            raise SubjectBoundsError("subject bounds matrix must be 4x4 finite numbers")
+        if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0), atol=1e-9):
+            raise SubjectBoundsError(f"subject bounds matrix must be affine (last row 0 0 0 1), got {m[3].tolist()}")
+        # Degenerate when one of its axes has (almost) no length: the volume would be flat and hold nothing.
+        singular = np.linalg.svd(m[:3, :3], compute_uv=False)
+        if singular.min() <= 1e-9 * max(1.0, singular.max()):
+            raise SubjectBoundsError("subject bounds have zero size along an axis (a scale of 0); give them a "
+                                     "size in every direction")
+        object.__setattr__(self, "matrix", m)
+
+    # ---- conversions ------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Model-coordinate form (for checkpoints)."""
+        return {"shape": self.shape, "matrix": self.matrix.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SubjectBounds:
+        return cls(str(d["shape"]), np.asarray(d["matrix"], dtype=np.float64))
+
+    def to_world(self, normalization: Normalization) -> dict[str, Any]:
+        """The protocol's form: ``{"shape", "matrix"}`` mapping the unit shape into capture-world coordinates."""
+        return {"shape": self.shape, "matrix": (_model_to_world(normalization) @ self.matrix).tolist()}
+
+    @classmethod
+    def from_world(cls, d: dict[str, Any], normalization: Normalization) -> SubjectBounds:
+        """Bounds from the protocol's capture-world form (raises :class:`SubjectBoundsError` on bad values)."""
+        try:
+            m = np.asarray(d["matrix"], dtype=np.float64)
+            shape = d["shape"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SubjectBoundsError(f"subject bounds need 'shape' and a 4x4 'matrix': {exc}") from exc
+        if m.shape != (4, 4):
+            raise SubjectBoundsError(f"subject bounds matrix must be 4x4, got shape {m.shape}")
+        return cls(shape, np.linalg.inv(_model_to_world(normalization)) @ m)
+
+    # ---- geometry ---------------------------------------------------------------------------------------
+
+    @property
+    def center(self) -> np.ndarray:  # (3,)
+        return self.matrix[:3, 3].copy()
+
+    def aabb(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned ``(lo (3,), hi (3,))`` box around the bounds, model coordinates."""
+        a = self.matrix[:3, :3]
+        # A box's corners reach sum |a_ij|; an ellipsoid's support along axis i is the row's length.
+        half = np.abs(a).sum(axis=1) if self.shape == "box" else np.linalg.norm(a, axis=1)
+        return self.center - half, self.center + half
+
+    def _unit_frame(self, x: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [..., 3]
+        inv = torch.as_tensor(np.linalg.inv(self.matrix), dtype=x.dtype, device=x.device)
+        return x @ inv[:3, :3].T + inv[:3, 3]
+
+    def contains(self, x: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [...] bool
+        """Whether model points lie inside (boundary included)."""
+        u = self._unit_frame(x)
+        if self.shape == "box":
+            return (u.abs() <= 1.0).all(dim=-1)
+        return (u * u).sum(dim=-1) <= 1.0
+
+    def ray_interval(
+        self,
+        rays_o: torch.Tensor,  # [n_rays, 3]
+        rays_d: torch.Tensor,  # [n_rays, 3]
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [n_rays], [n_rays]
+        """Entry and exit distances of rays through the bounds, in the rays' own parameter ``t``.
+
+        Rays that miss get ``t_max <= t_min``. The rays are mapped into the unit shape's frame, where ``t`` is
+        unchanged (an affine map keeps the parameter of a line).
+        """
+        inv = torch.as_tensor(np.linalg.inv(self.matrix), dtype=rays_o.dtype, device=rays_o.device)
+        o = rays_o @ inv[:3, :3].T + inv[:3, 3]
+        d = rays_d @ inv[:3, :3].T
+        if self.shape == "box":
+            inv_d = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+            t0 = (-1.0 - o) * inv_d
+            t1 = (1.0 - o) * inv_d
+            return torch.minimum(t0, t1).amax(dim=-1), torch.maximum(t0, t1).amin(dim=-1)
+        a = (d * d).sum(dim=-1)
+        b = (o * d).sum(dim=-1)
+        c = (o * o).sum(dim=-1) - 1.0
+        disc = b * b - a * c
+        root = disc.clamp_min(0.0).sqrt()
+        t_min = (-b - root) / a
+        t_max = (-b + root) / a
+        miss = disc < 0
+        return torch.where(miss, torch.ones_like(t_min), t_min), torch.where(miss, torch.zeros_like(t_max), t_max)
+
+
+def _model_to_world(normalization: Normalization) -> np.ndarray:  # (4, 4)
+    s = np.eye(4)
+    s[:3, :3] *= normalization.radius
+    s[:3, 3] = normalization.center
+    return s
+
+
+def capture_frame(cameras: Cameras) -> np.ndarray:
+    """``(3, 3)`` rotation whose columns are the subject's (side, up, front) axes in model/world axes.
+
+    Up is the cameras' mean up vector (OpenCV cameras: -Y), front the mean direction from the subject towards
+    the cameras (-Z), made orthogonal to up. A capture whose cameras disagree on up (rolled half-way round)
+    still gets a right-handed frame; its axes are then only a guess, which the density refinement tolerates
+    because the box is fitted to the solid voxels in this frame, whatever it is.
+    """
+    rot = cameras.c2w[:, :3, :3]
+    up = -rot[:, :, 1].mean(axis=0)
+    front = -rot[:, :, 2].mean(axis=0)
+    if np.linalg.norm(up) < 1e-6:
+        up = np.array([0.0, 0.0, 1.0])
+    up = up / np.linalg.norm(up)
+    front = front - up * float(front @ up)
+    if np.linalg.norm(front) < 1e-6:
+        helper = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        front = helper - up * float(helper @ up)
+    front = front / np.linalg.norm(front)
+    side = np.cross(up, front)
+    return np.stack([side, up, front], axis=1)
+
+
+def default_subject_bounds(cameras_model: Cameras) -> SubjectBounds:
+    """Bounds from the cameras alone (model coordinates): a box around the look-at point, upright in the
+    capture's frame, the size of the region of interest (used when no density is known yet)."""
+    frame = capture_frame(cameras_model)
+    m = np.eye(4)
+    side, up, front = DEFAULT_HALF_EXTENTS[1], DEFAULT_HALF_EXTENTS[0], DEFAULT_HALF_EXTENTS[2]
+    m[:3, :3] = frame @ np.diag([side, up, front])
+    return SubjectBounds("box", m)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What :func:`detect_subject_bounds` found.
+
+    Attributes:
+        bounds: the subject bounds, model coordinates.
+        found: whether the density decided them (False: the cameras' default, with ``reason``).
+        solid_voxels: solid voxels of the person's component (0 when not found).
+        reason: why the default was used ("" when found).
+    """
+
+    bounds: SubjectBounds
+    found: bool
+    solid_voxels: int
+    reason: str = ""
+
+
+@torch.no_grad()
+def detect_subject_bounds(
+    density_fn: DensityFn,
+    cameras_model: Cameras,
+    device: torch.device | str,
+    *,
+    resolution: int = SEARCH_RESOLUTION,
+    half_extent: float = SEARCH_HALF_EXTENT,
+    solid_density: float = SOLID_DENSITY,
+    chunk: int = 1 << 18,
+) -> Detection:
+    """The subject's oriented box from the reconstructed density (see the module docstring).
+
+    Args:
+        density_fn: ``[N, 3]`` model points -> ``[N]`` densities (the model's ``density``).
+        cameras_model: the capture's cameras in model coordinates (they set the orientation).
+        device: where the density is evaluated.
+        resolution: search grid voxels per axis.
+        half_extent: half size of the searched cube around the look-at point, model units.
+        solid_density: density above which a voxel is solid.
+        chunk: points per density call.
+    """
+    from skimage.measure import label  # scikit-image: imported here, only where bounds are detected
+
+    frame = capture_frame(cameras_model)
+    n = int(resolution)
+    ticks = (torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n * (2 * half_extent) - half_extent
+    g = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)  # [n^3, 3] local
+    rot = torch.as_tensor(frame, dtype=torch.float32, device=device)
+    sigma = torch.empty(g.shape[0], dtype=torch.float32, device=device)
+    for i in range(0, g.shape[0], chunk):
+        sigma[i:i + chunk] = density_fn(g[i:i + chunk] @ rot.T).float()
+    solid = (sigma > solid_density).reshape(n, n, n).cpu().numpy()
+    fallback = default_subject_bounds(cameras_model)
+    if not solid.any():
+        return Detection(fallback, False, 0, "no solid density near where the cameras look")
+    labels = label(solid, connectivity=3)
+    # The person is the component that holds the look-at point, or failing that the one nearest to it (a
+    # reconstruction may leave the exact centre of a head hollow).
+    idx = np.argwhere(labels > 0)
+    centre = (n - 1) / 2.0
+    nearest = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]
+    distance = math.sqrt(float(((nearest - centre) ** 2).sum())) * (2 * half_extent / n)
+    if distance > 0.5:
+        return Detection(fallback, False, 0, f"the nearest solid density lies {distance:.2f} head radii from "
+                                             "where the cameras look")
+    person = np.argwhere(labels == labels[tuple(nearest)])
+    voxel = 2 * half_extent / n
+    lo = person.min(axis=0) * voxel - half_extent
+    hi = (person.max(axis=0) + 1) * voxel - half_extent
+    margin = MARGIN_FRACTION * (hi - lo) + MARGIN_VOXELS * voxel
+    lo = np.maximum(lo - margin, -half_extent)
+    hi = np.minimum(hi + margin, half_extent)
+    m = np.eye(4)
+    m[:3, :3] = frame @ np.diag((hi - lo) / 2.0)
+    m[:3, 3] = frame @ ((hi + lo) / 2.0)
+    return Detection(SubjectBounds("box", m), True, len(person))

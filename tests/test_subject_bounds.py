@@ -1,0 +1,167 @@
+"""Subject bounds: exact ray intervals, world <-> model form, marching restricted to them, and detection of the
+person from density (a head and torso in front of a wall)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.nerf.contraction import SceneDomain
+from backend.nerf.marching import MarchSettings, march_rays
+from backend.nerf.occupancy import OccupancyGrid
+from backend.nerf.subject import (
+    SubjectBounds,
+    SubjectBoundsError,
+    capture_frame,
+    default_subject_bounds,
+    detect_subject_bounds,
+)
+from captures.cameras import Cameras
+from captures.normalize import Normalization
+
+
+def random_affine(rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    m = np.eye(4)
+    m[:3, :3] = q @ np.diag(rng.uniform(0.2, 1.0, size=3))
+    m[:3, 3] = rng.uniform(-0.3, 0.3, size=3)
+    return m
+
+
+def ring_cameras(n: int = 12, distance: float = 2.5, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> Cameras:
+    """Cameras on a ring around the origin, looking at it, OpenCV axes, with ``up`` as the world's up."""
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    a = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = a - up * (a @ up)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    c2w = []
+    # A frontal arc (as a selfie capture): the cameras sit on the -e2 side.
+    for ang in np.linspace(-0.8, 0.8, n):
+        pos = distance * (np.sin(ang) * e1 - np.cos(ang) * e2)
+        z = -pos / np.linalg.norm(pos)
+        x = np.cross(z, up)
+        x /= np.linalg.norm(x)
+        y = np.cross(z, x)
+        m = np.eye(4)
+        m[:3, :3] = np.stack([x, y, z], axis=1)
+        m[:3, 3] = pos
+        c2w.append(m)
+    k = np.ones(n)
+    return Cameras(np.stack(c2w), 100 * k, 100 * k, 32 * k, 32 * k, np.full(n, 64), np.full(n, 64))
+
+
+@pytest.mark.parametrize("shape", ["box", "ellipsoid"])
+def test_ray_interval_is_exactly_where_points_are_inside(shape: str) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        bounds = SubjectBounds(shape, random_affine(rng))
+        rays_o = torch.as_tensor(rng.normal(size=(400, 3)) * 2.0, dtype=torch.float64)
+        d = rng.normal(size=(400, 3))
+        rays_d = torch.as_tensor(d / np.linalg.norm(d, axis=1, keepdims=True), dtype=torch.float64)
+        t_min, t_max = bounds.ray_interval(rays_o, rays_d)
+        t = torch.linspace(-6.0, 6.0, 2001, dtype=torch.float64)
+        pts = rays_o[:, None, :] + rays_d[:, None, :] * t[None, :, None]
+        inside = bounds.contains(pts)
+        predicted = (t[None, :] >= t_min[:, None]) & (t[None, :] <= t_max[:, None])
+        # Points within one sampling step of the boundary may fall either way.
+        near_edge = ((t[None, :] - t_min[:, None]).abs() < 0.01) | ((t[None, :] - t_max[:, None]).abs() < 0.01)
+        assert torch.equal(inside & ~near_edge, predicted & ~near_edge)
+        assert inside.any(), "the rays should hit the bounds at least sometimes"
+        assert (~inside.any(dim=1)).any(), "and miss them sometimes"
+
+
+def test_world_form_round_trips_and_scales_with_the_normalization() -> None:
+    rng = np.random.default_rng(5)
+    norm = Normalization(np.array([0.9, -1.4, 21.7]), 8.7)
+    bounds = SubjectBounds("ellipsoid", random_affine(rng))
+    world = bounds.to_world(norm)
+    assert world["shape"] == "ellipsoid"
+    again = SubjectBounds.from_world(world, norm)
+    np.testing.assert_allclose(again.matrix, bounds.matrix, atol=1e-12)
+    # The centre in the world is where the normalization puts the model centre.
+    np.testing.assert_allclose(np.asarray(world["matrix"])[:3, 3], norm.to_world(bounds.center), atol=1e-9)
+
+
+@pytest.mark.parametrize("matrix, why", [
+    (np.diag([1.0, 0.0, 1.0, 1.0]), "zero size"),
+    (np.ones((4, 4)), "affine"),
+    (np.eye(3), "4x4"),
+])
+def test_unusable_bounds_are_refused_with_a_reason(matrix: np.ndarray, why: str) -> None:
+    with pytest.raises(SubjectBoundsError, match=why):
+        SubjectBounds.from_world({"shape": "box", "matrix": matrix.tolist()}, Normalization(np.zeros(3), 1.0))
+    with pytest.raises(SubjectBoundsError, match="shape"):
+        SubjectBounds("sphere", np.eye(4))
+
+
+def test_marching_with_bounds_samples_only_inside_them() -> None:
+    domain = SceneDomain("bounded", 1.5)
+    occ = OccupancyGrid(16)
+    occ.binary.fill_(True)
+    settings = MarchSettings(dt_min=0.02, max_steps=400)
+    m = np.eye(4)
+    m[:3, :3] = np.diag([0.5, 0.3, 0.4])
+    m[:3, 3] = (0.1, 0.0, -0.2)
+    bounds = SubjectBounds("ellipsoid", m)
+    g = torch.Generator().manual_seed(0)
+    rays_o = torch.randn(256, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, -3.0])
+    rays_d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.1 * torch.randn(256, 3, generator=g),
+                                           dim=-1)
+    whole = march_rays(rays_o, rays_d, occ, domain, settings, impl="torch")
+    subject = march_rays(rays_o, rays_d, occ, domain, settings, impl="torch", subject=bounds)
+    mids = lambda s: rays_o[s.ray_indices] + rays_d[s.ray_indices] * (0.5 * (s.t_starts + s.t_ends))[:, None]  # noqa: E731
+    assert subject.ray_indices.numel() > 0
+    assert bool(bounds.contains(mids(subject)).all())
+    assert not bool(bounds.contains(mids(whole)).all())
+    # Every sample of the whole march that lies inside the bounds (away from their edge) is kept.
+    inside_whole = int(bounds.contains(mids(whole)).sum())
+    assert subject.ray_indices.numel() >= 0.95 * inside_whole
+
+
+def test_capture_frame_is_upright_and_faces_the_cameras() -> None:
+    up = np.array([0.2, -0.3, 1.0])
+    cams = ring_cameras(up=(0.2, -0.3, 1.0))
+    frame = capture_frame(cams)
+    np.testing.assert_allclose(frame.T @ frame, np.eye(3), atol=1e-9)
+    assert np.linalg.det(frame) > 0
+    np.testing.assert_allclose(frame[:, 1], up / np.linalg.norm(up), atol=1e-6)
+    toward = cams.c2w[:, :3, 3].mean(axis=0)
+    assert frame[:, 2] @ toward / np.linalg.norm(toward) > 0.95
+    default = default_subject_bounds(cams)
+    assert bool(default.contains(torch.zeros(1, 3, dtype=torch.float64)).all())
+
+
+def person_and_wall(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+    """A head (sphere r 0.45 at the origin), neck and torso (a slab below it, cut off at z = -1.3), and a wall
+    (the plane y = 1.2, behind the head as the ring cameras look along +y), all solid."""
+    head = (x * x).sum(-1) < 0.45**2
+    torso = (x[:, 2] < -0.4) & (x[:, 2] > -1.3) & (x[:, 0].abs() < 0.8) & (x[:, 1].abs() < 0.3)
+    wall = (x[:, 1] > 1.2) & (x[:, 1] < 1.35)
+    return (head | torso | wall).float() * 500.0
+
+
+def test_detection_keeps_the_person_and_leaves_the_wall_out() -> None:
+    cams = ring_cameras()
+    det = detect_subject_bounds(person_and_wall, cams, "cpu", resolution=64)
+    assert det.found and det.solid_voxels > 0
+    b = det.bounds
+    person_points = torch.tensor([[0.0, 0.0, 0.44], [0.44, 0.0, 0.0], [0.0, -0.44, 0.0], [0.75, 0.0, -1.25],
+                                  [-0.75, 0.25, -0.5]])
+    assert bool(b.contains(person_points).all())
+    wall_points = torch.tensor([[0.0, 1.25, 0.0], [0.5, 1.3, -0.5], [0.0, 1.21, 0.3]])
+    assert not bool(b.contains(wall_points).any())
+    # Tight: the box does not reach far past the person (margin only).
+    lo, hi = b.aabb()
+    assert hi[2] < 0.45 + 0.25 and lo[2] > -1.3 - 0.25 and hi[1] < 1.2
+
+
+def test_detection_without_density_falls_back_to_the_cameras_default_and_says_why() -> None:
+    cams = ring_cameras()
+    det = detect_subject_bounds(lambda x: torch.zeros(x.shape[0]), cams, "cpu", resolution=16)
+    assert not det.found and "no solid density" in det.reason
+    np.testing.assert_allclose(det.bounds.matrix, default_subject_bounds(cams).matrix)
+    far = lambda x: ((x - torch.tensor([1.4, 1.4, 1.4])).norm(dim=-1) < 0.2).float() * 500.0  # noqa: E731
+    det = detect_subject_bounds(far, cams, "cpu", resolution=32)
+    assert not det.found and "head radii" in det.reason
