@@ -165,3 +165,19 @@ def test_detection_without_density_falls_back_to_the_cameras_default_and_says_wh
     far = lambda x: ((x - torch.tensor([1.4, 1.4, 1.4])).norm(dim=-1) < 0.2).float() * 500.0  # noqa: E731
     det = detect_subject_bounds(far, cams, "cpu", resolution=32)
     assert not det.found and "head radii" in det.reason
+
+
+def test_checkpoints_keep_their_subject_bounds(tmp_path) -> None:
+    from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
+    from backend.nerf.config import ReconstructConfig
+    from backend.nerf.model import ModelConfig, NeRFModel
+
+    config = ReconstructConfig.tiny(steps=1)
+    model = NeRFModel(ModelConfig(), device="cpu")
+    bounds = SubjectBounds("ellipsoid", random_affine(np.random.default_rng(1)))
+    save_checkpoint(NeRFCheckpoint(model, config, "contract", subject=bounds), tmp_path / "a.pt")
+    save_checkpoint(NeRFCheckpoint(model, config, "contract"), tmp_path / "b.pt")
+    again = load_checkpoint(tmp_path / "a.pt", "cpu").subject
+    assert again is not None and again.shape == "ellipsoid"
+    np.testing.assert_array_equal(again.matrix, bounds.matrix)
+    assert load_checkpoint(tmp_path / "b.pt", "cpu").subject is None

@@ -6,7 +6,9 @@ A checkpoint file is a ``torch.save`` dict of tensors and plain Python values on
 ``format`` ("nerfart-nerf"), ``version``, ``model_config`` (dict), ``model_state`` (field parameters and the
 occupancy grid), ``config`` (:class:`ReconstructConfig` dict), ``background`` ("matte" or "contract"),
 ``normalization`` (``Normalization.to_dict()`` or None), ``cameras`` (world cameras as tensors and names),
-``train_indices``, ``heldout_indices``, ``step``, ``metrics``, and optionally ``train_state``.
+``train_indices``, ``heldout_indices``, ``step``, ``metrics``, ``subject`` (the subject bounds,
+``SubjectBounds.to_dict()`` in model coordinates, or None: checkpoints written before subject bounds existed
+have no key), and optionally ``train_state``.
 
 ``train_state`` is present only in a checkpoint of *unfinished* training (a job's periodic checkpoint, or the
 model of a stopped job): the optimizer state, the step or iteration count, the random generator's state and the
@@ -34,6 +36,7 @@ from captures.cameras import Cameras
 
 from .config import ReconstructConfig
 from .model import ModelConfig, NeRFModel
+from .subject import SubjectBounds
 
 CHECKPOINT_FORMAT = "nerfart-nerf"
 CHECKPOINT_VERSION = 1
@@ -55,6 +58,8 @@ class NeRFCheckpoint:
         metrics: final numbers (``heldout_psnr``, ``train_psnr``, ``elapsed_s``, ...).
         train_state: what resuming unfinished training needs (optimizer state, counters, RNG state), or None
             for a finished model. Its ``"kind"`` says which loop wrote it (``"reconstruct"`` or ``"stylize"``).
+        subject: the subject bounds (model coordinates) the jobs on this model use, or None when not known
+            (then the whole scene is the subject).
     """
 
     model: NeRFModel
@@ -67,6 +72,7 @@ class NeRFCheckpoint:
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
+    subject: SubjectBounds | None = None
 
 
 def _to_cpu(value: Any) -> Any:
@@ -117,6 +123,7 @@ def save_checkpoint(ckpt: NeRFCheckpoint, path: str | Path) -> None:
         "heldout_indices": [int(i) for i in ckpt.heldout_indices],
         "step": int(ckpt.step),
         "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
+        "subject": None if ckpt.subject is None else ckpt.subject.to_dict(),
     }
     if ckpt.train_state is not None:
         payload["train_state"] = _to_cpu(ckpt.train_state)
@@ -149,6 +156,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpo
     model.load_state_dict(payload["model_state"])
     norm = payload.get("normalization")
     cams = payload.get("cameras")
+    subject = payload.get("subject")
     return NeRFCheckpoint(
         model=model,
         config=ReconstructConfig.from_dict(payload["config"]),
@@ -160,4 +168,5 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpo
         step=int(payload.get("step", 0)),
         metrics=dict(payload.get("metrics", {})),
         train_state=payload.get("train_state"),
+        subject=None if subject is None else SubjectBounds.from_dict(subject),
     )
