@@ -8,7 +8,9 @@ information first:
   other three are usually derived from it and each drops something.
 * transforms.json (nerfstudio / instant-ngp) can carry distortion and per-frame intrinsics, but no points.
 * cameras.npz keeps the full pinhole K (non-square focal, off-centre principal point) but no distortion,
-  and its pixel-centre convention is ambiguous (see :mod:`idr`).
+  and its pixel-centre convention is ambiguous (see :mod:`idr`). A COLMAP model beside it that describes
+  the same views settles both: its K decides the convention, and its lens distortion is carried over with
+  a warning saying so (:mod:`.colmap_lens`); a model that cannot be matched gets a warning instead.
 * poses_bounds.npy assumes one focal and a centred principal point, so its intrinsics are the least exact.
 
 Whatever format is read, information from the others is reused for the normalisation when their cameras
@@ -45,6 +47,7 @@ from .colmap import (
     is_colmap_model_dir,
     read_colmap_model,
 )
+from .colmap_lens import lens_from_colmap
 from .confine import inside, refuse_links, refuse_outside
 from .errors import CaptureError
 from .idr import idr_camera_count, read_idr_cameras
@@ -365,16 +368,29 @@ def _read_transforms(path: Path, limit: Path | None) -> _Reading:
 
 
 def _read_idr(path: Path, limit: Path | None) -> _Reading:
-    """A cameras.npz; a COLMAP model beside it with the same intrinsics decides the pixel-centre convention."""
+    """A cameras.npz, and what a COLMAP model beside it knows that the file does not.
+
+    A model with the same intrinsics decides the pixel-centre convention (:mod:`.idr`); one that describes the
+    same views lends its lens distortion, which a cameras.npz cannot hold (:mod:`.colmap_lens`).
+    """
     sibling = find_colmap_model(path.parent)
+    model: ColmapModel | CaptureError | None = None
     intr = None
     if sibling is not None:
         try:
-            intr = _single_intrinsics(cameras_from_colmap(read_colmap_model(sibling)))
-        except CaptureError:
-            intr = None
+            model = read_colmap_model(sibling)
+            intr = _single_intrinsics(cameras_from_colmap(model))
+        except CaptureError as exc:  # unreadable, or a lens model our cameras cannot represent
+            model = model or exc
     idr = read_idr_cameras(path, colmap_intrinsics=intr)
-    return _Reading(idr.cameras, idr.image_paths, path.parent, scale_mat=idr.scale_mat, notes=list(idr.notes))
+    reading = _Reading(idr.cameras, idr.image_paths, path.parent, scale_mat=idr.scale_mat, notes=list(idr.notes))
+    if sibling is not None and model is not None:
+        lens = lens_from_colmap(idr.cameras, path.name, model, sibling.relative_to(path.parent).as_posix())
+        if lens.distortion is not None:
+            reading.cameras.distortion = lens.distortion
+        reading.warnings += [lens.warning] if lens.warning else []
+        reading.notes += [lens.note] if lens.note else []
+    return reading
 
 
 def _read_llff(path: Path, limit: Path | None) -> _Reading:

@@ -9,7 +9,9 @@ Conventions of the format (IDR ``utils/rend_util.py``, NeuS ``models/dataset.py`
 * ``scale_mat_i`` maps the unit sphere to the region of interest; IDR multiplies it into ``P``. We keep the
   cameras in the capture's own world (for fangzhou: the COLMAP world) and turn ``scale_mat`` into the
   :class:`~captures.normalize.Normalization` instead.
-* Images are ``images/`` (or IDR's ``image/``) sorted by name, one per ``world_mat``. No lens distortion.
+* Images are ``images/`` (or IDR's ``image/``) sorted by name, one per ``world_mat``. No lens distortion:
+  :func:`~captures.load_capture` takes it from a COLMAP model beside the file when that model describes the
+  same views (:mod:`.colmap_lens`); this reader alone gives a pinhole.
 * **Pixel centres.** IDR, NeuS and NeRF-Art cast the ray of pixel (col, row) through the integer point
   (col, row) of ``K``'s image plane, i.e. their ``K`` puts pixel centres at integers; ours at +0.5. For such
   a file ``cx_ours = cx_file + 0.5`` (same for ``cy``): the ``"integer"`` convention.

@@ -102,6 +102,30 @@ def test_fangzhou_import_is_what_the_backend_reads(addon, fresh_file, fangzhou_d
     assert projection_intrinsics(idr[0], scene).cx == pytest.approx(cx, abs=2e-3)
 
 
+def test_idr_with_the_colmap_lens_reports_it_in_the_panel(addon, fresh_file, tmp_path):
+    """The distortion a cameras.npz capture now takes from the COLMAP model beside it is reported as COLMAP's is:
+    where it came from (the reader's warning), and that Blender's cameras show only its pinhole part."""
+    from nerfart_blender.cameras_bpy import projection_intrinsics
+    from nerfart_blender.capture_bpy import CAPTURE_FORMAT_KEY
+
+    scene = fresh_file
+    folder = fx.idr(fx.colmap(tmp_path / "cap", n=4), n=4, write_images=False)
+    scene.nerfart.capture.format = "IDR"
+    objects = _import(scene, folder)
+    assert len(objects) == 4 and scene.nerfart.capture.cameras[CAPTURE_FORMAT_KEY] == "idr"
+    shown = [w.text for w in scene.nerfart.capture.warnings]
+    assert shown[0].startswith("lens distortion (k1 k2 p1 p2 = 0.05, -0.02, 0.001, 0.002) taken from the COLMAP "
+                               "model in sparse/0")
+    assert any(w.startswith("the capture's lens distortion (k1 k2 p1 p2) cannot be shown by Blender cameras")
+               for w in shown[1:])
+    # The pinhole part Blender shows is still the backend's.
+    backend = captures.load_capture(folder, format="idr").cameras
+    assert backend.distortion[0].tolist() == [0.05, -0.02, 0.001, 0.002]
+    k = projection_intrinsics(objects[0], scene)
+    np.testing.assert_allclose([k.fx, k.fy, k.cx, k.cy], [backend.fx[0], backend.fy[0], backend.cx[0],
+                                                          backend.cy[0]], rtol=1e-5)
+
+
 def test_a_scene_kept_at_another_pixel_aspect_is_reported(addon, fresh_file, tmp_path):
     from nerfart_blender.capture_bpy import frame_warning, import_capture
     from nerfart_blender.core.captures import read_capture

@@ -65,6 +65,25 @@ def test_fangzhou_formats_agree(C, fangzhou_dir):
     assert llff.cameras[0].intrinsics.cx == 270.0
 
 
+def test_idr_takes_the_lens_of_the_colmap_model_beside_it(C, tmp_path):
+    """A cameras.npz has no distortion terms; the COLMAP model of the same views lends its own, and says so."""
+    fx.colmap(tmp_path, n=5)
+    fx.idr(tmp_path, n=5, write_images=False)  # same K and poses as the model (colmap2volsdf's output)
+    cap = C.read_capture(tmp_path, "idr")
+    assert cap.format == "idr" and cap.has_distortion
+    assert all(c.distortion == (0.05, -0.02, 0.001, 0.002) for c in cap.cameras)
+    assert cap.warnings == ["lens distortion (k1 k2 p1 p2 = 0.05, -0.02, 0.001, 0.002) taken from the COLMAP model "
+                            "in sparse/0, which describes the same 5 views as cameras.npz (a cameras.npz has no "
+                            "distortion terms)"]
+    # A model of other views (another focal length) lends nothing, and the warning says why in words.
+    fx.idr(tmp_path, n=5, k=(24.0, *fx.COLMAP_INTRINSICS[1:]), write_images=False)
+    cap = C.read_capture(tmp_path, "idr")
+    assert not cap.has_distortion
+    assert cap.warnings == ["lens distortion in sparse/0 was not applied because the COLMAP model does not describe "
+                            "the same views as cameras.npz (fx 21.00 in the model, 24.00 in cameras.npz for 000000); "
+                            "frames will be slightly off near the edges unless the photos were undistorted already"]
+
+
 def test_colmap_model_and_names(C, tmp_path):
     fx.colmap(tmp_path, n=4, binary=False, names=lambda i: f"sub/img {i}.png")  # a sub-folder, spaces
     cap = C.read_capture(tmp_path)
