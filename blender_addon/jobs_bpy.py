@@ -249,6 +249,8 @@ def render_job(scene: bpy.types.Scene, target: RenderTarget, open_sequence: bool
               "format": out.file_format.lower()}
     if placement is not None:  # EXR depth and normals come back in this scene's units and axes
         params["placement"] = as_nested_list(placement)
+    if out.include_background:  # left out when off: false is the backend's default (the subject alone)
+        params["include_background"] = True
     return scene_job(scene, "render", target.label, params,
                      {"output_dir": str(target.folder), "multi_camera": multi,
                       "open_sequence": bool(out.open_sequence if open_sequence is None else open_sequence)},

@@ -360,6 +360,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         col = layout.column(align=True)
         labelled(col, out, "output_dir")
         labelled(col, out, "file_format")  # "OpenEXR Multilayer" beside its name would be cut
+        col.prop(out, "include_background")
         col.prop(out, "open_sequence")
         if note := temporary_output_note(out.output_dir):  # an unsaved file renders into the temporary folder
             box = layout.box()

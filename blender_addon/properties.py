@@ -342,6 +342,8 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
                 "Blender's passes for compositing, Combined (linear, premultiplied alpha), Depth (Z in scene "
                 "units, for Z Combine) and Normal (world space)")],
         default="PNG")
+    include_background: BoolProperty(name="Background", description="Off: the subject alone on transparent; On: "
+                                     "the captured background too, where the capture modelled it", default=False)
     open_sequence: BoolProperty(name="Load Frames", description="Show the frames as they arrive as the "
                                 "background image sequence of the camera they were rendered from (a rig: each "
                                 "camera its own), in front of the scene, synced to the frames", default=True)
