@@ -42,7 +42,6 @@ SUBJECT_KEY = "nerfart_subject"  # on the empty: it is a capture's subject bound
 DETECTED_SHAPE_KEY = "nerfart_detected_shape"  # on the empty: the last reconstruction's bounds...
 DETECTED_MATRIX_KEY = "nerfart_detected_matrix"  # ...as 16 numbers, capture world, row-major
 FIX_HINT = "give them a size, or delete them to let the backend find the subject"
-SHAPE_NAMES = {"CUBE": "Box", "SPHERE": "Ellipsoid"}
 
 
 # ---------------------------------------------------------------------------------------------------------
