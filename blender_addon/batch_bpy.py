@@ -13,7 +13,7 @@ from pathlib import Path
 
 import bpy
 
-from . import cameras_bpy, connection
+from . import cameras_bpy, connection, subject_bpy
 from .core.advice import batch_done_text
 from .core.batch import Batch, BatchRender
 from .core.jobs import Event
@@ -86,11 +86,13 @@ def plan(scene: bpy.types.Scene, prompts: list[str], rigs: list[bpy.types.Collec
     """One render per (prompt, rig) with its folder under the output folder.
 
     Raises:
-        ValueError: no reconstruction yet, an empty frame range, or two renders that would share a folder.
+        ValueError: no reconstruction yet, an empty frame range, two renders that would share a folder, or
+            subject bounds that cannot be sent.
     """
     reconstruction = scene.nerfart.backend.reconstruct_job
     if not reconstruction:
         raise ValueError("reconstruct the capture first: every prompt of the batch is stylized from it")
+    subject_bpy.job_bounds(scene)  # every job of the batch sends them: refuse the batch now, not job by job
     root = output_root(scene.nerfart.outputs.output_dir)
     renders: list[BatchRender] = []
     by_folder: dict[str, str] = {}

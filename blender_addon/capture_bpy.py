@@ -31,11 +31,14 @@ from .core.nerfstudio import transforms_json
 from .core.placement import HEAD_SIZE_M, upright_placement
 from .core.poses import placement_scale
 from .core.ring import RingCamera, bounding_sphere, framing_distance, ring_cameras
+from .core.subject_bounds import box_around_sphere, head_and_shoulders
 
 CAPTURE_ROOT_KEY = "nerfart_capture_root"
 CAPTURE_FORMAT_KEY = "nerfart_capture_format"
 CAPTURE_SIZE_KEY = "nerfart_photo_size"  # (width, height) of the first photo
 CAPTURE_PIXEL_ASPECT_KEY = "nerfart_pixel_aspect"  # (x, y) the cameras need
+# Add Subject Bounds' box (16 numbers, capture world), from where the cameras look (see subject_bpy).
+CAPTURE_SUBJECT_KEY = "nerfart_subject_default"
 
 
 def _new_collection(scene: bpy.types.Scene, name: str) -> bpy.types.Collection:
@@ -95,6 +98,7 @@ def import_capture(scene: bpy.types.Scene, capture: Capture, show_photos: bool =
     first = capture.cameras[0].intrinsics
     coll[CAPTURE_SIZE_KEY] = (first.width, first.height)
     coll[CAPTURE_PIXEL_ASPECT_KEY] = (settings[0].pixel_aspect_x, settings[0].pixel_aspect_y)
+    coll[CAPTURE_SUBJECT_KEY] = [float(x) for x in head_and_shoulders(subject).ravel()]
     warnings = [*capture.warnings, *([aspect_warning] if aspect_warning else [])]
     sizes = {(c.intrinsics.width, c.intrinsics.height) for c in capture.cameras}
     first_obj = None
@@ -235,6 +239,8 @@ def create_ring(scene: bpy.types.Scene, objects, count: int, elevations: list[fl
     ring = ring_cameras(centre, distance, count, elevations)
     coll = _new_collection(scene, "NeRF-Art Scene Capture")
     placement = _new_placement(coll, "NeRF-Art Scene Capture Placement")
+    # The selection is the whole subject here (the placement is identity: capture world is the scene).
+    coll[CAPTURE_SUBJECT_KEY] = [float(x) for x in box_around_sphere(centre, radius).ravel()]
     for rc in ring:
         data = bpy.data.cameras.new(rc.name)
         apply_blender_camera(data, BlenderCamera(lens=lens, sensor_width=36.0, sensor_fit="AUTO",

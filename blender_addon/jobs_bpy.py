@@ -1,5 +1,6 @@
 """Turn the scene's settings into backend jobs (parameters, uploads and bookkeeping). Operators stay thin:
-they call one builder here, then :func:`.connection.submit`."""
+they call one builder here, then :func:`.connection.submit`. Every builder makes its job with :func:`scene_job`,
+which adds what all job kinds share (the scene, the subject bounds)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import bpy
 
-from . import cameras_bpy, connection
+from . import cameras_bpy, connection, subject_bpy
 from .capture_bpy import CAPTURE_ROOT_KEY, placement_matrix
 from .core.camera_export import camera_list_to_dicts
 from .core.jobs import JobState
@@ -67,6 +68,22 @@ def zip_folder(folder: Path, limit_bytes: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def scene_job(scene: bpy.types.Scene, kind: str, label: str, params: dict, meta: dict | None = None,
+              **fields) -> JobState:
+    """A job of ``scene``: every job the add-on sends is made here, so what all kinds share is added once.
+
+    The capture's subject bounds go with every kind (the backend separates subject and background with them
+    in each job); without the empty the parameter is left out and the backend uses its own.
+
+    Raises:
+        ValueError: subject bounds that cannot be sent (flat, or two empties), saying what to do.
+    """
+    bounds = subject_bpy.job_bounds(scene)
+    if bounds is not None:
+        params["subject_bounds"] = bounds.to_param()
+    return JobState(kind, label, params=params, meta={"scene": scene.name, **(meta or {})}, **fields)
+
+
 def reconstruct_job(scene: bpy.types.Scene, endpoint: str, max_bytes: int | None = None
                     ) -> tuple[JobState, dict | None]:
     """The reconstruct job for the scene's capture, with the upload if the backend is remote."""
@@ -87,7 +104,7 @@ def reconstruct_job(scene: bpy.types.Scene, endpoint: str, max_bytes: int | None
     else:
         inputs = {"capture": (zip_folder(folder, max_bytes), "zip")}
     label = f"reconstruct {folder.name}"
-    return JobState("reconstruct", label, params=params, meta={"scene": scene.name}), inputs
+    return scene_job(scene, "reconstruct", label, params), inputs
 
 
 def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = None) -> JobState:
@@ -118,10 +135,8 @@ def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = Non
         params["clip_model"] = src.clip_model.strip()
     if src.clip_pretrained.strip():
         params["clip_pretrained"] = src.clip_pretrained.strip()
-    meta = {"scene": scene.name}
-    if queue_index is not None:
-        meta["queue_index"] = queue_index
-    return JobState("stylize", f"stylize '{prompt[:40]}'", params=params, meta=meta)
+    meta = {"queue_index": queue_index} if queue_index is not None else {}
+    return scene_job(scene, "stylize", f"stylize '{prompt[:40]}'", params, meta)
 
 
 def resolve_source_job(scene: bpy.types.Scene) -> str:
@@ -234,9 +249,12 @@ def render_job(scene: bpy.types.Scene, target: RenderTarget, open_sequence: bool
               "format": out.file_format.lower()}
     if placement is not None:  # EXR depth and normals come back in this scene's units and axes
         params["placement"] = as_nested_list(placement)
-    return JobState("render", target.label, params=params, frames_expected=len(records),
-                    meta={"scene": scene.name, "output_dir": str(target.folder), "multi_camera": multi,
-                          "open_sequence": bool(out.open_sequence if open_sequence is None else open_sequence)})
+    if out.include_background:  # left out when off: false is the backend's default (the subject alone)
+        params["include_background"] = True
+    return scene_job(scene, "render", target.label, params,
+                     {"output_dir": str(target.folder), "multi_camera": multi,
+                      "open_sequence": bool(out.open_sequence if open_sequence is None else open_sequence)},
+                     frames_expected=len(records))
 
 
 def mesh_job(scene: bpy.types.Scene) -> JobState:
@@ -249,9 +267,9 @@ def mesh_job(scene: bpy.types.Scene) -> JobState:
               "keep_largest_only": bool(out.mesh_keep_largest), "mesh_format": out.mesh_format.lower()}
     if out.mesh_format == "GLB":
         params.update(texture_size=int(out.mesh_texture_size), target_faces=int(out.mesh_target_faces))
-    return JobState("extract_mesh", f"mesh {source[:8]}", params=params,
-                    meta={"scene": scene.name, "placement": placement.name if placement else "",
-                          # Decimate is the PLY's (in Blender); a GLB is decimated by the backend to Faces.
-                          "decimate": float(out.mesh_decimate) if out.mesh_format == "PLY" else 1.0,
-                          "show_colours": bool(out.mesh_show_colours),
-                          "mesh_dir": str(output_root(out.output_dir) / "meshes")})
+    return scene_job(scene, "extract_mesh", f"mesh {source[:8]}", params,
+                     {"placement": placement.name if placement else "",
+                      # Decimate is the PLY's (in Blender); a GLB is decimated by the backend to Faces.
+                      "decimate": float(out.mesh_decimate) if out.mesh_format == "PLY" else 1.0,
+                      "show_colours": bool(out.mesh_show_colours),
+                      "mesh_dir": str(output_root(out.output_dir) / "meshes")})

@@ -599,6 +599,116 @@ class NERFART_OT_capture_from_scene(bpy.types.Operator):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Subject bounds
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _subject_or_none(context):
+    """The capture's subject bounds empty, or None (also when there are two: the panel says so)."""
+    from .subject_bpy import find_subject
+
+    try:
+        return find_subject(context.scene)
+    except ValueError:
+        return None
+
+
+class NERFART_OT_add_subject_bounds(bpy.types.Operator):
+    """Add a box around the captured head and shoulders, where the capture's cameras look: every job then keeps
+    what lies inside as the subject and treats the rest as background"""
+
+    bl_idname = "nerfart.add_subject_bounds"
+    bl_label = "Add Subject Bounds"
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 - Blender reads a set
+
+    @classmethod
+    def poll(cls, context):
+        cap = context.scene.nerfart.capture
+        if cap.cameras is None and cap.placement is None:
+            cls.poll_message_set("Import or capture the capture first: the box goes where its cameras look")
+            return False
+        if _subject_or_none(context) is not None:
+            cls.poll_message_set("The capture has subject bounds already")
+            return False
+        return True
+
+    def execute(self, context):
+        from .subject_bpy import add_default
+
+        try:
+            empty = add_default(context.scene)
+        except (ValueError, OSError) as exc:
+            return _fail(self, f"cannot add subject bounds: {exc}")
+        _select_only(context, empty)
+        self.report({"INFO"}, f"added '{empty.name}': move and scale it to fit the head and shoulders")
+        return {"FINISHED"}
+
+
+def _select_only(context, obj) -> None:
+    for other in context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    context.view_layer.objects.active = obj
+
+
+class NERFART_OT_select_subject_bounds(bpy.types.Operator):
+    """Select the subject bounds (and make them active) to move, rotate or scale them in the viewport"""
+
+    bl_idname = "nerfart.select_subject_bounds"
+    bl_label = "Select Subject Bounds"
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 - Blender reads a set
+
+    @classmethod
+    def poll(cls, context):
+        if _subject_or_none(context) is None:
+            cls.poll_message_set("The capture has no subject bounds")
+            return False
+        return True
+
+    def execute(self, context):
+        empty = _subject_or_none(context)
+        if empty is None or empty.name not in context.view_layer.objects:
+            return _fail(self, "the subject bounds are not in this view layer")
+        try:
+            _select_only(context, empty)
+        except RuntimeError as exc:  # hidden or in a disabled collection
+            return _fail(self, f"cannot select '{empty.name}': {exc}")
+        return {"FINISHED"}
+
+
+class NERFART_OT_reset_subject_bounds(bpy.types.Operator):
+    """Put the subject bounds back where the last reconstruction found them (your changes to them are undone)"""
+
+    bl_idname = "nerfart.reset_subject_bounds"
+    bl_label = "Reset to Detected"
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 - Blender reads a set
+
+    @classmethod
+    def poll(cls, context):
+        from .subject_bpy import subject_state
+
+        state = subject_state(context.scene)
+        if state.empty is None:
+            cls.poll_message_set("The capture has no subject bounds")
+            return False
+        if not state.can_reset:
+            cls.poll_message_set("The subject bounds are the detected ones" if state.state == "DETECTED" else
+                                 "No reconstruction has reported subject bounds yet")
+            return False
+        return True
+
+    def execute(self, context):
+        from .subject_bpy import reset_to_detected
+
+        try:
+            empty = reset_to_detected(context.scene)
+        except ValueError as exc:
+            return _fail(self, f"cannot reset the subject bounds: {exc}")
+        self.report({"INFO"}, f"'{empty.name}' are the detected subject bounds again")
+        return {"FINISHED"}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Jobs
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1058,6 +1168,9 @@ CLASSES = (
     NERFART_OT_import_capture,
     NERFART_OT_match_capture_frame,
     NERFART_OT_capture_from_scene,
+    NERFART_OT_add_subject_bounds,
+    NERFART_OT_select_subject_bounds,
+    NERFART_OT_reset_subject_bounds,
     NERFART_OT_reconstruct,
     NERFART_OT_stylize,
     NERFART_OT_apply_style_preset,

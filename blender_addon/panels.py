@@ -195,6 +195,31 @@ def draw_capture_warnings(layout, context) -> None:
         box.operator("nerfart.match_capture_frame", icon="OUTPUT")
 
 
+SUBJECT_ICONS = {"NONE": "INFO", "DETECTED": "CHECKMARK", "EDITED": "GREASEPENCIL", "ERROR": "ERROR"}
+
+
+def draw_subject(layout, context) -> None:
+    """The capture's subject bounds: detected, edited or none, their shape, and Add / Select / Reset."""
+    from .subject_bpy import subject_state
+
+    cap = context.scene.nerfart.capture
+    state = subject_state(context.scene)
+    box = layout.box()
+    box.label(text="Subject", icon="SHADING_BBOX")
+    col = box.column()
+    col.alert = state.state == "ERROR"
+    draw_wrapped(col, state.text, context, in_box=True, icon=SUBJECT_ICONS[state.state])
+    if state.state == "NONE":
+        box.operator("nerfart.add_subject_bounds", icon="ADD")
+        return
+    if state.empty is None:  # two empties: the text says which to delete
+        return
+    box.row().prop(cap, "subject_shape", expand=True)
+    col = box.column(align=True)
+    col.operator("nerfart.select_subject_bounds", text="Select", icon="RESTRICT_SELECT_OFF")
+    col.operator("nerfart.reset_subject_bounds", icon="LOOP_BACK")
+
+
 class NERFART_PT_capture(_Panel, bpy.types.Panel):
     bl_idname = "NERFART_PT_capture"
     bl_label = "Capture"
@@ -232,6 +257,7 @@ class NERFART_PT_capture(_Panel, bpy.types.Panel):
         draw_capture_warnings(layout, context)
         labelled(layout, cap, "placement")
         labelled(layout, cap, "cameras")
+        draw_subject(layout, context)
         layout.separator()
         box = layout.box()
         box.label(text="Reconstruction", icon="MESH_ICOSPHERE")
@@ -334,6 +360,7 @@ class NERFART_PT_outputs(_Panel, bpy.types.Panel):
         col = layout.column(align=True)
         labelled(col, out, "output_dir")
         labelled(col, out, "file_format")  # "OpenEXR Multilayer" beside its name would be cut
+        col.prop(out, "include_background")
         col.prop(out, "open_sequence")
         if note := temporary_output_note(out.output_dir):  # an unsaved file renders into the temporary folder
             box = layout.box()

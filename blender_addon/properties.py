@@ -115,6 +115,35 @@ class NERFART_PG_capture_warning(bpy.types.PropertyGroup):
     text: StringProperty(name="Warning", description="What to know about the imported capture", default="")
 
 
+SUBJECT_SHAPES = [
+    ("BOX", "Box", "The subject is what lies inside the box"),
+    ("ELLIPSOID", "Ellipsoid", "The subject is what lies inside the ellipsoid (rounder: less of the background "
+     "around the head)"),
+]
+
+
+def _get_subject_shape(self) -> int:
+    """The shape the subject bounds empty is drawn as (its display type is the truth, not a stored value)."""
+    from .subject_bpy import find_subject
+
+    try:
+        empty = find_subject(self.id_data)
+    except ValueError:  # two empties: the panel says so
+        return 0
+    return 1 if empty is not None and empty.empty_display_type == "SPHERE" else 0
+
+
+def _set_subject_shape(self, value: int) -> None:
+    from .subject_bpy import find_subject
+
+    try:
+        empty = find_subject(self.id_data)
+    except ValueError:
+        return
+    if empty is not None:
+        empty.empty_display_type = "SPHERE" if value == 1 else "CUBE"
+
+
 class NERFART_PG_capture(bpy.types.PropertyGroup):
     """Where the capture comes from, how it sits in the scene, and how to reconstruct it."""
 
@@ -204,6 +233,12 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
     holdout_every: IntProperty(name="Hold-out Every", description="Keep every n-th view out of training to "
                                "measure quality (0 = none)", default=8, min=0, max=1000)
     seed: IntProperty(name="Seed", description="Random seed", default=0, min=0, max=2**31 - 1)
+    subject_shape: EnumProperty(name="Shape", description="The shape of the subject bounds: what lies inside is "
+                                "the subject, the rest is background", items=SUBJECT_SHAPES,
+                                get=_get_subject_shape, set=_set_subject_shape)
+    subject_token: StringProperty(name="Subject Bounds Result", description="Which reconstruction result the "
+                                  "subject bounds were last updated from (so that undo keeps them)", default="",
+                                  options={"HIDDEN"})
 
 
 GEOMETRY_GROWTH_DESCRIPTION = (
@@ -307,6 +342,8 @@ class NERFART_PG_outputs(bpy.types.PropertyGroup):
                 "Blender's passes for compositing, Combined (linear, premultiplied alpha), Depth (Z in scene "
                 "units, for Z Combine) and Normal (world space)")],
         default="PNG")
+    include_background: BoolProperty(name="Background", description="Off: the subject alone on transparent; On: "
+                                     "the captured background too, where the capture modelled it", default=False)
     open_sequence: BoolProperty(name="Load Frames", description="Show the frames as they arrive as the "
                                 "background image sequence of the camera they were rendered from (a rig: each "
                                 "camera its own), in front of the scene, synced to the frames", default=True)

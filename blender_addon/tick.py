@@ -220,12 +220,29 @@ def _on_finished(job: JobState) -> None:
     scene = _scene_of(job)
     if job.state == "done" and job.kind == "reconstruct" and job.job_id:
         scene.nerfart.backend.reconstruct_job = job.job_id
+        _show_subject_bounds(scene, job)
     if job.kind == "render" and job.meta.get("files"):
         push_undo(f"NeRF-Art: frames of {job.label}")  # the loaded sequences survive a later Ctrl+Z
     if bpy.app.background:
         print(f"[nerfart] {job.status_line()}", flush=True)
         if warning := result_warning(job):
             print(f"[nerfart] warning: {warning}", flush=True)
+
+
+def _show_subject_bounds(scene: bpy.types.Scene, job: JobState) -> None:
+    """A finished reconstruction's subject bounds into the scene (or why they cannot be shown, in the panel).
+
+    No undo step is pushed for them: after Ctrl+Z :func:`on_undo_redo` shows them again, so Ctrl+Z undoes the
+    artist's last action rather than the arrival of the bounds.
+    """
+    from . import subject_bpy
+
+    try:
+        subject_bpy.on_reconstruct_done(scene, job)
+    except ValueError as exc:
+        connection.session.set_error(f"{job.label or job.kind}: {exc}")
+        if bpy.app.background:
+            print(f"[nerfart] warning: {exc}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,9 +303,13 @@ def resync_jobs() -> int:
 
 @persistent
 def on_undo_redo(*_args) -> None:
-    """After undo or redo: the job list shows the backend's states again (see :func:`resync_jobs`)."""
+    """After undo or redo: the job list shows the backend's states again (see :func:`resync_jobs`), and the
+    scene the newest reconstruction's subject bounds (:func:`.subject_bpy.resync_after_undo`)."""
+    from . import subject_bpy
+
     try:
         resync_jobs()
+        subject_bpy.resync_after_undo()
         sync_runtime(bpy.context.window_manager)
     except Exception:  # a handler must never break undo
         traceback.print_exc()

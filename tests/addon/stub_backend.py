@@ -5,7 +5,10 @@ It answers ``hello``, ``heartbeat``, ``submit`` (then streams progress with a pr
 a mesh for extract_mesh jobs: a textured GLB or a vertex-coloured PLY as asked, and a result), ``cancel``,
 ``status`` and ``attach``. A job is held in "running" while :attr:`StubBackend.hold` is set; a prompt or
 capture path containing ``FAIL`` makes the job fail, ``REJECT`` makes the submit fail with an ``error``.
-:meth:`silence` stops all answers (a vanished backend).
+:meth:`silence` stops all answers (a vanished backend). A reconstruction's outputs hold ``subject_bounds`` as
+the backend's do: those it was sent, else :attr:`StubBackend.detected_bounds` as they were at its submit (what
+it "found"); :meth:`StubBackend.finish` lets one held job finish;
+:meth:`params_of` gives the parameters each job of a kind was submitted with.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from protocol import PROTOCOL_VERSION, Message, decode, encode, make_reply, spli
 
 # What the real backend sends for a textured mesh (written by its GLB writer; see data/).
 TEXTURED_QUAD_GLB = Path(__file__).with_name("data") / "textured_quad.glb"
+# The subject bounds the stub "finds" (capture world): turned about Z by 30 degrees, sized unevenly, off-centre,
+# so that a test sees every part of the map come through.
+DETECTED_BOUNDS = {"shape": "box", "matrix": [[0.25980762, -0.1, 0.0, 0.1],
+                                               [0.15, 0.17320508, 0.0, -0.2],
+                                               [0.0, 0.0, 0.4, 0.05],
+                                               [0.0, 0.0, 0.0, 1.0]]}
 
 
 def png_bytes(w: int, h: int, rgba=(200, 100, 50, 255)) -> bytes:
@@ -50,7 +59,9 @@ class StubBackend:
         self.hold = threading.Event()
         self.fail_code = "job_failed"  # the error a FAIL job ends with
         self.fail_message = "the stub was asked to fail"
+        self.detected_bounds: dict | None = DETECTED_BOUNDS  # None: outputs without subject_bounds (older backend)
         self.silent = threading.Event()
+        self._finish_now: set[str] = set()  # jobs to finish even while held (see finish)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,6 +75,11 @@ class StubBackend:
     def speak(self) -> None:
         self.silent.clear()
 
+    def finish(self, job_id: str) -> None:
+        """Let one held job finish (the others stay held), so that results arrive in the order a test needs."""
+        with self._lock:
+            self._finish_now.add(job_id)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -73,6 +89,10 @@ class StubBackend:
     def of_type(self, msg_type: str) -> list[Message]:
         with self._lock:
             return [m for m in self.received if m.type == msg_type]
+
+    def params_of(self, kind: str) -> list[dict]:
+        """The parameters of every job of ``kind`` submitted so far, oldest first."""
+        return [m.content["params"] for m in self.of_type("submit") if m.content["kind"] == kind]
 
     # Server loop ----------------------------------------------------------------------------------------------
 
@@ -90,9 +110,11 @@ class StubBackend:
                     self.received.append(msg)
                 if not self.silent.is_set():
                     self._handle(ident, msg)
-            if not self.hold.is_set() and not self.silent.is_set():
+            if not self.silent.is_set():
+                with self._lock:
+                    released, self._finish_now = self._finish_now, set()
                 for job_id, job in list(self.jobs.items()):
-                    if job["state"] == "running":
+                    if job["state"] == "running" and (not self.hold.is_set() or job_id in released):
                         self._finish(job_id, job)
 
     def _handle(self, ident: list[bytes], msg: Message) -> None:
@@ -115,7 +137,8 @@ class StubBackend:
                 return
             job_id = uuid.uuid4().hex[:12]
             self.jobs[job_id] = {"ident": ident, "kind": c["kind"], "params": c["params"], "state": "running",
-                                 "msg": msg, "fail": "FAIL" in text, "created": time.time()}
+                                 "msg": msg, "fail": "FAIL" in text, "created": time.time(),
+                                 "detected_bounds": self.detected_bounds}  # what it "finds", as it is now
             self._send(ident, make_reply(msg, "accepted", {"job_id": job_id, "kind": c["kind"], "position": 0}))
             preview = Message("progress", {"job_id": job_id, "stage": "training", "step": 1, "total": 4,
                                            "eta_s": 3.0, "losses": {"loss": 0.5}, "message": "step 1"})
@@ -151,12 +174,15 @@ class StubBackend:
                              "created": time.time(), "outputs": {"checkpoint": "model.pt"}}
         return job_id
 
-    @staticmethod
-    def _outputs(job: dict) -> dict:
+    def _outputs(self, job: dict) -> dict:
         """Result outputs shaped like the real runners' (backend/jobs/*.py), with fixed numbers."""
         params = job["params"]
         if job["kind"] == "reconstruct":
-            return {"train_psnr": 27.5, "heldout_psnr": 25.25, "steps": 4}
+            out = {"train_psnr": 27.5, "heldout_psnr": 25.25, "steps": 4}
+            bounds = params.get("subject_bounds") or job.get("detected_bounds")  # found or given, as the backend's
+            if bounds is not None:
+                out["subject_bounds"] = bounds
+            return out
         if job["kind"] == "stylize":
             out = {"loss_total": 0.5, "loss_image": 0.375, "loss_directional": 0.125, "prompt": params["prompt"],
                    "prompt_driven": params.get("clip_pretrained") != "random"}
