@@ -190,7 +190,8 @@ def test_silhouette_change_of_synthetic_outlines() -> None:
     horned = disc(size, 10)
     horned[12:22, 31:33] = 1.0  # ten rows above the disc's top row (22)
     horn = silhouette_change(rec, horned[None])
-    assert horn.outline_max_px == pytest.approx(10.0, abs=1.5) and horn.outline_growth_px < 0.2 * horn.outline_max_px, horn
+    assert horn.outline_max_px == pytest.approx(10.0, abs=1.5), horn
+    assert horn.outline_growth_px < 0.2 * horn.outline_max_px, horn
     assert horn.outline_max_rel == pytest.approx(horn.outline_max_px / 20.0)
     # Views without a silhouette are left out of the outline numbers, not counted as zero.
     both = silhouette_change(torch.stack([rec[0], torch.zeros(size, size)]),

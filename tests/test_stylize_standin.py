@@ -29,6 +29,7 @@ from backend.stylize.standin_encoder import (
     WIDTH,
     is_test_instrument,
     load_standin_clip,
+    shape_reference,
     words_of,
 )
 
@@ -245,6 +246,47 @@ def test_shape_words(clip: ClipModel) -> None:
     loss_hat = float(directional_from_embeddings(clip.embed_squash(hatted), e_src, direction))
     loss_red = float(directional_from_embeddings(clip.embed_squash(red), e_src, direction))
     assert loss_hat < 0.7 and loss_hat < loss_red - 0.3, (loss_hat, loss_red)
+
+
+def test_shape_reference_centres_the_shape_axes_on_the_source() -> None:
+    src = over(ellipse_alpha(48, 0.55, 0.5, 0.2, 0.2))
+    reference = shape_reference(src)
+    assert 0.05 < reference[0] < 0.3 and reference[1] == pytest.approx(reference[2], abs=0.02), reference
+    centred = load_standin_clip(shape_reference=reference).embed_squash(src)[0]
+    assert float(centred[list(SHAPE_AXES)].abs().max()) < 1e-5
+    default = load_standin_clip().embed_squash(src)[0]
+    assert float(default[SIZE]) < -0.5, "a small head reads as small against the default reference"
+    torch.testing.assert_close(centred[:N_TEXT_END], default[:N_TEXT_END])  # colour and texture unchanged
+    with pytest.raises(ValueError, match="shape_reference"):
+        load_standin_clip(shape_reference=(0.5, 1.5, 0.5))
+
+
+@pytest.mark.parametrize("prompt", ["a big head", "a tall head", "a big hat"])
+def test_shape_prompts_grow_the_outline_when_centred_on_the_source(prompt: str) -> None:
+    """What a stylization step does to the subject's opacity (one descent step on alpha, at iteration 0, where
+    ``I_tgt = I_src``): centred on the source, a shape prompt grows the outline and adds opacity overall. Against
+    the default reference a small subject reads as "small", and brightening the render (less opacity everywhere)
+    serves "big" through the embedding's normalisation: the step then takes opacity away overall."""
+    from backend.stylize.evaluation import dilate_mask
+
+    templates = TEMPLATES[:4]
+    a0 = ellipse_alpha(224, 0.55, 0.5, 0.2, 0.2)
+    src = over(a0)
+
+    def descent(clip: ClipModel) -> torch.Tensor:  # -> (224, 224): -dL_dir/d alpha
+        direction = clip.text_direction(prompt, "photo", templates)
+        alpha = a0.clone().requires_grad_(True)
+        loss = directional_from_embeddings(clip.embed_squash(over(alpha)), clip.embed_squash(src), direction).sum()
+        (grad,) = torch.autograd.grad(loss, alpha)
+        return -grad[0]
+
+    silhouette = a0[0] >= 0.5
+    fringe = dilate_mask(silhouette[None], 3)[0] & ~silhouette
+    centred = descent(load_standin_clip(shape_reference=shape_reference(src)))
+    assert float(centred[fringe].sum()) > 0 and float(centred.sum()) > 0
+    assert float(centred[fringe].sum()) > 3 * float(centred[a0[0] > 0.99].sum().abs())
+    if prompt == "a big head":
+        assert float(descent(load_standin_clip()).sum()) < 0
 
 
 def test_a_stylization_with_the_stand_in_is_not_prompt_driven(clip: ClipModel) -> None:

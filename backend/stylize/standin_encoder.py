@@ -3,10 +3,11 @@
 No pretrained CLIP can be had on the project's machines, so nothing could show that stylization moves a NeRF
 toward its prompt. This encoder fills the gap for tests and benchmarks only: its image embedding is a handful
 of differentiable colour, texture and silhouette statistics, and its text encoder maps a small vocabulary ("red",
-"golden", "striped", "sketch", "big", "tall", "horns", ...) to known directions in the same space. It plugs into :class:`ClipModel` unchanged
-(:func:`load_standin_clip`), so the four NeRF-Art losses, the 80 templates, the negatives and the crops run exactly
-as with CLIP. It is not offered to users: no job option selects it, its ``source`` starts with ``"stand-in("``, and
-a stylization with it is marked *not prompt-driven*, like one with random CLIP weights.
+"golden", "striped", "sketch", "big", "tall", "horns", ...) to known directions in the same space. It plugs into
+:class:`ClipModel` unchanged (:func:`load_standin_clip`), so the four NeRF-Art losses, the 80 templates, the
+negatives and the crops run exactly as with CLIP. It is not offered to users: no job option selects it, its
+``source`` starts with ``"stand-in("``, and a stylization with it is marked *not prompt-driven*, like one with
+random CLIP weights.
 
 Embedding space (``D = 259``), axis by axis:
 
@@ -20,9 +21,9 @@ axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text
 6      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
 7      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
 8-255  (text)      always 0 for images                                     unknown words: hashed unit vectors
-256    size        ``K_SIZE (area - AREA0)``                               big, huge, giant / tiny
-257    height      ``K_EXTENT (height - HEIGHT0)``                         tall, hat, crown, horns / short
-258    width       ``K_EXTENT (width - WIDTH0)``                           wide, broad, horns / narrow, thin
+256    size        ``K_SIZE (area - area_0)``                              big, huge, giant / tiny
+257    height      ``K_EXTENT (height - height_0)``                        tall, hat, crown, horns / short
+258    width       ``K_EXTENT (width - width_0)``                          wide, broad, horns / narrow, thin
 =====  ==========  ======================================================  =====================================
 
 Colour is split into luminance and chroma (the mean colour minus its grey level) so that hue and brightness are
@@ -45,14 +46,25 @@ deviation from the ground is below ``ε``). From ``m``, over the ``S x S`` CLIP 
   soon as a few percent of it is subject, so a hat or horns above the head raise it while a fuller middle does
   not; ``width``: the same over columns.
 
-The three are centred on a head and shoulders that fill about half the frame (``AREA0``, ``HEIGHT0``,
-``WIDTH0``), as the colour axes are centred on a typical render. Shape words ("big", "tall", "a big hat",
-"horns", ...) point along them, so a prompt can ask for a bigger or different outline and the NeRF-Art losses
-pull density outward to give it. Limits, as befits an instrument: a subject pixel of exactly the background
-colour reads as ground; a silhouette that already fills the frame cannot grow along that axis; the released
+Shape words ("big", "tall", "a big hat", "horns", ...) point along them, so a prompt can ask for a bigger or
+different outline and the NeRF-Art losses pull density outward to give it, **provided the axes are centred on the
+source**: ``shape_reference = (area_0, height_0, width_0)``, by default a head and shoulders that fill about half
+the frame (``AREA0``, ``HEIGHT0``, ``WIDTH0``). The losses compare *normalised* embeddings, so when ``F_rec``'s
+renders sit far from the reference (a small subject on white reads as "small", with a large negative size
+component) the cheapest way to point further along "big" is to shrink that component's share of the norm, and
+brightening the whole render (raising the luminance axis) does so as well as growing the outline does, for far
+less: the gradient then thins the subject instead of growing it. Shape tests therefore centre the axes on
+``F_rec``'s own renders (:func:`shape_reference`, then ``load_standin_clip(shape_reference=...)``), where a
+render's shape components start at 0 and only the outline can move them.
+
+Limits, as befits an instrument: a subject pixel of exactly the background colour reads as ground; a silhouette
+that already fills the frame cannot grow along that axis; the reference is measured through ``P_dir`` (the whole
+view squashed), so the centre crop of the global loss and the local crops see other framings; the released
 ``(x+1)/2`` input shift (``clip_input_shift``) moves every colour but white, so with it the shape axes are only
 meaningful on a white ground; a "contract" stylization (background modelled, no plain ground) gives them no
-meaning. Shape words in a negative (the bank's "big-eyed ..." heroine) carry their shape meaning there too.
+meaning; a render smaller than 224 px is upsampled bicubically, whose negative lobes spread the per-pixel gradient
+around a sharp outline with mixed signs (the net pull of a shape word stays outward). Shape words in a negative
+(the bank's "big-eyed ..." heroine) carry their shape meaning there too.
 
 The shape axes come after the text-only block, and unknown words keep the seeds they had before any shape word
 existed, so every text without a shape word embeds exactly as it did before they were added (zero on the new
@@ -83,7 +95,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from .clip_model import CLIP_SIZE, ClipModel
+from .clip_model import CLIP_SIZE, ClipModel, preprocess_squash
 
 __all__ = [
     "EMBED_DIM",
@@ -94,6 +106,7 @@ __all__ = [
     "StandInTokenizer",
     "is_test_instrument",
     "load_standin_clip",
+    "shape_reference",
 ]
 
 # Axes of the embedding space (see the module docstring): 8 colour and texture axes, then the text-only block that
@@ -265,15 +278,22 @@ class AnalyticStandInEncoder(nn.Module):
         device: where the embeddings are computed.
         background: the plain RGB colour in [0, 1] the renders are composited over (``StylizeConfig.background``
             of the stylization it serves); the shape axes measure the silhouette against it.
+        shape_reference: ``(area_0, height_0, width_0)`` at which the shape axes are 0 (module docstring); None:
+            ``(AREA0, HEIGHT0, WIDTH0)``.
     """
 
     def __init__(self, device: torch.device | str = "cpu",
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 shape_reference: tuple[float, float, float] | None = None) -> None:
         super().__init__()
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         if len(background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in background):
             raise ValueError(f"background must be 3 numbers in [0, 1], got {background!r}")
+        reference = (AREA0, HEIGHT0, WIDTH0) if shape_reference is None else tuple(float(v) for v in shape_reference)
+        if len(reference) != 3 or not all(0.0 <= v <= 1.0 for v in reference):
+            raise ValueError(f"shape_reference must be 3 fractions in [0, 1], got {shape_reference!r}")
+        self.shape_reference = reference
         self.visual = SimpleNamespace(image_size=CLIP_SIZE, output_dim=EMBED_DIM)
         # No weights: this parameter only tells ClipModel the device and dtype.
         self.anchor = nn.Parameter(torch.zeros(1, device=device), requires_grad=False)
@@ -321,12 +341,13 @@ class AnalyticStandInEncoder(nn.Module):
         """Image embedding (not normalised): content 1, then the scaled statistics, zeros on the text axes."""
         f = self.image_features(pixels)
         b = pixels.shape[0]
+        area0, height0, width0 = self.shape_reference
         parts = [pixels.new_ones(b, 1), K_LUM * (f["luminance"] - 0.5)[:, None],
                  K_CHROMA * (f["rgb"] - f["luminance"][:, None]), K_SAT * (f["saturation"] - SAT0)[:, None],
                  K_EDGE * (f["edges"] - EDGE0)[:, None], K_STRIPE * f["stripes"][:, None],
                  pixels.new_zeros(b, N_TEXT_END - N_IMAGE_AXES),
-                 K_SIZE * (f["area"] - AREA0)[:, None], K_EXTENT * (f["height"] - HEIGHT0)[:, None],
-                 K_EXTENT * (f["width"] - WIDTH0)[:, None]]
+                 K_SIZE * (f["area"] - area0)[:, None], K_EXTENT * (f["height"] - height0)[:, None],
+                 K_EXTENT * (f["width"] - width0)[:, None]]
         return torch.cat(parts, dim=1)
 
     def _vector(self, token: int) -> Tensor:  # -> [EMBED_DIM] on the CPU
@@ -348,12 +369,36 @@ class AnalyticStandInEncoder(nn.Module):
 
 
 def load_standin_clip(device: torch.device | str = "cpu",
-                      background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> ClipModel:
+                      background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      shape_reference: tuple[float, float, float] | None = None) -> ClipModel:
     """The stand-in as a :class:`ClipModel` (TEST INSTRUMENT: tests and benchmarks only, never offered to users).
 
     A fresh instance each call (it is cheap); it shares no cache with real CLIP models. ``background`` is the
     plain colour the stylization composites its renders over (``StylizeConfig.background``), against which the
-    shape axes read the silhouette.
+    shape axes read the silhouette; ``shape_reference`` centres the shape axes (:func:`shape_reference` of
+    ``F_rec``'s renders for shape prompts; None: a head filling about half the frame).
     """
-    return ClipModel(AnalyticStandInEncoder(device, background), StandInTokenizer(), name="analytic-stand-in",
-                     source=STANDIN_SOURCE, device=torch.device(device))
+    return ClipModel(AnalyticStandInEncoder(device, background, shape_reference), StandInTokenizer(),
+                     name="analytic-stand-in", source=STANDIN_SOURCE, device=torch.device(device))
+
+
+@torch.no_grad()
+def shape_reference(images: Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[
+        float, float, float]:
+    """Mean ``(area, height, width)`` of renders as the directional loss's ``P_dir`` shows them to the stand-in.
+
+    Pass ``F_rec``'s renders of the stylization's views (``I_src``) to centre the shape axes on the source
+    (``load_standin_clip(shape_reference=...)``; module docstring).
+
+    Args:
+        images: ``(B, 3, H, W)`` renders in [0, 1], composited over ``background``.
+        background: the plain colour behind them.
+
+    Returns:
+        the three fractions, each averaged over the ``B`` images.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    encoder = AnalyticStandInEncoder(images.device, background)
+    f = encoder.image_features(preprocess_squash(images.float(), CLIP_SIZE))
+    return float(f["area"].mean()), float(f["height"].mean()), float(f["width"].mean())
