@@ -10,8 +10,10 @@ Modules:
     negatives    the grouped negative-prompt bank, the removal rule, per-iteration draws, the closeness filter.
     deferred     deferred back-propagation, each term's share of the gradient, the exactness check.
     loop         :func:`stylize` (F_rec in, F_sty out).
-    evaluation   geometry change, haze outside the silhouette, similarity to the prompt (benchmarks, tests).
-    standin_encoder  the analytic stand-in encoder: a TEST INSTRUMENT with known semantics, never a CLIP.
+    evaluation   geometry change, haze in front of the surface and outside the silhouette, silhouette change,
+                 similarity to the prompt (benchmarks, tests; no matte needed).
+    standin_encoder  the analytic stand-in encoder: a TEST INSTRUMENT with known semantics (colour, texture,
+                 silhouette), never a CLIP.
 """
 
 from .clip_model import (

@@ -2,13 +2,14 @@
 
 No pretrained CLIP can be had on the project's machines, so nothing could show that stylization moves a NeRF
 toward its prompt. This encoder fills the gap for tests and benchmarks only: its image embedding is a handful
-of differentiable colour and texture statistics, and its text encoder maps a small vocabulary ("red", "golden",
-"striped", "sketch", ...) to known directions in the same space. It plugs into :class:`ClipModel` unchanged
-(:func:`load_standin_clip`), so the four NeRF-Art losses, the 80 templates, the negatives and the crops run exactly
-as with CLIP. It is not offered to users: no job option selects it, its ``source`` starts with ``"stand-in("``, and
-a stylization with it is marked *not prompt-driven*, like one with random CLIP weights.
+of differentiable colour, texture and silhouette statistics, and its text encoder maps a small vocabulary ("red",
+"golden", "striped", "sketch", "big", "tall", "horns", ...) to known directions in the same space. It plugs into
+:class:`ClipModel` unchanged (:func:`load_standin_clip`), so the four NeRF-Art losses, the 80 templates, the
+negatives and the crops run exactly as with CLIP. It is not offered to users: no job option selects it, its
+``source`` starts with ``"stand-in("``, and a stylization with it is marked *not prompt-driven*, like one with
+random CLIP weights.
 
-Embedding space (``D = 256``), axis by axis:
+Embedding space (``D = 259``), axis by axis:
 
 =====  ==========  ======================================================  =====================================
 axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text: words that point along it
@@ -20,11 +21,55 @@ axis   name        image: ``x`` = the 224x224 CLIP input in [0, 1]          text
 6      edges       ``K_EDGE (mean |d lum/dx| + |d lum/dy| - EDGE0)``       sharp, sketch / smooth, blurry
 7      stripes     ``K_STRIPE |mean |d lum/dx| - mean |d lum/dy||``        striped, stripes, zebra
 8-255  (text)      always 0 for images                                     unknown words: hashed unit vectors
+256    size        ``K_SIZE (area - area_0)``                              big, huge, giant / tiny
+257    height      ``K_EXTENT (height - height_0)``                        tall, hat, crown, horns / short
+258    width       ``K_EXTENT (width - width_0)``                          wide, broad, horns / narrow, thin
 =====  ==========  ======================================================  =====================================
 
 Colour is split into luminance and chroma (the mean colour minus its grey level) so that hue and brightness are
 separate meanings: a head on a white ground that turns red gains red chroma without losing "white", so its cosine
 with plain "photo"-like texts (the content axis) falls as its red rises.
+
+**Shape (axes 256-258).** The encoder sees what the losses see: RGB renders, composited over the plain
+background colour of a "matte" stylization (``StylizeConfig.background``, white by default), then resized and
+CLIP-normalised. The subject's silhouette is read back from the colours against that known colour, which the
+encoder is given (``background=``, default white, the loop's default): per pixel, the *foreground-ness*
+``m = 1 - exp(-mean_c |x_c - bg_c|_ε / TAU_FG)`` is 0 on the plain ground and close to 1 on the subject
+(``|d|_ε = sqrt(d² + ε²) - ε``, ``ε = FG_EPS``: an absolute value whose sign is not decided by rounding noise on
+the bare ground). Because a render is ``rgb = α c + (1 - α) bg``, ``m`` grows with the opacity ``α`` wherever the
+subject's colour differs from the ground, and its slope is steepest where the subject is faint: the gradient
+reaches density at the outline and in the space around it, not only inside (it fades to 0 only where the
+deviation from the ground is below ``ε``). From ``m``, over the ``S x S`` CLIP input:
+
+* ``area``: ``mean(m)``, the fraction of the frame the subject covers;
+* ``height``: the fraction of rows the outline reaches, ``mean_y (1 - exp(-mean_x m / P_TOUCH))``: a row counts as
+  soon as a few percent of it is subject, so a hat or horns above the head raise it while a fuller middle does
+  not; ``width``: the same over columns.
+
+Shape words ("big", "tall", "a big hat", "horns", ...) point along them, so a prompt can ask for a bigger or
+different outline and the NeRF-Art losses pull density outward to give it, **provided the axes are centred on the
+source**: ``shape_reference = (area_0, height_0, width_0)``, by default a head and shoulders that fill about half
+the frame (``AREA0``, ``HEIGHT0``, ``WIDTH0``). The losses compare *normalised* embeddings, so when ``F_rec``'s
+renders sit far from the reference (a small subject on white reads as "small", with a large negative size
+component) the cheapest way to point further along "big" is to shrink that component's share of the norm, and
+brightening the whole render (raising the luminance axis) does so as well as growing the outline does, for far
+less: the gradient then thins the subject instead of growing it. Shape tests therefore centre the axes on
+``F_rec``'s own renders (:func:`shape_reference`, then ``load_standin_clip(shape_reference=...)``), where a
+render's shape components start at 0 and only the outline can move them.
+
+Limits, as befits an instrument: a subject pixel of exactly the background colour reads as ground; a silhouette
+that already fills the frame cannot grow along that axis; the reference is measured through ``P_dir`` (the whole
+view squashed), so the centre crop of the global loss and the local crops see other framings; the released
+``(x+1)/2`` input shift (``clip_input_shift``) moves every colour but white, so with it the shape axes are only
+meaningful on a white ground; a "contract" stylization (background modelled, no plain ground) gives them no
+meaning; a render smaller than 224 px is upsampled bicubically, whose negative lobes spread the per-pixel gradient
+around a sharp outline with mixed signs (the net pull of a shape word stays outward). Shape words in a negative
+(the bank's "big-eyed ..." heroine) carry their shape meaning there too.
+
+The shape axes come after the text-only block, and unknown words keep the seeds they had before any shape word
+existed, so every text without a shape word embeds exactly as it did before they were added (zero on the new
+axes): text directions and the negatives dropped for closeness stay the same. Image embeddings do change (they
+gained the three shape components), so losses and stylization results measured before shift a little.
 
 A sentence's embedding is the sum of its words' unit vectors (the :class:`ClipModel` normalises it). Function
 words and the plain adjectives of open_clip's templates ("a", "bad", "cropped", "of", ...) are *stop words* with no
@@ -35,7 +80,9 @@ negatives or prompts made of unknown words still get a defined, distinct embeddi
 
 Example: "a red face" = n(red + content); after ``T_k`` = "a photo of a {}." it is n(red + 2 content). A render that
 gets redder raises its mean red offset, so its cosine with "a red face" rises and its cosine with "photo" (the
-content axis alone) falls: the directional loss's ``Δt`` points from content toward red.
+content axis alone) falls: the directional loss's ``Δt`` points from content toward red. Likewise "a big hat" =
+n(size + hat) with hat = n(height + 0.5 size): a render whose outline reaches higher and covers more of the frame
+moves toward it.
 """
 
 from __future__ import annotations
@@ -48,27 +95,35 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from .clip_model import CLIP_SIZE, ClipModel
+from .clip_model import CLIP_SIZE, ClipModel, preprocess_squash
 
 __all__ = [
     "EMBED_DIM",
+    "SHAPE_AXES",
     "STANDIN_SOURCE",
     "VOCABULARY",
     "AnalyticStandInEncoder",
     "StandInTokenizer",
     "is_test_instrument",
     "load_standin_clip",
+    "shape_reference",
 ]
 
+# Axes of the embedding space (see the module docstring): 8 colour and texture axes, then the text-only block that
+# unknown words are hashed into, then the shape axes (after it, so that adding them left every text embedding of
+# the first version unchanged).
+N_IMAGE_AXES = 8
+N_TEXT_END = 256
+SIZE, HEIGHT, WIDTH = range(N_TEXT_END, N_TEXT_END + 3)
+SHAPE_AXES = (SIZE, HEIGHT, WIDTH)
+
 #: Width of the embedding space.
-EMBED_DIM = 256
+EMBED_DIM = N_TEXT_END + len(SHAPE_AXES)
 
 #: The ``ClipModel.source`` of the stand-in: marks every result made with it as not prompt-driven.
-STANDIN_SOURCE = "stand-in(analytic colour and texture statistics; a test instrument, not CLIP)"
+STANDIN_SOURCE = "stand-in(analytic colour, texture and silhouette statistics; a test instrument, not CLIP)"
 
-# Axes of the embedding space (see the module docstring).
-CONTENT, LUMINANCE, RED, GREEN, BLUE, SATURATION, EDGES, STRIPES = range(8)
-N_IMAGE_AXES = 8
+CONTENT, LUMINANCE, RED, GREEN, BLUE, SATURATION, EDGES, STRIPES = range(N_IMAGE_AXES)
 
 # Image feature scales and reference levels. They set how far a typical head render sits from the content axis:
 # a head on a white ground has mean RGB ~(0.8, 0.75, 0.7): luminance offset ~0.5 after K_LUM, chroma ~0.1 after
@@ -81,12 +136,28 @@ K_EDGE = 8.0
 EDGE0 = 0.03
 K_STRIPE = 8.0
 _SMOOTH_EPS = 1e-6  # keeps sqrt differentiable at 0
+# Shape: a pixel differing from the ground by TAU_FG (mean over channels) is 63 % foreground, so skin, hair and
+# clothes on a white ground read as subject while a faint tint reads as partly so; a row (column) counts as reached
+# once P_TOUCH of it is subject. Area, height and width span [0, 1]; the gains put a silhouette that fills the
+# frame or vanishes about as far from the content axis as a strong colour.
+TAU_FG = 0.05
+FG_EPS = 1e-3
+P_TOUCH = 0.02
+K_SIZE = 2.0
+AREA0 = 0.5
+K_EXTENT = 2.0
+HEIGHT0 = 0.8
+WIDTH0 = 0.8
 
 # Token ids. 0 pads (as open_clip's tokenizer), then start, end and "stop word"; vocabulary words follow, and
 # unknown words are hashed into [_FIRST_HASHED, _FIRST_HASHED + _HASH_BUCKETS).
 _PAD, _START, _END, _STOP = 0, 1, 2, 3
 _FIRST_WORD = 4
 _HASH_BUCKETS = 2**20
+# An unknown word's direction is seeded by its hash bucket plus this fixed offset, not by its token id: the ids
+# move whenever the vocabulary grows, and the seeds must not, or every unknown word (and every negative and
+# prompt made of them) would change meaning. The value is the first hashed id of the colour-only vocabulary.
+_HASH_SEED_OFFSET = 72
 
 #: The vocabulary: word -> weights on the named axes (each word's vector is normalised to unit length).
 VOCABULARY: dict[str, dict[int, float]] = {}
@@ -94,7 +165,7 @@ VOCABULARY: dict[str, dict[int, float]] = {}
 
 def _add(words: str, **axes: float) -> None:
     names = {"content": CONTENT, "lum": LUMINANCE, "r": RED, "g": GREEN, "b": BLUE, "sat": SATURATION,
-             "edges": EDGES, "stripes": STRIPES}
+             "edges": EDGES, "stripes": STRIPES, "size": SIZE, "height": HEIGHT, "width": WIDTH}
     for word in words.split():
         VOCABULARY[word] = {names[k]: v for k, v in axes.items()}
 
@@ -121,6 +192,16 @@ _add("sharp detailed textured", edges=1.0)
 _add("smooth blurry blurred soft", edges=-1.0)
 _add("striped stripes stripy zebra", stripes=1.0, edges=0.5)
 _add("sketch sketched pencil charcoal drawing drawn ink", sat=-1.0, edges=1.0)
+# Shape (axes 256-258). "large" and "small" stay stop words: the templates use them ("a photo of the large {}."),
+# where they describe the photo, not the change a prompt asks for.
+_add("big bigger biggest huge giant enormous massive oversized bulky voluminous puffy", size=1.0)
+_add("tiny miniature", size=-1.0)
+_add("tall taller towering elongated", height=1.0)
+_add("short squat", height=-1.0)
+_add("wide wider broad", width=1.0)
+_add("narrow thin slim slender", width=-1.0)
+_add("hat hats helmet crown", height=1.0, size=0.5)  # a hat reaches above the head and adds area
+_add("horns horned antlers", height=1.0, width=0.5)  # horns reach up and out
 
 # Words with no meaning to the stand-in: function words and the plain adjectives of open_clip's 80 templates
 # ("a bad photo of the {}."). The templates' style nouns ("painting", "sculpture", "cartoon", "doodle", ...) are
@@ -181,9 +262,9 @@ class StandInTokenizer:
 
 def _hashed_direction(token: int) -> Tensor:  # -> [EMBED_DIM]
     """The fixed unit vector of an unknown word's id, in the text-only axes (same on every machine)."""
-    gen = torch.Generator().manual_seed(token)
+    gen = torch.Generator().manual_seed(token - _FIRST_HASHED + _HASH_SEED_OFFSET)
     vec = torch.zeros(EMBED_DIM)
-    vec[N_IMAGE_AXES:] = torch.randn(EMBED_DIM - N_IMAGE_AXES, generator=gen)
+    vec[N_IMAGE_AXES:N_TEXT_END] = torch.randn(N_TEXT_END - N_IMAGE_AXES, generator=gen)
     return vec / vec.norm()
 
 
@@ -192,17 +273,34 @@ class AnalyticStandInEncoder(nn.Module):
 
     Offers what :class:`ClipModel` uses of an open_clip model: ``encode_image``, ``encode_text``,
     ``visual.image_size`` / ``visual.output_dim`` and one (frozen) parameter that carries device and dtype.
+
+    Args:
+        device: where the embeddings are computed.
+        background: the plain RGB colour in [0, 1] the renders are composited over (``StylizeConfig.background``
+            of the stylization it serves); the shape axes measure the silhouette against it.
+        shape_reference: ``(area_0, height_0, width_0)`` at which the shape axes are 0 (module docstring); None:
+            ``(AREA0, HEIGHT0, WIDTH0)``.
     """
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu",
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 shape_reference: tuple[float, float, float] | None = None) -> None:
         super().__init__()
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+        if len(background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in background):
+            raise ValueError(f"background must be 3 numbers in [0, 1], got {background!r}")
+        reference = (AREA0, HEIGHT0, WIDTH0) if shape_reference is None else tuple(float(v) for v in shape_reference)
+        if len(reference) != 3 or not all(0.0 <= v <= 1.0 for v in reference):
+            raise ValueError(f"shape_reference must be 3 fractions in [0, 1], got {shape_reference!r}")
+        self.shape_reference = reference
         self.visual = SimpleNamespace(image_size=CLIP_SIZE, output_dim=EMBED_DIM)
         # No weights: this parameter only tells ClipModel the device and dtype.
         self.anchor = nn.Parameter(torch.zeros(1, device=device), requires_grad=False)
         self.register_buffer("clip_mean", torch.tensor(OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1))
         self.register_buffer("clip_std", torch.tensor(OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1))
+        self.register_buffer("background", torch.tensor([float(c) for c in background], dtype=torch.float32,
+                                                        device=device).view(1, 3, 1, 1))
         table = torch.zeros(_FIRST_WORD + len(VOCABULARY), EMBED_DIM)
         for word, axes in VOCABULARY.items():
             for axis, value in axes.items():
@@ -211,26 +309,45 @@ class AnalyticStandInEncoder(nn.Module):
         self._word_vectors_cpu = table / norms.clamp_min(1e-12)
         self._hashed: dict[int, Tensor] = {}
 
+    def foreground(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, S, S]
+        """Per-pixel foreground-ness ``m`` in [0, 1) of CLIP-normalised input against the known background
+        (module docstring): 0 on the plain ground, near 1 on the subject."""
+        x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
+        d = x - self.background.to(pixels.dtype)
+        deviation = ((d.pow(2) + FG_EPS**2).sqrt() - FG_EPS).mean(dim=1)
+        return 1.0 - torch.exp(-deviation / TAU_FG)
+
     def image_features(self, pixels: Tensor) -> dict[str, Tensor]:
-        """The named statistics of ``(B, 3, S, S)`` CLIP-normalised input, each ``(B,)`` (``rgb``: ``(B, 3)``)."""
+        """The named statistics of ``(B, 3, S, S)`` CLIP-normalised input, each ``(B,)`` (``rgb``: ``(B, 3)``).
+
+        Colour and texture: ``rgb``, ``luminance``, ``saturation``, ``edges``, ``stripes``; shape: ``area``,
+        ``height``, ``width`` (fractions of the frame, module docstring).
+        """
         x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)  # back to [0, 1]
         lum = x.mean(dim=1)  # (B, S, S)
         centred = x - lum[:, None]
         saturation = (centred.pow(2).mean(dim=1) + _SMOOTH_EPS).sqrt().mean(dim=(1, 2))
         grad_x = (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean(dim=(1, 2))
         grad_y = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean(dim=(1, 2))
+        m = self.foreground(pixels)  # (B, S, S), rows then columns
+        reached_rows = 1.0 - torch.exp(-m.mean(dim=2) / P_TOUCH)  # (B, S)
+        reached_cols = 1.0 - torch.exp(-m.mean(dim=1) / P_TOUCH)  # (B, S)
         return {"rgb": x.mean(dim=(2, 3)), "luminance": lum.mean(dim=(1, 2)), "saturation": saturation,
                 "edges": grad_x + grad_y,
-                "stripes": ((grad_x - grad_y).pow(2) + _SMOOTH_EPS).sqrt()}
+                "stripes": ((grad_x - grad_y).pow(2) + _SMOOTH_EPS).sqrt(),
+                "area": m.mean(dim=(1, 2)), "height": reached_rows.mean(dim=1), "width": reached_cols.mean(dim=1)}
 
     def encode_image(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, D]
         """Image embedding (not normalised): content 1, then the scaled statistics, zeros on the text axes."""
         f = self.image_features(pixels)
         b = pixels.shape[0]
+        area0, height0, width0 = self.shape_reference
         parts = [pixels.new_ones(b, 1), K_LUM * (f["luminance"] - 0.5)[:, None],
                  K_CHROMA * (f["rgb"] - f["luminance"][:, None]), K_SAT * (f["saturation"] - SAT0)[:, None],
                  K_EDGE * (f["edges"] - EDGE0)[:, None], K_STRIPE * f["stripes"][:, None],
-                 pixels.new_zeros(b, EMBED_DIM - N_IMAGE_AXES)]
+                 pixels.new_zeros(b, N_TEXT_END - N_IMAGE_AXES),
+                 K_SIZE * (f["area"] - area0)[:, None], K_EXTENT * (f["height"] - height0)[:, None],
+                 K_EXTENT * (f["width"] - width0)[:, None]]
         return torch.cat(parts, dim=1)
 
     def _vector(self, token: int) -> Tensor:  # -> [EMBED_DIM] on the CPU
@@ -251,10 +368,37 @@ class AnalyticStandInEncoder(nn.Module):
         return torch.stack(rows).to(device=self.anchor.device, dtype=self.anchor.dtype)
 
 
-def load_standin_clip(device: torch.device | str = "cpu") -> ClipModel:
+def load_standin_clip(device: torch.device | str = "cpu",
+                      background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      shape_reference: tuple[float, float, float] | None = None) -> ClipModel:
     """The stand-in as a :class:`ClipModel` (TEST INSTRUMENT: tests and benchmarks only, never offered to users).
 
-    A fresh instance each call (it is cheap); it shares no cache with real CLIP models.
+    A fresh instance each call (it is cheap); it shares no cache with real CLIP models. ``background`` is the
+    plain colour the stylization composites its renders over (``StylizeConfig.background``), against which the
+    shape axes read the silhouette; ``shape_reference`` centres the shape axes (:func:`shape_reference` of
+    ``F_rec``'s renders for shape prompts; None: a head filling about half the frame).
     """
-    return ClipModel(AnalyticStandInEncoder(device), StandInTokenizer(), name="analytic-stand-in",
-                     source=STANDIN_SOURCE, device=torch.device(device))
+    return ClipModel(AnalyticStandInEncoder(device, background, shape_reference), StandInTokenizer(),
+                     name="analytic-stand-in", source=STANDIN_SOURCE, device=torch.device(device))
+
+
+@torch.no_grad()
+def shape_reference(images: Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[
+        float, float, float]:
+    """Mean ``(area, height, width)`` of renders as the directional loss's ``P_dir`` shows them to the stand-in.
+
+    Pass ``F_rec``'s renders of the stylization's views (``I_src``) to centre the shape axes on the source
+    (``load_standin_clip(shape_reference=...)``; module docstring).
+
+    Args:
+        images: ``(B, 3, H, W)`` renders in [0, 1], composited over ``background``.
+        background: the plain colour behind them.
+
+    Returns:
+        the three fractions, each averaged over the ``B`` images.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    encoder = AnalyticStandInEncoder(images.device, background)
+    f = encoder.image_features(preprocess_squash(images.float(), CLIP_SIZE))
+    return float(f["area"].mean()), float(f["height"].mean()), float(f["width"].mean())
