@@ -131,8 +131,16 @@ def test_a_reconstruction_keeps_its_subject_bounds_in_checkpoint_and_outputs(tra
     again = SubjectBounds.from_world(out["subject_bounds"], ckpt.normalization)
     np.testing.assert_allclose(again.matrix, ckpt.subject.matrix, atol=1e-9)
     assert json.loads(json.dumps(out["subject_bounds"])) == out["subject_bounds"]  # plain JSON for the protocol
-    # The bounds hold where the cameras look (the model origin).
+    # The bounds hold where the cameras look (the model origin) and, the capture being matted, everything the
+    # reconstruction renders: all three spheres, also the softly reconstructed ones.
+    assert ckpt.background == "matte"
     assert bool(ckpt.subject.contains(torch.zeros(1, 3, dtype=torch.float64)).all())
+    from backend.nerf.synthetic import DEFAULT_SPHERES
+
+    for sphere in DEFAULT_SPHERES:
+        far_side = np.asarray(sphere.center) * (1 + sphere.radius / np.linalg.norm(sphere.center))
+        points = ckpt.normalization.to_model(np.stack([np.asarray(sphere.center), 0.9 * far_side]))
+        assert bool(ckpt.subject.contains(torch.as_tensor(points)).all()), sphere
 
 
 def test_given_bounds_are_used_and_bad_ones_refused_before_training(sphere_capture: Path, tmp_path: Path) -> None:

@@ -86,8 +86,14 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
     if ckpt.cameras is None:
         raise JobFailed("the reconstruction has no cameras to find the subject from")
     cameras = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
+    kwargs = {}
+    if ckpt.background == "matte":
+        # The mattes already removed everything but the subject, so whatever the renderer marches through (the
+        # occupancy grid's density threshold) belongs to it; the surface rule would cut away parts that render
+        # visibly but softly (the chin and neck of a briefly trained model).
+        kwargs["solid_density"] = float(ckpt.config.occ_threshold) / float(ckpt.model.settings.dt_min)
     detection = detect_subject_bounds(ckpt.model.density, cameras, device,
-                                      resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION)
+                                      resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION, **kwargs)
     if detection.found:
         return SubjectDecision(detection.bounds, "detected")
     note = (f"subject bounds: {detection.reason}; using the cameras' default box around where they look (edit "
