@@ -167,6 +167,36 @@ def test_given_bounds_are_used_and_bad_ones_refused_before_training(sphere_captu
     assert "training" not in stages
 
 
+def test_a_resumed_reconstruction_keeps_or_decides_its_bounds(sphere_capture: Path, tmp_path: Path) -> None:
+    from backend.jobs.local import resume_job_locally
+
+    rec = run_job_locally("reconstruct", {"capture_path": str(sphere_capture), "preset": "tiny", "steps": 5,
+                                          "holdout_every": 0}, tmp_path, "cpu", lambda m: None)
+    assert rec.state == "done", rec.error
+    path = tmp_path / "jobs" / rec.job_id / "outputs" / "checkpoint.pt"
+    store = JobStore(tmp_path)
+
+    def interrupt() -> None:
+        record = store.get(rec.job_id)
+        record.state = "running"  # what a backend killed mid-job leaves; the store then finds it interrupted
+        store.save(record)
+        assert JobStore(tmp_path).get(rec.job_id).state == "interrupted"
+
+    # Interrupted after training finished: the finished checkpoint's bounds are kept.
+    interrupt()
+    again = resume_job_locally(rec.job_id, tmp_path, "cpu", lambda m: None)
+    assert again.state == "done" and again.outputs["subject_source"] == "checkpoint"
+    assert again.outputs["subject_bounds"] == rec.outputs["subject_bounds"]
+    # A finished checkpoint from before subject bounds existed: they are decided on resuming, and kept.
+    ckpt = load_checkpoint(path, "cpu")
+    ckpt.subject = None
+    save_checkpoint(ckpt, path)
+    interrupt()
+    again = resume_job_locally(rec.job_id, tmp_path, "cpu", lambda m: None)
+    assert again.state == "done" and again.outputs["subject_source"] in ("detected", "cameras")
+    assert load_checkpoint(path, "cpu").subject is not None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Render
 # ---------------------------------------------------------------------------------------------------------
@@ -201,6 +231,26 @@ def test_render_frames_hold_the_subject_alone_with_alpha(tmp_path: Path) -> None
     assert rec.outputs["include_background"] is True and rec.outputs["background_model"] == "source"
     for i, png in enumerate(frames):
         np.testing.assert_array_equal(png, quantized_straight_alpha(whole.render(cams, i)[0], 8))
+
+
+def test_exr_frames_of_the_subject_are_empty_outside_the_bounds(tmp_path: Path) -> None:
+    import OpenEXR
+
+    bounds = half_box()
+    ckpt = NeRFCheckpoint(ball_model(), ReconstructConfig.tiny(), "contract", normalization=NORM, subject=bounds)
+    job = add_job(JobStore(tmp_path), "reconstruct", ckpt)
+    cams = world_cameras(1)
+    rec = run_job_locally("render", {"source_job": job, "cameras": protocol_cameras(cams), "format": "exr",
+                                     "depth": True}, tmp_path, "cpu", lambda m: None)
+    assert rec.state == "done", rec.error
+    with OpenEXR.File(str(tmp_path / "jobs" / rec.job_id / "outputs" / rec.outputs["frames"][0]),
+                      separate_channels=True) as exr:
+        ch = {k: v.pixels for k, v in exr.parts[0].channels.items()}
+    miss = bounds_miss(cams, 0, bounds)
+    assert (ch["ViewLayer.Combined.A"][miss] == 0).all() and (ch["ViewLayer.Depth.Z"][miss] == 1e10).all()
+    assert (ch["ViewLayer.Normal.X"][miss] == 0).all()
+    solid = ch["ViewLayer.Combined.A"] > 0.99
+    assert solid.sum() > 10 and (ch["ViewLayer.Depth.Z"][solid] < 1e9).all()
 
 
 def test_given_render_bounds_replace_the_checkpoints_and_bad_ones_fail(tmp_path: Path) -> None:

@@ -4,6 +4,12 @@ reconstruction's background segments, checked against brute-force quadrature of 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +22,8 @@ from backend.nerf.model import NeRFModel
 from backend.nerf.rays import rays_for_image
 from backend.nerf.subject import SubjectBounds
 from backend.nerf.synthetic import ring_cameras
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def field_model(seed: int, scene: str = "matte", density_bias: float = 0.0, render_steps: int = 2048) -> NeRFModel:
@@ -206,3 +214,63 @@ def test_a_background_model_needs_bounds_and_the_same_coordinates() -> None:
     b = NeRFCheckpoint(rec, config, "matte", normalization=Normalization(np.ones(3), 2.0))
     with pytest.raises(ValueError, match="normalization"):
         FrameRenderer(a, subject=bounds_through_the_middle(), background=b)
+
+
+def fused_composite_errors(device: str, size: int, scenes: tuple[str, ...] = ("matte", "contract")
+                           ) -> dict[str, float]:
+    """The fused Triton field on both models of a background composite (and on the subject alone) against the
+    PyTorch path: largest colour and opacity differences. On the CPU it runs in Triton's interpreter
+    (``TRITON_INTERPRET=1``, in a process of its own)."""
+    from test_fused_field import _model as random_field_model  # the default architecture, a random field
+
+    from backend.nerf._triton_field import FusedField
+
+    out: dict[str, float] = {}
+    for scene in scenes:
+        rec = random_field_model(scene, device)
+        domain = rec.domain
+        rec.occupancy.update(0, lambda u, d=domain: (d.from_unit_cube(u).norm(dim=-1) < 0.7).float())
+        sty = stylized_like(rec.cpu()).to(device)
+        rec = rec.to(device)
+        bounds = bounds_through_the_middle()
+        cams = ring_cameras(1, size, distance=2.6, focal=2.6 * size)
+        for name, kwargs in (("subject", {}), ("composite", {"background": rec})):
+            ref = FrameRenderer(sty, subject=bounds, fused="off", **kwargs)
+            fused = FrameRenderer(sty, subject=bounds, fused="off", **kwargs)
+            fused._fused = FusedField(sty.field)  # the fused path, also where it is not offered (CPU)
+            if fused._background is not None:
+                fused._background._fused = FusedField(rec.field)
+            a, _ = ref.render(cams, 0)
+            b, _ = fused.render(cams, 0)
+            out[f"{scene}_{name}_max_abs"] = float((a - b).abs().max())
+            out[f"{scene}_{name}_opacity_mean"] = float(a[..., 3].mean())
+    return out
+
+
+def _check_fused(errors: dict[str, float]) -> None:
+    for key, value in errors.items():
+        if key.endswith("_max_abs"):
+            # float16 tables and weights in the fused kernel.
+            assert value < 5e-3, errors
+        else:
+            assert value > 0.05, errors  # something was rendered
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fused Triton field)")
+def test_fused_gpu_path_renders_the_subject_and_the_composite_as_the_pytorch_path() -> None:
+    pytest.importorskip("triton")
+    _check_fused(fused_composite_errors("cuda", 48))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_fused_path_of_the_subject_in_the_triton_interpreter() -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_fused(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":  # the interpreter run of test_fused_path_of_the_subject_in_the_triton_interpreter
+    # The room-modelling scene only: the interpreter runs the kernel one program at a time.
+    print(json.dumps(fused_composite_errors("cpu", 12, ("contract",))))
