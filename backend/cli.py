@@ -18,6 +18,12 @@ from pathlib import Path
 from protocol import DEFAULT_ENDPOINT, BackendError, Client, Message
 
 DEFAULT_WORK_DIR = Path.home() / ".local" / "share" / "nerfart" / "work"
+# How a reconstruction's subject bounds were decided (its outputs' subject_source), for the summary line.
+SUBJECT_SOURCES = {"given": "as given", "detected": "found from the density",
+                   "cameras": "the cameras' default (no subject found)", "checkpoint": "kept from before"}
+SUBJECT_BOUNDS_HELP = ('the subject (inside: the subject, outside: background) as JSON, inline or a file: '
+                       '{"shape": "box" or "ellipsoid", "matrix": 4x4 rows mapping the unit cube or sphere into '
+                       "capture-world coordinates} (a reconstruct job's --json output works too)")
 
 
 def resolve_device(name: str) -> str:
@@ -239,14 +245,53 @@ def result_summary(kind: str, job_id: str, job_dir: Path, outputs: dict) -> str:
     if outputs.get("loss_total") is not None:
         facts.append(f"style loss {outputs['loss_total']:.4f}")
     if isinstance(outputs.get("frames"), list):
-        facts.append(f"{len(outputs['frames'])} frames")
+        facts.append(f"{len(outputs['frames'])} frames"
+                     + (" with the background" if outputs.get("include_background") else
+                        ", the subject alone with alpha" if outputs.get("subject_bounds") else ""))
+    if outputs.get("subject_source") in SUBJECT_SOURCES and kind == "reconstruct":
+        facts.append(f"subject bounds {SUBJECT_SOURCES[outputs['subject_source']]}")
     lines = [f"{kind} job {job_id} done" + (f": {', '.join(facts)}" if facts else "")
              + f"; outputs in {job_dir / 'outputs'}"]
     if outputs.get("prompt_driven") is False:
         lines.append(f"warning: {outputs.get('note') or 'the result is not prompt-driven (random CLIP weights)'}")
+    if outputs.get("subject_note"):
+        lines.append(f"note: {outputs['subject_note']}")
     if outputs.get("resume_note"):
         lines.append(f"note: {outputs['resume_note']}")
     return "\n".join(lines)
+
+
+def load_subject_bounds(text: str) -> dict:
+    """``--subject-bounds``: inline JSON or a JSON file holding ``{"shape", "matrix"}`` in capture-world
+    coordinates (or any object with a ``subject_bounds`` key, such as a reconstruct job's ``--json`` outputs).
+
+    Raises:
+        ValueError: unreadable, not JSON, or no bounds in it.
+    """
+    source = text.strip()
+    if not source.startswith("{"):
+        try:
+            source = Path(source).expanduser().read_text()
+        except OSError as exc:
+            raise ValueError(f"--subject-bounds: cannot read {text}: {exc}") from None
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--subject-bounds: not JSON ({exc})") from None
+    for key in ("outputs", "subject_bounds"):  # a job record's or outputs' JSON holds them one or two levels down
+        if isinstance(value, dict) and key in value and "matrix" not in value:
+            value = value[key]
+    if not (isinstance(value, dict) and "shape" in value and "matrix" in value):
+        raise ValueError('--subject-bounds must be {"shape": "box" or "ellipsoid", "matrix": 4x4 rows} '
+                         "(capture-world coordinates), inline or in a file")
+    return {"shape": value["shape"], "matrix": value["matrix"]}
+
+
+def _subject_params(args: argparse.Namespace) -> dict:
+    """``{"subject_bounds": ...}`` when ``--subject-bounds`` was given (raises ``ValueError`` on bad input)."""
+    if getattr(args, "subject_bounds", None) is None:
+        return {}
+    return {"subject_bounds": load_subject_bounds(args.subject_bounds)}
 
 
 def _params(args: argparse.Namespace, names: dict[str, str]) -> dict:
@@ -258,6 +303,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "preset": "preset", "steps": "steps", "time_budget_s": "time_budget", "scale": "scale",
         "holdout_every": "holdout_every", "background": "background", "seed": "seed",
         "capture_format": "format"})}
+    try:
+        params.update(_subject_params(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return _run_local("reconstruct", params, args)[0]
 
 
@@ -284,6 +334,13 @@ def cmd_render(args: argparse.Namespace) -> int:
                 "fy": float(cams.fy[i]), "cx": float(cams.cx[i]), "cy": float(cams.cy[i]),
                 "width": int(cams.width[i]), "height": int(cams.height[i])} for i in range(len(cams))]
     params = {"source_job": args.job, "cameras": cameras, "format": args.format, "depth": args.depth}
+    if args.include_background:
+        params["include_background"] = True
+    try:
+        params.update(_subject_params(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     code, result = _run_local("render", params, args)
     if code == 0 and args.out:
         out = Path(args.out)
@@ -305,6 +362,11 @@ def cmd_mesh(args: argparse.Namespace) -> int:
         params.update(texture_size=args.texture_size, target_faces=args.target_faces)
     if args.keep_largest_only:
         params["keep_largest_only"] = True
+    try:
+        params.update(_subject_params(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     code, result = _run_local("extract_mesh", params, args)
     if code == 0 and args.out:
         Path(args.out).write_bytes((result["job_dir"] / "outputs" / result["outputs"]["mesh"]).read_bytes())
@@ -405,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", choices=("auto", "matte", "contract"))
     p.add_argument("--format", choices=("transforms_json", "colmap", "idr", "llff"), help="force a reader")
     p.add_argument("--seed", type=int)
+    p.add_argument("--subject-bounds", metavar="JSON", help=SUBJECT_BOUNDS_HELP + "; default: found from the "
+                   "reconstruction (where the cameras look, refined by the density)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = local_job_parser("stylize", "stylize a finished reconstruction with a text prompt, in this process")
@@ -434,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="png (8-bit sRGB, default), png16, or exr: multilayer OpenEXR with Blender's Combined, "
                    "Depth and Normal passes (capture-world units and axes)")
     p.add_argument("--depth", action="store_true", help="also write depth maps (Blender's Depth pass)")
+    p.add_argument("--subject-bounds", metavar="JSON", help=SUBJECT_BOUNDS_HELP + "; default: the job's own")
+    p.add_argument("--include-background", action="store_true", help="render the whole scene, not the subject "
+                   "alone with alpha (a stylized job's background comes from its reconstruction)")
     p.set_defaults(func=cmd_render)
 
     p = local_job_parser("mesh", "extract a textured mesh (GLB) or a vertex-coloured one (PLY) of a finished job")
@@ -447,9 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-faces", type=int, default=0,
                    help="triangles to decimate to before unwrapping (glb): 0 = auto (above 40000 faces, reduce "
                         "to 40000), -1 = keep every face")
-    p.add_argument("--resolution", type=int, help="grid cells per axis (default 256, up to 1024)")
+    p.add_argument("--resolution", type=int, help="grid cells along the longest side of the meshed box (the "
+                   "subject bounds' box; default 256, up to 1024)")
     p.add_argument("--isolevel", type=float, help="surface density (default: the documented rule)")
     p.add_argument("--keep-largest-only", action="store_true", help="drop every part but the largest")
+    p.add_argument("--subject-bounds", metavar="JSON", help=SUBJECT_BOUNDS_HELP + "; default: the job's own. "
+                   "The mesh holds what lies inside them")
     p.set_defaults(func=cmd_mesh)
 
     p = local_job_parser("resume", "continue an interrupted job (the backend stopped while it ran) from its "

@@ -2,7 +2,8 @@
 the embedded head in Blender, starts a backend on loopback and drives the add-on's operators end to end.
 
 Checks that the outputs exist and are sane: frame sizes and alpha, the contact sheet and animated preview, the
-PLY (non-empty, inside the embedded subject's bounds and inside the capture cameras' ring), every report field,
+mesh (non-empty, inside the embedded subject's bounds, the reconstruction's subject bounds and the capture
+cameras' ring), every report field (the subject bounds the reconstruction decided included),
 ``prompt_driven`` matching whether the CLIP weights are cached (downloads are turned off for the test), and
 that the .blend opens in Blender with the mesh, the capture cameras and the turntable frames wired in.
 """
@@ -107,6 +108,13 @@ def test_mesh_is_inside_the_subject(demo):
     # mesh's isolevel keeps mainly the crown and hair; the cpu and gpu sizes give the whole bust.)
     extent = vertices.max(0) - vertices.min(0)
     assert extent[0] > 0.5 * (hi[0] - lo[0]) and extent[2] > 0.3 * (hi[2] - lo[2]), extent
+    # The mesh holds the subject only: every vertex inside the bounds the reconstruction decided (capture world,
+    # the mesh's coordinates too).
+    bounds = demo.report["stages"]["reconstruct"]["subject_bounds"]
+    inv = np.linalg.inv(np.asarray(bounds["matrix"]))
+    unit = vertices @ inv[:3, :3].T + inv[:3, 3]
+    inside = np.abs(unit).max(1) if bounds["shape"] == "box" else np.linalg.norm(unit, axis=1)
+    assert inside.max() <= 1.0 + 1e-3, inside.max()
 
 
 def test_report_fields(demo):
@@ -123,8 +131,12 @@ def test_report_fields(demo):
     sty = rep["stages"]["stylize"]
     assert sty["iterations"] == 2 and {"total", "directional", "perceptual"} <= set(sty["losses"]), sty
     assert all(np.isfinite(v) for v in sty["losses"].values())
+    # The subject bounds were decided by the reconstruction and the frames show the subject alone.
+    assert rec["subject_source"] in ("detected", "cameras") and rec["subject_bounds"]["shape"] in ("box", "ellipsoid")
+    assert rec["subject_found"] == (rec["subject_source"] == "detected")
     ren = rep["stages"]["render"]
     assert (ren["frames"], ren["width"], ren["height"]) == (FRAMES, FRAME_SIZE, FRAME_SIZE)
+    assert ren["include_background"] is False and ren["subject_source"] in ("checkpoint", "reconstruction")
     assert rep["capture"]["views"] == VIEWS and rep["capture"]["width"] == CAPTURE_SIZE
     assert rep["prompt"] and rep["versions"]["backend"] and rep["versions"]["blender"].startswith(("4.", "5."))
     assert rep["backend_exit_code"] == 0, "the backend was stopped cleanly"

@@ -429,7 +429,8 @@ class Demo:
         entry.update(job_id=ref.job_id, preset=p.reconstruct_preset, scale=round(cap.scale, 4),
                      steps=out.get("steps"), psnr=out.get("train_psnr"), heldout_psnr=out.get("heldout_psnr"),
                      train_seconds=out.get("elapsed_s"), background=out.get("background"),
-                     losses=self.last_losses.get(ref.job_id, {}))
+                     losses=self.last_losses.get(ref.job_id, {}), subject_source=out.get("subject_source"),
+                     subject_found=out.get("subject_found"), subject_bounds=out.get("subject_bounds"))
 
     def stylize(self, entry: dict[str, Any]) -> None:
         """Stylize with the real CLIP weights; when they cannot be had, say so and stylize with a random CLIP."""
@@ -499,7 +500,8 @@ class Demo:
         outputs = job.outputs if job is not None else {}
         entry.update(job_id=ref.job_id, frames=len(files), width=scene.render.resolution_x,
                      height=scene.render.resolution_y, frames_per_second=outputs.get("frames_per_second"),
-                     orbit=orbit.to_dict())
+                     orbit=orbit.to_dict(), include_background=outputs.get("include_background"),
+                     subject_source=outputs.get("subject_source"))
         return files, cam, orbit
 
     def extract_mesh(self, entry: dict[str, Any]) -> Any:

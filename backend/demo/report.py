@@ -11,6 +11,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+# How the reconstruction decided its subject bounds (its outputs' subject_source).
+SUBJECT_SOURCES = {"given": "as given", "detected": "found from the density", "checkpoint": "kept from before",
+                   "cameras": "the cameras' default (no subject found in the density)"}
 BACKGROUND = (92, 92, 100)  # frames have alpha: they are shown on a neutral grey
 SHEET_BACKGROUND = (32, 32, 36)
 TEXT = (235, 235, 235)
@@ -164,7 +167,8 @@ def summary_text(report: dict[str, Any], out_dir: Path) -> str:
         f"{report['device']['name']}).",
         f"  prompt:        \"{report['prompt']}\"",
         f"  reconstruct:   PSNR {fmt_value(rec.get('psnr'))} dB on training views, "
-        f"{fmt_value(rec.get('heldout_psnr'))} dB held out",
+        f"{fmt_value(rec.get('heldout_psnr'))} dB held out; subject bounds "
+        + SUBJECT_SOURCES.get(str(rec.get("subject_source")), "unknown"),
         f"  stylize:       {sty.get('iterations')} iterations, final loss "
         f"{fmt_value(sty.get('losses', {}).get('total'), '.4g')}",
     ]
@@ -176,7 +180,8 @@ def summary_text(report: dict[str, Any], out_dir: Path) -> str:
         "Outputs in " + str(out_dir) + ":",
         f"  {o['blend']:<22} Blender scene: mesh, capture and turntable cameras, frames on the turntable camera",
         f"  {o['frames']:<22} {st['render']['frames']} turntable frames "
-        f"({st['render']['width']}x{st['render']['height']} PNG with alpha)",
+        f"({st['render']['width']}x{st['render']['height']} PNG with alpha"
+        + ("" if st["render"].get("include_background") else ": the subject alone") + ")",
         f"  {o['contact_sheet']:<22} contact sheet (capture views and turntable frames)",
         f"  {o['preview']:<22} animated turntable preview",
         (f"  {o['mesh']:<22} textured mesh, {mesh.get('vertices')} vertices, {mesh.get('faces')} faces, "

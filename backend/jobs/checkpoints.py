@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.server.jobs import JobContext, JobFailed
+from backend.server.jobs import JobContext, JobFailed, JobRecord
 
 FRESH_START = "starting again from the beginning"
 
 
 def load_source_checkpoint(ctx: JobContext, kinds: tuple[str, ...] = ("reconstruct", "stylize")) -> Any:
     """The :class:`~backend.nerf.checkpoint.NeRFCheckpoint` of ``params.source_job``, on the job's device."""
+    return load_job_checkpoint(ctx, ctx.source_job(ctx.params["source_job"], kinds))
+
+
+def load_job_checkpoint(ctx: JobContext, source: JobRecord) -> Any:
+    """The checkpoint of the finished job ``source``, on the job's device.
+
+    Raises:
+        JobFailed: the job's checkpoint file is missing.
+    """
     from backend.nerf.checkpoint import load_checkpoint
 
-    source = ctx.source_job(ctx.params["source_job"], kinds)
     name = source.outputs.get("checkpoint")
     path = ctx.store.job_dir(source.job_id) / "outputs" / str(name)
     if not name or not path.is_file():

@@ -4,6 +4,11 @@ While it trains, a resumable checkpoint (model, optimizer, step, random state) r
 :data:`CHECKPOINT_EVERY_S` seconds of training (every second for the ``tiny`` preset), so a crash loses at most
 that much. A resumed job (``ctx.resuming``) continues from it to the same total step count; the finished
 ``checkpoint.pt`` holds no training state.
+
+After training the job decides the subject bounds (:mod:`backend.jobs.subject`): ``params.subject_bounds`` if
+given (checked before training starts), else found from the trained density around where the cameras look. The
+checkpoint keeps them in model coordinates and the outputs give them in capture-world coordinates
+(``subject_bounds``), with ``subject_found`` and ``subject_source`` saying how they were decided.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from backend.outputs.images import encode_png
 from backend.server.jobs import JobContext, JobFailed
 
 from .checkpoints import resume_checkpoint
+from .subject import bounds_from_params, bounds_to_world, decide_reconstruction_subject
 from .uploads import extract_capture_zip
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,6 +86,8 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
     uploaded = ctx.job_dir / "capture" if "capture" in ctx.record.inputs else None
     capture = load_capture(capture_path(ctx), format=ctx.params.get("capture_format"), confine_to=uploaded)
     config = config_from_params(ctx.params)
+    # Bad bounds fail here, before any training time is spent.
+    given_subject = bounds_from_params(ctx.params, capture.normalization)
     views = "; ".join([f"{len(capture.cameras)} views ({capture.source_format})", *capture.warnings])
     if resume is not None:
         views += f"; resuming from step {resume.step} of {config.steps}"
@@ -96,11 +104,24 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
         save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
         ctx.checkpointed("training", ckpt.step, config.steps)
 
+    tiny = ctx.params.get("preset") == "tiny"
+
+    def decide_subject(ckpt: Any) -> Any:
+        ctx.progress("finding the subject", 0, 1)
+        decision = decide_reconstruction_subject(ckpt, given_subject, ctx.device, tiny=tiny)
+        ckpt.subject = decision.bounds
+        ctx.progress("finding the subject", 1, 1, message=decision.note)
+        return decision
+
+    decision = None
     if resume is not None and resume.train_state is None:
         # Training had finished (its final checkpoint is saved) when the job was interrupted: keep it.
         ckpt = resume
+        if ckpt.subject is None or given_subject is not None:
+            decision = decide_subject(ckpt)
+            save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
     else:
-        every_s = TINY_CHECKPOINT_EVERY_S if ctx.params.get("preset") == "tiny" else CHECKPOINT_EVERY_S
+        every_s = TINY_CHECKPOINT_EVERY_S if tiny else CHECKPOINT_EVERY_S
         try:
             ckpt = train.train_reconstruction(capture, config, torch.device(ctx.device), on_progress,
                                               should_stop=lambda: ctx.cancelled, on_checkpoint=on_checkpoint,
@@ -109,17 +130,25 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
             if resume is None:
                 raise
             raise JobFailed(f"cannot resume from {CHECKPOINT}: {exc}") from exc
+        if ckpt.train_state is None:  # finished: its subject is part of the final checkpoint
+            decision = decide_subject(ckpt)
         # Saved even when cancelled (a stopped reconstruction is still a usable, if rough, model); then it keeps
         # its training state, so an interrupted job resumes from exactly here.
         save_checkpoint(ckpt, ctx.outputs_dir / CHECKPOINT)
         if ckpt.train_state is not None:
             ctx.checkpointed("training", ckpt.step, config.steps)
     ctx.check_cancel()
+    if decision is None:  # a resumed job whose finished checkpoint already held its subject
+        decision = decide_subject(ckpt)
     view = ckpt.heldout_indices[0] if ckpt.heldout_indices else 0
     rgba, _ = evaluate.render_image(ckpt, ckpt.cameras, view)
     ctx.progress("done", 1, 1, metrics=ckpt.metrics, preview_png=preview_png(rgba.cpu().numpy()))
     outputs = {**{k: float(v) for k, v in ckpt.metrics.items()}, "checkpoint": CHECKPOINT, "steps": ckpt.step,
-               "background": ckpt.background, "views": len(capture.cameras)}
+               "background": ckpt.background, "views": len(capture.cameras),
+               "subject_bounds": bounds_to_world(ckpt.subject, ckpt.normalization),
+               "subject_found": decision.found, "subject_source": decision.source}
+    if decision.note:
+        outputs["subject_note"] = decision.note
     if capture.warnings:
         outputs["capture_warnings"] = list(capture.warnings)
     if resume is not None:

@@ -1,4 +1,11 @@
-"""The ``render`` job: frames of a checkpoint through any number of cameras, streamed as they finish."""
+"""The ``render`` job: frames of a checkpoint through any number of cameras, streamed as they finish.
+
+Frames hold the subject alone by default: rays are cut to the subject bounds (``params.subject_bounds``, else
+the checkpoint's, see :mod:`backend.jobs.subject`) and are transparent where nothing of the subject is. With
+``include_background`` the whole scene is rendered; around a stylized subject the background then comes from
+the reconstruction the stylization started from, so it keeps its reconstructed look (the frame renderer
+composites the two models along each ray). A checkpoint without bounds renders the whole scene either way.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ from backend.outputs.images import encode_exr_passes, encode_png
 from backend.server.jobs import JobContext
 from protocol import Message
 
-from .checkpoints import load_source_checkpoint
+from .checkpoints import load_job_checkpoint
+from .subject import bounds_to_world, reconstruction_of, source_subject
 
 # Rays marched at once and samples per field evaluation on the CPU. A cancel is checked before each, so they
 # bound how long a cancel waits within a frame: on one core, for the tiny model, a chunk of 2^15 rays takes
@@ -92,9 +100,24 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
     placement_rotation_scale(placement)  # refuse a placement that is not a similarity before loading anything
     ext, blob_fmt = ("exr", "exr") if fmt == "exr" else ("png", "png")
     ctx.progress("loading model", 0, 1)
-    checkpoint = load_source_checkpoint(ctx)
-    renderer = (FrameRenderer(checkpoint) if ctx.device.startswith("cuda")
-                else FrameRenderer(checkpoint, max_rays=CPU_MAX_RAYS, max_samples=CPU_MAX_SAMPLES))
+    source = ctx.source_job(ctx.params["source_job"], ("reconstruct", "stylize"))
+    checkpoint = load_job_checkpoint(ctx, source)
+    subject, subject_source = source_subject(ctx, source, checkpoint)
+    include_background = bool(ctx.params.get("include_background", False))
+    sizes = {} if ctx.device.startswith("cuda") else {"max_rays": CPU_MAX_RAYS, "max_samples": CPU_MAX_SAMPLES}
+    background_model = "none"
+    if not include_background:
+        renderer = FrameRenderer(checkpoint, subject=subject, **sizes)
+    else:
+        reconstruction = reconstruction_of(ctx, source) if subject is not None else None
+        if reconstruction is None:  # a reconstruction (or no bounds): its own whole scene is the background
+            renderer = FrameRenderer(checkpoint, **sizes)
+            background_model = "source"
+        else:
+            ctx.progress("loading model", 0, 1, message=f"background from reconstruction {reconstruction.job_id}")
+            renderer = FrameRenderer(checkpoint, subject=subject, background=load_job_checkpoint(ctx, reconstruction),
+                                     **sizes)
+            background_model = f"reconstruction {reconstruction.job_id}"
     out_dir = ctx.outputs_dir / "frames"
     out_dir.mkdir(exist_ok=True)
     files: list[str] = []
@@ -159,4 +182,6 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
             finish(j, data, d)
     seconds = time.monotonic() - t0
     return {"frames": files, "count": len(files), "render_seconds": seconds,
-            "frames_per_second": len(files) / max(seconds, 1e-9), "field": renderer.field_impl}
+            "frames_per_second": len(files) / max(seconds, 1e-9), "field": renderer.field_impl,
+            "subject_bounds": bounds_to_world(subject, checkpoint.normalization), "subject_source": subject_source,
+            "include_background": include_background, "background_model": background_model}

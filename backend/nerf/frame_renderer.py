@@ -19,17 +19,26 @@ normals, weighted by coverage as Cycles accumulates them). Normals are the negat
 gradient (central differences of the model's PyTorch density: the fused kernel gives no gradients) at the
 samples that carry visible weight, accumulated with those weights; they cost extra only when asked for.
 
+**The subject.** Given subject bounds (:class:`~backend.nerf.subject.SubjectBounds`), every ray is marched
+only where it crosses them, so a frame shows the subject alone, transparent elsewhere (the background of a
+capture without mattes is never sampled). Given a second model for the background too (the reconstruction a
+stylized model came from), each ray is marched in three segments: the background model before the bounds, the
+subject's model inside them, the background model after them; :func:`composite_segments` joins them exactly,
+so the background keeps its reconstructed look around a stylized subject.
+
 Example::
 
     renderer = FrameRenderer(checkpoint)
     rgba, depth = renderer.render(cameras, 0)     # (H, W, 4) premultiplied, (H, W) world units along the ray
     passes = renderer.render_passes(cameras, 0, placement=placement)   # + Z and normals in scene units
+    subject_only = FrameRenderer(stylized, subject=stylized.subject)         # alpha 0 outside the bounds
+    with_room = FrameRenderer(stylized, subject=stylized.subject, background=reconstruction)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +52,7 @@ from .marching import _intervals, occupied_steps, ray_interval
 from .model import NeRFModel
 from .packed import packed_info_from_ray_indices
 from .rays import rays_for_image
+from .subject import SubjectBounds
 from .volrend import exclusive_sum_packed
 
 # What Cycles writes into its Depth pass where a pixel saw nothing (``film_get_pass_pixel_depth``: an empty
@@ -74,11 +84,86 @@ class FramePasses:
     normal: torch.Tensor | None
 
 
+@dataclass
+class RayAccum:
+    """What marching one segment of each ray leaves: sums over its samples of the weight ``w`` times a quantity.
+
+    Weights are relative to the segment's start (its first sample has transmittance 1), so ``opacity`` is one
+    minus the segment's transmittance.
+
+    Attributes:
+        rgb: ``(n_rays, 3)`` premultiplied colour ``sum w c``.
+        opacity: ``(n_rays,)`` ``sum w``.
+        depth_sum: ``(n_rays,)`` ``sum w t`` (ray distance ``t`` in model units).
+        normal_sum: ``(n_rays, 3)`` ``sum w n`` of unit normals, or None when normals were not asked for.
+    """
+
+    rgb: torch.Tensor
+    opacity: torch.Tensor
+    depth_sum: torch.Tensor
+    normal_sum: torch.Tensor | None
+
+    @classmethod
+    def zeros(cls, n_rays: int, device: torch.device, with_normals: bool) -> RayAccum:
+        z = torch.zeros(n_rays, device=device, dtype=torch.float32)
+        z3 = torch.zeros(n_rays, 3, device=device, dtype=torch.float32)
+        return cls(z3, z, z.clone(), z3.clone() if with_normals else None)
+
+    def depth(self) -> torch.Tensor:  # [n_rays]
+        """Expected ray distance ``sum w t / sum w`` (0 where the rays met nothing)."""
+        return torch.where(self.opacity > 0, self.depth_sum / self.opacity.clamp_min(1e-10),
+                           torch.zeros_like(self.depth_sum))
+
+
+def composite_segments(parts: Sequence[RayAccum]) -> RayAccum:
+    r"""Join the accumulators of consecutive segments of the same rays (front to back) into the whole ray's.
+
+    A later segment's weights are scaled by the transmittance ``T_k = 1 - opacity_k`` of every segment before
+    it, and every accumulated quantity is a sum of weights times something, so colour, opacity, depth and normal
+    sums compose alike:
+
+    .. math::
+
+        C = C_1 + T_1 \left(C_2 + T_2 \left(C_3 + \dots\right)\right)
+
+    This is exactly the volume-rendering integral of the whole ray when the segments partition it.
+
+    Args:
+        parts: one or more :class:`RayAccum` of the same ``n_rays`` rays, in ray order. Normal sums are joined
+            when every part has them.
+
+    Returns:
+        The joined :class:`RayAccum` (one segment comes back as it is).
+    """
+    if not parts:
+        raise ValueError("composite_segments needs at least one segment")
+    n = parts[0].opacity.shape
+    if any(p.opacity.shape != n for p in parts):
+        raise ValueError(f"segments of different ray counts: {[tuple(p.opacity.shape) for p in parts]}")
+    with_normals = all(p.normal_sum is not None for p in parts)
+    acc = parts[-1]
+    rgb, opacity, depth_sum = acc.rgb, acc.opacity, acc.depth_sum
+    normal_sum = acc.normal_sum if with_normals else None
+    for p in reversed(parts[:-1]):
+        t = 1.0 - p.opacity
+        rgb = p.rgb + t[:, None] * rgb
+        opacity = p.opacity + t * opacity
+        depth_sum = p.depth_sum + t * depth_sum
+        if normal_sum is not None and p.normal_sum is not None:
+            normal_sum = p.normal_sum + t[:, None] * normal_sum
+    return RayAccum(rgb, opacity, depth_sum, normal_sum)
+
+
 class FrameRenderer:
     """Renders frames of one model; build it once per job (it snapshots the field for the fused kernel).
 
     Args:
         target: a checkpoint (cameras in world coordinates) or a bare model (cameras in model coordinates).
+        subject: render only what lies inside these bounds (model coordinates): frames hold the subject alone,
+            transparent elsewhere. None renders the whole scene.
+        background: a second checkpoint or model in the same model coordinates (the reconstruction a stylized
+            ``target`` came from) that renders everything outside ``subject`` (which it then needs): rays are
+            marched in front of the bounds, inside and behind them, and joined by :func:`composite_segments`.
         early_stop_eps: a ray stops once its transmittance is below this (the colour error it allows is at
             most this, far under one 8-bit level at the default).
         fused: ``"auto"`` (fused Triton field on CUDA when supported), ``"on"`` (required) or ``"off"``.
@@ -91,6 +176,8 @@ class FrameRenderer:
         self,
         target: NeRFCheckpoint | NeRFModel,
         *,
+        subject: SubjectBounds | None = None,
+        background: NeRFCheckpoint | NeRFModel | None = None,
         early_stop_eps: float | None = None,
         fused: str = "auto",
         max_rays: int = 2**19,
@@ -114,11 +201,29 @@ class FrameRenderer:
             raise ValueError("max_rays, max_samples and first_window must be >= 1")
         self.max_rays, self.max_samples, self.first_window = max_rays, max_samples, first_window
         self._fused = self._fused_field(fused)  # None: the model's own (PyTorch) field
+        self.subject = subject
+        self._background: FrameRenderer | None = None
+        if background is not None:
+            if subject is None:
+                raise ValueError("a background model is rendered outside the subject bounds: give subject too")
+            bg = FrameRenderer(background, early_stop_eps=self.early_stop_eps, fused=fused, max_rays=max_rays,
+                               max_samples=max_samples, first_window=first_window)
+            if bg.device != self.device:
+                raise ValueError(f"the background model is on {bg.device}, the subject's on {self.device}")
+            if not _same_normalization(bg.normalization, self.normalization):
+                raise ValueError("the background model has another normalization (world <-> model mapping) than "
+                                 "the subject's: they must come from the same reconstruction")
+            self._background = bg
 
     @property
     def field_impl(self) -> str:
         """``"fused-triton"`` or ``"pytorch"``: which field evaluates the samples."""
         return "pytorch" if self._fused is None else "fused-triton"
+
+    @property
+    def has_background_model(self) -> bool:
+        """Whether a second model renders the background outside the subject bounds."""
+        return self._background is not None
 
     def _fused_field(self, fused: str) -> Any:
         """The :class:`~backend.nerf._triton_field.FusedField` snapshot, or None where it cannot be used."""
@@ -188,24 +293,73 @@ class FrameRenderer:
         with_normals: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         check_cancel()
-        model, settings = self.model, self.model.settings
-        n = rays_o.shape[0]
         rays_o = rays_o.float().contiguous()
         rays_d = rays_d.float().contiguous()
-        rgb = torch.zeros(n, 3, device=rays_o.device, dtype=torch.float32)
-        opacity = torch.zeros(n, device=rays_o.device, dtype=torch.float32)
-        depth = torch.zeros(n, device=rays_o.device, dtype=torch.float32)
-        normals = torch.zeros(n, 3, device=rays_o.device, dtype=torch.float32) if with_normals else None
-        t_min, t_max = ray_interval(rays_o, rays_d, model.domain, settings)
+        acc = self._march_segments(rays_o, rays_d, check_cancel, with_normals)
+        return acc.rgb, acc.opacity, acc.depth(), acc.normal_sum
+
+    def _march_segments(
+        self,
+        rays_o: torch.Tensor,  # [n, 3] float32
+        rays_d: torch.Tensor,  # [n, 3] float32
+        check_cancel: Callable[[], None],
+        with_normals: bool,
+    ) -> RayAccum:
+        """The whole scene, the subject alone, or background + subject + background (see the class)."""
+        model = self.model
+        if self._background is None:
+            # With subject bounds each ray's interval is cut to them: only the subject is sampled.
+            t_min, t_max = ray_interval(rays_o, rays_d, model.domain, model.settings, self.subject)
+            return self._march_interval(rays_o, rays_d, t_min, t_max, check_cancel, with_normals)
+        bg, subject = self._background, self.subject
+        if subject is None:  # __init__ refuses a background model without bounds
+            raise RuntimeError("a background model without subject bounds")
+        s_min, s_max = subject.ray_interval(rays_o, rays_d)
+        b_min, b_max = ray_interval(rays_o, rays_d, bg.model.domain, bg.model.settings)
+        hit = s_max > s_min
+        # A ray that misses the bounds is all front segment; one that starts inside them has no front segment.
+        front_end = torch.where(hit, torch.minimum(b_max, s_min), b_max)
+        back_start = torch.where(hit, torch.maximum(b_min, s_max), b_max)
+        i_min, i_max = ray_interval(rays_o, rays_d, model.domain, model.settings, subject)
+        front = bg._march_interval(rays_o, rays_d, b_min, front_end, check_cancel, with_normals)
+        tau = _optical_depth(front.opacity)
+        inside = self._march_interval(rays_o, rays_d, i_min, i_max, check_cancel, with_normals, tau_start=tau)
+        tau = tau + _optical_depth(inside.opacity)
+        back = bg._march_interval(rays_o, rays_d, back_start, b_max, check_cancel, with_normals, tau_start=tau)
+        return composite_segments([front, inside, back])
+
+    def _march_interval(
+        self,
+        rays_o: torch.Tensor,  # [n, 3] float32
+        rays_d: torch.Tensor,  # [n, 3] float32
+        t_min: torch.Tensor,  # [n] start of each ray's segment
+        t_max: torch.Tensor,  # [n] end of each ray's segment (<= t_min: empty)
+        check_cancel: Callable[[], None],
+        with_normals: bool,
+        tau_start: torch.Tensor | None = None,  # [n] optical depth in front of the segment
+    ) -> RayAccum:
+        """March this renderer's model over ``[t_min, t_max]`` of each ray, weights relative to ``t_min``.
+
+        ``tau_start`` only moves the early stop: a ray stops once the optical depth before the segment plus
+        inside it makes the whole ray's transmittance fall below ``early_stop_eps`` (rays already past it are
+        not marched at all).
+        """
+        model, settings = self.model, self.model.settings
+        n = rays_o.shape[0]
+        acc = RayAccum.zeros(n, rays_o.device, with_normals)
+        tau_stop = -math.log(self.early_stop_eps)
+        if tau_start is not None:
+            t_max = torch.where(tau_start > tau_stop, t_min, t_max)
         occ_rays, occ_steps = occupied_steps(rays_o, rays_d, t_min, t_max, model.occupancy, model.domain, settings,
                                              mask_fn=model._mask_fn)
         if occ_rays.numel() == 0:
-            return rgb, opacity, depth, normals
+            return acc
         info = packed_info_from_ray_indices(occ_rays, n)
         counts = info[:, 1]
         rank = torch.arange(occ_rays.shape[0], device=rays_o.device) - info[:, 0][occ_rays]
         tau_ray = torch.zeros(n, device=rays_o.device, dtype=torch.float32)  # optical depth so far
-        tau_stop = -math.log(self.early_stop_eps)
+        # Optical depth in front of the segment, for the early stop only (the weights start at this segment).
+        tau_before = torch.zeros_like(tau_ray) if tau_start is None else tau_start.float()
         alive = counts > 0
         lo, width = 0, self.first_window
         while True:
@@ -225,18 +379,17 @@ class FrameRenderer:
                     sd, t_mid = sigmas.float() * (t1 - t0), 0.5 * (t0 + t1)
                 tau = exclusive_sum_packed(sd, ray, packed_info_from_ray_indices(ray, n)) + tau_ray[ray]
                 w = torch.exp(-tau) * -torch.expm1(-sd)
-                rgb.index_add_(0, ray, w[:, None] * rgbs.float())
-                opacity.index_add_(0, ray, w)
-                depth.index_add_(0, ray, w * t_mid)
+                acc.rgb.index_add_(0, ray, w[:, None] * rgbs.float())
+                acc.opacity.index_add_(0, ray, w)
+                acc.depth_sum.index_add_(0, ray, w * t_mid)
                 tau_ray.index_add_(0, ray, sd)
-                if normals is not None:
-                    self._add_normals(normals, rays_o, rays_d, ray, t_mid, w, check_cancel)
+                if acc.normal_sum is not None:
+                    self._add_normals(acc.normal_sum, rays_o, rays_d, ray, t_mid, w, check_cancel)
             if hi >= settings.max_steps:
                 break
-            alive = alive & (tau_ray <= tau_stop) & (counts > hi)
+            alive = alive & (tau_ray + tau_before <= tau_stop) & (counts > hi)
             lo, width = hi, width * 2
-        depth = torch.where(opacity > 0, depth / opacity.clamp_min(1e-10), torch.zeros_like(depth))
-        return rgb, opacity, depth, normals
+        return acc
 
     def _add_normals(
         self,
@@ -400,6 +553,19 @@ def placement_rotation_scale(placement: np.ndarray | None) -> tuple[np.ndarray, 
     if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
         raise ValueError("placement must be a rotation, a translation and one positive scale")
     return rot, float(np.mean(scales))
+
+
+def _optical_depth(opacity: torch.Tensor) -> torch.Tensor:  # [n] -> [n]
+    """``-log T`` of a segment from its opacity ``1 - T`` (large but finite where it is opaque)."""
+    return -torch.log((1.0 - opacity).clamp_min(1e-30))
+
+
+def _same_normalization(a: Any, b: Any) -> bool:
+    """Whether two normalizations (or two Nones) map world to model coordinates the same way."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a.center, b.center, rtol=0, atol=1e-9 * max(1.0, float(np.abs(a.center).max())))
+                and math.isclose(float(a.radius), float(b.radius), rel_tol=1e-9))
 
 
 def _no_check() -> None:

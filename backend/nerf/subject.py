@@ -133,6 +133,22 @@ class SubjectBounds:
             return (u.abs() <= 1.0).all(dim=-1)
         return (u * u).sum(dim=-1) <= 1.0
 
+    def clamp(self, points: np.ndarray) -> np.ndarray:  # [N, 3] -> [N, 3]
+        """Model points moved onto the bounds where they lie outside them (points inside are unchanged).
+
+        In the unit shape's frame a box clamps each coordinate to ``[-1, 1]`` and an ellipsoid pulls a point
+        radially onto the unit sphere, so a surface cut by the bounds ends exactly on their boundary.
+        """
+        p = np.asarray(points, dtype=np.float64)
+        inv = np.linalg.inv(self.matrix)
+        u = p @ inv[:3, :3].T + inv[:3, 3]
+        if self.shape == "box":
+            u = np.clip(u, -1.0, 1.0)
+        else:
+            r = np.linalg.norm(u, axis=-1, keepdims=True)
+            u = np.where(r > 1.0, u / np.maximum(r, 1e-300), u)
+        return u @ self.matrix[:3, :3].T + self.matrix[:3, 3]
+
     def ray_interval(
         self,
         rays_o: torch.Tensor,  # [n_rays, 3]

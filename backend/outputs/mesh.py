@@ -58,21 +58,66 @@ class Mesh:
     colors: np.ndarray
 
 
-def density_grid(density_fn: DensityFn, resolution: int, aabb: tuple[float, float], device: torch.device | str,
-                 chunk: int = 1 << 20, check_cancel: Callable[[], None] | None = None) -> np.ndarray:
-    """Sample ``density_fn`` at the centres of a ``resolution^3`` grid over the cube ``[lo, hi]^3``.
+AABB = tuple[float, float] | tuple[np.ndarray, np.ndarray]  # a cube's (lo, hi), or a box's lo (3,), hi (3,)
+
+
+@dataclass(frozen=True)
+class MeshGrid:
+    """The marching-cubes grid over a box: cubic voxels, ``resolution`` of them along the box's longest side.
+
+    Attributes:
+        lo, hi: ``(3,)`` float64 corners of the grid (the box, grown to a whole number of voxels per axis,
+            about its centre).
+        dims: ``(3,)`` cells per axis.
+        voxel: the cells' side (model units).
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    dims: tuple[int, int, int]
+    voxel: float
+
+
+def mesh_grid(aabb: AABB, resolution: int) -> MeshGrid:
+    """The grid of ``resolution`` cells along the longest side of ``aabb`` (a cube keeps ``resolution^3``).
+
+    Raises:
+        ValueError: a box that is not finite or has no extent along an axis.
+    """
+    lo = np.broadcast_to(np.asarray(aabb[0], dtype=np.float64), (3,)).copy()
+    hi = np.broadcast_to(np.asarray(aabb[1], dtype=np.float64), (3,)).copy()
+    extent = hi - lo
+    if not (np.all(np.isfinite(extent)) and np.all(extent > 0)):
+        raise ValueError(f"bad bounding box {aabb}")
+    voxel = float(extent.max()) / resolution
+    dims = np.maximum(1, np.ceil(extent / voxel - 1e-6)).astype(np.int64)
+    grow = dims * voxel - extent  # 0 along the longest side (and every side of a cube)
+    return MeshGrid(lo - grow / 2, hi + grow / 2, (int(dims[0]), int(dims[1]), int(dims[2])), voxel)
+
+
+def density_grid(density_fn: DensityFn, resolution: int | tuple[int, int, int], aabb: AABB,
+                 device: torch.device | str, chunk: int = 1 << 20,
+                 check_cancel: Callable[[], None] | None = None) -> np.ndarray:
+    """Sample ``density_fn`` at the cell centres of a grid over ``aabb``.
 
     Args:
+        resolution: cells per axis, one number for all three or ``(nx, ny, nz)``.
+        aabb: the cube ``(lo, hi)`` or the box ``(lo (3,), hi (3,))`` sampled.
         chunk: points per call of ``density_fn`` (keeps memory flat at any resolution).
         check_cancel: called before every chunk; whatever it raises stops the sampling there.
 
     Returns:
-        ``(resolution, resolution, resolution)`` float32 array indexed ``[ix, iy, iz]``.
+        ``(nx, ny, nz)`` float32 array indexed ``[ix, iy, iz]``.
     """
-    lo, hi = aabb
-    step = (hi - lo) / resolution
-    axis = torch.linspace(lo + step / 2, hi - step / 2, resolution, device=device)
-    n = resolution**3
+    dims = (resolution,) * 3 if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+    lo = np.broadcast_to(np.asarray(aabb[0], dtype=np.float64), (3,))
+    hi = np.broadcast_to(np.asarray(aabb[1], dtype=np.float64), (3,))
+    axes = []
+    for a in range(3):
+        step = (hi[a] - lo[a]) / dims[a]
+        axes.append(torch.linspace(lo[a] + step / 2, hi[a] - step / 2, dims[a], device=device))
+    nx, ny, nz = dims
+    n = nx * ny * nz
     out = torch.empty(n, dtype=torch.float32, device=device)
     with torch.no_grad():
         for n0 in range(0, n, chunk):
@@ -81,10 +126,10 @@ def density_grid(density_fn: DensityFn, resolution: int, aabb: tuple[float, floa
             # Flat indices of the chunk, x slowest: chunks need not be whole x-slabs, so their size (and the
             # time between cancel checks) does not grow with the resolution.
             idx = torch.arange(n0, min(n0 + chunk, n), device=device)
-            ix, rest = idx // (resolution * resolution), idx % (resolution * resolution)
-            pts = torch.stack([axis[ix], axis[rest // resolution], axis[rest % resolution]], dim=-1)
+            ix, rest = idx // (ny * nz), idx % (ny * nz)
+            pts = torch.stack([axes[0][ix], axes[1][rest // nz], axes[2][rest % nz]], dim=-1)
             out[n0:n0 + pts.shape[0]] = density_fn(pts).reshape(-1).float()
-    return out.reshape(resolution, resolution, resolution).cpu().numpy()
+    return out.reshape(nx, ny, nz).cpu().numpy()
 
 
 def remove_floaters(occupied: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION,
@@ -110,7 +155,7 @@ def remove_floaters(occupied: np.ndarray, min_fraction: float = MIN_COMPONENT_FR
 
 
 def extract_mesh(density_fn: DensityFn, radiance_fn: RadianceFn | None, *, resolution: int = 256,
-                 aabb: tuple[float, float] = (-1.0, 1.0), isolevel: float | None = None,
+                 aabb: AABB = (-1.0, 1.0), isolevel: float | None = None,
                  keep_largest_only: bool = False, device: torch.device | str = "cpu",
                  progress: Callable[[str, int, int], None] | None = None,
                  check_cancel: Callable[[], None] | None = None) -> Mesh:
@@ -120,8 +165,9 @@ def extract_mesh(density_fn: DensityFn, radiance_fn: RadianceFn | None, *, resol
         density_fn: ``(n, 3)`` points -> ``(n,)`` densities (model coordinates).
         radiance_fn: ``(x, dirs) -> (rgb, sigma)`` of the field at ``(n, 3)`` points seen along ``(n, 3)``
             unit directions; None gives grey vertices.
-        resolution: grid cells per axis (16 to 1024).
-        aabb: the cube ``[lo, hi]^3`` sampled.
+        resolution: grid cells along the longest side of ``aabb`` (16 to 1024); the cells are cubes (see
+            :func:`mesh_grid`).
+        aabb: the cube ``[lo, hi]^3``, or the box ``(lo (3,), hi (3,))``, sampled.
         isolevel: density of the surface; None applies the module's rule (:data:`DEFAULT_ISOLEVEL`).
         keep_largest_only: drop every component but the largest.
         progress: called as ``progress(stage, step, total)``.
@@ -136,9 +182,7 @@ def extract_mesh(density_fn: DensityFn, radiance_fn: RadianceFn | None, *, resol
         raise ValueError(f"mesh resolution must be between 16 and {MAX_RESOLUTION}, got {resolution} "
                          f"({resolution}^3 samples would not fit in memory)" if resolution > MAX_RESOLUTION
                          else f"mesh resolution must be between 16 and {MAX_RESOLUTION}, got {resolution}")
-    lo, hi = aabb
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"bad bounding box {aabb}")
+    grid_box = mesh_grid(aabb, resolution)
     level = DEFAULT_ISOLEVEL if isolevel is None else float(isolevel)
     if not (math.isfinite(level) and level > 0):
         raise ValueError(f"isolevel must be a positive number, got {isolevel}")
@@ -147,7 +191,8 @@ def extract_mesh(density_fn: DensityFn, radiance_fn: RadianceFn | None, *, resol
     check = check_cancel or (lambda: None)
     chunk = GPU_CHUNK if torch.device(device).type == "cuda" else CPU_CHUNK
     report("sampling density", 0, 3)
-    grid = density_grid(density_fn, resolution, aabb, device, chunk=chunk, check_cancel=check)
+    grid = density_grid(density_fn, grid_box.dims, (grid_box.lo, grid_box.hi), device, chunk=chunk,
+                        check_cancel=check)
     check()
     occupied = remove_floaters(grid > level, keep_largest_only=keep_largest_only)
     if not occupied.any():
@@ -161,11 +206,11 @@ def extract_mesh(density_fn: DensityFn, radiance_fn: RadianceFn | None, *, resol
     report("marching cubes", 1, 3)
     from skimage.measure import marching_cubes
 
-    step = (hi - lo) / resolution
+    step = grid_box.voxel
     verts, faces, normals, _ = marching_cubes(grid, level=level, spacing=(step, step, step),
                                               gradient_direction="descent")
     # Grid index 0 is the padding; index 1 is the first cell centre at lo + step / 2.
-    verts = verts + (lo + step / 2 - step)
+    verts = verts + (grid_box.lo + step / 2 - step)
     normals = np.ascontiguousarray(normals)
     faces = _orient_outward(verts, faces, normals)
 

@@ -1,0 +1,145 @@
+"""Subject bounds in the jobs: read from a job's parameters, decided after a reconstruction, found for a source.
+
+Every job kind takes ``params.subject_bounds`` in capture-world coordinates (the protocol's form). A
+reconstruction decides its bounds once (the given ones, else detected from the trained density) and keeps them
+in its checkpoint and outputs; later jobs on it use the given bounds, else the checkpoint's, else (a stylized
+checkpoint written without them) the source reconstruction's; a checkpoint from before subject bounds has none,
+and the whole scene is then the subject.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.server.jobs import JobContext, JobFailed, JobRecord
+
+PARAM = "subject_bounds"
+# Search grid of the detection for the tiny preset (CPU tests, smoke runs): an eighth of the default's voxels,
+# a fraction of a second on one core for a tiny model.
+TINY_DETECT_RESOLUTION = 48
+
+log = logging.getLogger(__name__)
+
+
+def identity_normalization() -> Any:
+    """The normalization of a checkpoint whose cameras were already in model coordinates."""
+    from captures.normalize import Normalization
+
+    return Normalization(np.zeros(3), 1.0, method="identity")
+
+
+def bounds_from_params(params: dict[str, Any], normalization: Any | None) -> Any:
+    """``params.subject_bounds`` in model coordinates, or None when absent.
+
+    Raises:
+        JobFailed: bounds that cannot be used, naming the parameter and why.
+    """
+    from backend.nerf.subject import SubjectBounds, SubjectBoundsError
+
+    given = params.get(PARAM)
+    if given is None:
+        return None
+    try:
+        return SubjectBounds.from_world(given, normalization or identity_normalization())
+    except SubjectBoundsError as exc:
+        raise JobFailed(f"params.{PARAM}: {exc}") from exc
+
+
+def bounds_to_world(bounds: Any, normalization: Any | None) -> dict[str, Any] | None:
+    """The protocol's capture-world form of model-coordinate bounds (None stays None)."""
+    return None if bounds is None else bounds.to_world(normalization or identity_normalization())
+
+
+@dataclass
+class SubjectDecision:
+    """What a reconstruction settled on.
+
+    Attributes:
+        bounds: model-coordinate :class:`~backend.nerf.subject.SubjectBounds`.
+        source: ``"given"`` (params), ``"detected"`` (the density decided), ``"cameras"`` (the cameras' default,
+            detection found no subject) or ``"checkpoint"`` (a resumed job's, decided before the interruption).
+        note: why the cameras' default was used ("" otherwise).
+    """
+
+    bounds: Any
+    source: str
+    note: str = ""
+
+    @property
+    def found(self) -> bool:
+        return self.source != "cameras"
+
+
+def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: bool = False) -> SubjectDecision:
+    """The subject bounds of a finished reconstruction: ``given`` (from the params), else the checkpoint's own
+    (a resumed job that had decided them), else detected from its density around where its cameras look."""
+    from backend.nerf.subject import SEARCH_RESOLUTION, detect_subject_bounds
+
+    if given is not None:
+        return SubjectDecision(given, "given")
+    if ckpt.subject is not None:
+        return SubjectDecision(ckpt.subject, "checkpoint")
+    if ckpt.cameras is None:
+        raise JobFailed("the reconstruction has no cameras to find the subject from")
+    cameras = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
+    kwargs = {}
+    if ckpt.background == "matte":
+        # The mattes already removed everything but the subject, so whatever the renderer marches through (the
+        # occupancy grid's density threshold) belongs to it; the surface rule would cut away parts that render
+        # visibly but softly (the chin and neck of a briefly trained model).
+        kwargs["solid_density"] = float(ckpt.config.occ_threshold) / float(ckpt.model.settings.dt_min)
+    detection = detect_subject_bounds(ckpt.model.density, cameras, device,
+                                      resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION, **kwargs)
+    if detection.found:
+        return SubjectDecision(detection.bounds, "detected")
+    note = (f"subject bounds: {detection.reason}; using the cameras' default box around where they look (edit "
+            "the bounds to fit the subject)")
+    log.warning(note)
+    return SubjectDecision(detection.bounds, "cameras", note)
+
+
+def reconstruction_of(ctx: JobContext, source: JobRecord) -> JobRecord | None:
+    """The reconstruct job a stylize job started from (None for any other source).
+
+    Raises:
+        JobFailed: the stylize job's reconstruction is gone or not finished.
+    """
+    if source.kind != "stylize":
+        return None
+    rec_id = source.params.get("source_job")
+    if not rec_id:
+        raise JobFailed(f"stylize job {source.job_id} names no source reconstruction")
+    return ctx.source_job(str(rec_id), ("reconstruct",))
+
+
+def source_subject(ctx: JobContext, source: JobRecord, ckpt: Any) -> tuple[Any, str]:
+    """The subject bounds a job on ``source``'s checkpoint uses, and where they came from.
+
+    ``params.subject_bounds`` first, then the checkpoint's, then (a stylized checkpoint without them) the source
+    reconstruction's outputs; ``(None, "none")`` when nothing defines them (the whole scene is the subject).
+
+    Raises:
+        JobFailed: unusable ``params.subject_bounds``.
+    """
+    from backend.nerf.subject import SubjectBounds, SubjectBoundsError
+
+    given = bounds_from_params(ctx.params, ckpt.normalization)
+    if given is not None:
+        return given, "given"
+    if ckpt.subject is not None:
+        return ckpt.subject, "checkpoint"
+    try:
+        rec = reconstruction_of(ctx, source)
+    except JobFailed:
+        return None, "none"  # the reconstruction is gone: the stylized model is all there is
+    world = rec.outputs.get(PARAM) if rec is not None else None
+    if world is None:
+        return None, "none"
+    try:
+        return SubjectBounds.from_world(world, ckpt.normalization or identity_normalization()), "reconstruction"
+    except SubjectBoundsError:
+        return None, "none"
