@@ -112,6 +112,43 @@ def test_deferred_equals_direct_backprop_mse_and_distortion(ckpt: NeRFCheckpoint
     model.zero_grad(set_to_none=True)
 
 
+def test_deferred_equals_direct_within_subject_bounds(ckpt: NeRFCheckpoint) -> None:
+    """Issue 20: with subject bounds (here around the red sphere alone) pass 1 samples only inside them, and the
+    deferred gradient still equals direct back-propagation through the same subject-only image."""
+    import numpy as np
+
+    from backend.nerf.subject import SubjectBounds
+
+    m = np.diag([0.45, 0.45, 0.45, 1.0])
+    m[:3, 3] = (0.3, 0.0, 0.0)
+    bounds = SubjectBounds("box", m)
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 1)
+    bg = torch.ones(3)
+    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+
+    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mse = ((image - target) ** 2).mean()
+        return mse, {"mse": mse}
+
+    err = deferred_gradient_error(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
+                                  chunk_render=100, chunk_grad=37, subject=bounds)
+    assert_exact(err)
+    view = render_view_pass1(model, rays_o, rays_d, bg, chunk=100, subject=bounds)
+    whole = render_view_pass1(model, rays_o, rays_d, bg, chunk=100)
+    assert 0 < view.samples.n_samples < whole.samples.n_samples
+    assert err["samples"] == view.samples.n_samples, "the check ran on the subject's samples"
+    grown = SubjectBounds("box", np.diag([1.001, 1.001, 1.001, 1.0]) @ m)  # float32 midpoints on the boundary
+    assert bool(grown.contains(view.samples.positions).all())
+    t_min, t_max = bounds.ray_interval(rays_o, rays_d)
+    miss = t_max <= t_min
+    assert bool(miss.any()) and bool((~miss).any())
+    assert float(view.opacity[miss].abs().max()) == 0.0 and bool((view.rgb[miss] == 1.0).all())
+    # The other spheres are cut away: fewer opaque pixels than the whole view.
+    assert int((view.opacity > 0.5).sum()) < int((whole.opacity > 0.5).sum())
+    model.zero_grad(set_to_none=True)
+
+
 def test_deferred_equals_direct_with_the_real_image_loss(ckpt: NeRFCheckpoint) -> None:
     """The same with ``total_image_loss`` (random ViT-S-32 CLIP, random-trunk LPIPS, 1 template)."""
     from backend.stylize.clip_model import imagenet_templates, load_clip

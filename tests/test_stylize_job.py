@@ -103,6 +103,55 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         assert np.abs(img[..., 3] - truth[..., 3]).mean() < 0.15
 
 
+def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
+    """params.subject_bounds (capture-world form) reach the loop; the stylized checkpoint keeps them (model
+    coordinates) and the outputs give them back with the source job; unusable bounds fail the job at once."""
+    from backend.nerf.subject import SubjectBounds
+
+    srv, _, rec_job = live
+    rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
+    bounds = SubjectBounds("ellipsoid", np.diag([0.5, 0.6, 0.7, 1.0]))
+    world = bounds.to_world(rec.normalization)
+    with Client(srv.bound_endpoint) as client:
+        job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 2, "subject_bounds": world,
+                              **RANDOM})
+        result = client.wait_job(job, timeout_s=300)
+        assert result.content["state"] == "done", result.content
+        out = result.content["outputs"]
+        assert out["source_job"] == rec_job and out["subject_bounds"]["shape"] == "ellipsoid"
+        np.testing.assert_allclose(out["subject_bounds"]["matrix"], world["matrix"], atol=1e-9)
+        sty = load_checkpoint(srv.store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
+        assert sty.subject is not None and sty.subject.shape == "ellipsoid"
+        np.testing.assert_allclose(sty.subject.matrix, bounds.matrix, atol=1e-9)
+        settings = json.loads((srv.store.job_dir(job) / "outputs" / "stylize.json").read_text())
+        np.testing.assert_allclose(settings["subject_bounds"]["matrix"], world["matrix"], atol=1e-9)
+
+        flat = {"shape": "box", "matrix": np.diag([1.0, 0.0, 1.0, 1.0]).tolist()}
+        result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "subject_bounds": flat,
+                                                 **RANDOM}), timeout_s=60)
+        assert result.content["state"] == "failed"
+        assert "subject_bounds" in result.content["error"]["message"]
+        assert "zero size" in result.content["error"]["message"]
+
+
+def test_subject_bounds_default_to_the_reconstructions() -> None:
+    from types import SimpleNamespace
+
+    from backend.jobs.stylize import subject_for_job, subject_world
+    from backend.nerf.subject import SubjectBounds
+    from captures.normalize import Normalization
+
+    own = SubjectBounds("box", np.diag([0.4, 0.5, 0.6, 1.0]))
+    norm = Normalization(np.array([1.0, 2.0, 3.0]), 2.0)
+    rec = SimpleNamespace(subject=own, normalization=norm)
+    assert subject_for_job({}, rec) is own
+    assert subject_for_job({}, SimpleNamespace(subject=None, normalization=norm)) is None
+    given = SubjectBounds("ellipsoid", np.diag([0.3, 0.3, 0.3, 1.0]))
+    np.testing.assert_allclose(subject_for_job({"subject_bounds": given.to_world(norm)}, rec).matrix, given.matrix)
+    np.testing.assert_allclose(subject_world(rec)["matrix"], own.to_world(norm)["matrix"])
+    assert subject_world(SimpleNamespace(subject=None, normalization=norm)) is None
+
+
 def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     srv, _, rec_job = live

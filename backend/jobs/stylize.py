@@ -13,6 +13,13 @@ Every ``checkpoint_every`` iterations (the preset's) a resumable checkpoint (``F
 random state) replaces ``checkpoint.pt``; a resumed job (``ctx.resuming``) renders ``I_src`` again and continues
 from it at the next iteration. The finished ``checkpoint.pt`` holds no training state.
 
+**Subject bounds (issue 20).** ``params.subject_bounds`` (capture-world form) or, when absent, the source
+reconstruction's own bounds decide what is stylized: only the subject inside them, over a plain ground, while the
+background keeps its reconstructed look (:mod:`backend.stylize.loop`). The stylized checkpoint stores the bounds
+used (``subject``, model coordinates); the job's outputs give them in capture-world form (``subject_bounds``, None
+without bounds) together with ``source_job``, the reconstruction a frame with the background takes everything
+outside the bounds from (the same id as ``params.source_job``).
+
 ``clip_pretrained="random"`` is the explicitly requested test mode: random-initialised CLIP **and** perceptual
 network. The job then runs the whole pipeline, but the result is not driven by the prompt; the progress
 message and the outputs (``prompt_driven: false``) say so.
@@ -51,6 +58,37 @@ def config_from_params(params: dict[str, Any]) -> Any:
         geometry_growth=params.get("geometry_growth"), scale=params.get("scale"), seed=params.get("seed"))
 
 
+def subject_for_job(params: dict[str, Any], ckpt_rec: Any) -> Any:
+    """The subject bounds a stylize job uses (model coordinates): ``params.subject_bounds`` (capture-world form,
+    converted with the reconstruction's normalization), else the reconstruction's own (``ckpt_rec.subject``),
+    else None (the whole scene).
+
+    Raises:
+        JobFailed: bounds that cannot be used (the message says why).
+    """
+    from backend.nerf.subject import SubjectBounds, SubjectBoundsError
+    from captures.normalize import Normalization
+
+    given = params.get("subject_bounds")
+    if given is None:
+        return ckpt_rec.subject
+    norm = ckpt_rec.normalization if ckpt_rec.normalization is not None else Normalization([0.0, 0.0, 0.0], 1.0)
+    try:
+        return SubjectBounds.from_world(given, norm)
+    except SubjectBoundsError as exc:
+        raise JobFailed(f"subject_bounds: {exc}") from exc
+
+
+def subject_world(ckpt: Any) -> dict[str, Any] | None:
+    """A checkpoint's subject bounds in the protocol's capture-world form, or None without bounds."""
+    from captures.normalize import Normalization
+
+    if ckpt.subject is None:
+        return None
+    norm = ckpt.normalization if ckpt.normalization is not None else Normalization([0.0, 0.0, 0.0], 1.0)
+    return ckpt.subject.to_world(norm)
+
+
 def check_clip_name(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is an open_clip model name."""
     import open_clip
@@ -86,11 +124,14 @@ def load_loss_models(clip_name: str, clip_pretrained: str, perceptual_kind: str,
 
 
 def run_stylize(ctx: JobContext) -> dict[str, Any]:
+    import dataclasses
+
     import torch
 
     from backend.nerf.checkpoint import save_checkpoint
     from backend.nerf.evaluate import render_image
     from backend.stylize.loop import TRAIN_STATE_KIND, StylizeProgress, stylize
+    from backend.stylize.subject_render import render_image_in_subject
     from backend.stylize.weights import WeightsUnavailableError
 
     params = ctx.params
@@ -122,6 +163,8 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     ctx.progress("loading models", 1, 2, message=note)
     ctx.check_cancel()
     ckpt_rec = load_source_checkpoint(ctx, ("reconstruct",))
+    # The bounds travel in the reconstruction handed to the loop; the stylized checkpoint keeps them.
+    ckpt_rec = dataclasses.replace(ckpt_rec, subject=subject_for_job(params, ckpt_rec))
     resume, resume_note = resume_checkpoint(ctx, CHECKPOINT, TRAIN_STATE_KIND) if ctx.resuming else (None, "")
     if resume is not None:
         done = int(resume.train_state["done"]) if resume.train_state else config.resolved_iterations()
@@ -131,7 +174,8 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     ctx.progress("loading models", 2, 2, message="; ".join(t for t in (note, resume_note_line) if t))
     settings = {**config.to_dict(), "source_job": params["source_job"], "clip_model": clip_name,
                 "clip_pretrained": clip_pretrained, "clip_source": clip.source,
-                "perceptual_source": getattr(perceptual, "source", None), "prompt_driven": prompt_driven}
+                "perceptual_source": getattr(perceptual, "source", None), "prompt_driven": prompt_driven,
+                "subject_bounds": subject_world(ckpt_rec)}
     atomic_write_bytes(ctx.outputs_dir / SETTINGS, json.dumps(settings, indent=1, default=str))
 
     def on_progress(p: StylizeProgress) -> None:
@@ -164,13 +208,18 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
             ctx.checkpointed("stylizing", int(ckpt.train_state["done"]), config.resolved_iterations())
     ctx.check_cancel()
     view = ckpt.heldout_indices[0] if ckpt.heldout_indices else 0
-    rgba, _ = render_image(ckpt, ckpt.cameras, view)
+    if ckpt.subject is not None:
+        # The subject alone, as the stylization saw it (and as a render job returns it by default).
+        rgba = render_image_in_subject(ckpt, ckpt.cameras, view, subject=ckpt.subject)
+    else:
+        rgba, _ = render_image(ckpt, ckpt.cameras, view)
     ctx.progress("done", 1, 1, metrics=ckpt.metrics, preview_png=preview_png(rgba.cpu().numpy()), message=note)
     outputs: dict[str, Any] = {k: float(v) for k, v in ckpt.metrics.items()}
     outputs.update({"checkpoint": CHECKPOINT, "settings": SETTINGS, "prompt": config.prompt,
                     "prompt_driven": prompt_driven, "iterations": int(ckpt.metrics["stylize_iterations"]),
                     "background": ckpt.background, "colour_only": config.colour_only,
-                    "geometry_growth": config.geometry_growth})
+                    "geometry_growth": config.geometry_growth, "source_job": params["source_job"],
+                    "subject_bounds": subject_world(ckpt)})
     if not prompt_driven:
         outputs["note"] = NOT_PROMPT_DRIVEN
     if resume is not None:

@@ -31,7 +31,8 @@ gradient ~1e-4 of the image loss's at ``λ_reg = 0.1``: inert.) For a contracted
 background, up to 1000 units away with cone-stepped samples, dominate, and ``settings.far`` would squash the
 region of interest into ``s < 0.005``. Both are per-ray constants that do not depend on how rays are chunked, so
 the chunked sum equals the full-image value. ``L_reg`` is summed over a chunk's rays and divided by the view's
-pixel count: the chunks add up to the per-pixel mean (spec Section 6, step 3).
+pixel count: the chunks add up to the per-pixel mean (spec Section 6, step 3). With subject bounds (issue 20: pass 1
+marches inside them only) ``t_near`` is where the ray's marching interval starts, i.e. where it enters the bounds.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from torch import Tensor
 from backend.nerf.marching import ray_interval
 from backend.nerf.model import NeRFModel
 from backend.nerf.packed import PackedSamples
-from backend.nerf.rendering import render_rays, render_samples
+from backend.nerf.rendering import render_samples
+from backend.nerf.subject import SubjectBounds
 
 from .losses import distortion_loss
+from .subject_render import render_rays_in_subject
 
 __all__ = [
     "DeferredAborted",
@@ -148,14 +151,16 @@ def rays_from_image(image: Tensor) -> Tensor:  # [1, 3, H, W] -> [H*W, 3]
     return image[0].reshape(3, -1).T
 
 
-def distortion_bounds(model: NeRFModel, rays_o: Tensor, rays_d: Tensor,
-                      samples: PackedSamples) -> tuple[Tensor, Tensor]:  # [n_rays], [n_rays]
+def distortion_bounds(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, samples: PackedSamples,
+                      subject: SubjectBounds | None = None) -> tuple[Tensor, Tensor]:  # [n_rays], [n_rays]
     """Per-ray ``(t_near, t_far)`` for the normalised distance of ``L_reg`` (see the module docstring).
 
     Args:
         model: the NeRF (its domain and march settings).
         rays_o, rays_d: ``(n_rays, 3)`` the rays, model coordinates.
         samples: their packed samples.
+        subject: the subject bounds the samples were marched in, or None: ``t_near`` is then where the ray
+            enters them (the start of its marching interval, as without bounds).
 
     Returns:
         ``t_near`` and ``t_far``, both ``(n_rays,)`` float32 with ``t_far > t_near`` on every ray.
@@ -166,7 +171,7 @@ def distortion_bounds(model: NeRFModel, rays_o: Tensor, rays_d: Tensor,
     if samples.n_rays != rays_d.shape[0]:
         raise ValueError(f"samples hold {samples.n_rays} rays but rays_d has shape {tuple(rays_d.shape)}")
     with torch.no_grad():
-        t_near, t_far = ray_interval(rays_o, rays_d, model.domain, model.settings)
+        t_near, t_far = ray_interval(rays_o, rays_d, model.domain, model.settings, subject)
         if model.domain.kind == "bounded":
             # Distances in ROI radii (model units), the same on every ray and for every box size: s = t - t_near.
             t_far = t_near + 1.0
@@ -192,6 +197,7 @@ def render_view_pass1(
     early_stop_eps: float = 1e-4,
     alpha_thre: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
+    subject: SubjectBounds | None = None,
 ) -> ViewPass1:
     """Pass 1: render every ray without gradients, keeping the samples (spec Section 6, project form, step 1).
 
@@ -203,6 +209,8 @@ def render_view_pass1(
         jitter: ``(n_rays,)`` per-ray step offsets in ``[0, 1)`` (stratified sampling), or None.
         early_stop_eps, alpha_thre: sample culling, as in :func:`~backend.nerf.rendering.render_rays`.
         should_stop: polled between chunks; True raises :class:`DeferredAborted`.
+        subject: march only inside these bounds (model coordinates): the subject alone over ``background``;
+            None marches the whole scene.
 
     Returns:
         :class:`ViewPass1`.
@@ -223,17 +231,17 @@ def render_view_pass1(
             raise DeferredAborted()
         c1 = min(n, c0 + chunk)
         bg = background if background is None or background.ndim == 1 else background[c0:c1]
-        out = render_rays(model, rays_o[c0:c1], rays_d[c0:c1], bg,
-                          jitter=None if jitter is None else jitter[c0:c1], early_stop_eps=early_stop_eps,
-                          alpha_thre=alpha_thre, return_samples=True)
-        if out.samples is None:  # render_rays keeps them when return_samples=True
-            raise RuntimeError("render_rays returned no samples although return_samples=True")
+        out = render_rays_in_subject(model, rays_o[c0:c1], rays_d[c0:c1], bg, subject=subject,
+                                     jitter=None if jitter is None else jitter[c0:c1],
+                                     early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, return_samples=True)
+        if out.samples is None:  # kept when return_samples=True
+            raise RuntimeError("rendering returned no samples although return_samples=True")
         rgb.append(out.rgb)
         opacity.append(out.opacity)
         depth.append(out.depth)
         parts.append(out.samples)
     samples = parts[0] if len(parts) == 1 else PackedSamples.cat(parts)
-    t_near, t_far = distortion_bounds(model, rays_o, rays_d, samples)
+    t_near, t_far = distortion_bounds(model, rays_o, rays_d, samples, subject)
     return ViewPass1(rgb=torch.cat(rgb), opacity=torch.cat(opacity), depth=torch.cat(depth), samples=samples,
                      rays_o=rays_o, rays_d=rays_d, background=background, t_near=t_near, t_far=t_far)
 
@@ -388,6 +396,7 @@ def deferred_backward(
     alpha_thre: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
     term_weights: dict[str, float] | None = None,
+    subject: SubjectBounds | None = None,
 ) -> DeferredStep:
     """One view of deferred back-propagation: pass 1, image loss and its gradient, pass 2.
 
@@ -409,6 +418,8 @@ def deferred_backward(
         should_stop: polled between chunks; True raises :class:`DeferredAborted`.
         term_weights: ``{term: λ}`` for the terms ``image_loss`` returns: when given, also measure each term's
             share of the parameter gradient (:func:`gradient_norms_by_term`, one extra pass 2 per term).
+        subject: subject bounds (model coordinates): pass 1 samples only inside them, so the image is the
+            subject alone over ``background`` and pass 2 re-renders exactly those samples; None: the whole scene.
 
     Returns:
         :class:`DeferredStep` with the losses and the pass-1 image.
@@ -423,7 +434,8 @@ def deferred_backward(
         raise ValueError(f"rays_d must have shape ({height * width}, 3) for a {width}x{height} image, got "
                          f"{tuple(rays_d.shape)}")
     view = render_view_pass1(model, rays_o, rays_d, background, chunk=chunk_render, jitter=jitter,
-                             early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, should_stop=should_stop)
+                             early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, should_stop=should_stop,
+                             subject=subject)
     image = image_from_rays(view.rgb, height, width).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss, terms = image_loss(image)
@@ -456,18 +468,19 @@ def deferred_backward(
 
 
 def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
-                    image_loss: ImageLossFn, background: Tensor | None = None, *,
-                    reg_weight: float = 0.0) -> tuple[dict[str, list[Tensor | None]], float]:
+                    image_loss: ImageLossFn, background: Tensor | None = None, *, reg_weight: float = 0.0,
+                    subject: SubjectBounds | None = None) -> tuple[dict[str, list[Tensor | None]], float]:
     """The reference for deferred back-propagation: the whole view rendered with gradients at once, one backward.
 
     The samples are marched as in pass 1 (same settings, no jitter), then every sample is evaluated with autograd
     and ``L_img + reg_weight · L_reg`` (per-pixel mean) is differentiated in one go. Needs the whole view's graph
-    in memory: for checks on small views. ``.grad`` fields are left as they were.
+    in memory: for checks on small views. ``.grad`` fields are left as they were. ``subject``: march inside these
+    bounds only, as :func:`deferred_backward` does.
 
     Returns:
         ``({"grid": [...], "mlp": [...]}, total loss)``: the gradient of each trainable parameter and the loss.
     """
-    view = render_view_pass1(model, rays_o, rays_d, background, chunk=rays_d.shape[0])
+    view = render_view_pass1(model, rays_o, rays_d, background, chunk=rays_d.shape[0], subject=subject)
     out = render_samples(model, view.samples, rays_d, background)
     loss, _ = image_loss(image_from_rays(out.rgb, height, width))
     total = loss
@@ -484,11 +497,13 @@ def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: in
 
 def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
                             image_loss: ImageLossFn, background: Tensor | None = None, *, reg_weight: float = 0.0,
-                            chunk_render: int = 2**15, chunk_grad: int = 2**14) -> dict[str, float]:
+                            chunk_render: int = 2**15, chunk_grad: int = 2**14,
+                            subject: SubjectBounds | None = None) -> dict[str, float]:
     """How far the deferred gradient is from :func:`direct_gradient`, on whatever path ``model`` runs
     (eager on the CPU; ``torch.compile`` + Triton hash grid on CUDA).
 
     ``image_loss`` must be deterministic (draw its crops from a generator it seeds itself): it runs once per method.
+    ``subject``: both methods march inside these bounds only (the stylization's renders with subject bounds).
 
     Returns:
         ``grid`` / ``mlp``: ``||g_deferred − g_direct|| / ||g_direct||`` over each parameter group; ``max``: the
@@ -499,10 +514,10 @@ def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, he
         ValueError: a direct gradient is zero (the comparison would prove nothing).
     """
     reference, total_direct = direct_gradient(model, rays_o, rays_d, height, width, image_loss, background,
-                                              reg_weight=reg_weight)
+                                              reg_weight=reg_weight, subject=subject)
     step, deferred = _gradients_of(model, lambda: deferred_backward(
         model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
-        chunk_render=chunk_render, chunk_grad=chunk_grad))
+        chunk_render=chunk_render, chunk_grad=chunk_grad, subject=subject))
     out: dict[str, float] = {}
     worst = 0.0
     for name in ("grid", "mlp"):

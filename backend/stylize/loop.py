@@ -25,7 +25,18 @@ density) are frozen, the occupancy grid is left as it is and ``L_reg`` is skippe
 **Background.** "matte" checkpoints (the subject alone, background not modelled) are rendered over a fixed colour,
 white by default, for both ``I_src`` and ``I_tgt``: CLIP sees the subject on a plain ground, as in a cut-out
 photo, and the colour never changes, so it carries no gradient and no "style" of its own. "contract" checkpoints
-model their background and render premultiplied (their opacity is ~1 everywhere).
+without subject bounds model their background and render premultiplied (their opacity is ~1 everywhere), so the
+whole room is stylized with the head.
+
+**Subject bounds (issue 20).** ``ckpt_rec.subject`` (a box or ellipsoid, :mod:`backend.nerf.subject`) splits the
+subject from its background. With bounds, every render the stylization makes (``I_src``, pass 1 and pass 2 of
+each iteration, the previews) samples only inside them (:mod:`backend.stylize.subject_render`) and composites over
+the plain colour above, for "contract" and "matte" checkpoints alike: the losses see the subject alone, as in a
+cut-out photo, and no gradient comes from the room. Shape may grow (``geometry_growth``) only in occupancy cells
+that touch the bounds, so ``F_sty``'s grid outside them stays ``F_rec``'s. The stylized checkpoint carries the
+bounds (``subject``): renders and meshes of it take ``F_sty`` inside them only, and a frame with its background
+takes ``F_rec`` outside (:func:`~backend.stylize.subject_render.render_image_with_background`), so the background
+keeps its reconstructed look. Without bounds (None) the whole scene is stylized, as before.
 
 **Occupancy (issue 12).** A ray only gets samples, and so gradients, in occupied cells. Updating the grid during
 stylization, as the reconstruction does, did two wrong things at once: a cell ``F_rec`` left empty could never grow
@@ -68,8 +79,9 @@ from torch import Tensor, nn
 
 from backend.nerf.checkpoint import NeRFCheckpoint
 from backend.nerf.model import NeRFModel
+from backend.nerf.occupancy import OccupancyGrid
 from backend.nerf.rays import rays_for_image
-from backend.nerf.rendering import render_rays_chunked
+from backend.nerf.subject import SubjectBounds
 
 from .clip_model import ClipModel, Template, imagenet_templates
 from .deferred import DeferredAborted, deferred_backward, image_from_rays
@@ -91,6 +103,7 @@ from .negatives import (
 )
 from .perceptual import LpipsLoss, VggRelu33Loss
 from .standin_encoder import is_test_instrument
+from .subject_render import render_rays_in_subject_chunked, subject_cells
 from .views import StylizationViews, stylization_views
 
 __all__ = [
@@ -153,7 +166,8 @@ class StylizeConfig:
         scale: stylization image size relative to the capture's original size, in (0, 1].
         max_side: optional cap on the longer image side in pixels (the ``tiny`` preset).
         novel_views: interpolated cameras added between consecutive training views (0: none).
-        background: RGB behind "matte" checkpoints for ``I_src`` and ``I_tgt`` (ignored for "contract").
+        background: RGB behind the subject for ``I_src`` and ``I_tgt``: of "matte" checkpoints, and of any
+            checkpoint with subject bounds (ignored for "contract" ones without bounds, which render their room).
         jitter: stratified step offsets, drawn fresh each iteration (False: the render job's deterministic steps,
             as ``I_src``).
         chunk_render: rays per pass-1 chunk (2^15, the render job's chunk); chunk_grad: rays per pass-2 chunk, which
@@ -431,7 +445,10 @@ def stylize(
     """Stylize a reconstruction (see the module docstring).
 
     Args:
-        ckpt_rec: ``F_rec`` with its cameras and normalization; left unchanged.
+        ckpt_rec: ``F_rec`` with its cameras and normalization; left unchanged. Its ``subject`` bounds (model
+            coordinates) are the subject that is stylized (see "Subject bounds" in the module docstring); None
+            stylizes the whole scene. To stylize within other bounds, pass
+            ``dataclasses.replace(ckpt_rec, subject=bounds)``.
         config: the settings.
         device: where to train (CLIP and the perceptual net must live there too).
         on_progress: called while rendering the sources and after every iteration.
@@ -450,8 +467,8 @@ def stylize(
             run continues at the next iteration (and on the same device reproduces the uninterrupted run).
 
     Returns:
-        The stylized :class:`~backend.nerf.checkpoint.NeRFCheckpoint` (same background, normalization, cameras
-        and reconstruction config as ``ckpt_rec``; ``metrics`` hold the final losses). When stopped early it
+        The stylized :class:`~backend.nerf.checkpoint.NeRFCheckpoint` (same background, normalization, cameras,
+        reconstruction config and subject bounds as ``ckpt_rec``; ``metrics`` hold the final losses). When stopped early it
         carries a ``train_state`` (it can be resumed); a finished one does not.
 
     Raises:
@@ -504,6 +521,7 @@ def _stylize(
     views: StylizationViews = stylization_views(
         ckpt_rec.cameras, ckpt_rec.train_indices, resolution_scale=ckpt_rec.config.resolution_scale,
         scale=config.scale, max_side=config.max_side, novel_views=config.novel_views)
+    subject = ckpt_rec.subject
     resume_state = _check_resume(resume, ckpt_rec, iterations) if resume is not None else None
     if weights.perceptual > 0 and isinstance(perceptual, LpipsLoss):
         small = int(np.min(np.minimum(views.cameras.width, views.cameras.height)))
@@ -521,7 +539,7 @@ def _stylize(
     model = copy_model(ckpt_rec.model, device, compile=use_compile)
     model.train()
     # Occupancy (module docstring): march through F_rec's occupied cells grown by geometry_growth, and nowhere else.
-    allowed = None if config.colour_only else model.occupancy.dilated(config.geometry_growth)
+    allowed = None if config.colour_only else _allowed_cells(model, config.geometry_growth, subject)
     if allowed is not None:
         model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
@@ -532,7 +550,8 @@ def _stylize(
     cams_model = views.cameras if ckpt_rec.normalization is None else \
         ckpt_rec.normalization.cameras_to_model(views.cameras)
     background = None
-    if ckpt_rec.background == "matte":
+    if ckpt_rec.background == "matte" or subject is not None:
+        # With bounds a "contract" scene is cut to its subject too: it gets the plain ground of a cut-out photo.
         background = torch.tensor(config.background, dtype=torch.float32, device=device)
     early_stop_eps = float(ckpt_rec.config.early_stop_eps)
     generator = torch.Generator(device=device)
@@ -556,8 +575,8 @@ def _stylize(
         rays_o, rays_d = rays_for_image(cams_model, i, device=device, dtype=torch.float32)
         h, w = int(views.cameras.height[i]), int(views.cameras.width[i])
         # F_sty holds exactly F_rec's weights until the first step: this is F_rec's render (spec Section 10).
-        rgb, _, _ = render_rays_chunked(model, rays_o, rays_d, background, chunk=config.chunk_render,
-                                        early_stop_eps=early_stop_eps)
+        rgb, _ = render_rays_in_subject_chunked(model, rays_o, rays_d, background, subject=subject,
+                                                chunk=config.chunk_render, early_stop_eps=early_stop_eps)
         src = image_from_rays(rgb, h, w).contiguous()
         with torch.no_grad():
             embeds = clip.embed_squash(src).detach()
@@ -603,7 +622,7 @@ def _stylize(
                               normalization=ckpt_rec.normalization, cameras=ckpt_rec.cameras,
                               train_indices=list(ckpt_rec.train_indices),
                               heldout_indices=list(ckpt_rec.heldout_indices), step=ckpt_rec.step + done,
-                              metrics=metrics, train_state=state if resumable else None)
+                              metrics=metrics, train_state=state if resumable else None, subject=subject)
 
     while not cancelled and done < iterations:
         if stop():
@@ -632,7 +651,7 @@ def _stylize(
             step = deferred_backward(model, rays_o, rays_d, h, w, image_loss, background, reg_weight=reg_weight,
                                      chunk_render=config.chunk_render, chunk_grad=config.chunk_grad, jitter=jitter,
                                      early_stop_eps=early_stop_eps, should_stop=stop,
-                                     term_weights=_term_weights(weights) if measure else None)
+                                     term_weights=_term_weights(weights) if measure else None, subject=subject)
         except DeferredAborted:
             # Stopped mid-iteration: drop its partial gradients, keep the model of the last complete step.
             optimizer.zero_grad(set_to_none=True)
@@ -666,7 +685,8 @@ def _stylize(
     if allowed is not None and done == iterations:
         # The finished model: F_rec's cells, plus the grown cells where density now passes the occupancy threshold.
         # (F_rec's own cells stay as they were: re-measuring them would drop faint cells F_rec renders, a change
-        # of its own; an unfinished run keeps the whole allowed region, which a resumed run marches again.)
+        # of its own; an unfinished run keeps the whole allowed region, which a resumed run marches again. With
+        # subject bounds the allowed region grows only inside them, so the cells outside stay F_rec's.)
         rec_cells = ckpt_rec.model.occupancy.binary.to(device)
         if config.geometry_growth > 0:
             model.occupancy.refresh(model.occupancy_eval_fn(), generator, threshold=ckpt_rec.config.occ_threshold,
@@ -692,6 +712,24 @@ def _negative_pool(clip: ClipModel, config: StylizeConfig, templates: tuple[Temp
     return drop_close_negatives(pool, closeness, config.negative_max_closeness)
 
 
+def _allowed_cells(model: NeRFModel, growth: int, subject: SubjectBounds | None) -> torch.Tensor:  # [R, R, R]
+    """The cells a stylization marches: ``F_rec``'s occupied cells, grown by ``growth`` cells (only into cells
+    that touch the subject bounds when there are any: rays sample nothing outside them, and shape must not form
+    in the background)."""
+    grid: OccupancyGrid = model.occupancy
+    grown = grid.dilated(growth)
+    if subject is None or growth == 0:
+        return grown
+    inside = subject_cells(subject, grid.resolution, model.domain, device=grid.binary.device)
+    return grid.binary | (grown & inside)
+
+
+def _same_subject(a: SubjectBounds | None, b: SubjectBounds | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(np.allclose(a.matrix, b.matrix, rtol=0.0, atol=1e-9))
+
+
 def _term_weights(weights: LossWeights) -> dict[str, float]:
     """The image-loss terms' weights, keyed as :func:`total_image_loss` names its terms."""
     return {"directional": weights.directional, "global_contrastive": weights.global_contrastive,
@@ -702,7 +740,7 @@ def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: 
     """The ``train_state`` of a stylization checkpoint to resume from, after checking it is this stylization's.
 
     Raises:
-        ValueError: no stylization state, another model, or another iteration count.
+        ValueError: no stylization state, another model, another iteration count, or other subject bounds.
     """
     state = resume.train_state
     if not state or state.get("kind") != TRAIN_STATE_KIND:
@@ -714,4 +752,6 @@ def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: 
                          f"iterations, this run towards {iterations}")
     if not 0 <= int(state.get("done", -1)) <= iterations:
         raise ValueError(f"the checkpoint to resume from has {state.get('done')} iterations done")
+    if not _same_subject(resume.subject, ckpt_rec.subject):
+        raise ValueError("the checkpoint to resume from was stylized within other subject bounds")
     return state
