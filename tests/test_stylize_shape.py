@@ -80,6 +80,7 @@ def test_rates_and_regularization_follow_the_freedom() -> None:
     # A shorter run takes larger steps for the same freedom (the distance Adam can travel is ~ lr x iterations).
     assert shape_learning_rate(0.5, 100) == pytest.approx(4 * shape_learning_rate(0.5, 400))
     assert shape_learning_rate(0.0, 100) == LR_SHAPE_AT_0
+    assert shape_learning_rate(0.5, 2) == pytest.approx(10 * shape_learning_rate(0.5, 400)), "capped"
     # colour_only: no λ_reg (geometry is frozen); explicit weights and rates are taken as given.
     assert dataclasses.replace(top, colour_only=True).resolved_weights().regularization == 0
     assert dataclasses.replace(top, weights=LossWeights()).resolved_weights().regularization == 0

@@ -62,9 +62,10 @@ touching the subject bounds when the checkpoint has them. Freedom without the ra
 faster, on a log scale from 1e-4 at 0 to :data:`LR_SHAPE_AT_MAX` at the maximum, for a 400-iteration run and
 inversely proportional to the run's length (:func:`shape_learning_rate`: the distance Adam's scale-free steps
 carry a parameter is about ``lr x iterations``), and the weight regularization is on (:data:`LAMBDA_REG_SHAPE`) against the clouds free density forms. These
-defaults are PROVISIONAL: chosen on the CPU with the analytic stand-in encoder
-(``bench/study_shape_cpu.py``, ``bench/results/shape_cpu_study.md``) until ``bench/sweep_shape.py`` has run on
-fangzhou. At 0 every rate and weight is as before, so the geometry is bit-identical to the former default.
+defaults are PROVISIONAL and not yet calibrated: the CPU study with the analytic stand-in encoder
+(``bench/study_shape_cpu.py``, ``bench/results/shape_cpu_study.md``) found a shape prompt barely growing the
+outline at rates where a colour prompt already shrank it, so ``bench/sweep_shape.py`` on fangzhou is to choose
+them. At 0 every rate and weight is as before, so the geometry is bit-identical to the former default.
 
 **Learning rates and Adam (issue 12).** Adam with instant-ngp's ``eps = 1e-15`` and ``β2 = 0.99`` is scale-free:
 every parameter a view touches moves by about ``lr`` per step, whatever the size of its gradient. The loss weights
@@ -160,6 +161,8 @@ LR_SHAPE_AT_0 = 1e-4
 LR_SHAPE_AT_MAX = 5e-4
 #: The run length the shape rates above are given for (the default strength's iteration count).
 SHAPE_LR_ITERATIONS = 400
+# Shorter runs scale the shape rates up by at most this much (shape_learning_rate).
+_SHAPE_LR_MAX_FACTOR = 10.0
 #: λ_reg whenever shape_freedom > 0 (0 otherwise). PROVISIONAL: CPU study with the stand-in.
 LAMBDA_REG_SHAPE = 1.0
 
@@ -366,14 +369,16 @@ def shape_learning_rate(shape_freedom: float, iterations: int = SHAPE_LR_ITERATI
     both meant for :data:`SHAPE_LR_ITERATIONS` iterations, times ``SHAPE_LR_ITERATIONS / iterations``: with Adam's
     scale-free steps a parameter travels about ``lr`` per step, so the distance the shape can move in a run is
     set by ``lr x iterations``, and a shorter run (a preview, a CPU test) needs larger steps to use the same
-    freedom (module docstring, "Shape freedom").
+    freedom (module docstring, "Shape freedom"); at most 10 times larger.
     """
     f = check_shape_freedom(shape_freedom) / SHAPE_FREEDOM_MAX
     if f == 0:
         return LR_SHAPE_AT_0
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    return float(LR_SHAPE_AT_0 * (LR_SHAPE_AT_MAX / LR_SHAPE_AT_0) ** f * SHAPE_LR_ITERATIONS / iterations)
+    # Capped: a run of a few iterations (a smoke test) would otherwise take steps that wreck the head at once.
+    factor = min(SHAPE_LR_ITERATIONS / iterations, _SHAPE_LR_MAX_FACTOR)
+    return float(LR_SHAPE_AT_0 * (LR_SHAPE_AT_MAX / LR_SHAPE_AT_0) ** f * factor)
 
 
 def preset_config(preset: str, prompt: str, **overrides: Any) -> StylizeConfig:
