@@ -274,10 +274,10 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         f"- stylization: {cfg.resolved_iterations()} iterations at scale {args.scale}, {len(cfg.templates())} templates, "
         f"{cfg.loss.n_crops} crops, {cfg.loss.n_negatives} negatives; weights dir {w.directional:g}, global "
         f"{w.global_contrastive:g}, local {w.local_contrastive:g} (mean over crops), perceptual {w.perceptual:g}, "
-        f"reg {w.regularization:g}; lr grid {cfg.lr_grid:g}, density MLP "
-        f"{cfg.lr_grid if cfg.lr_density_mlp is None else cfg.lr_density_mlp:g}, colour MLP {cfg.lr_mlp:g}; "
-        f"geometry_growth "
-        f"{cfg.geometry_growth} cell(s); negatives closer than {cfg.negative_max_closeness} dropped",
+        f"reg {w.regularization:g}; lr grid {cfg.resolved_lr_grid():g}, density MLP "
+        f"{cfg.resolved_lr_density_mlp():g}, colour MLP {cfg.lr_mlp:g}; "
+        f"shape_freedom "
+        f"{cfg.shape_freedom:g} head radii; negatives closer than {cfg.negative_max_closeness} dropped",
         "- encoders: `standin` = the analytic stand-in encoder (a TEST INSTRUMENT with known semantics, not CLIP); "
         "`random` = random-initialised ViT-B-32 CLIP (no meaning). LPIPS: random VGG trunk in every run. Neither is "
         "prompt-driven.", "",

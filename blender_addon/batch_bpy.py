@@ -137,7 +137,7 @@ def start(scene: bpy.types.Scene, batch: Batch) -> None:
             item = st.queue.add()
             item.name = prompt
             for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only",
-                        "geometry_growth", "clip_model", "clip_pretrained"):
+                        "shape_freedom", "clip_model", "clip_pretrained"):
                 setattr(item, key, getattr(st, key))
             index = len(st.queue) - 1
         item = st.queue[index]

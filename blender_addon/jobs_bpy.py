@@ -129,8 +129,8 @@ def stylize_job(scene: bpy.types.Scene, item=None, queue_index: int | None = Non
         params["negative_prompts"] = negatives
     if src.iterations > 0:
         params["iterations"] = int(src.iterations)
-    if src.geometry_growth > 0 and not src.colour_only:  # 0 is the backend's default; colour_only ignores it
-        params["geometry_growth"] = int(src.geometry_growth)
+    if src.shape_freedom > 0 and not src.colour_only:  # 0 is the backend's default; colour_only ignores it
+        params["shape_freedom"] = round(float(src.shape_freedom), 4)  # a float32 property: no 0.25000000372
     if src.clip_model.strip():
         params["clip_model"] = src.clip_model.strip()
     if src.clip_pretrained.strip():

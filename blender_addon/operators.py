@@ -785,7 +785,7 @@ class NERFART_OT_apply_style_preset(bpy.types.Operator):
         st.negative_prompts = p.negative_prompts
         st.strength = p.strength
         st.colour_only = p.colour_only
-        st.geometry_growth = p.geometry_growth
+        st.shape_freedom = p.shape_freedom
         return {"FINISHED"}
 
 
@@ -807,7 +807,7 @@ class NERFART_OT_queue_add(bpy.types.Operator):
         st = context.scene.nerfart.stylize
         item = st.queue.add()
         item.name = st.prompt.strip()
-        for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only", "geometry_growth",
+        for key in ("source_text", "negative_prompts", "strength", "iterations", "colour_only", "shape_freedom",
                     "clip_model", "clip_pretrained"):
             setattr(item, key, getattr(st, key))
         st.queue_index = len(st.queue) - 1

@@ -298,7 +298,7 @@ class NERFART_PT_stylize(_Panel, bpy.types.Panel):
         col.prop(st, "colour_only")
         row = col.row(align=True)
         row.enabled = not st.colour_only  # colour_only freezes the geometry: shape freedom has no effect
-        row.prop(st, "geometry_growth")
+        row.prop(st, "shape_freedom")
         labelled(layout, st, "clip_model")
         labelled(layout, st, "clip_pretrained")
         if rt.clip_models:

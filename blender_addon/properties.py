@@ -241,10 +241,11 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
                                   options={"HIDDEN"})
 
 
-GEOMETRY_GROWTH_DESCRIPTION = (
-    "How far the stylized shape may grow beyond the reconstruction, in occupancy cells (1/128 of the box "
-    "each). 0 keeps the head's shape (only what is inside it changes); 1 lets surfaces move out by a cell, 2 by "
-    "two. Higher values may change the silhouette. Not used with Colour Only")
+SHAPE_FREEDOM_DESCRIPTION = (
+    "How far the style may move the head's surface outwards, as a fraction of the head's radius. 0 keeps the "
+    "reconstructed shape (only colours and detail change); 0.25 lets the outline grow by a quarter of the radius; "
+    "0.5 leaves room for hair, a hat or horns. More freedom lets a style change the shape, but may also leave a "
+    "faint haze around the head. Not used with Colour Only")
 
 
 class NERFART_PG_queued_style(bpy.types.PropertyGroup):
@@ -262,8 +263,8 @@ class NERFART_PG_queued_style(bpy.types.PropertyGroup):
                             default=0, min=0, max=100_000)
     colour_only: BoolProperty(name="Colour Only", description="Keep the geometry exactly as reconstructed",
                               default=False)
-    geometry_growth: IntProperty(name="Shape Freedom", description=GEOMETRY_GROWTH_DESCRIPTION, default=0, min=0,
-                                 max=4)
+    shape_freedom: FloatProperty(name="Shape Freedom", description=SHAPE_FREEDOM_DESCRIPTION, default=0.0,
+                                 min=0.0, max=0.5, step=5, precision=2, subtype="FACTOR")
     clip_model: StringProperty(name="CLIP Model", description="open_clip model name", default="ViT-B-32")
     clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag or checkpoint "
                                     "path on the backend (empty = the backend's default)", default="")
@@ -289,8 +290,8 @@ class NERFART_PG_stylize(bpy.types.PropertyGroup):
                             "strength)", default=0, min=0, max=100_000)
     colour_only: BoolProperty(name="Colour Only", description="Freeze the density: only colours change, the "
                               "geometry stays exactly as reconstructed", default=False)
-    geometry_growth: IntProperty(name="Shape Freedom", description=GEOMETRY_GROWTH_DESCRIPTION, default=0, min=0,
-                                 max=4)
+    shape_freedom: FloatProperty(name="Shape Freedom", description=SHAPE_FREEDOM_DESCRIPTION, default=0.0,
+                                 min=0.0, max=0.5, step=5, precision=2, subtype="FACTOR")
     clip_model: StringProperty(name="CLIP Model", description="open_clip model the style loss uses (the backend "
                                "lists the ones it has)", default="ViT-B-32")
     clip_pretrained: StringProperty(name="CLIP Weights", description="open_clip pretrained tag (e.g. openai) or "

@@ -107,6 +107,10 @@ After the routing identities a ROUTER adds, a message is:
 - v2, later: the stylize job gains the optional parameter `geometry_growth`. Adding an optional job
   parameter keeps the version: clients that do not send it are unaffected, and a backend that predates it
   refuses it by name as an unknown parameter rather than ignoring it.
+- v2, later: the stylize job's `geometry_growth` (an integer count of occupancy cells, 0-4) is replaced by
+  `shape_freedom` (a number of head radii, 0-0.5; issue 20). A backend refuses unknown parameters by name, so
+  a client that still sends `geometry_growth` gets `invalid_field` for it rather than a silently different
+  shape.
 - v2, later: the render job's `format: "exr"` frames are multilayer OpenEXR with Blender's Combined, Depth
   and Normal passes (was one RGBA layer with an optional Z); its `depth` arrays are view-axis distances in
   scene units with 1e10 for empty pixels (were distances along each pixel's ray, 0 for empty pixels); it

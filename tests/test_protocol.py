@@ -194,22 +194,29 @@ def test_job_parameters_refuse_unknown_fields_at_every_level_and_inputs_their_ow
         decode(encode(msg))
 
 
-def test_stylize_geometry_growth_is_an_integer_from_0_to_4() -> None:
+def test_stylize_shape_freedom_is_a_number_from_0_to_the_backends_maximum() -> None:
+    from backend.stylize.loop import SHAPE_FREEDOM_MAX
+
     base = {"source_job": "j", "prompt": "a marble statue"}
-    for cells in range(5):
-        protocol.validate_params("stylize", {**base, "geometry_growth": cells})
-    protocol.validate_params("stylize", {**base, "geometry_growth": 2, "colour_only": True})  # accepted, ignored
-    for value, why in ((5, "must be at most 4, got 5"), (-1, "must be at least 0, got -1"),
-                       (1.5, "must be an integer, got number"), (True, "must be an integer, got boolean"),
-                       ("2", "must be an integer, got string"), (None, "must not be null")):
+    for value in (0, 0.1, 0.25, SHAPE_FREEDOM_MAX):
+        protocol.validate_params("stylize", {**base, "shape_freedom": value})
+    protocol.validate_params("stylize", {**base, "shape_freedom": 0.5, "colour_only": True})  # accepted, ignored
+    for value, why in ((0.6, "must be at most 0.5, got 0.6"), (-0.1, "must be at least 0, got -0.1"),
+                       (2, "must be at most 0.5, got 2"), (True, "must be a number, got boolean"),
+                       ("0.2", "must be a number, got string"), (None, "must not be null"),
+                       (float("nan"), "must be finite")):
         with pytest.raises(ProtocolError) as err:
-            protocol.validate_params("stylize", {**base, "geometry_growth": value})
-        assert (err.value.code, err.value.field) == ("invalid_field", "params.geometry_growth"), value
-        assert err.value.message == f"field 'params.geometry_growth' {why}", value
+            protocol.validate_params("stylize", {**base, "shape_freedom": value})
+        assert (err.value.code, err.value.field) == ("invalid_field", "params.shape_freedom"), value
+        assert err.value.message == f"field 'params.shape_freedom' {why}", value
+    # The former cell count is refused by name, so an old client learns the shape would not be what it asked.
+    with pytest.raises(ProtocolError) as err:
+        protocol.validate_params("stylize", {**base, "geometry_growth": 2})
+    assert err.value.field == "params.geometry_growth" and "unknown parameter" in err.value.message
     # On the wire too: a submit carrying it is refused by decode, naming the field.
     with pytest.raises(ProtocolError) as err:
-        decode(_frames("submit", {"kind": "stylize", "params": {**base, "geometry_growth": 5}}))
-    assert err.value.field == "params.geometry_growth"
+        decode(_frames("submit", {"kind": "stylize", "params": {**base, "shape_freedom": 0.75}}))
+    assert err.value.field == "params.shape_freedom"
 
 
 def test_render_takes_an_optional_placement_matrix_and_the_exr_format() -> None:

@@ -192,9 +192,9 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
 def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -> None:
     srv, _, rec_job = live
     with Client(srv.bound_endpoint) as client:
-        # geometry_growth 2 from the job's parameters reaches the loop: an unfinished run keeps the whole region
-        # its rays marched, F_rec's occupied cells dilated by two.
-        job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 100000, "geometry_growth": 2,
+        # shape_freedom 0.2 from the job's parameters reaches the loop: an unfinished run keeps the whole region
+        # its rays marched, F_rec's occupied cells grown by 0.2 head radii.
+        job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 100000, "shape_freedom": 0.2,
                               **RANDOM})
         while not any(m.type == "progress" and m.job_id == job and m.content["stage"] == "stylizing"
                       and m.content["step"] >= 2 for m in client.poll(0.05)):
@@ -207,23 +207,23 @@ def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -
         ckpt = load_checkpoint(srv.store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
         assert ckpt.metrics["cancelled"] == 1 and ckpt.metrics["stylize_iterations"] >= 2
         rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
-        grown = rec.model.occupancy.dilated(2)
+        grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
         assert int(grown.sum()) > int(rec.model.occupancy.binary.sum()), "the test needs cells to grow into"
         assert torch.equal(ckpt.model.occupancy.binary, grown)
         settings = json.loads((srv.store.job_dir(job) / "outputs" / "stylize.json").read_text())
-        assert settings["geometry_growth"] == 2 and settings["colour_only"] is False
+        assert settings["shape_freedom"] == 0.2 and settings["colour_only"] is False
 
 
 def test_job_parameters_reach_the_stylize_config() -> None:
     from backend.jobs.stylize import config_from_params
 
     base = {"source_job": "abc123", "prompt": PROMPT, "preset": "tiny"}
-    assert config_from_params(base).geometry_growth == 0  # the default keeps the head
-    config = config_from_params({**base, "geometry_growth": 2, "strength": 0.8})
-    assert config.geometry_growth == 2 and not config.colour_only and config.strength == 0.8
+    assert config_from_params(base).shape_freedom == 0  # the default keeps the head
+    config = config_from_params({**base, "shape_freedom": 0.25, "strength": 0.8})
+    assert config.shape_freedom == 0.25 and not config.colour_only and config.strength == 0.8
     # With colour_only the setting is kept in the config (and stylize.json) but the loop ignores it.
-    config = config_from_params({**base, "geometry_growth": 2, "colour_only": True})
-    assert config.geometry_growth == 2 and config.colour_only
+    config = config_from_params({**base, "shape_freedom": 0.25, "colour_only": True})
+    assert config.shape_freedom == 0.25 and config.colour_only
 
 
 def test_cli_stylize_builds_the_job_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,20 +235,20 @@ def test_cli_stylize_builds_the_job_parameters(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(cli, "_run_local", fake_run_local)
     code = cli.main(["stylize", "abc123", "--prompt", PROMPT, "--negative", "photo", "--negative", "selfie",
-                     "--strength", "0.8", "--colour-only", "--geometry-growth", "1", "--clip-pretrained", "random",
+                     "--strength", "0.8", "--colour-only", "--shape-freedom", "0.25", "--clip-pretrained", "random",
                      "--preset", "tiny", "--scale", "0.25", "--seed", "3", "--device", "cpu"])
     assert code == 0 and seen["kind"] == "stylize" and seen["device"] == "cpu"
     assert seen["params"] == {"source_job": "abc123", "prompt": PROMPT, "negative_prompts": ["photo", "selfie"],
                               "strength": 0.8, "colour_only": True, "clip_pretrained": "random", "preset": "tiny",
-                              "scale": 0.25, "seed": 3, "geometry_growth": 1}
+                              "scale": 0.25, "seed": 3, "shape_freedom": 0.25}
     from protocol import validate_params
 
     validate_params("stylize", seen["params"])  # what the CLI builds passes the protocol's schema
 
 
-def test_cli_stylize_geometry_growth_reaches_the_job_record(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """--geometry-growth N lands in the job's parameters only when given; an out-of-range N is refused by the
+def test_cli_stylize_shape_freedom_reaches_the_job_record(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--shape-freedom F lands in the job's parameters only when given; an out-of-range F is refused by the
     protocol's check before any job exists. (The source job does not exist, so the jobs fail at once.)"""
     work = tmp_path / "work"
     common = ["--prompt", PROMPT, "--clip-model", "ViT-S-32", "--clip-pretrained", "random", "--preset", "tiny",
@@ -257,12 +257,12 @@ def test_cli_stylize_geometry_growth_reaches_the_job_record(tmp_path: Path,
     def records() -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted(work.glob("jobs/*/job.json"))]
 
-    assert cli.main(["stylize", "no-such-job", "--geometry-growth", "2", *common]) == 1
+    assert cli.main(["stylize", "no-such-job", "--shape-freedom", "0.25", *common]) == 1
     (first,) = records()
-    assert first["params"]["geometry_growth"] == 2 and "colour_only" not in first["params"]
+    assert first["params"]["shape_freedom"] == 0.25 and "colour_only" not in first["params"]
     assert cli.main(["stylize", "no-such-job", *common]) == 1
-    assert sum("geometry_growth" in r["params"] for r in records()) == 1, "not sent unless given"
+    assert sum("shape_freedom" in r["params"] for r in records()) == 1, "not sent unless given"
     capsys.readouterr()
-    assert cli.main(["stylize", "no-such-job", "--geometry-growth", "5", *common]) == 2
-    assert "error: field 'params.geometry_growth' must be at most 4, got 5" in capsys.readouterr().err
+    assert cli.main(["stylize", "no-such-job", "--shape-freedom", "0.75", *common]) == 2
+    assert "error: field 'params.shape_freedom' must be at most 0.5, got 0.75" in capsys.readouterr().err
     assert len(records()) == 2, "refused before a job was created"

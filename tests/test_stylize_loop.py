@@ -97,7 +97,7 @@ def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: Cli
     for name, value in density_state(ckpt.model).items():
         assert torch.equal(value, state_rec[name]), name
     assert not torch.equal(sty.model.field.encoding.table, state_rec["table"])
-    assert torch.equal(sty.model.occupancy.binary, state_rec["binary"]), "geometry_growth 0: F_rec's cells"
+    assert torch.equal(sty.model.occupancy.binary, state_rec["binary"]), "shape_freedom 0: F_rec's cells"
     # Reports: sources, then every iteration with the loss terms, previews, and a final report.
     stages = [r.stage for r in reports]
     assert stages == ["sources"] + ["stylizing"] * 4 + ["done"]
@@ -177,9 +177,9 @@ def test_bad_prompts_and_parameters_fail_before_rendering(ckpt: NeRFCheckpoint, 
         StylizeConfig(prompt=PROMPT, strength=2.0)
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_config("huge", PROMPT)
-    for growth in (5, -1, True, 1.0):  # True is an int to Python, not a cell count
-        with pytest.raises(ValueError, match="geometry_growth must be an integer"):
-            StylizeConfig(prompt=PROMPT, geometry_growth=growth)
+    for freedom in (0.51, -0.1, True, "0.2", float("nan"), None):  # True is an int to Python, not a distance
+        with pytest.raises(ValueError, match=r"shape_freedom must be a number from 0 to 0\.5"):
+            StylizeConfig(prompt=PROMPT, shape_freedom=freedom)
     # The source text reaches the directional loss (total_image_loss reads it from the loss config).
     assert preset_config("tiny", PROMPT, source_text="selfie").loss.source_text == "selfie"
     with pytest.raises(ValueError, match="negative prompt #1 is empty"):
@@ -247,10 +247,10 @@ def test_a_short_run_renders_only_the_sources_it_visits(ckpt: NeRFCheckpoint, cl
     assert [(r.step, r.total) for r in reports if r.stage == "sources"] == [(1, 2), (2, 2)]
 
 
-def test_geometry_growth_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,
-                                                      lpips: LpipsLoss) -> None:
-    """Issue 12: rays march through F_rec's occupied cells dilated by ``geometry_growth`` cells, nowhere else; the
-    finished model keeps F_rec's cells and adds only grown cells that hold density."""
+def test_shape_freedom_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,
+                                                    lpips: LpipsLoss) -> None:
+    """Issues 12 and 20: rays march through F_rec's occupied cells grown by ``shape_freedom`` head radii, nowhere
+    else; the finished model keeps F_rec's cells and adds only grown cells that hold density."""
     rec_grid = ckpt.model.occupancy
     # Stopped after one iteration: the grid is the region marched, exactly.
     done: list[int] = []
@@ -259,21 +259,22 @@ def test_geometry_growth_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip
         if p.stage == "stylizing":
             done.append(p.step)
 
-    partial = stylize(ckpt, preset_config("tiny", PROMPT, iterations=3, geometry_growth=1), "cpu", on_progress,
+    domain = ckpt.model.domain
+    partial = stylize(ckpt, preset_config("tiny", PROMPT, iterations=3, shape_freedom=0.1), "cpu", on_progress,
                       lambda: len(done) >= 1, clip=clip, perceptual=lpips)
     assert partial.metrics["cancelled"] == 1
-    assert torch.equal(partial.model.occupancy.binary, rec_grid.dilated(1))
-    assert int(rec_grid.dilated(1).sum()) > int(rec_grid.binary.sum())
+    assert torch.equal(partial.model.occupancy.binary, rec_grid.within_distance(0.1, domain))
+    assert int(rec_grid.within_distance(0.1, domain).sum()) > int(rec_grid.binary.sum())
     # The default (0) marches exactly F_rec's cells and hands them back unchanged.
     sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2), "cpu", clip=clip, perceptual=lpips)
     assert torch.equal(sty.model.occupancy.binary, rec_grid.binary)
-    sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2, geometry_growth=2), "cpu", clip=clip,
+    sty = stylize(ckpt, preset_config("tiny", PROMPT, iterations=2, shape_freedom=0.2), "cpu", clip=clip,
                   perceptual=lpips)
     grid = sty.model.occupancy.binary
     assert not bool((rec_grid.binary & ~grid).any()), "F_rec's cells stay"
-    assert not bool((grid & ~rec_grid.dilated(2)).any()), "nothing outside the region"
-    with pytest.raises(ValueError, match="geometry_growth"):
-        StylizeConfig(prompt=PROMPT, geometry_growth=-1)
+    assert not bool((grid & ~rec_grid.within_distance(0.2, domain)).any()), "nothing outside the region"
+    with pytest.raises(ValueError, match="shape_freedom"):
+        StylizeConfig(prompt=PROMPT, shape_freedom=-1)
 
 
 def test_negatives_too_close_to_the_prompt_are_left_out(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:

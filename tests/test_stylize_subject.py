@@ -197,14 +197,14 @@ def test_a_red_face_turns_the_subject_red_and_leaves_the_room(contract: NeRFChec
 
 def test_grown_shape_stays_inside_the_bounds(tmp_path_factory: pytest.TempPathFactory, clip: ClipModel,
                                              lpips: LpipsLoss) -> None:
-    """geometry_growth adds cells only where they touch the bounds: F_sty's grid outside them is F_rec's."""
+    """shape_freedom adds cells only where they touch the bounds: F_sty's grid outside them is F_rec's."""
     rec = tiny_reconstruction(tmp_path_factory)  # the three spheres; bounds around the red one only
     m = np.diag([0.5, 0.5, 0.5, 1.0])
     m[:3, 3] = (0.3, 0.0, 0.0)
     bounds = SubjectBounds("ellipsoid", m)
     rec_grid = rec.model.occupancy.binary
     inside = subject_cells(bounds, rec.model.occupancy.resolution, rec.model.domain)
-    grown = rec.model.occupancy.dilated(2)
+    grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
     assert bool((grown & ~rec_grid & inside).any()) and bool((grown & ~rec_grid & ~inside).any()), \
         "the test needs cells to grow into on both sides"
     done: list[int] = []
@@ -214,7 +214,7 @@ def test_grown_shape_stays_inside_the_bounds(tmp_path_factory: pytest.TempPathFa
             done.append(p.step)
 
     bounded = dataclasses.replace(rec, subject=bounds)
-    config = preset_config("tiny", "a marble statue", iterations=3, geometry_growth=2)
+    config = preset_config("tiny", "a marble statue", iterations=3, shape_freedom=0.2)
     # Stopped after one iteration, the grid is the region marched: F_rec's cells, grown inside the bounds only.
     partial = stylize(bounded, config, "cpu", on_progress, lambda: len(done) >= 1, clip=clip, perceptual=lpips)
     assert partial.metrics["cancelled"] == 1 and partial.subject is bounds

@@ -55,7 +55,7 @@ def config_from_params(params: dict[str, Any]) -> Any:
         params.get("preset", "default"), params.get("prompt", ""), source_text=params.get("source_text"),
         negative_prompts=None if negatives is None else tuple(negatives), strength=params.get("strength"),
         iterations=params.get("iterations"), colour_only=params.get("colour_only"),
-        geometry_growth=params.get("geometry_growth"), scale=params.get("scale"), seed=params.get("seed"))
+        shape_freedom=params.get("shape_freedom"), scale=params.get("scale"), seed=params.get("seed"))
 
 
 def subject_for_job(params: dict[str, Any], ckpt_rec: Any) -> Any:
@@ -218,7 +218,7 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     outputs.update({"checkpoint": CHECKPOINT, "settings": SETTINGS, "prompt": config.prompt,
                     "prompt_driven": prompt_driven, "iterations": int(ckpt.metrics["stylize_iterations"]),
                     "background": ckpt.background, "colour_only": config.colour_only,
-                    "geometry_growth": config.geometry_growth, "source_job": params["source_job"],
+                    "shape_freedom": config.shape_freedom, "source_job": params["source_job"],
                     "subject_bounds": subject_world(ckpt)})
     if not prompt_driven:
         outputs["note"] = NOT_PROMPT_DRIVEN

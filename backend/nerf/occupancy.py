@@ -8,11 +8,14 @@ between two calls, so deferred back-propagation can rely on identical marching b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .contraction import SceneDomain
 
 
 class OccupancyGrid(nn.Module):
@@ -122,6 +125,39 @@ class OccupancyGrid(nn.Module):
         return grown[0, 0] > 0.5
 
     @torch.no_grad()
+    def within_distance(self, distance: float, domain: SceneDomain) -> torch.Tensor:  # -> [R, R, R] bool
+        """The occupied cells and every cell whose centre lies within ``distance`` (model units) of one.
+
+        Distances are Euclidean over cell centres, counted in cells and converted to model units with the cell
+        size at the candidate cell (:func:`cell_size_model`): exact where cells have one size (a "bounded"
+        domain, and a "contract" domain's unit ball, where the contraction is the identity), and never further
+        than ``distance`` where contracted cells grow outwards (a path out of the ball crosses cells no larger
+        than the candidate's). ``distance`` 0 gives the occupied cells themselves.
+
+        Stylization marches this region (``shape_freedom``, :mod:`backend.stylize.loop`).
+        """
+        if not (math.isfinite(distance) and distance >= 0):
+            raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
+        r = self.resolution
+        size = cell_size_model(domain, r, self.binary.device)  # [R, R, R] model units per cell
+        reach = math.floor(distance / float(size.min()) + 1e-9)  # the most cells any candidate may be away
+        if reach == 0:
+            return self.binary.clone()
+        # Squared Euclidean distance (in cells) to the nearest occupied cell, up to `reach` per axis: the squared
+        # distance transform is separable, one windowed min-plus pass per axis.
+        inf = float("inf")
+        d2 = torch.where(self.binary, 0.0, inf).to(torch.float32)
+        for axis in range(3):
+            padded = F.pad(d2.movedim(axis, -1).contiguous(), (reach, reach), value=inf)
+            best = padded[..., reach:reach + r].clone()
+            for k in range(1, reach + 1):
+                best = torch.minimum(best, torch.minimum(padded[..., reach - k:reach - k + r],
+                                                         padded[..., reach + k:reach + k + r]) + float(k * k))
+            d2 = best.movedim(-1, axis)
+        allowed_cells = distance / size  # [R, R, R] cells each candidate may be away
+        return self.binary | (d2 <= allowed_cells.square() + 1e-6)
+
+    @torch.no_grad()
     def refresh(
         self,
         occ_eval_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -157,3 +193,22 @@ class OccupancyGrid(nn.Module):
         self.occs.copy_(best)
         binary = (self.occs > torch.clamp(self.occs.mean(), max=threshold)).view(self.binary.shape)
         self.binary.copy_(binary if allowed is None else binary & allowed)
+
+
+def cell_size_model(domain: SceneDomain, resolution: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:  # -> [R, R, R]
+    """The largest extent of each occupancy cell in model units, at its centre (indexed as ``binary``).
+
+    A "bounded" domain's cells are all ``2 bound / R``. A "contract" domain's are ``4 / R`` inside the unit ball
+    (the contraction is the identity there) and stretched by the inverse contraction's largest derivative outside
+    it: radially ``|x|^2`` at model radius ``|x|`` (tangentially less), infinite at the ball's rim of radius 2.
+    """
+    r = int(resolution)
+    if domain.kind == "bounded":
+        return torch.full((r, r, r), 2.0 * domain.bound / r, device=device)
+    ticks = (torch.arange(r, dtype=torch.float32, device=device) + 0.5) / r
+    u = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1)  # [R, R, R, 3]
+    c = (u * 4.0 - 2.0).norm(dim=-1)  # contracted radius; |x| = 1 / (2 - |c|) outside the unit ball
+    x = torch.where(c <= 1.0, torch.ones_like(c), 1.0 / (2.0 - c).clamp_min(1e-6))
+    stretch = torch.where(c < 2.0, x.square(), torch.full_like(c, float("inf")))
+    return (4.0 / r) * stretch

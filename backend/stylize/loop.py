@@ -32,7 +32,7 @@ whole room is stylized with the head.
 subject from its background. With bounds, every render the stylization makes (``I_src``, pass 1 and pass 2 of
 each iteration, the previews) samples only inside them (:mod:`backend.stylize.subject_render`) and composites over
 the plain colour above, for "contract" and "matte" checkpoints alike: the losses see the subject alone, as in a
-cut-out photo, and no gradient comes from the room. Shape may grow (``geometry_growth``) only in occupancy cells
+cut-out photo, and no gradient comes from the room. Shape may grow (``shape_freedom``) only in occupancy cells
 that touch the bounds, so ``F_sty``'s grid outside them stays ``F_rec``'s. The stylized checkpoint carries the
 bounds (``subject``): renders and meshes of it take ``F_sty`` inside them only, and a frame with its background
 takes ``F_rec`` outside (:func:`~backend.stylize.subject_render.render_image_with_background`), so the background
@@ -42,13 +42,30 @@ keeps its reconstructed look. Without bounds (None) the whole scene is stylized,
 stylization, as the reconstruction does, did two wrong things at once: a cell ``F_rec`` left empty could never grow
 new shape (nothing samples it), while density leaking into far-away cells through shared hash entries and coarse
 levels got them marked occupied, sampled, and grown into haze. Instead the grid is fixed for the whole run to
-``F_rec``'s occupied cells dilated by ``geometry_growth`` cells: shape may form that far beyond the reconstruction
-and nowhere else. The default is 0 cells, because growth has a price measured on fangzhou: cells ``F_rec`` marked
+``F_rec``'s occupied cells grown by ``shape_freedom`` (below): shape may form that far beyond the reconstruction
+and nowhere else. The default is 0, because growth has a price measured on fangzhou: cells ``F_rec`` marked
 empty are not empty but *unsupervised* (the reconstruction never sampled them, so never cleared them), and merely
 marching one more cell around the head, with no training at all, changed the render (alpha IoU 0.967, depth error
 6.9 % of the ROI radius on a small CPU model; two cells: 0.949, 10.6 %). A finished ``F_sty`` keeps ``F_rec``'s
 cells and adds the grown cells whose density passes the occupancy threshold
 (:meth:`~backend.nerf.occupancy.OccupancyGrid.refresh`), so its renders skip the rest of the shell again.
+
+**Shape freedom (issue 20).** NeRF-Art fine-tunes all of ``F_sty``, so a style may move the shape. ``shape_freedom``
+is how far the surface may move outwards, in *head radii*: the reconstruction's unit of model coordinates, the
+radius of the region of interest the capture was normalised to (:mod:`captures.normalize`), which frames the head.
+0.25 lets a style add a quarter of that radius around ``F_rec``'s shape; :data:`SHAPE_FREEDOM_MAX` (0.5) is
+enough for a hat or horns. The region marched is every cell whose centre lies within that distance of one of
+``F_rec``'s occupied cells (:meth:`~backend.nerf.occupancy.OccupancyGrid.within_distance`, which converts the
+distance to cells with the cell size in model units, contracted cells included), intersected with the cells
+touching the subject bounds when the checkpoint has them. Freedom without the rates to use it does nothing (at
+1e-4 the shape barely moves within a run), so with ``shape_freedom > 0`` the grid and the density MLP train
+faster, on a log scale from 1e-4 at 0 to :data:`LR_SHAPE_AT_MAX` at the maximum, for a 400-iteration run and
+inversely proportional to the run's length (:func:`shape_learning_rate`: the distance Adam's scale-free steps
+carry a parameter is about ``lr x iterations``), and the weight regularization is on (:data:`LAMBDA_REG_SHAPE`) against the clouds free density forms. These
+defaults are PROVISIONAL and not yet calibrated: the CPU study with the analytic stand-in encoder
+(``bench/study_shape_cpu.py``, ``bench/results/shape_cpu_study.md``) found a shape prompt barely growing the
+outline at rates where a colour prompt already shrank it, so ``bench/sweep_shape.py`` on fangzhou is to choose
+them. At 0 every rate and weight is as before, so the geometry is bit-identical to the former default.
 
 **Learning rates and Adam (issue 12).** Adam with instant-ngp's ``eps = 1e-15`` and ``β2 = 0.99`` is scale-free:
 every parameter a view touches moves by about ``lr`` per step, whatever the size of its gradient. The loss weights
@@ -107,15 +124,22 @@ from .subject_render import render_rays_in_subject_chunked, subject_cells
 from .views import StylizationViews, stylization_views
 
 __all__ = [
+    "LAMBDA_REG_SHAPE",
+    "LR_SHAPE_AT_0",
+    "LR_SHAPE_AT_MAX",
     "PRESETS",
+    "SHAPE_FREEDOM_MAX",
+    "SHAPE_LR_ITERATIONS",
     "ProgressFn",
     "StopFn",
     "StylizeConfig",
     "StylizeProgress",
     "canonical_device",
+    "check_shape_freedom",
     "copy_model",
     "matmul_precision",
     "preset_config",
+    "shape_learning_rate",
     "stylize",
     "weights_are_random",
 ]
@@ -127,6 +151,20 @@ PRESETS = ("tiny", "fast", "default", "quality")
 # 270x480 is scale 0.5 of fangzhou's 540x960). PROVISIONAL until bench/bench_stylize.py has run on the GPU.
 _PRESET_SCALE = {"fast": 0.25, "default": 0.5, "quality": 1.0}
 _PRESET_ITERATION_FACTOR = {"fast": 0.5, "default": 1.0, "quality": 1.0}
+
+#: The largest shape freedom, in head radii: room for a hat or horns (module docstring, "Shape freedom").
+SHAPE_FREEDOM_MAX = 0.5
+#: The shape parameters' learning rate at shape freedom 0 (module docstring, "Learning rates").
+LR_SHAPE_AT_0 = 1e-4
+#: ... and at SHAPE_FREEDOM_MAX, for a run of SHAPE_LR_ITERATIONS. PROVISIONAL: CPU study with the stand-in
+#: (bench/results/shape_cpu_study.md).
+LR_SHAPE_AT_MAX = 5e-4
+#: The run length the shape rates above are given for (the default strength's iteration count).
+SHAPE_LR_ITERATIONS = 400
+# Shorter runs scale the shape rates up by at most this much (shape_learning_rate).
+_SHAPE_LR_MAX_FACTOR = 10.0
+#: λ_reg whenever shape_freedom > 0 (0 otherwise). PROVISIONAL: CPU study with the stand-in.
+LAMBDA_REG_SHAPE = 1.0
 
 # LPIPS's VGG reaches relu5_3 after four 2x poolings: smaller images leave it no spatial extent.
 _LPIPS_MIN_SIDE = 16
@@ -148,16 +186,17 @@ class StylizeConfig:
             Its ``source_text`` is replaced by this config's ``source_text``, the one authority for ``t_src``.
         n_templates: use the first n of open_clip's 80 ImageNet templates; None: all 80 (spec). Fewer only for
             CPU tests: encoding 80 templates per text costs ~100 s on a CPU.
-        lr_grid, lr_density_mlp, lr_mlp: Adam learning rates at iteration 0 for the hash table (1e-4), the density
-            MLP (None: the grid's) and the colour MLP (1e-3): what shapes density moves slowly, colour fast; see
-            "Learning rates" in the module docstring.
+        lr_grid, lr_density_mlp, lr_mlp: Adam learning rates at iteration 0 for the hash table (None:
+            :func:`shape_learning_rate` of ``shape_freedom``, 1e-4 at 0), the density MLP (None: the grid's) and
+            the colour MLP (1e-3): what shapes density moves slowly, colour fast; see "Learning rates" and "Shape
+            freedom" in the module docstring.
         lr_decay: ``lr(it) = lr0 · lr_decay^(it / iterations)`` (0.5: the released schedule).
         adam_eps: Adam's epsilon (instant-ngp's 1e-15: steps are scale-free, see the module docstring).
-        geometry_growth: the geometry-strength setting: how many occupancy cells (1/128 of the box each) the shape
-            may grow beyond the cells ``F_rec`` occupies. 0 (default) keeps the head: rays march exactly where
-            ``F_rec``'s do, so shape may change inside its cells but nothing forms outside them. 1 or 2 let
-            surfaces move out by a cell or two, at a price (see "Occupancy" in the module docstring). Ignored in
-            ``colour_only``.
+        shape_freedom: how far the surface may move outwards, in head radii (model units: the capture's region of
+            interest has radius 1), from 0 to :data:`SHAPE_FREEDOM_MAX`. 0 (default) keeps the head: rays march
+            exactly where ``F_rec``'s do, so shape may change inside its cells but nothing forms outside them.
+            Above 0 the region grows, the shape parameters train faster and ``λ_reg`` is on (see "Shape freedom"
+            in the module docstring). Ignored in ``colour_only``.
         negative_max_closeness: drop bank negatives at least this close to the target in the text encoder's space
             (:func:`~backend.stylize.negatives.negative_closeness`; None keeps them all).
         report_gradients_every: every n iterations, also measure each loss term's share of the parameter gradient
@@ -195,12 +234,12 @@ class StylizeConfig:
     weights: LossWeights | None = None
     loss: StyleLossConfig = field(default_factory=StyleLossConfig)
     n_templates: int | None = None
-    lr_grid: float = 1e-4
+    lr_grid: float | None = None
     lr_density_mlp: float | None = None
     lr_mlp: float = 1e-3
     lr_decay: float = 0.5
     adam_eps: float = 1e-15
-    geometry_growth: int = 0
+    shape_freedom: float = 0.0
     negative_max_closeness: float | None = DEFAULT_MAX_CLOSENESS
     report_gradients_every: int = 0
     scale: float = 0.5
@@ -238,7 +277,7 @@ class StylizeConfig:
             raise ValueError(f"n_templates must be >= 1 or None, got {self.n_templates}")
         for name in ("lr_grid", "lr_mlp", "lr_density_mlp"):
             value = getattr(self, name)
-            if value is None and name == "lr_density_mlp":
+            if value is None and name != "lr_mlp":
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -255,9 +294,7 @@ class StylizeConfig:
         for name in ("chunk_render", "chunk_grad", "preview_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if isinstance(self.geometry_growth, bool) or not isinstance(self.geometry_growth, int) \
-                or not 0 <= self.geometry_growth <= 4:
-            raise ValueError(f"geometry_growth must be an integer from 0 to 4 (cells), got {self.geometry_growth!r}")
+        check_shape_freedom(self.shape_freedom)
         if self.negative_max_closeness is not None and not 0 < self.negative_max_closeness <= 1:
             raise ValueError(f"negative_max_closeness must be in (0, 1] or None, got {self.negative_max_closeness}")
         if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
@@ -270,8 +307,25 @@ class StylizeConfig:
             raise ValueError(f"compile must be 'auto', 'on' or 'off', got {self.compile!r}")
 
     def resolved_weights(self) -> LossWeights:
-        """The loss weights used: ``weights`` if given, else the strength's."""
-        return self.weights if self.weights is not None else weights_for_strength(self.strength)
+        """The loss weights used: ``weights`` if given, else the strength's, with ``λ_reg`` =
+        :data:`LAMBDA_REG_SHAPE` when the shape may grow (``shape_freedom > 0`` and not ``colour_only``)."""
+        if self.weights is not None:
+            return self.weights
+        weights = weights_for_strength(self.strength)
+        if self.shape_freedom > 0 and not self.colour_only:
+            weights = replace(weights, regularization=LAMBDA_REG_SHAPE)
+        return weights
+
+    def resolved_lr_grid(self) -> float:
+        """The hash table's learning rate: ``lr_grid`` if given, else :func:`shape_learning_rate` for the shape
+        freedom and the iteration count."""
+        if self.lr_grid is not None:
+            return float(self.lr_grid)
+        return shape_learning_rate(self.shape_freedom, self.resolved_iterations())
+
+    def resolved_lr_density_mlp(self) -> float:
+        """The density MLP's learning rate: ``lr_density_mlp`` if given, else the hash table's."""
+        return float(self.lr_density_mlp) if self.lr_density_mlp is not None else self.resolved_lr_grid()
 
     def resolved_iterations(self) -> int:
         """The iteration count used: ``iterations`` if given, else the strength's."""
@@ -295,7 +349,36 @@ class StylizeConfig:
                 value = list(value)
             out[f.name] = value
         out["iterations"] = self.resolved_iterations()
+        out["lr_grid"], out["lr_density_mlp"] = self.resolved_lr_grid(), self.resolved_lr_density_mlp()
         return out
+
+
+def check_shape_freedom(value: Any) -> float:
+    """``value`` as a shape freedom (a real number from 0 to :data:`SHAPE_FREEDOM_MAX`), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= SHAPE_FREEDOM_MAX:
+        raise ValueError(f"shape_freedom must be a number from 0 to {SHAPE_FREEDOM_MAX} (head radii), got {value!r}")
+    return float(value)
+
+
+def shape_learning_rate(shape_freedom: float, iterations: int = SHAPE_LR_ITERATIONS) -> float:
+    """The shape parameters' (hash grid, density MLP) learning rate for a shape freedom and a run length.
+
+    0: :data:`LR_SHAPE_AT_0` whatever the length (the rate that keeps the head, as before shape freedom existed).
+    Above 0: a log-scale blend from :data:`LR_SHAPE_AT_0` to :data:`LR_SHAPE_AT_MAX` at :data:`SHAPE_FREEDOM_MAX`,
+    both meant for :data:`SHAPE_LR_ITERATIONS` iterations, times ``SHAPE_LR_ITERATIONS / iterations``: with Adam's
+    scale-free steps a parameter travels about ``lr`` per step, so the distance the shape can move in a run is
+    set by ``lr x iterations``, and a shorter run (a preview, a CPU test) needs larger steps to use the same
+    freedom (module docstring, "Shape freedom"); at most 10 times larger.
+    """
+    f = check_shape_freedom(shape_freedom) / SHAPE_FREEDOM_MAX
+    if f == 0:
+        return LR_SHAPE_AT_0
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    # Capped: a run of a few iterations (a smoke test) would otherwise take steps that wreck the head at once.
+    factor = min(SHAPE_LR_ITERATIONS / iterations, _SHAPE_LR_MAX_FACTOR)
+    return float(LR_SHAPE_AT_0 * (LR_SHAPE_AT_MAX / LR_SHAPE_AT_0) ** f * factor)
 
 
 def preset_config(preset: str, prompt: str, **overrides: Any) -> StylizeConfig:
@@ -538,8 +621,8 @@ def _stylize(
     use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     model = copy_model(ckpt_rec.model, device, compile=use_compile)
     model.train()
-    # Occupancy (module docstring): march through F_rec's occupied cells grown by geometry_growth, and nowhere else.
-    allowed = None if config.colour_only else _allowed_cells(model, config.geometry_growth, subject)
+    # Occupancy (module docstring): march through F_rec's occupied cells grown by shape_freedom, and nowhere else.
+    allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, subject)
     if allowed is not None:
         model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
@@ -586,10 +669,9 @@ def _stylize(
     # -- the loop ---------------------------------------------------------------------------------------------
     groups = [{"params": colour_params, "lr": config.lr_mlp, "lr0": config.lr_mlp}]
     if not config.colour_only:
-        lr_density = config.lr_grid if config.lr_density_mlp is None else config.lr_density_mlp
+        lr_density, lr_grid = config.resolved_lr_density_mlp(), config.resolved_lr_grid()
         groups.append({"params": list(model.field.density_mlp.parameters()), "lr": lr_density, "lr0": lr_density})
-        groups.append({"params": list(model.field.encoding.parameters()), "lr": config.lr_grid,
-                       "lr0": config.lr_grid})
+        groups.append({"params": list(model.field.encoding.parameters()), "lr": lr_grid, "lr0": lr_grid})
     # betas/eps as the reconstruction (instant-ngp's): eps 1e-15 keeps Adam's steps scale-free for the tiny
     # gradients hash entries get.
     optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=config.adam_eps)
@@ -667,7 +749,8 @@ def _stylize(
             losses["regularization"] = step.regularization
         last_image = step.image
         per_it = elapsed / done
-        metrics = {"lr": config.lr_grid * lr_factor if not config.colour_only else config.lr_mlp * lr_factor,
+        lr_shown = config.lr_mlp if config.colour_only else config.resolved_lr_grid()
+        metrics = {"lr": lr_shown * lr_factor,
                    "view": float(v), "n_samples": float(step.n_samples), "seconds_per_iteration": per_it}
         for term, norms in (step.gradient_norms or {}).items():
             metrics.update({f"grad_{term}_{group}": value for group, value in norms.items()})
@@ -688,7 +771,7 @@ def _stylize(
         # of its own; an unfinished run keeps the whole allowed region, which a resumed run marches again. With
         # subject bounds the allowed region grows only inside them, so the cells outside stay F_rec's.)
         rec_cells = ckpt_rec.model.occupancy.binary.to(device)
-        if config.geometry_growth > 0:
+        if config.shape_freedom > 0:
             model.occupancy.refresh(model.occupancy_eval_fn(), generator, threshold=ckpt_rec.config.occ_threshold,
                                     allowed=allowed & ~rec_cells)
         else:
@@ -712,13 +795,13 @@ def _negative_pool(clip: ClipModel, config: StylizeConfig, templates: tuple[Temp
     return drop_close_negatives(pool, closeness, config.negative_max_closeness)
 
 
-def _allowed_cells(model: NeRFModel, growth: int, subject: SubjectBounds | None) -> torch.Tensor:  # [R, R, R]
-    """The cells a stylization marches: ``F_rec``'s occupied cells, grown by ``growth`` cells (only into cells
-    that touch the subject bounds when there are any: rays sample nothing outside them, and shape must not form
-    in the background)."""
+def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None) -> torch.Tensor:
+    """The ``(R, R, R)`` cells a stylization marches: ``F_rec``'s occupied cells and those within
+    ``shape_freedom`` model units of them (only cells that touch the subject bounds when there are any: rays
+    sample nothing outside them, and shape must not form in the background)."""
     grid: OccupancyGrid = model.occupancy
-    grown = grid.dilated(growth)
-    if subject is None or growth == 0:
+    grown = grid.within_distance(shape_freedom, model.domain)
+    if subject is None or shape_freedom == 0:
         return grown
     inside = subject_cells(subject, grid.resolution, model.domain, device=grid.binary.device)
     return grid.binary | (grown & inside)

@@ -84,8 +84,8 @@ def queued_settings_text(item: Any) -> str:
         parts.append(f"{item.iterations} iterations")
     if item.colour_only:
         parts.append("colour only")
-    elif item.geometry_growth > 0:
-        parts.append(f"shape freedom {item.geometry_growth}")
+    elif item.shape_freedom > 0:
+        parts.append(f"shape freedom {item.shape_freedom:.2f}")
     clip = item.clip_model.strip() or "default CLIP"
     parts.append(f"CLIP {clip}" + (f"/{item.clip_pretrained.strip()}" if item.clip_pretrained.strip() else ""))
     if item.source_text.strip() and item.source_text.strip() != "photo":

@@ -20,7 +20,7 @@ class StylePreset:
     negative_prompts: str = ""
     strength: float = 0.5
     colour_only: bool = False
-    geometry_growth: int = 0  # shape freedom in occupancy cells; every paper style keeps the head's shape
+    shape_freedom: float = 0.0  # in head radii; every paper style keeps the head's shape
     description: str = ""
 
 

@@ -202,16 +202,21 @@ def test_panels_draw_in_every_state(addon, fresh_file, state, variant):
 
 def test_shape_freedom_sits_under_colour_only_and_greys_out_with_it(addon, fresh_file):
     st = fresh_file.nerfart.stylize
-    prop = st.bl_rna.properties["geometry_growth"]
-    assert (prop.name, prop.default, prop.hard_min, prop.hard_max) == ("Shape Freedom", 0, 0, 4)
-    assert "0 keeps the head's shape" in prop.description and "silhouette" in prop.description
+    prop = st.bl_rna.properties["shape_freedom"]
+    assert (prop.name, prop.type, prop.default, prop.hard_min) == ("Shape Freedom", "FLOAT", 0.0, 0.0)
+    from protocol.schema import JOB_PARAMS
+
+    protocol_max = next(f.max for f in JOB_PARAMS["stylize"] if f.name == "shape_freedom")
+    assert protocol_max is not None and abs(prop.hard_max - protocol_max) < 1e-6, "the protocol's maximum"
+    assert "0 keeps the reconstructed shape" in prop.description and "haze" in prop.description
+    assert "hat or horns" in prop.description
     for colour_only in (False, True):
         st.colour_only = colour_only
         calls = _draw_all(addon, bpy.context)
         props = [(c[1]["property"], c[2]) for c in calls if c[0] == "prop" and c[1]["data"] == st]
         names = [name for name, _ in props]
-        assert names[names.index("colour_only") + 1] == "geometry_growth"
-        row = props[names.index("geometry_growth")][1]
+        assert names[names.index("colour_only") + 1] == "shape_freedom"
+        row = props[names.index("shape_freedom")][1]
         assert row.attrs.get("enabled", True) is (not colour_only)
 
 
@@ -223,17 +228,17 @@ def test_stylize_job_sends_shape_freedom_when_it_applies(addon, fresh_file):
     scene = fresh_file
     scene.nerfart.backend.reconstruct_job = "rec123"
     st = scene.nerfart.stylize
-    assert "geometry_growth" not in stylize_job(scene).params  # 0 is the backend's default
-    st.geometry_growth = 2
+    assert "shape_freedom" not in stylize_job(scene).params  # 0 is the backend's default
+    st.shape_freedom = 0.25
     params = stylize_job(scene).params
-    assert params["geometry_growth"] == 2 and params["colour_only"] is False
+    assert params["shape_freedom"] == 0.25 and params["colour_only"] is False
     validate_params("stylize", params)
     st.colour_only = True  # greyed out: colour_only freezes the geometry, so nothing is sent
-    assert "geometry_growth" not in stylize_job(scene).params
+    assert "shape_freedom" not in stylize_job(scene).params
     item = st.queue.add()
-    item.name, item.geometry_growth = "Tolkien Elf", 1  # a queued prompt sends its own setting
+    item.name, item.shape_freedom = "Tolkien Elf", 0.5  # a queued prompt sends its own setting
     params = stylize_job(scene, item, 0).params
-    assert params["geometry_growth"] == 1 and params["prompt"] == "Tolkien Elf"
+    assert params["shape_freedom"] == 0.5 and params["prompt"] == "Tolkien Elf"
     validate_params("stylize", params)
 
 
@@ -396,17 +401,17 @@ def test_poll_messages_gate_network_operators(addon, fresh_file):
 def test_presets_and_queue(addon, fresh_file):
     scene = fresh_file
     st = scene.nerfart.stylize
-    st.geometry_growth = 3
+    st.shape_freedom = 0.4
     assert bpy.ops.nerfart.apply_style_preset(preset="MARBLE") == {"FINISHED"}
-    assert st.prompt == "a marble statue" and st.geometry_growth == 0  # the paper's styles keep the head's shape
-    st.geometry_growth = 2
+    assert st.prompt == "a marble statue" and st.shape_freedom == 0  # the paper's styles keep the head's shape
+    st.shape_freedom = 0.25
     bpy.ops.nerfart.queue_add()
     bpy.ops.nerfart.apply_style_preset(preset="SKETCH")
     assert st.colour_only
     bpy.ops.nerfart.queue_add()
     assert [q.name for q in st.queue] == ["a marble statue", "a pencil sketch"]
     assert st.queue[1].colour_only and not st.queue[0].colour_only
-    assert [q.geometry_growth for q in st.queue] == [2, 0]
+    assert [q.shape_freedom for q in st.queue] == [0.25, 0]
     bpy.ops.nerfart.queue_move(direction="UP")
     assert [q.name for q in st.queue] == ["a pencil sketch", "a marble statue"]
     bpy.ops.nerfart.queue_remove()

@@ -108,15 +108,15 @@ def test_headless_batch_with_named_prompts_and_rigs(shot, stub, tmp_path):
     """What `blender -b shot.blend --python-expr "...bpy.ops.nerfart.batch_render(prompts=..., rigs=...)"`
     runs: prompts and rigs by name, the new prompts joining the queue."""
     scene = shot
-    scene.nerfart.stylize.geometry_growth = 1  # the current settings, which new prompts join the queue with
+    scene.nerfart.stylize.shape_freedom = 0.25  # the current settings, which new prompts join the queue with
     assert bpy.ops.nerfart.batch_render(prompts="a pencil sketch | Tolkien Elf\nFauvism", rigs="Orbit") == \
         {"FINISHED"}
     assert sorted(frame_files(tmp_path / "renders")) == ["a-pencil-sketch_Orbit_f0001", "fauvism_Orbit_f0001",
                                                          "tolkien-elf_Orbit_f0001"]
     assert [q.name for q in scene.nerfart.stylize.queue][-2:] == ["a pencil sketch", "Tolkien Elf"]
     sent = {m.content["params"]["prompt"]: m.content["params"] for m in submits(stub, "stylize")}
-    assert {p: sent[p].get("geometry_growth") for p in ("a pencil sketch", "Tolkien Elf", "Fauvism")} == \
-        {"a pencil sketch": 1, "Tolkien Elf": 1, "Fauvism": None}  # Fauvism was queued before, with 0
+    assert {p: sent[p].get("shape_freedom") for p in ("a pencil sketch", "Tolkien Elf", "Fauvism")} == \
+        {"a pencil sketch": 0.25, "Tolkien Elf": 0.25, "Fauvism": None}  # Fauvism was queued before, with 0
     with pytest.raises(RuntimeError, match="no collection named 'Nowhere'"):
         bpy.ops.nerfart.batch_render(rigs="Orbit, Nowhere")
 

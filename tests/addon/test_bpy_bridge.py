@@ -63,9 +63,9 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     assert params["source_job"] == nerf.backend.reconstruct_job and params["prompt"].startswith("painting")
     # Unset optional settings are not sent: the backend's preset decides (scale) and its default weights load.
     assert "scale" not in params and "clip_pretrained" not in params and "iterations" not in params
-    assert "geometry_growth" not in params and params["colour_only"] is False
+    assert "shape_freedom" not in params and params["colour_only"] is False
     bpy.ops.nerfart.apply_style_preset(preset="MARBLE")
-    nerf.stylize.geometry_growth = 2  # Shape Freedom travels with the queued prompt
+    nerf.stylize.shape_freedom = 0.5  # Shape Freedom travels with the queued prompt
     bpy.ops.nerfart.queue_add()
     bpy.ops.nerfart.apply_style_preset(preset="FAUVISM")
     bpy.ops.nerfart.queue_add()
@@ -73,7 +73,7 @@ def test_full_flow_in_background_mode(connected, stub, lego_dir, tmp_path):
     assert [q.state for q in nerf.stylize.queue] == ["done", "done"]
     queued = [m.content["params"] for m in stub.of_type("submit")[-2:]]
     assert [p["prompt"] for p in queued] == ["a marble statue", "Fauvism"]
-    assert [p.get("geometry_growth") for p in queued] == [2, None]
+    assert [p.get("shape_freedom") for p in queued] == [0.5, None]
     # Render the active camera over frames 1..3 with a keyframed move; frames land next to the output folder.
     cam = nerf.capture.cameras.objects["r_0"]
     scene.camera = cam

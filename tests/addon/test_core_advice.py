@@ -87,10 +87,12 @@ def test_jobs_keep_running_is_said_only_of_a_backend_that_answered():
 
 
 def test_queued_prompt_settings_are_spelled_out():
-    item = SimpleNamespace(strength=0.8, iterations=300, colour_only=True, geometry_growth=2,
+    item = SimpleNamespace(strength=0.8, iterations=300, colour_only=True, shape_freedom=0.25,
                            clip_model="ViT-B-16", clip_pretrained="openai", source_text="photo",
                            negative_prompts="")
     assert queued_settings_text(item) == "strength 0.80, 300 iterations, colour only, CLIP ViT-B-16/openai"
+    item.colour_only = False  # shape freedom is said only where it applies
+    assert queued_settings_text(item) == "strength 0.80, 300 iterations, shape freedom 0.25, CLIP ViT-B-16/openai"
 
 
 def test_batch_done_text_counts_and_says_where():

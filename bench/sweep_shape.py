@@ -1,0 +1,227 @@
+"""Shape-freedom sweep on a real capture (issue 20B): how far a shape prompt moves the head, and at what haze.
+
+On fangzhou_nature:
+
+1. Train ``F_rec`` for ``--train-s`` seconds at full resolution with the capture's mattes ("matte"), or, with
+   ``--no-mattes``, from the photos alone ("contract") and detect the subject bounds from it; or load
+   ``--checkpoint``.
+2. For each setting of the grid (``--grid``: ``shape_freedom:λ_reg:prompts``; λ_reg ``d`` is the loop's default
+   for the freedom), stylize with the **analytic stand-in encoder** (a test instrument, not CLIP; its shape axes
+   centred on ``F_rec``'s renders with ``shape_reference``; LPIPS with a random trunk) for ``--iterations``
+   iterations (the shape rates scale by 400 / iterations in the loop, so a short run moves as far as the default
+   schedule would): a shape prompt ("a big hat") and/or a colour prompt ("a red face").
+3. On the held-out views at ``--scale``: silhouette area ratio and outline growth (head heights), haze in front
+   of the face and new solid shape there (``haze_change``), opacity outside ``F_rec``'s silhouette, new cells
+   outside the bounds, alpha IoU and depth error (:mod:`bench.shape_eval`), and seconds per run.
+
+Each row is printed, and the results file rewritten, as soon as its run finishes, so a run cut off by a time limit
+keeps its rows. The default grid (8 runs of 100 iterations at scale 0.5 plus a 60 s reconstruction) is sized for
+about 8 minutes on an H100.
+
+Usage::
+
+    python bench/sweep_shape.py --commit $(git rev-parse --short HEAD)          # GPU, with mattes
+    python bench/sweep_shape.py --no-mattes --commit $(git rev-parse --short HEAD)
+    python bench/sweep_shape.py --smoke                                        # tiny, CPU, checks the script
+
+Writes ``bench/results/sweep_shape_<gpu>_<date>.md`` (``--out``; smoke runs write nothing unless ``--out``).
+With ``--no-mattes`` the renders measured are the subject alone (inside the bounds) for the silhouette, IoU and
+depth, while haze is measured over the whole scene (room included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
+from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from backend.nerf.subject import detect_subject_bounds  # noqa: E402
+from backend.stylize.evaluation import (  # noqa: E402
+    ViewRenders,
+    geometry_change,
+    haze_change,
+    silhouette_change,
+)
+from backend.stylize.loop import StylizeConfig, stylize  # noqa: E402
+from backend.stylize.losses import StyleLossConfig, weights_for_strength  # noqa: E402
+from backend.stylize.perceptual import load_perceptual  # noqa: E402
+from backend.stylize.standin_encoder import load_standin_clip, shape_reference  # noqa: E402
+from backend.stylize.subject_render import render_image_in_subject, subject_cells  # noqa: E402
+from backend.stylize.views import stylization_views  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
+from bench.shape_eval import COLUMNS, format_metrics  # noqa: E402
+from captures import load_capture  # noqa: E402
+
+SHAPE_PROMPT = "a big hat"
+COLOUR_PROMPT = "a red face"
+# shape_freedom:λ_reg:prompts (s = shape prompt, c = colour prompt; λ_reg d = the loop's default for the freedom).
+DEFAULT_GRID = "0:d:sc,0.25:d:sc,0.5:0:s,0.5:d:sc,0.5:10:s"
+
+
+def default_data() -> Path:
+    """``shared/data`` beside the checkout (a clone, a worktree one level down, or a device copy holding it)."""
+    candidates = [REPO / "shared" / "data", REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data"]
+    return next((c for c in candidates if (c / "fangzhou_nature").is_dir()), candidates[1])
+
+
+def parse_grid(text: str) -> list[tuple[float, float | None, str]]:
+    """``"0.5:d:sc,0.5:10:s"`` -> ``[(0.5, None, "sc"), (0.5, 10.0, "s")]``."""
+    out = []
+    for item in text.split(","):
+        freedom, reg, prompts = item.split(":")
+        if not prompts or set(prompts) - {"s", "c"}:
+            raise ValueError(f"prompts must be 's', 'c' or 'sc', got {prompts!r}")
+        out.append((float(freedom), None if reg == "d" else float(reg), prompts))
+    return out
+
+
+@torch.no_grad()
+def renders(ckpt: NeRFCheckpoint, cameras, subject_only: bool) -> ViewRenders:
+    """``(n, H, W, 3)`` rgb over white, ``(n, H, W)`` alpha and depth (depth 0 when rendered inside the bounds,
+    which the subject renderer does not return)."""
+    from backend.stylize.evaluation import render_views
+
+    if not subject_only:
+        return render_views(ckpt, cameras)
+    rgba = torch.stack([render_image_in_subject(ckpt, cameras, i, subject=ckpt.subject, background=(1.0, 1.0, 1.0))
+                        for i in range(len(cameras))])
+    return ViewRenders(rgba[..., :3], rgba[..., 3], torch.zeros_like(rgba[..., 3]))
+
+
+def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, cams, subject_only: bool) -> dict[str, float]:
+    radius = 1.0 if rec.normalization is None else float(rec.normalization.radius)
+    before, after = renders(rec, cams, subject_only), renders(sty, cams, subject_only)
+    geo = geometry_change(before, after, radius)
+    sil = silhouette_change(before.alpha, after.alpha)
+    hz = haze_change(rec, sty, cams)
+    outside = 0
+    if rec.subject is not None:
+        grid = rec.model.occupancy
+        inside = subject_cells(rec.subject, grid.resolution, rec.model.domain, device=grid.binary.device)
+        outside = int((sty.model.occupancy.binary & ~grid.binary & ~inside).sum())
+    return {"area_ratio": sil.area_ratio, "outline_growth_rel": sil.outline_growth_rel,
+            "outline_max_rel": sil.outline_max_rel, "haze": hz.haze, "front_solid": hz.front_solid,
+            "outside_opacity": hz.outside_opacity, "cells_outside_bounds": float(outside),
+            "alpha_iou": float(geo["alpha_iou"]),
+            "depth_err_rel": math.nan if subject_only else float(geo["depth_err_rel"])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=default_data())
+    parser.add_argument("--checkpoint", type=Path, help="a reconstruction to stylize instead of training one")
+    parser.add_argument("--train-s", type=float, default=60.0, help="reconstruction training budget (seconds)")
+    parser.add_argument("--no-mattes", action="store_true", help="reconstruct from the photos alone, detect bounds")
+    parser.add_argument("--iterations", type=int, default=100, help="stylization iterations per run")
+    parser.add_argument("--scale", type=float, default=0.5, help="stylization and measurement size / capture size")
+    parser.add_argument("--grid", default=DEFAULT_GRID, help=f"shape_freedom:λ_reg:prompts,... (default {DEFAULT_GRID})")
+    parser.add_argument("--eval-views", type=int, default=6, help="held-out views measured (at most)")
+    parser.add_argument("--commit", default=os.environ.get("NERFART_COMMIT", "unknown"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--save-checkpoint", type=Path, help="keep the trained reconstruction here")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 iterations, CPU-friendly")
+    args = parser.parse_args()
+    grid = parse_grid(args.grid)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke:
+        args.scale, args.iterations, args.eval_views = 0.05, 2, 2
+        grid = [(0.0, None, "c"), (0.5, None, "sc")]
+        torch.set_num_threads(2)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {gpu}, torch {torch.__version__}", flush=True)
+
+    capture = load_capture(args.data / "fangzhou_nature")
+    if args.no_mattes:
+        capture = dataclasses.replace(capture, matte_paths=None, has_alpha=False)
+    background = "contract" if args.no_mattes else "matte"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            rec = load_checkpoint(args.checkpoint, device)
+            source = f"checkpoint {args.checkpoint.name}"
+        else:
+            rconf = (ReconstructConfig.tiny(steps=20, resolution_scale=0.05, background=background, far=6.0,
+                                            render_steps=64)
+                     if args.smoke else ReconstructConfig(time_budget_s=args.train_s, resolution_scale=1.0,
+                                                          background=background))
+            rec = train_reconstruction(capture, rconf, device)
+            source = f"trained {rec.metrics.get('elapsed_s', math.nan):.0f} s ({background})"
+            save_checkpoint(rec, args.save_checkpoint or Path(tmp) / "rec.pt")
+    train_s = time.perf_counter() - t0
+    print(f"reconstruction ({source}) in {train_s:.1f} s", flush=True)
+    assert rec.cameras is not None
+    if args.smoke:
+        rec = dataclasses.replace(rec, train_indices=rec.train_indices[:4])
+    subject_only = rec.background == "contract"
+    if subject_only and rec.subject is None:
+        cams_model = rec.cameras if rec.normalization is None else rec.normalization.cameras_to_model(rec.cameras)
+        det = detect_subject_bounds(rec.model.density, cams_model, device,
+                                    **({"resolution": 32} if args.smoke else {}))
+        print(f"subject bounds: found {det.found} {det.reason}", flush=True)
+        rec = dataclasses.replace(rec, subject=det.bounds)
+    held = rec.heldout_indices or list(range(len(rec.cameras)))
+    held = held[:: max(1, math.ceil(len(held) / args.eval_views))]
+    cams = rec.cameras.select(held).scaled(args.scale)
+
+    loss = StyleLossConfig(n_crops=2, n_negatives=2) if args.smoke else StyleLossConfig()
+    extra = {"n_templates": 1, "precompute_negatives": False, "compile": "off"} if args.smoke else {}
+    views = stylization_views(rec.cameras, rec.train_indices, resolution_scale=rec.config.resolution_scale,
+                              scale=args.scale)
+    src = renders(rec, views.cameras, subject_only).rgb.permute(0, 3, 1, 2)  # [n, 3, H, W] over white
+    reference = shape_reference(src)
+    header = ("| prompt | shape_freedom | λ_reg | shape lr | " + " | ".join(h for _, h in COLUMNS)
+              + " | seconds |")
+    rows: list[str] = []
+
+    def text() -> str:
+        return "\n".join([
+            f"# Shape-freedom sweep on fangzhou_nature (issue 20B{', smoke' if args.smoke else ''})", "",
+            f"- date {dt.date.today().isoformat()}, commit {args.commit}, {gpu}, torch {torch.__version__}",
+            f"- F_rec: {source}, {rec.background}, subject bounds {'yes' if rec.subject is not None else 'no'}",
+            f"- stylization: analytic stand-in encoder (test instrument) centred on F_rec's renders "
+            f"(shape_reference {tuple(round(v, 3) for v in reference)}), random-trunk LPIPS, {args.iterations} "
+            f"iterations at scale {args.scale}; measured on {len(held)} held-out views"
+            + ("; silhouette and IoU from the subject alone, haze over the whole scene" if subject_only else ""),
+            "", header, "|" + " --- |" * (header.count("|") - 1), *rows, ""])
+
+    for freedom, reg, prompts in grid:
+        for key in prompts:
+            prompt = SHAPE_PROMPT if key == "s" else COLOUR_PROMPT
+            weights = None if reg is None else dataclasses.replace(weights_for_strength(0.5), regularization=reg)
+            config = StylizeConfig(prompt=prompt, iterations=args.iterations, scale=args.scale, loss=loss,
+                                   shape_freedom=freedom, weights=weights, preview_every=10**9, checkpoint_every=0,
+                                   **extra)
+            clip = load_standin_clip(device, shape_reference=reference)
+            perceptual = load_perceptual("lpips", device, random_init=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t1 = time.perf_counter()
+            sty = stylize(rec, config, device, clip=clip, perceptual=perceptual)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t1
+            m = measure(rec, sty, cams, subject_only)
+            rows.append(f"| {prompt} | {freedom:g} | {config.resolved_weights().regularization:g} | "
+                        f"{config.resolved_lr_grid():.2g} | " + " | ".join(format_metrics(m)) + f" | {seconds:.0f} |")
+            print(rows[-1], flush=True)
+            del sty
+            write_results(text(), args.out, "sweep_shape", gpu, dt.date.today().isoformat(), args.smoke)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Shape freedom (issue 20B), on the CPU: the setting, the region it opens, and what a shape prompt does with it.
+
+``shape_freedom`` is a distance in head radii (model units); the region a stylization marches is F_rec's occupied
+cells and every cell within that distance (:meth:`OccupancyGrid.within_distance`), inside the subject bounds when
+there are any. At 0 everything is as before the setting existed: the same cells, rates and λ_reg, so the same
+result bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_stylize_deferred import tiny_reconstruction
+
+from backend.nerf.checkpoint import NeRFCheckpoint
+from backend.nerf.contraction import SceneDomain
+from backend.nerf.occupancy import OccupancyGrid, cell_size_model
+from backend.nerf.subject import SubjectBounds
+from backend.stylize import loop
+from backend.stylize.loop import (
+    LAMBDA_REG_SHAPE,
+    LR_SHAPE_AT_0,
+    LR_SHAPE_AT_MAX,
+    SHAPE_FREEDOM_MAX,
+    SHAPE_LR_ITERATIONS,
+    StylizeConfig,
+    preset_config,
+    shape_learning_rate,
+    stylize,
+)
+from backend.stylize.losses import LossWeights, weights_for_strength
+from backend.stylize.perceptual import LpipsLoss, load_lpips
+from backend.stylize.subject_render import subject_cells
+
+PROMPT = "a marble statue"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> NeRFCheckpoint:
+    return tiny_reconstruction(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lpips() -> LpipsLoss:
+    return load_lpips("cpu", random_init=True)
+
+
+def one_cell(r: int = 32) -> OccupancyGrid:
+    grid = OccupancyGrid(r)
+    grid.binary.zero_()
+    grid.binary[r // 2, r // 2, r // 2] = True
+    return grid
+
+
+def test_shape_freedom_is_a_distance_from_0_to_the_maximum() -> None:
+    for ok in (0, 0.0, 0.1, 0.25, SHAPE_FREEDOM_MAX):
+        assert StylizeConfig(prompt=PROMPT, shape_freedom=ok).shape_freedom == ok
+    for bad in (-0.01, SHAPE_FREEDOM_MAX + 0.01, True, "0.25", math.inf, math.nan, None, 2):
+        with pytest.raises(ValueError, match="shape_freedom must be a number"):
+            StylizeConfig(prompt=PROMPT, shape_freedom=bad)
+    assert SHAPE_FREEDOM_MAX >= 0.5, "the maximum must leave room for a hat or horns"
+
+
+def test_rates_and_regularization_follow_the_freedom() -> None:
+    """At 0 the former defaults exactly; above 0 faster shape rates (for the run's length) and λ_reg on; explicit
+    settings win."""
+    zero = preset_config("default", PROMPT)
+    assert zero.resolved_lr_grid() == zero.resolved_lr_density_mlp() == LR_SHAPE_AT_0 == 1e-4
+    assert zero.resolved_weights() == weights_for_strength(0.5) and zero.resolved_weights().regularization == 0
+    top = preset_config("default", PROMPT, shape_freedom=SHAPE_FREEDOM_MAX)
+    assert top.resolved_iterations() == SHAPE_LR_ITERATIONS
+    assert top.resolved_lr_grid() == pytest.approx(LR_SHAPE_AT_MAX)
+    assert top.resolved_weights().regularization == LAMBDA_REG_SHAPE > 0
+    rates = [shape_learning_rate(f) for f in (0.0, 0.1, 0.25, 0.5)]
+    assert rates == sorted(rates) and rates[0] == LR_SHAPE_AT_0 < rates[1]
+    # A shorter run takes larger steps for the same freedom (the distance Adam can travel is ~ lr x iterations).
+    assert shape_learning_rate(0.5, 100) == pytest.approx(4 * shape_learning_rate(0.5, 400))
+    assert shape_learning_rate(0.0, 100) == LR_SHAPE_AT_0
+    assert shape_learning_rate(0.5, 2) == pytest.approx(10 * shape_learning_rate(0.5, 400)), "capped"
+    # colour_only: no λ_reg (geometry is frozen); explicit weights and rates are taken as given.
+    assert dataclasses.replace(top, colour_only=True).resolved_weights().regularization == 0
+    assert dataclasses.replace(top, weights=LossWeights()).resolved_weights().regularization == 0
+    assert dataclasses.replace(top, lr_grid=2e-4).resolved_lr_density_mlp() == 2e-4
+    assert top.to_dict()["lr_grid"] == pytest.approx(LR_SHAPE_AT_MAX)
+
+
+@pytest.mark.parametrize("domain", [SceneDomain("bounded", 1.5), SceneDomain("contract")])
+def test_the_region_grows_by_the_distance_in_cells(domain: SceneDomain) -> None:
+    """One occupied cell at the centre: along an axis the region reaches floor(distance / cell size) cells, as a
+    ball (the diagonal corner of that cube stays out), and it only grows with the distance."""
+    r = 32
+    grid = one_cell(r)
+    cell = 3.0 / r if domain.kind == "bounded" else 4.0 / r  # contract: the unit ball's cells are 4 / R
+    assert float(cell_size_model(domain, r)[r // 2, r // 2, r // 2]) == pytest.approx(cell)
+    assert torch.equal(grid.within_distance(0.0, domain), grid.binary)
+    assert torch.equal(grid.within_distance(0.99 * cell, domain), grid.binary)
+    previous = 1
+    for k in (1, 2, 3):
+        region = grid.within_distance(k * cell + 1e-4, domain)
+        c = r // 2
+        assert int(region[c, :, c].sum()) == 2 * k + 1, k  # exactly k cells each way along an axis
+        assert bool(region[c + k, c, c]) and not bool(region[c + k + 1, c, c])
+        assert not bool(region[c + k, c + k, c + k]), "a ball, not a cube"
+        assert int(region.sum()) > previous
+        previous = int(region.sum())
+    with pytest.raises(ValueError, match="distance"):
+        grid.within_distance(-0.1, domain)
+
+
+def test_contracted_cells_grow_no_further_than_the_distance() -> None:
+    """Outside the unit ball a contracted cell spans more than 4 / R model units: the region counts fewer cells."""
+    r, domain = 32, SceneDomain("contract")
+    size = cell_size_model(domain, r)
+    grid = OccupancyGrid(r)
+    grid.binary.zero_()
+    # An occupied cell just outside the unit ball along +x (contracted radius ~1.31: model radius ~1.45).
+    i = r // 2 + 10
+    grid.binary[i, r // 2, r // 2] = True
+    assert float(size[i, r // 2, r // 2]) > 1.5 * 4.0 / r
+    region = grid.within_distance(3 * 4.0 / r + 1e-4, domain)  # three unit-ball cells' worth
+    reach_out = int(region[i:, r // 2, r // 2].sum()) - 1
+    reach_in = int(region[:i, r // 2, r // 2].sum())
+    assert reach_out < 3 and reach_in <= 3 and reach_out < reach_in
+
+
+def test_the_region_never_leaves_the_subject_bounds(ckpt: NeRFCheckpoint) -> None:
+    m = np.diag([0.5, 0.5, 0.5, 1.0])
+    m[:3, 3] = (0.3, 0.0, 0.0)
+    bounds = SubjectBounds("ellipsoid", m)
+    grid = ckpt.model.occupancy
+    inside = subject_cells(bounds, grid.resolution, ckpt.model.domain)
+    for freedom in (0.0, 0.25, SHAPE_FREEDOM_MAX):
+        region = loop._allowed_cells(ckpt.model, freedom, bounds)
+        assert not bool((region & ~grid.binary & ~inside).any()), freedom
+        assert not bool((grid.binary & ~region).any()), "F_rec's cells stay"
+    grown = loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, bounds) & ~grid.binary
+    free = loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, None) & ~grid.binary
+    assert bool(grown.any()) and bool((free & ~inside).any()), "the test needs growth on both sides"
+
+
+def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:
+    """The default (0) trains exactly as the former explicit defaults did (rates 1e-4, λ_reg 0, F_rec's cells)."""
+    from backend.stylize.standin_encoder import load_standin_clip
+
+    clip = load_standin_clip()
+    new = stylize(ckpt, preset_config("tiny", "a red face", iterations=3), "cpu", clip=clip, perceptual=lpips)
+    former = preset_config("tiny", "a red face", iterations=3, lr_grid=1e-4, lr_density_mlp=1e-4,
+                           weights=weights_for_strength(0.5))
+    old = stylize(ckpt, former, "cpu", clip=clip, perceptual=lpips)
+    for (name, a), (_, b) in zip(new.model.state_dict().items(), old.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(new.model.occupancy.binary, ckpt.model.occupancy.binary)
