@@ -315,7 +315,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     params = {"source_job": args.job, "prompt": args.prompt, **_params(args, {
         "source_text": "source_text", "negative_prompts": "negative", "strength": "strength",
         "iterations": "iterations", "clip_model": "clip_model", "clip_pretrained": "clip_pretrained",
-        "scale": "scale", "preset": "preset", "seed": "seed", "geometry_growth": "geometry_growth"})}
+        "scale": "scale", "preset": "preset", "seed": "seed", "shape_freedom": "shape_freedom"})}
     if args.colour_only:
         params["colour_only"] = True
     return _run_local("stylize", params, args)[0]
@@ -479,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, help="style strength, 0 (subtle) to 1 (strong); default 0.5")
     p.add_argument("--iterations", type=int, help="iterations, one view each (default from strength and preset)")
     p.add_argument("--colour-only", action="store_true", help="freeze geometry: train colours only")
-    p.add_argument("--geometry-growth", type=int, metavar="N", help="shape freedom: how many occupancy cells (1/128 "
-                   "of the box each, 0-4) the shape may grow beyond the reconstruction; 0 (default) keeps the head's "
-                   "shape, 1-2 let surfaces move out and may change the silhouette; ignored with --colour-only")
+    p.add_argument("--shape-freedom", type=float, metavar="F", help="how far the surface may move outwards, in head "
+                   "radii (0-0.5): 0 (default) keeps the head's shape, 0.25 a quarter of its radius, 0.5 room for a "
+                   "hat or horns (may leave haze); shape grows only inside the subject bounds; ignored with "
+                   "--colour-only")
     p.add_argument("--clip-model", help="open_clip model name (default ViT-B-32)")
     p.add_argument("--clip-pretrained", help="open_clip tag (default openai), a local checkpoint file, or 'random' "
                    "(random CLIP and perceptual weights: a test mode, NOT prompt-driven)")

@@ -222,7 +222,7 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         f"- stylization: the analytic stand-in encoder (a TEST INSTRUMENT, not CLIP), prompt \"{RED_FACE}\", "
         f"{cfg.resolved_iterations()} iterations at scale {args.scale}, {len(cfg.templates())} templates, "
         f"{cfg.loss.n_crops} crops, {cfg.loss.n_negatives} negatives, LPIPS with a random VGG trunk; "
-        f"geometry_growth {cfg.geometry_growth}; plain ground {cfg.background}",
+        f"shape_freedom {cfg.shape_freedom}; plain ground {cfg.background}",
         f"- measured on {n_views} held-out views at {size}; redness = mean r - (g+b)/2; inside / outside = the "
         "capture's real matte (>= 0.5 / < 0.5), read only for this measurement; `bounds` is rendered with its "
         "background (F_sty inside the bounds, F_rec outside, `render_image_with_background`), `none` as F_sty "

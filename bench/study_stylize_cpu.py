@@ -57,8 +57,8 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("former learning rates, Adam eps 1e-4", {**FORMER_LR, "adam_eps": 1e-4}),
     ("λ_reg 0.1", {"weights": LossWeights(regularization=0.1)}),
     ("λ_reg 1", {"weights": LossWeights(regularization=1.0)}),
-    ("geometry_growth 1", {"geometry_growth": 1}),
-    ("geometry_growth 2", {"geometry_growth": 2}),
+    ("shape_freedom 0.1", {"shape_freedom": 0.1}),
+    ("shape_freedom 0.25", {"shape_freedom": 0.25}),
     ("colour_only", {"colour_only": True}),
 ]
 
