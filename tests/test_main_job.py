@@ -135,8 +135,9 @@ def test_report_fields(demo):
     assert rec["subject_source"] in ("detected", "cameras") and rec["subject_bounds"]["shape"] in ("box", "ellipsoid")
     assert rec["subject_found"] == (rec["subject_source"] == "detected")
     ren = rep["stages"]["render"]
+    # "given": the add-on sends its Subject empty, which shows the reconstruction's bounds in the scene.
     assert (ren["frames"], ren["width"], ren["height"]) == (FRAMES, FRAME_SIZE, FRAME_SIZE)
-    assert ren["include_background"] is False and ren["subject_source"] in ("checkpoint", "reconstruction")
+    assert ren["include_background"] is False and ren["subject_source"] in ("checkpoint", "reconstruction", "given")
     assert rep["capture"]["views"] == VIEWS and rep["capture"]["width"] == CAPTURE_SIZE
     assert rep["prompt"] and rep["versions"]["backend"] and rep["versions"]["blender"].startswith(("4.", "5."))
     assert rep["backend_exit_code"] == 0, "the backend was stopped cleanly"

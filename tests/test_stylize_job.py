@@ -24,6 +24,7 @@ from backend import cli
 from backend.jobs import default_runners
 from backend.nerf.checkpoint import load_checkpoint
 from backend.server.server import Server
+from backend.stylize.subject_render import subject_cells
 from captures import OPENGL_TO_OPENCV
 from protocol import BackendError, Client, Message
 
@@ -193,7 +194,8 @@ def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -
     srv, _, rec_job = live
     with Client(srv.bound_endpoint) as client:
         # shape_freedom 0.2 from the job's parameters reaches the loop: an unfinished run keeps the whole region
-        # its rays marched, F_rec's occupied cells grown by 0.2 head radii.
+        # its rays marched, F_rec's occupied cells grown by 0.2 head radii where they touch the subject bounds
+        # the reconstruction decided.
         job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 100000, "shape_freedom": 0.2,
                               **RANDOM})
         while not any(m.type == "progress" and m.job_id == job and m.content["stage"] == "stylizing"
@@ -208,6 +210,9 @@ def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -
         assert ckpt.metrics["cancelled"] == 1 and ckpt.metrics["stylize_iterations"] >= 2
         rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
         grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
+        assert rec.subject is not None, "a reconstruct job decides subject bounds"
+        inside = subject_cells(rec.subject, rec.model.occupancy.resolution, rec.model.domain)
+        grown = rec.model.occupancy.binary | (grown & inside)
         assert int(grown.sum()) > int(rec.model.occupancy.binary.sum()), "the test needs cells to grow into"
         assert torch.equal(ckpt.model.occupancy.binary, grown)
         settings = json.loads((srv.store.job_dir(job) / "outputs" / "stylize.json").read_text())
