@@ -199,7 +199,8 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
     ),
     "extract_mesh": (
         Field("source_job", "str", "The reconstruct or stylize job whose checkpoint is meshed."),
-        Field("resolution", "int", "Grid resolution per axis.", required=False, min=16, max=1024),
+        Field("resolution", "int", "Grid cells along the longest side of the meshed box (the subject bounds' "
+              "axis-aligned box; cubic voxels).", required=False, min=16, max=1024),
         Field("isolevel", "float", "Density isolevel (default: the documented rule).", required=False,
               nullable=True, min=0, max=1e6),
         Field("keep_largest_only", "bool", "Drop every component but the largest.", required=False),
