@@ -29,6 +29,7 @@ import torch
 from .marching import march_rays
 from .model import NeRFModel
 from .packed import PackedSamples
+from .subject import SubjectBounds
 
 
 @dataclass
@@ -116,6 +117,7 @@ def render_rays(
     alpha_thre: float = 0.0,
     first_round: int = 32,
     return_samples: bool = False,
+    subject: SubjectBounds | None = None,
 ) -> RenderOutput:
     """March rays through the occupancy grid and volume-render them.
 
@@ -135,6 +137,8 @@ def render_rays(
             (see :func:`~backend.nerf.marching.march_rays`).
         return_samples: keep the packed samples in the output (for deferred back-propagation, losses on
             weights, or inspection).
+        subject: march only inside these bounds (the subject alone: a ray that misses them has no samples,
+            opacity 0 and the background colour); None renders the whole scene.
 
     Returns:
         :class:`RenderOutput`; ``samples`` is None unless ``return_samples``.
@@ -143,7 +147,7 @@ def render_rays(
     samples = march_rays(
         rays_o, rays_d, model.occupancy, model.domain, model.settings, jitter=jitter,
         sigma_fn=model.density, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, first_round=first_round,
-        mask_fn=model._mask_fn,
+        mask_fn=model._mask_fn, subject=subject,
     )
     out = render_samples(model, samples, rays_d, background)
     if not return_samples:
@@ -159,8 +163,9 @@ def render_rays_chunked(
     background: torch.Tensor | None = None,  # [n_rays, 3] or [3]
     chunk: int = 2**15,
     early_stop_eps: float = 1e-4,
+    subject: SubjectBounds | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render many rays without gradients, ``chunk`` at a time.
+    """Render many rays without gradients, ``chunk`` at a time (inside ``subject`` only, when given).
 
     Returns:
         ``rgb`` ``(n_rays, 3)``, ``opacity`` ``(n_rays,)``, ``depth`` ``(n_rays,)``.
@@ -172,7 +177,7 @@ def render_rays_chunked(
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
         out = render_rays(model, rays_o[c0:c1], rays_d[c0:c1], None if bg is None else bg[c0:c1],
-                          early_stop_eps=early_stop_eps)
+                          early_stop_eps=early_stop_eps, subject=subject)
         rgb.append(out.rgb)
         opacity.append(out.opacity)
         depth.append(out.depth)

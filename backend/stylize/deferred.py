@@ -47,11 +47,10 @@ from torch import Tensor
 from backend.nerf.marching import ray_interval
 from backend.nerf.model import NeRFModel
 from backend.nerf.packed import PackedSamples
-from backend.nerf.rendering import render_samples
+from backend.nerf.rendering import render_rays, render_samples
 from backend.nerf.subject import SubjectBounds
 
 from .losses import distortion_loss
-from .subject_render import render_rays_in_subject
 
 __all__ = [
     "DeferredAborted",
@@ -231,9 +230,9 @@ def render_view_pass1(
             raise DeferredAborted()
         c1 = min(n, c0 + chunk)
         bg = background if background is None or background.ndim == 1 else background[c0:c1]
-        out = render_rays_in_subject(model, rays_o[c0:c1], rays_d[c0:c1], bg, subject=subject,
-                                     jitter=None if jitter is None else jitter[c0:c1],
-                                     early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, return_samples=True)
+        out = render_rays(model, rays_o[c0:c1], rays_d[c0:c1], bg, subject=subject,
+                          jitter=None if jitter is None else jitter[c0:c1],
+                          early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, return_samples=True)
         if out.samples is None:  # kept when return_samples=True
             raise RuntimeError("rendering returned no samples although return_samples=True")
         rgb.append(out.rgb)

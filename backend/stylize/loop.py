@@ -98,6 +98,7 @@ from backend.nerf.checkpoint import NeRFCheckpoint
 from backend.nerf.model import NeRFModel
 from backend.nerf.occupancy import OccupancyGrid
 from backend.nerf.rays import rays_for_image
+from backend.nerf.rendering import render_rays_chunked
 from backend.nerf.subject import SubjectBounds
 
 from .clip_model import ClipModel, Template, imagenet_templates
@@ -120,7 +121,7 @@ from .negatives import (
 )
 from .perceptual import LpipsLoss, VggRelu33Loss
 from .standin_encoder import is_test_instrument
-from .subject_render import render_rays_in_subject_chunked, subject_cells
+from .subject_render import subject_cells
 from .views import StylizationViews, stylization_views
 
 __all__ = [
@@ -658,8 +659,8 @@ def _stylize(
         rays_o, rays_d = rays_for_image(cams_model, i, device=device, dtype=torch.float32)
         h, w = int(views.cameras.height[i]), int(views.cameras.width[i])
         # F_sty holds exactly F_rec's weights until the first step: this is F_rec's render (spec Section 10).
-        rgb, _ = render_rays_in_subject_chunked(model, rays_o, rays_d, background, subject=subject,
-                                                chunk=config.chunk_render, early_stop_eps=early_stop_eps)
+        rgb, _, _ = render_rays_chunked(model, rays_o, rays_d, background, chunk=config.chunk_render,
+                                        early_stop_eps=early_stop_eps, subject=subject)
         src = image_from_rays(rgb, h, w).contiguous()
         with torch.no_grad():
             embeds = clip.embed_squash(src).detach()

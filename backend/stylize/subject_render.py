@@ -6,8 +6,6 @@ losses see the subject on a plain ground whether the reconstruction modelled its
 ("matte"). The background keeps its reconstructed look because it is never rendered from ``F_sty``: a frame with
 the background takes ``F_sty`` inside the bounds and ``F_rec`` outside them.
 
-* :func:`render_rays_in_subject` — :func:`~backend.nerf.rendering.render_rays` restricted to the bounds (the
-  stylization's pass 1, its sources and previews).
 * :func:`render_image_in_subject` — one camera of a checkpoint, the subject alone with its alpha.
 * :func:`subject_cells` — the occupancy cells that touch the bounds (where a stylization may grow shape).
 * :func:`render_rays_with_background` / :func:`render_image_with_background` — one field inside the bounds and
@@ -29,7 +27,7 @@ from backend.nerf.marching import march_rays
 from backend.nerf.model import NeRFModel
 from backend.nerf.occupancy import OccupancyGrid
 from backend.nerf.rays import rays_for_image
-from backend.nerf.rendering import RenderOutput, render_samples
+from backend.nerf.rendering import RenderOutput, _check_rays, render_rays_chunked, render_samples
 from backend.nerf.subject import SubjectBounds
 from backend.nerf.volrend import accumulate_along_rays, render_weight_from_density
 from captures.cameras import Cameras
@@ -37,84 +35,9 @@ from captures.cameras import Cameras
 __all__ = [
     "render_image_in_subject",
     "render_image_with_background",
-    "render_rays_in_subject",
-    "render_rays_in_subject_chunked",
     "render_rays_with_background",
     "subject_cells",
 ]
-
-
-def _check_rays(rays_o: Tensor, rays_d: Tensor) -> None:
-    if rays_d.ndim != 2 or rays_d.shape[-1] != 3 or rays_o.shape != rays_d.shape:
-        raise ValueError(f"rays_o and rays_d must both have shape (n_rays, 3), got {tuple(rays_o.shape)} and "
-                         f"{tuple(rays_d.shape)}")
-
-
-def render_rays_in_subject(
-    model: NeRFModel,
-    rays_o: Tensor,  # [n_rays, 3]
-    rays_d: Tensor,  # [n_rays, 3]
-    background: Tensor | None = None,  # [3] or [n_rays, 3]
-    *,
-    subject: SubjectBounds | None,
-    jitter: Tensor | None = None,  # [n_rays]
-    early_stop_eps: float = 1e-4,
-    alpha_thre: float = 0.0,
-    first_round: int = 32,
-    return_samples: bool = False,
-) -> RenderOutput:
-    """:func:`~backend.nerf.rendering.render_rays` with the rays cut to the subject bounds.
-
-    Only samples inside ``subject`` are taken (None: the whole scene, exactly as ``render_rays``); a ray that
-    misses the bounds has no samples, opacity 0 and the background colour. Marching runs without gradients;
-    compositing is differentiable when grad mode is on.
-
-    Args:
-        model: the NeRF (model coordinates).
-        rays_o, rays_d: ``(n_rays, 3)`` origins and unit directions, model coordinates.
-        background: ``(3,)`` or ``(n_rays, 3)`` colour behind the subject, or None (premultiplied output).
-        subject: the bounds (model coordinates), or None.
-        jitter, early_stop_eps, alpha_thre, first_round, return_samples: as in ``render_rays``.
-
-    Returns:
-        :class:`~backend.nerf.rendering.RenderOutput` for the ``n_rays`` rays.
-    """
-    _check_rays(rays_o, rays_d)
-    samples = march_rays(rays_o, rays_d, model.occupancy, model.domain, model.settings, jitter=jitter,
-                         sigma_fn=model.density, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
-                         first_round=first_round, mask_fn=model._mask_fn, subject=subject)
-    out = render_samples(model, samples, rays_d, background)
-    if not return_samples:
-        out.samples = None
-    return out
-
-
-@torch.no_grad()
-def render_rays_in_subject_chunked(
-    model: NeRFModel,
-    rays_o: Tensor,  # [n_rays, 3]
-    rays_d: Tensor,  # [n_rays, 3]
-    background: Tensor | None = None,  # [3] or [n_rays, 3]
-    *,
-    subject: SubjectBounds | None,
-    chunk: int = 2**15,
-    early_stop_eps: float = 1e-4,
-) -> tuple[Tensor, Tensor]:  # [n_rays, 3], [n_rays]
-    """:func:`render_rays_in_subject` without gradients, ``chunk`` rays at a time: ``(rgb, opacity)``."""
-    _check_rays(rays_o, rays_d)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    n = rays_o.shape[0]
-    if background is not None and background.shape not in ((3,), (n, 3)):
-        raise ValueError(f"background must have shape (3,) or ({n}, 3), got {tuple(background.shape)}")
-    rgb, opacity = [], []
-    for c0 in range(0, n, chunk):
-        bg = background if background is None or background.ndim == 1 else background[c0:c0 + chunk]
-        out = render_rays_in_subject(model, rays_o[c0:c0 + chunk], rays_d[c0:c0 + chunk], bg, subject=subject,
-                                     early_stop_eps=early_stop_eps)
-        rgb.append(out.rgb)
-        opacity.append(out.opacity)
-    return torch.cat(rgb), torch.cat(opacity)
 
 
 def _model_cameras(ckpt: NeRFCheckpoint, cameras: Cameras) -> Cameras:
@@ -149,8 +72,8 @@ def render_image_in_subject(
     model = ckpt.model
     rays_o, rays_d = rays_for_image(_model_cameras(ckpt, cameras), i, device=model.device, dtype=torch.float32)
     bg = None if background is None else torch.tensor(background, dtype=torch.float32, device=model.device)
-    rgb, opacity = render_rays_in_subject_chunked(model, rays_o, rays_d, bg, subject=subject, chunk=chunk,
-                                                  early_stop_eps=float(ckpt.config.early_stop_eps))
+    rgb, opacity, _ = render_rays_chunked(model, rays_o, rays_d, bg, chunk=chunk,
+                                          early_stop_eps=float(ckpt.config.early_stop_eps), subject=subject)
     h, w = int(cameras.height[i]), int(cameras.width[i])
     return torch.cat([rgb, opacity[:, None]], dim=-1).reshape(h, w, 4)
 
