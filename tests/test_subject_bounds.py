@@ -181,3 +181,34 @@ def test_checkpoints_keep_their_subject_bounds(tmp_path) -> None:
     assert again is not None and again.shape == "ellipsoid"
     np.testing.assert_array_equal(again.matrix, bounds.matrix)
     assert load_checkpoint(tmp_path / "b.pt", "cpu").subject is None
+
+
+def hollow_head_with_speck_and_wall(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+    """What a reconstruction without mattes gives: the head a shell (radius 0.55-0.65, its inside never
+    supervised, so empty), a speck of floating density inside it next to the look-at point, shoulders below,
+    and a wall behind."""
+    r = x.norm(dim=-1)
+    shell = (r > 0.55) & (r < 0.65)
+    speck = (x - torch.tensor([0.08, -0.05, 0.05])).norm(dim=-1) < 0.04
+    shoulders = (x[:, 2] < -0.6) & (x[:, 2] > -1.3) & (x[:, 0].abs() < 0.9) & (x[:, 1].abs() < 0.3)
+    wall = (x[:, 1] > 1.3) & (x[:, 1] < 1.45)
+    return (shell | speck | shoulders | wall).float() * 500.0
+
+
+def test_detection_takes_the_head_not_a_speck_nearer_the_look_at_point() -> None:
+    cams = ring_cameras()
+    det = detect_subject_bounds(hollow_head_with_speck_and_wall, cams, "cpu", resolution=64)
+    assert det.found, det.reason
+    b = det.bounds
+    head_points = torch.tensor([[0.0, 0.0, 0.6], [0.6, 0.0, 0.0], [0.0, -0.6, 0.0], [-0.6, 0.0, 0.0],
+                                [0.85, 0.25, -1.25]])
+    assert bool(b.contains(head_points).all())
+    assert not bool(b.contains(torch.tensor([[0.0, 1.4, 0.0], [0.5, 1.42, -0.5]])).any())
+
+
+def test_detection_of_specks_alone_falls_back_and_says_why() -> None:
+    cams = ring_cameras()
+    speck = lambda x: ((x - torch.tensor([0.1, 0.0, 0.0])).norm(dim=-1) < 0.07).float() * 500.0  # noqa: E731
+    det = detect_subject_bounds(speck, cams, "cpu", resolution=64)
+    assert not det.found and "specks" in det.reason
+    np.testing.assert_allclose(det.bounds.matrix, default_subject_bounds(cams).matrix)
