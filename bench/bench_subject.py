@@ -138,9 +138,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def subject_alpha_iou(ckpt: NeRFCheckpoint, bounds: SubjectBounds, cams: Cameras, images: np.ndarray,
-                      save_dir: Path | None = None, tag: str = "") -> list[float]:
-    """IoU of the subject-only render's opacity (> 0.5) with the real matte (> 0.5), per held-out view."""
-    renderer = FrameRenderer(ckpt, subject=bounds)
+                      save_dir: Path | None = None, tag: str = "", **renderer_options: Any) -> list[float]:
+    """IoU of the subject-only render's opacity (> 0.5) with the real matte (> 0.5), per held-out view.
+
+    ``renderer_options`` go to the :class:`FrameRenderer` (smaller ``max_rays``/``max_samples`` on the CPU)."""
+    renderer = FrameRenderer(ckpt, subject=bounds, **renderer_options)
     scores = []
     for i in range(len(cams)):
         rgba, _ = renderer.render(cams, i)

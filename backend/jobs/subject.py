@@ -18,9 +18,11 @@ import numpy as np
 from backend.server.jobs import JobContext, JobFailed, JobRecord
 
 PARAM = "subject_bounds"
-# Search grid of the detection for the tiny preset (CPU tests, smoke runs): an eighth of the default's voxels,
-# a fraction of a second on one core for a tiny model.
+# Search grid and views of the detection for the tiny preset (CPU tests, smoke runs): an eighth of the
+# default's voxels, seen from a third of its views (rays per view scale with the voxel size), a fraction of a
+# second on one core for a tiny model.
 TINY_DETECT_RESOLUTION = 48
+TINY_DETECT_VIEWS = 8
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class SubjectDecision:
 
 def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: bool = False) -> SubjectDecision:
     """The subject bounds of a finished reconstruction: ``given`` (from the params), else the checkpoint's own
-    (a resumed job that had decided them), else detected from its density around where its cameras look."""
-    from backend.nerf.subject import SEARCH_RESOLUTION, detect_subject_bounds
+    (a resumed job that had decided them), else detected from the surface its training cameras see."""
+    from backend.nerf.subject import DETECT_VIEWS, SEARCH_RESOLUTION, detect_subject_bounds
 
     if given is not None:
         return SubjectDecision(given, "given")
@@ -86,14 +88,14 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
     if ckpt.cameras is None:
         raise JobFailed("the reconstruction has no cameras to find the subject from")
     cameras = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
-    kwargs = {}
-    if ckpt.background == "matte":
-        # The mattes already removed everything but the subject, so whatever the renderer marches through (the
-        # occupancy grid's density threshold) belongs to it; the surface rule would cut away parts that render
-        # visibly but softly (the chin and neck of a briefly trained model).
-        kwargs["solid_density"] = float(ckpt.config.occ_threshold) / float(ckpt.model.settings.dt_min)
+    held = set(int(i) for i in ckpt.heldout_indices)
+    train = [i for i in range(len(cameras)) if i not in held]
+    if train and held:
+        # The surface is seen from the training views: the held-out ones stay out of everything the job decides.
+        cameras = cameras.select(train)
     detection = detect_subject_bounds(ckpt.model.density, cameras, device,
-                                      resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION, **kwargs)
+                                      resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION,
+                                      n_views=TINY_DETECT_VIEWS if tiny else DETECT_VIEWS)
     if detection.found:
         return SubjectDecision(detection.bounds, "detected")
     note = (f"subject bounds: {detection.reason}; using the cameras' default box around where they look (edit "

@@ -12,11 +12,19 @@ renders the subject alone, exactly at its boundary, through every renderer that 
 
 **Where they come from** (:func:`detect_subject_bounds`): the cameras of a head capture look at the head, so
 the look-at point (the model origin, :mod:`captures.normalize`) lies in the subject; the "up" of the capture
-is the cameras' mean up vector and its "front" the mean direction towards the cameras. The reconstructed
-density then decides the extent: of the connected pieces of solid voxels (the mesh's surface rule), the one
-with the most voxels in the region of interest around the look-at point is the person, and the bounds are its
-oriented box with a margin. A wall or furniture is not connected to the person through solid space, so it
-stays outside; a speck of floating density, however near the look-at point, does not outweigh a head.
+is the cameras' mean up vector and its "front" the mean direction towards the cameras. The extent comes from
+what the cameras *see*, not from a density threshold: a reconstruction without mattes leaves its density
+weak and smeared where depth is poorly constrained (a frontal capture), so points of the density field rarely
+pass a surface threshold and any threshold is fragile (too high: only the face; a little lower: the room joins
+in). Instead each view's rays are volume-rendered through the search cube and each ray ends where its opacity
+passes one half (its median termination point, :func:`seen_surface_hits`): every opaque pixel gives exactly
+one point, however smeared the density. A voxel where the rays of many views end is seen surface; haze (a
+smear left in the air) scatters its few hits. Of the connected pieces of seen surface, the one with the most
+voxels in the region of interest around the look-at point is the person, and the bounds are its oriented box
+(the extent holding all but a sliver of its hits) with a margin. A wall behind is seen at another depth, so it
+stays outside; a speck of density inside the head is never seen. The box holds what the cameras saw: the
+back of a head that only frontal views saw is cut at the deepest surface they saw (the ears, the hair's
+edge), which is where renders from those views need it.
 
 **World form.** The protocol carries the bounds in capture-world coordinates (the cameras' frame);
 :meth:`SubjectBounds.to_world` and :meth:`SubjectBounds.from_world` convert with the capture's normalization.
@@ -35,16 +43,26 @@ import torch
 from captures.cameras import Cameras
 from captures.normalize import Normalization
 
+from .rays import rays_for_image
+
 SHAPES = ("box", "ellipsoid")
 # Extent searched for the person around the look-at point, in model units along each oriented axis (the head's
 # region of interest is the unit sphere; shoulders and torso reach past it downwards and sideways).
 SEARCH_HALF_EXTENT = 1.6
 # Voxels per axis of the search grid (about 0.033 model units each: a few per centimetre of a real head).
 SEARCH_RESOLUTION = 96
-# A solid voxel: where a layer 1 % of the head's radius thick would be half opaque (the mesh's surface rule).
-SOLID_DENSITY = math.log(2.0) / 0.01
-# Margin around the person's solid voxels: hair and skin edges are softer than the surface rule, and the
-# boundary must not clip them.
+# Views the surface is seen from (spread over the capture), and the largest side of each view's resampled image.
+DETECT_VIEWS = 24
+MAX_DETECT_PIXELS = 256
+# A ray ends where its opacity passes one half: optical depth ln 2.
+HALF_OPACITY_DEPTH = math.log(2.0)
+# A voxel is seen surface when the rays ending in it number at least this fraction of the views (a surface
+# seen face-on collects about one per view; haze scatters its hits).
+SURFACE_HIT_FRACTION = 0.25
+# Fraction of the person's hits left outside the box at each end of each axis.
+EXTENT_TAIL = 0.005
+# Margin around the person's seen surface: hair and skin edges are softer than the median termination point,
+# and the boundary must not clip them.
 MARGIN_FRACTION = 0.04
 MARGIN_VOXELS = 2
 # The region of interest around the look-at point where the person is looked for (model units: the head's
@@ -229,15 +247,101 @@ class Detection:
 
     Attributes:
         bounds: the subject bounds, model coordinates.
-        found: whether the density decided them (False: the cameras' default, with ``reason``).
-        solid_voxels: solid voxels of the person's component (0 when not found).
+        found: whether the seen surface decided them (False: the cameras' default, with ``reason``).
+        surface_voxels: voxels of the person's seen surface (0 when not found).
         reason: why the default was used ("" when found).
     """
 
     bounds: SubjectBounds
     found: bool
-    solid_voxels: int
+    surface_voxels: int
     reason: str = ""
+
+
+def detection_views(cameras_model: Cameras, n_views: int) -> np.ndarray:
+    """Indices of at most ``n_views`` cameras spread evenly over the capture (in its order)."""
+    n = len(cameras_model)
+    return np.unique(np.linspace(0, n - 1, min(n, n_views)).round().astype(np.int64))
+
+
+@torch.no_grad()
+def seen_surface_hits(
+    density_fn: DensityFn,
+    cameras_model: Cameras,
+    frame: np.ndarray,  # (3, 3) capture frame, columns (side, up, front)
+    device: torch.device | str,
+    *,
+    resolution: int,
+    half_extent: float,
+    n_views: int = DETECT_VIEWS,
+    chunk: int = 1 << 20,
+) -> tuple[np.ndarray, int]:  # (n, n, n) int64, views used
+    """Per voxel of the search grid (capture frame axes), how many camera rays end in it.
+
+    Each ray of a view is marched through the search cube in steps of half a voxel, the density composited as
+    the renderer does; where its opacity passes one half (its median termination point) it ends, and the voxel
+    there counts one hit. Rays that stay under half opaque inside the cube end nowhere. Each view's image is
+    resampled so that one of its pixels spans about one voxel at the look-at point: a surface seen face-on
+    collects about one hit per view.
+    """
+    n = int(resolution)
+    voxel = 2.0 * half_extent / n
+    step = voxel / 2.0
+    cube = np.eye(4)
+    cube[:3, :3] = frame * half_extent
+    cube_bounds = SubjectBounds("box", cube)
+    rot = torch.as_tensor(frame, dtype=torch.float32, device=device)
+    hits = torch.zeros(n**3, dtype=torch.int64, device=device)
+    views = detection_views(cameras_model, n_views)
+    for v in views:
+        cam = cameras_model.select([int(v)])
+        distance = float(np.linalg.norm(cam.c2w[0, :3, 3]))
+        focal = float(min(cam.fx[0], cam.fy[0]))
+        factor = min(distance / (focal * voxel), MAX_DETECT_PIXELS / float(max(cam.width[0], cam.height[0])))
+        rays_o, rays_d = rays_for_image(cam.scaled(factor), 0, device=device, dtype=torch.float32)
+        t_in, t_out = cube_bounds.ray_interval(rays_o.double(), rays_d.double())
+        t_in, t_out = t_in.float().clamp_min(0.0), t_out.float()
+        enter = t_out > t_in
+        rays_o, rays_d, t_in, t_out = rays_o[enter], rays_d[enter], t_in[enter], t_out[enter]
+        if rays_o.shape[0] == 0:
+            continue
+        n_steps = math.ceil(float((t_out - t_in).max()) / step)
+        window = max(1, min(n_steps, chunk // max(1, rays_o.shape[0])))
+        depth = torch.zeros_like(t_in)  # optical depth so far
+        end = torch.full_like(t_in, -1.0)  # median termination distance, -1 while not reached
+        active = torch.arange(rays_o.shape[0], device=device)
+        for k0 in range(0, n_steps, window):
+            if active.numel() == 0:
+                break
+            k = torch.arange(k0, min(n_steps, k0 + window), device=device, dtype=torch.float32)
+            t = t_in[active, None] + (k[None, :] + 0.5) * step  # [a, w]
+            inside = t < t_out[active, None]
+            pts = rays_o[active, None, :] + rays_d[active, None, :] * t[..., None]
+            sigma = density_fn(pts.reshape(-1, 3)).float().reshape(t.shape).clamp_min(0.0)
+            od = depth[active, None] + torch.cumsum(torch.where(inside, sigma, 0.0) * step, dim=1)
+            passed = od >= HALF_OPACITY_DEPTH
+            crossed = passed.any(dim=1)
+            first = passed.float().argmax(dim=1)
+            end[active[crossed]] = t[crossed, first[crossed]]
+            depth[active] = od[:, -1]
+            still = ~crossed & inside[:, -1]
+            active = active[still]
+        ended = end >= 0
+        if not bool(ended.any()):
+            continue
+        local = (rays_o[ended] + rays_d[ended] * end[ended, None]) @ rot  # [m, 3] capture frame
+        idx = ((local + half_extent) / voxel).floor().long().clamp(0, n - 1)
+        hits += torch.bincount((idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2], minlength=n**3)
+    return hits.reshape(n, n, n).cpu().numpy(), len(views)
+
+
+def _trimmed_extent(coords: np.ndarray, weights: np.ndarray, tail: float) -> tuple[float, float]:
+    """The range of ``coords`` (1-D) holding all but a ``tail`` fraction of ``weights`` at each end."""
+    order = np.argsort(coords, kind="stable")
+    cum = np.cumsum(weights[order]) / weights.sum()
+    lo = coords[order][min(len(order) - 1, int(np.searchsorted(cum, tail)))]
+    hi = coords[order][min(len(order) - 1, int(np.searchsorted(cum, 1.0 - tail)))]
+    return float(lo), float(hi)
 
 
 @torch.no_grad()
@@ -248,61 +352,62 @@ def detect_subject_bounds(
     *,
     resolution: int = SEARCH_RESOLUTION,
     half_extent: float = SEARCH_HALF_EXTENT,
-    solid_density: float = SOLID_DENSITY,
-    chunk: int = 1 << 18,
+    n_views: int = DETECT_VIEWS,
+    chunk: int = 1 << 20,
 ) -> Detection:
-    """The subject's oriented box from the reconstructed density (see the module docstring).
+    """The subject's oriented box from the surface the cameras see (see the module docstring).
 
     Args:
         density_fn: ``[N, 3]`` model points -> ``[N]`` densities (the model's ``density``).
-        cameras_model: the capture's cameras in model coordinates (they set the orientation).
+        cameras_model: the capture's cameras in model coordinates (they set the orientation and are the views
+            the surface is seen from; pass the training views).
         device: where the density is evaluated.
         resolution: search grid voxels per axis.
         half_extent: half size of the searched cube around the look-at point, model units.
-        solid_density: density above which a voxel is solid.
-        chunk: points per density call.
+        n_views: cameras the surface is seen from (spread over the capture).
+        chunk: density evaluations per call.
     """
-    # scikit-image and SciPy: imported here, only where bounds are detected
-    from scipy.ndimage import binary_dilation
+    # scikit-image: imported here, only where bounds are detected
     from skimage.measure import label
 
     frame = capture_frame(cameras_model)
-    n = int(resolution)
-    ticks = (torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n * (2 * half_extent) - half_extent
-    g = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)  # [n^3, 3] local
-    rot = torch.as_tensor(frame, dtype=torch.float32, device=device)
-    sigma = torch.empty(g.shape[0], dtype=torch.float32, device=device)
-    for i in range(0, g.shape[0], chunk):
-        sigma[i:i + chunk] = density_fn(g[i:i + chunk] @ rot.T).float()
-    solid = (sigma > solid_density).reshape(n, n, n).cpu().numpy()
     fallback = default_subject_bounds(cameras_model)
-    if not solid.any():
-        return Detection(fallback, False, 0, "no solid density near where the cameras look")
+    n = int(resolution)
     voxel = 2 * half_extent / n
-    # Pieces one empty voxel apart (hair over the forehead, an ear) belong together: label the solid voxels
-    # grown by one voxel, then keep the solid voxels of the chosen piece.
-    grown = binary_dilation(solid, structure=np.ones((3, 3, 3), dtype=bool))
-    labels = label(grown, connectivity=3) * solid
-    # The person is the piece with the most solid voxels in the region of interest (the ball the capture was
-    # normalised to, around where the cameras look). Not the piece nearest the look-at point: a reconstructed
-    # head is a shell whose inside is unsupervised, and a speck of floating density there is nearer the centre
-    # than the face (fangzhou_nature without its mattes: a 2-voxel speck won over the head).
+    hits, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=n,
+                                    half_extent=half_extent, n_views=n_views, chunk=chunk)
+    if not hits.any():
+        return Detection(fallback, False, 0, "nothing opaque where the cameras look (no camera ray turns half "
+                                             "opaque near the look-at point)")
+    # A surface seen face-on collects about one hit per view and voxel; haze (a smear of density the
+    # reconstruction left in the air, or a background without depth) scatters its hits, one or two per voxel.
+    surface = hits >= max(2, math.ceil(SURFACE_HIT_FRACTION * views))
+    # The person is the connected piece of seen surface with the most voxels in the region of interest (the
+    # ball the capture was normalised to, around where the cameras look). A wall behind is seen at another
+    # depth, so it is not connected to the person through the seen surface.
+    labels = label(surface, connectivity=3)
     idx = np.argwhere(labels > 0)
+    if idx.size == 0:
+        return Detection(fallback, False, 0, "no surface seen consistently where the cameras look (only haze: "
+                                             "no voxel gathers the rays of several views)")
     centre = (n - 1) / 2.0
     r2 = ((idx - centre) ** 2).sum(axis=1) * voxel**2
     in_roi = labels[tuple(idx[r2 <= ROI_RADIUS**2].T)]
     if in_roi.size == 0:
         distance = math.sqrt(float(r2.min()))
-        return Detection(fallback, False, 0, f"no solid density within {ROI_RADIUS:g} head radius of where the "
+        return Detection(fallback, False, 0, f"no surface seen within {ROI_RADIUS:g} head radius of where the "
                                              f"cameras look (the nearest lies {distance:.2f} head radii away)")
-    counts = np.bincount(in_roi)
-    person = np.argwhere(labels == int(np.argmax(counts)))
+    person = np.argwhere(labels == int(np.argmax(np.bincount(in_roi))))
     size = float((person.max(axis=0) - person.min(axis=0) + 1).max()) * voxel
     if size < MIN_PERSON_SIZE:
-        return Detection(fallback, False, 0, f"the solid density where the cameras look is only specks ({size:.2f} "
+        return Detection(fallback, False, 0, f"the surface seen where the cameras look is only specks ({size:.2f} "
                                              f"head radii across at most), no head")
-    lo = person.min(axis=0) * voxel - half_extent
-    hi = (person.max(axis=0) + 1) * voxel - half_extent
+    # The extent holding all but a sliver of the person's hits along each axis: a few stray hits at its edge
+    # (a wisp of haze touching the hair) do not stretch the box.
+    weights = hits[tuple(person.T)].astype(np.float64)
+    ext = [_trimmed_extent(person[:, a], weights, EXTENT_TAIL) for a in range(3)]
+    lo = np.array([e[0] for e in ext]) * voxel - half_extent
+    hi = (np.array([e[1] for e in ext]) + 1) * voxel - half_extent
     margin = MARGIN_FRACTION * (hi - lo) + MARGIN_VOXELS * voxel
     lo = np.maximum(lo - margin, -half_extent)
     hi = np.minimum(hi + margin, half_extent)
