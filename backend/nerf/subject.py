@@ -214,7 +214,7 @@ def capture_frame(cameras: Cameras) -> np.ndarray:
     Up is the cameras' mean up vector (OpenCV cameras: -Y), front the mean direction from the subject towards
     the cameras (-Z), made orthogonal to up. A capture whose cameras disagree on up (rolled half-way round)
     still gets a right-handed frame; its axes are then only a guess, which the density refinement tolerates
-    because the box is fitted to the solid voxels in this frame, whatever it is.
+    because the box is fitted to the seen surface in this frame, whatever it is.
     """
     rot = cameras.c2w[:, :3, :3]
     up = -rot[:, :, 1].mean(axis=0)
