@@ -55,6 +55,7 @@ def old_detection(rev: str, density_fn: Any, cameras_model: Any) -> Any:
         path.write_text(source)
         spec = importlib.util.spec_from_file_location("old_subject", path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["old_subject"] = module  # its dataclasses look their module up there
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.detect_subject_bounds(density_fn, cameras_model, "cpu")
 
@@ -103,6 +104,7 @@ def main() -> int:
     candidates.append(("new detection", decision.bounds,
                        f"{decision.source}{' (' + decision.note + ')' if decision.note else ''}, "
                        f"{time.perf_counter() - t0:.0f} s on the CPU"))
+    print(f"new detection: {candidates[-1][2]}; {frame_box(decision.bounds, frame)}", flush=True)
     if args.old_rev:
         t0 = time.perf_counter()
         det = old_detection(args.old_rev, ckpt.model.density, model_cams)
