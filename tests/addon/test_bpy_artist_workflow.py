@@ -80,7 +80,7 @@ def test_render_from_selected_job_without_a_choice_says_what_to_do(connected, st
 # ---------------------------------------------------------------------------------------------------------
 
 LONG_ERROR = "\n".join(f"step {i}: the CLIP weights ViT-B-32/openai could not be found in the cache"
-                       for i in range(1, 16)) + "\nFIX: run python -m backend.stylize.fetch_weights --fetch once online"
+                       for i in range(1, 16)) + "\nFIX: run python -m backend.stylize.weights --fetch once online"
 
 
 def panel_labels(addon, panel_name: str) -> list[str]:
@@ -123,7 +123,7 @@ def test_whole_backend_error_with_code_and_hint(connected, stub, tmp_path):
     assert ref.state == "failed" and ref.error == LONG_ERROR and ref.error_code == "out_of_memory"
     rt.show_job_error = True
     jobs_text = " ".join(" ".join(panel_labels(connected, "NERFART_PT_jobs")).split())
-    assert "FIX: run python -m backend.stylize.fetch_weights --fetch" in jobs_text and "Code: out_of_memory" in jobs_text
+    assert "FIX: run python -m backend.stylize.weights --fetch" in jobs_text and "Code: out_of_memory" in jobs_text
     assert bpy.ops.nerfart.copy_error() == {"FINISHED"}
     assert bpy.ops.nerfart.copy_error(job_id=ref.job_id) == {"FINISHED"}
 
