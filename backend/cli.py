@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from backend.device import resolve_device
 from protocol import DEFAULT_ENDPOINT, BackendError, Client, Message
 
 DEFAULT_WORK_DIR = Path.home() / ".local" / "share" / "nerfart" / "work"
@@ -26,25 +27,14 @@ SUBJECT_BOUNDS_HELP = ('the subject (inside: the subject, outside: background) a
                        "capture-world coordinates} (a reconstruct job's --json output works too)")
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was asked for, but torch sees no CUDA GPU here")
-    return name
-
-
 def _keys_dir(args: argparse.Namespace) -> Path:
     return Path(args.keys_dir).expanduser() if args.keys_dir else Path(args.work_dir).expanduser() / "keys"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.server.auth import load_or_create_server_keys
-    from backend.server.disk import parse_size
-    from backend.server.server import check_bind_endpoint, is_loopback_endpoint
+    from backend.access.auth import load_or_create_server_keys
+    from backend.access.endpoints import check_bind_endpoint, is_loopback_endpoint
+    from backend.jobstore.disk import parse_size
 
     key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
     try:
@@ -87,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               allow_remote=args.allow_remote, hmac_key=key, single_user=single_user, clip_models=CLIP_MODELS,
               curve=keys if use_curve else None, insecure=args.insecure, work_dir_quota_bytes=quota,
               min_free_bytes=min_free, cluster=cluster)
-    except ValueError as exc:  # also backend.server.auth.CurveKeyError
+    except ValueError as exc:  # also backend.access.auth.CurveKeyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a work dir that cannot be made: a full disk, a read-only mount
@@ -97,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from backend.server import auth
+    from backend.access import auth
 
     keys_dir = _keys_dir(args)
     try:
@@ -150,7 +140,7 @@ def _client_curve(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None
     if not (args.server_key and args.client_key):
         raise ValueError("CURVE needs both --server-key (the backend's public key) and --client-key (this "
                          "client's secret certificate, from 'python -m backend keys new-client')")
-    from backend.server import auth
+    from backend.access import auth
 
     public, secret = auth.read_key_pair(args.client_key)
     return auth.read_public_key(args.server_key), public, secret

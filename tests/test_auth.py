@@ -22,9 +22,10 @@ import zmq
 from test_server import serving
 
 from backend import cli
-from backend.server import auth
-from backend.server.jobs import JobContext
-from backend.server.server import Server, check_transport_security
+from backend.access import auth
+from backend.access.endpoints import check_transport_security
+from backend.jobstore.context import JobContext
+from backend.server.server import Server
 from protocol import PROTOCOL_VERSION, BackendError, Client, Message, encode
 from protocol.client import NO_DETAIL_FAILURES, HandshakeError
 

@@ -19,12 +19,12 @@ from test_nerf_render import _model  # a random structured field in an occupied 
 
 from backend.jobs import default_runners
 from backend.jobs.render import CPU_MAX_RAYS, CPU_MAX_SAMPLES
+from backend.jobstore.context import JobCancelled
 from backend.nerf.checkpoint import NeRFCheckpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
 from backend.nerf.frame_renderer import FrameRenderer
 from backend.nerf.synthetic import ring_cameras
 from backend.outputs.mesh import CPU_CHUNK, density_grid
-from backend.server.jobs import JobCancelled
 from backend.server.server import Server
 from protocol import Client, Message
 

@@ -25,12 +25,13 @@ from backend_process import wait_for
 from test_server import serving
 
 from backend import cli
+from backend.access import auth
 from backend.cluster import mdp
 from backend.cluster.broker import MAX_WORKER_LOSSES, Broker, ClusterConfig
 from backend.cluster.local import devices_for, local_endpoint
 from backend.cluster.worker import pin_cuda_device
-from backend.server import auth
-from backend.server.jobs import JobLock, JobStore
+from backend.jobstore.lock import JobLock
+from backend.jobstore.store import JobStore
 from backend.server.server import Server
 from protocol import Client, Message, encode
 

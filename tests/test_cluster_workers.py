@@ -21,11 +21,11 @@ from test_jobs_live import write_sphere_capture
 from test_restart_resume import assert_same_model
 from test_server import serving
 
+from backend.access import auth
 from backend.cluster.broker import Broker, ClusterConfig, WorkerLink
 from backend.jobs import default_runners
 from backend.jobs.local import run_job_locally
 from backend.nerf.checkpoint import load_checkpoint
-from backend.server import auth
 from backend.server.server import Server
 from protocol import Client, Message
 

@@ -23,9 +23,9 @@ from test_server import serving
 from backend import cli
 from backend.jobs import uploads
 from backend.jobs.uploads import extract_capture_zip
-from backend.server import jobs as jobs_module
-from backend.server.disk import DiskBudget, format_bytes, parse_size
-from backend.server.jobs import JobStore
+from backend.jobstore import store as store_module
+from backend.jobstore.disk import DiskBudget, format_bytes, parse_size
+from backend.jobstore.store import JobStore
 from backend.server.server import Server
 from protocol import BackendError, Client, Message
 
@@ -87,7 +87,7 @@ def test_a_job_that_cannot_be_saved_is_never_created(tmp_path: Path, monkeypatch
     """Ghost jobs (item 3): the client used to get 'internal error' while a queued job that never ran stayed in
     memory, uncancellable, counting against its owner's 32."""
     with serving(tmp_path / "work", max_queued_per_client=2) as srv, Client(srv.bound_endpoint) as client:
-        monkeypatch.setattr(jobs_module, "atomic_write_bytes", enospc)
+        monkeypatch.setattr(store_module, "atomic_write_bytes", enospc)
         for message in (Message("submit", {"kind": "reconstruct", "params": {"steps": 1}}), upload(1000)):
             for _ in range(3):  # more than the queue allows: failed submits must not count
                 with pytest.raises(BackendError) as err:
@@ -142,7 +142,7 @@ def test_the_backend_starts_on_a_full_disk_read_only_and_runs_again_once_there_i
     def budget(work_dir: Path) -> DiskBudget:
         return DiskBudget(work_dir, min_free_bytes=1000, free_bytes_fn=lambda: free[0], rescan_s=0.0)
 
-    monkeypatch.setattr(jobs_module, "atomic_write_bytes", enospc)  # every record and upload write fails
+    monkeypatch.setattr(store_module, "atomic_write_bytes", enospc)  # every record and upload write fails
     caplog.set_level(logging.WARNING)
     with serving(work, prepare=with_budget(budget)) as srv, Client(srv.bound_endpoint) as client:
         assert "starting read-only" in caplog.text and "no room on the backend's disk" in caplog.text

@@ -291,8 +291,8 @@ def _source_job(tmp_path: Path) -> tuple[str, object]:
     """A finished reconstruct job holding a small random-field checkpoint (world = model x 2 + offset)."""
     from test_nerf_render import _model as random_model
 
+    from backend.jobstore.store import JobStore
     from backend.nerf.checkpoint import NeRFCheckpoint, save_checkpoint
-    from backend.server.jobs import JobStore
     from captures.normalize import Normalization
 
     model = random_model(3, "matte", 2.0)
@@ -319,8 +319,8 @@ def test_render_job_png_frames_skip_the_passes_and_exr_frames_hold_them(tmp_path
 
     from backend.jobs.local import run_job_locally
     from backend.jobs.render import linear_premultiplied, quantized_straight_alpha
+    from backend.jobstore.store import JobStore
     from backend.nerf.checkpoint import load_checkpoint
-    from backend.server.jobs import JobStore
 
     job, cams = _source_job(tmp_path)
     renderer = FrameRenderer(load_checkpoint(JobStore(tmp_path).job_dir(job) / "outputs" / "model.ckpt", "cpu"))

@@ -17,7 +17,8 @@ import torch
 import zmq
 from test_server import counting_runner
 
-from backend.server.jobs import JobContext, _error_for
+from backend.jobstore.context import JobContext
+from backend.jobstore.messages import error_for_exception
 from backend.server.server import Server
 from protocol import BackendError, Client, Limits, Message, ProtocolError, decode, encode
 
@@ -199,12 +200,12 @@ def test_out_of_memory_advice_names_the_setting_of_each_job_kind() -> None:
     advice = {"reconstruct": "lower 'scale'", "stylize": "lower 'scale'", "render": "lower camera width and height",
               "extract_mesh": "lower 'resolution'"}
     for kind, setting in advice.items():
-        error = _error_for(gpu, kind)
+        error = error_for_exception(gpu, kind)
         assert error["code"] == "out_of_memory" and setting in error["message"], (kind, error)
     # PyTorch's CPU allocator and Python itself: the machine's memory, not the GPU's.
-    host = _error_for(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+    host = error_for_exception(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
                                    "memory: you tried to allocate 85899345920 bytes"), "reconstruct")
     assert host["code"] == "out_of_memory" and host["message"].startswith("the machine ran out of memory")
-    assert _error_for(MemoryError(), "extract_mesh")["code"] == "out_of_memory"
+    assert error_for_exception(MemoryError(), "extract_mesh")["code"] == "out_of_memory"
     # Other failures are not mistaken for it.
-    assert _error_for(ValueError("bad capture"), "reconstruct")["code"] == "job_failed"
+    assert error_for_exception(ValueError("bad capture"), "reconstruct")["code"] == "job_failed"

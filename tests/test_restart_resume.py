@@ -22,11 +22,13 @@ from test_stylize_deferred import tiny_reconstruction
 
 from backend import cli
 from backend.jobs import default_runners
+from backend.jobstore.atomic import atomic_path, atomic_write_bytes
+from backend.jobstore.lock import JobLock
+from backend.jobstore.store import JobStore
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
 from backend.nerf.synthetic import render_spheres, ring_cameras
 from backend.nerf.train import train_on_images
-from backend.server.jobs import JobLock, JobStore, atomic_path, atomic_write_bytes
 from backend.server.server import Server
 from backend.stylize.clip_model import load_clip
 from backend.stylize.loop import preset_config, stylize

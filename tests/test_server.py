@@ -19,8 +19,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.server.jobs import JobContext, JobFailed
-from backend.server.server import REQUEST_TYPES, Server, check_bind_endpoint
+from backend.access.endpoints import check_bind_endpoint
+from backend.jobstore.context import JobContext, JobFailed
+from backend.server.server import REQUEST_TYPES, Server
 from protocol import DELIMITER, PROTOCOL_VERSION, BackendError, Client, Message, ProtocolError, decode, encode
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ import open_clip  # noqa: F401  - imported up front so the timings below measure
 import pytest
 import torch
 
+from backend.stylize import fetch_weights
 from backend.stylize import weights as weights_mod
 from backend.stylize.clip_model import load_clip
 from backend.stylize.perceptual import load_lpips, load_vgg_relu3_3
@@ -83,7 +84,7 @@ def test_missing_clip_weights_fail_fast(empty_caches: Path) -> None:
     assert time.perf_counter() - t0 < 2.0
     hub = str(empty_caches / "hf" / "hub")
     _assert_three_ways(str(info.value), "CLIP weights 'ViT-B-32' / pretrained 'openai'", hub,
-                       "python -m backend.stylize.weights --fetch", "clip_pretrained", "load_clip(pretrained=PATH)",
+                       "python -m backend.stylize.fetch_weights --fetch", "clip_pretrained", "load_clip(pretrained=PATH)",
                        "HF_HOME", "HF_HUB_CACHE", "allow_download=False")
     assert isinstance(info.value, RuntimeError) and info.value.searched and hub in info.value.searched[0]
 
@@ -166,6 +167,6 @@ def test_model_cache_builds_once_and_clears() -> None:
 
 
 def test_cli_reports_missing(empty_caches: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert weights_mod.main([]) == 1
+    assert fetch_weights.main([]) == 1
     out = capsys.readouterr().out
     assert "CLIP ViT-B-32/openai: MISSING" in out and "VGG16: MISSING" in out

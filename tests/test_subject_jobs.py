@@ -17,6 +17,7 @@ from test_jobs_live import write_sphere_capture
 
 from backend.jobs.local import run_job_locally
 from backend.jobs.render import quantized_straight_alpha
+from backend.jobstore.store import JobStore
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
 from backend.nerf.frame_renderer import FrameRenderer
@@ -25,7 +26,6 @@ from backend.nerf.rays import rays_for_image
 from backend.nerf.subject import SubjectBounds
 from backend.nerf.synthetic import ring_cameras
 from backend.outputs.glb import read_glb
-from backend.server.jobs import JobStore
 from captures.normalize import Normalization
 from protocol import Message
 

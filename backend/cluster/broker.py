@@ -1,6 +1,6 @@
 """The broker: the front-end's job queue served by worker processes, the broker side of MDP/0.2 (see :mod:`.mdp`).
 
-``python -m backend serve`` runs jobs on a thread of its own (:class:`backend.server.jobs.Worker`). With
+``python -m backend serve`` runs jobs on a thread of its own (:class:`backend.jobstore.thread_worker.ThreadWorker`). With
 ``--workers N`` it runs them on worker processes instead, N of them started on this machine (one per GPU) and
 any number joining from other hosts (``python -m backend worker --connect ...``) over a work dir they share.
 Clients see no difference: the server's socket loop keeps the one client endpoint, the job store and the
@@ -27,7 +27,7 @@ What the broker does, and the MDP/PPP rules it follows:
 * Cancel: a queued job ends at once; for a running one the broker sends CANCEL (the extension of
   :mod:`.mdp`), and the job ends ``cancelled`` by its FINAL, or at once if its worker is gone meanwhile.
 
-Who writes ``job.json``: the worker that runs a job (the same :func:`~backend.server.jobs.execute_job` as the
+Who writes ``job.json``: the worker that runs a job (the same :func:`~backend.jobstore.execute.execute_job` as the
 in-process worker); the broker for jobs no worker holds (queued, re-queued, cancelled while queued). The broker
 keeps its copy of each record up to date from the messages, so ``status`` answers from memory as before.
 """
@@ -44,8 +44,18 @@ from typing import Any
 
 import zmq
 
-from backend.server.auth import ServerKeys, admit_workers, curve_server_options
-from backend.server.jobs import JobQueue, JobStore, finish_job, result_message
+from backend.access.auth import ServerKeys, admit_workers, curve_server_options
+from backend.jobstore.execute import finish_job
+from backend.jobstore.messages import (
+    internal_error,
+    interrupted_error,
+    progress_message,
+    requeued_note,
+    result_message,
+)
+from backend.jobstore.queue import JobQueue
+from backend.jobstore.record import JobRecord
+from backend.jobstore.store import JobStore
 from protocol import DEFAULT_LIMITS, FINAL_STATES, Limits, Message, ProtocolError, decode
 from protocol.errors import clip_text
 
@@ -118,7 +128,7 @@ class WorkerLink:
 
 
 class Broker(JobQueue):
-    """Jobs of a :class:`~backend.server.jobs.JobStore` run by worker processes (see the module docstring).
+    """Jobs of a :class:`~backend.jobstore.store.JobStore` run by worker processes (see the module docstring).
 
     Args:
         store: the server's job store (on the work dir the workers share).
@@ -240,8 +250,8 @@ class Broker(JobQueue):
         # list() copies the links at once: other threads (status in tests) may call this while workers come and go.
         return [link.job_id for link in list(self._workers.values()) if link.job_id is not None]
 
-    def enqueue(self, job_id: str) -> int:
-        position = super().enqueue(job_id)
+    def enqueue(self, rec: JobRecord) -> int:
+        position = super().enqueue(rec)
         self._dispatch()
         return position
 
@@ -343,8 +353,8 @@ class Broker(JobQueue):
         link.job_id = None
         self._idle.append(link.identity)
         if rec is not None and (msg is None or msg.type != "result"):
-            finish_job(rec, self.store, self._emit, "failed", {"code": "internal", "message": "its worker ended "
-                       "it without a readable result (a bug; the backend log has the details)"})
+            finish_job(rec, self.store, self._emit, "failed", internal_error(
+                "its worker ended it without a readable result"))
         elif rec is not None and msg is not None:
             self._adopt_result(rec, msg)
         self._dispatch()
@@ -395,10 +405,8 @@ class Broker(JobQueue):
         rec = self.store.get(link.job_id) if link.job_id else None
         if rec is not None and rec.state == "running":
             rec.state, rec.finished = "interrupted", time.time()
-            rec.error = {"code": "interrupted", "message": f"the backend was shut down while this job ran ({why}); "
-                         "'resume' continues from its last checkpoint"}
-            self._emit(Message("result", {"job_id": rec.job_id, "state": rec.state, "outputs": rec.outputs,
-                                          "error": rec.error}))
+            rec.error = interrupted_error(rec, f"the backend was shut down while this job ran ({why})")
+            self._emit(result_message(rec))
 
     def _forget(self, link: WorkerLink) -> None:
         self._workers.pop(link.identity, None)
@@ -442,32 +450,29 @@ class Broker(JobQueue):
             self.store.save(rec)
         except OSError as exc:  # a full disk: the job still goes on (its record is written by its next worker)
             log.error("job %s: its queued state could not be recorded: %s", rec.job_id, exc)
-        with self._cond:
-            self._queue.appendleft(rec.job_id)
+        self._push_front(rec)
         log.warning("broker: job %s is queued again: %s", rec.job_id, why)
-        self._emit(Message("progress", {"job_id": rec.job_id, "stage": rec.stage, "step": int(rec.step),
-                                        "total": int(rec.total), "eta_s": None, "losses": {}, "metrics": {},
-                                        "message": clip_text(f"{why}; it continues from its last checkpoint on the "
-                                                             "next free worker", 500)}))
+        self._emit(progress_message(rec.job_id, rec.stage, rec.step, rec.total,
+                                    message=clip_text(requeued_note(rec, why), 500)))
         self._dispatch()
 
     # Outgoing -------------------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Oldest queued job to the longest-idle worker, while there are both (and room on the disk)."""
+        """The next queued job (in the queue's turns) to the longest-idle worker, while there are both (and room
+        on the disk)."""
         while self._queue and self._idle and not self._stopping and self._socket is not None:
             if not self._disk_has_room():
                 return
             with self._cond:
-                job_id = self._queue.popleft()
+                job_id = self._pop()
             rec = self.store.get(job_id)
             if rec is None or rec.state != "queued":
                 continue
             link = self._workers[self._idle.popleft()]
             body = json.dumps({"record": asdict(rec), "sources": self._source_records(rec)}, allow_nan=False)
             if not self._send(link, mdp.addressed(mdp.REQUEST, job_id, [body.encode()])):
-                with self._cond:
-                    self._queue.appendleft(job_id)  # that worker is gone (and forgotten); the next one takes it
+                self._push_front(rec)  # that worker is gone (and forgotten); the next one takes it
                 continue
             link.job_id = job_id
             rec.state, rec.started, rec.error = "running", time.time(), None

@@ -71,7 +71,7 @@ def worker_curve(args: argparse.Namespace) -> Any:
     Raises:
         ValueError: one of the two options without the other, or a key that cannot be read.
     """
-    from backend.server import auth
+    from backend.access import auth
 
     from .worker import WorkerCurve
 
@@ -88,9 +88,9 @@ def worker_curve(args: argparse.Namespace) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from backend.cli import resolve_device
-    from backend.server.disk import parse_size
-    from backend.server.server import is_loopback_endpoint
+    from backend.access.endpoints import is_loopback_endpoint
+    from backend.device import resolve_device
+    from backend.jobstore.disk import parse_size
 
     from .worker import ClusterWorker, pin_cuda_device, worker_store
 

@@ -9,7 +9,7 @@ Threads (ZeroMQ sockets are used only by the thread that made them):
   result as FINAL (once the job's thread has ended, so that the next REQUEST finds the GPU free). It sends
   HEARTBEAT whenever it has sent nothing for an interval, and considers the broker gone after
   :data:`~.mdp.HEARTBEAT_LIVENESS` silent intervals (Paranoid Pirate);
-* a job thread runs one job with :func:`~backend.server.jobs.execute_job`, exactly as the in-process worker
+* a job thread runs one job with :func:`~backend.jobstore.execute.execute_job`, exactly as the in-process worker
   does (same runners, checkpoints, ``job.json`` updates and lock), and pushes its messages to the main thread
   through an inproc PUSH/PULL pair.
 
@@ -41,8 +41,13 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from backend.server.disk import DiskBudget
-from backend.server.jobs import JobLock, JobRecord, JobStore, RunnerFn, check_record, execute_job
+from backend.jobstore.context import RunnerFn
+from backend.jobstore.disk import DiskBudget
+from backend.jobstore.execute import execute_job
+from backend.jobstore.lock import JobLock
+from backend.jobstore.messages import failed_result, internal_error, progress_message
+from backend.jobstore.record import JobRecord
+from backend.jobstore.store import JobStore, check_record
 from protocol import Message, encode
 
 from . import mdp
@@ -337,9 +342,8 @@ class ClusterWorker:
         except (ValueError, TypeError, KeyError) as exc:
             # The broker's own records: this is a bug there. The job fails rather than the worker.
             log.error("worker %s: a REQUEST for job %s could not be read: %s", self.name, command.address, exc)
-            error = {"code": "internal", "message": f"its record could not be read by the worker ({exc})"}
-            self._job = RunningJob(command.address, result=encode(Message(
-                "result", {"job_id": command.address, "state": "failed", "outputs": {}, "error": error})))
+            error = internal_error(f"its record could not be read by the worker ({exc})")
+            self._job = RunningJob(command.address, result=encode(failed_result(command.address, error)))
             return
         self.store.adopt([rec, *sources])
         job = RunningJob(rec.job_id)
@@ -366,8 +370,7 @@ class ClusterWorker:
                         shutting_down=job.interrupting.is_set)
         except Exception:  # execute_job never raises; should it, the job must still end with a result
             log.exception("worker %s: job %s broke its thread", self.name, rec.job_id)
-            emit(Message("result", {"job_id": rec.job_id, "state": "failed", "outputs": {}, "error": {
-                "code": "internal", "message": "the worker's job thread failed (a bug; the worker's log has it)"}}))
+            emit(failed_result(rec.job_id, internal_error("the worker's job thread failed")))
         finally:
             push.close()
 
@@ -408,9 +411,8 @@ def wait_for_job_folder(job_dir: Path, cancel: threading.Event, rec: JobRecord, 
             said = True
             log.warning("job %s: its folder is still locked by another process (a worker declared gone that lives "
                         "on?); waiting", rec.job_id)
-            emit(Message("progress", {"job_id": rec.job_id, "stage": "waiting", "step": 0, "total": 0,
-                                      "eta_s": None, "losses": {}, "metrics": {}, "message":
-                                      "waiting for another process to let go of this job's folder"}))
+            emit(progress_message(rec.job_id, "waiting", 0, 0,
+                                  message="waiting for another process to let go of this job's folder"))
         cancel.wait(LOCK_RECHECK_S)
 
 
