@@ -1,8 +1,8 @@
 """Command line of the backend: ``python -m backend <command>``.
 
-``serve`` runs the ZeroMQ server (with ``--workers N`` on worker processes, see :mod:`backend.cluster`);
-``worker`` joins a server's cluster from another host; ``status`` asks a running server about its jobs; ``keys``
-manages the CURVE keys (the server's key pair, the client and worker keys it trusts). The job commands (reconstruct, stylize, render, mesh,
+``serve`` runs the ZeroMQ server (with ``--workers N`` or ``--ray-address`` its jobs run as Ray tasks, see
+:mod:`backend.scaleout`); ``status`` asks a running server about its jobs; ``keys`` manages the CURVE keys (the
+server's key pair and the client keys it trusts). The job commands (reconstruct, stylize, render, mesh,
 resume) run the same runners as the server, in this process, with a progress bar on stderr; each prints the
 finished job's id on stdout (its record as JSON with ``--json``) and a readable summary on stderr.
 """
@@ -59,16 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # CURVE is on when asked for, and by default on any address other machines can reach: there it is the
     # only thing between the network and this GPU (and the captures on its disk).
     use_curve = args.curve or (not is_loopback_endpoint(args.endpoint) and not args.insecure)
-    # The worker endpoint follows the same rule: workers receive every job's record and write its folder.
-    workers_curve = args.workers is not None and (
-        args.curve or (not is_loopback_endpoint(args.worker_endpoint) and not args.insecure))
     single_user = True if args.single_user else (False if args.multi_user else None)
     try:
         check_bind_endpoint(args.endpoint, args.allow_remote)  # before keys are made for a refused address
-        if args.workers is not None:
-            check_bind_endpoint(args.worker_endpoint, args.allow_remote)
+        from backend.scaleout.commands import ray_config
+
+        scaleout = ray_config(args, _keys_dir(args))
         keys = None
-        if use_curve or workers_curve:
+        if use_curve:
             keys, created = load_or_create_server_keys(_keys_dir(args))
             if created:
                 print(f"created this backend's CURVE key pair in {keys.keys_dir}. Its public key, for the "
@@ -78,15 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from backend.server.server import serve
 
         device = resolve_device(args.device)
-        cluster = None
-        if args.workers is not None:
-            from backend.cluster.commands import cluster_config
-
-            cluster = cluster_config(args, device, keys if workers_curve else None)
         serve(args.endpoint, args.work_dir, default_runners(), device=device,
               allow_remote=args.allow_remote, hmac_key=key, single_user=single_user, clip_models=CLIP_MODELS,
               curve=keys if use_curve else None, insecure=args.insecure, work_dir_quota_bytes=quota,
-              min_free_bytes=min_free, cluster=cluster)
+              min_free_bytes=min_free, scaleout=scaleout)
     except ValueError as exc:  # also backend.server.auth.CurveKeyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -407,11 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the default with CURVE or a non-loopback endpoint)")
     users.add_argument("--single-user", action="store_true", help="every client sees and cancels every job (the "
                        "default on loopback without CURVE)")
-    from backend.cluster.commands import add_serve_arguments, add_worker_parser
+    from backend.scaleout.commands import add_serve_arguments
 
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
-    add_worker_parser(sub)
 
     p = sub.add_parser("status", help="show a running backend's device and jobs")
     p.add_argument("job_id", nargs="?", default=None)
