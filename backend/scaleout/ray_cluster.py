@@ -41,7 +41,9 @@ PACKAGE_ROOT = Path(backend.__file__).resolve().parents[1]
 # The top-level packages a job imports from this repository (torch and the rest come from each host's Python).
 CODE_PACKAGES = ("backend", "protocol", "captures")
 DEFAULT_OBJECT_STORE_BYTES = 512 * 2**20  # messages are small; Ray's default takes 30 % of the memory
-PROBE_TIMEOUT_S = 120.0
+PROBE_WAIT_S = 10  # how long the check for an open cluster tries to reach it
+PROBE_TIMEOUT_S = 120.0  # beyond that: the check's own start-up (importing Ray)
+AUTH_REFUSAL = "Unauthenticated"  # what Ray's GCS client logs when the cluster refuses its token (or none)
 TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
@@ -178,28 +180,45 @@ def set_token_environment(config: RayConfig) -> str:
     return source
 
 
-def refuses_strangers(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+def refuses_strangers(address: str, wait_s: int = PROBE_WAIT_S) -> bool:
     """Whether the Ray cluster at ``address`` refuses a driver that has no token.
 
     Runs ``ray.init(address)`` in a child process with token authentication off and no token anywhere (an
-    empty home folder): a cluster that lets it in would let anyone in who reaches it.
+    empty home folder): a cluster that lets it in would let in anyone who reaches it. Only a refusal that Ray's
+    own authentication gave (``Unauthenticated``) counts as one.
+
+    Raises:
+        ValueError: the cluster could not be reached at all (nothing can be told about it).
     """
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if k not in (*TOKEN_ENV, "RAY_ADDRESS")}
-        env.update(RAY_AUTH_MODE="disabled", HOME=home)
-        code = ("import ray, sys\n"
-                "try:\n"
-                f"    ray.init(address={address!r}, log_to_driver=False, configure_logging=False)\n"
-                "except Exception as exc:\n"
-                "    print('REFUSED', type(exc).__name__); sys.exit(0)\n"
-                "print('ADMITTED')\n"
+        # How long the driver tries to reach the cluster's GCS (Ray's default: 20 s).
+        env.update(RAY_AUTH_MODE="disabled", HOME=home, RAY_gcs_server_port_wait_time_s=str(wait_s))
+        code = ("import ray\n"
+                f"ray.init(address={address!r}, log_to_driver=False, configure_logging=False)\n"
+                "print('ADMITTED', flush=True)\n"
                 "ray.shutdown()\n")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        # Watched line by line: the driver would go on trying for ``wait_s`` after the first refusal.
+        timer = threading.Timer(wait_s + PROBE_TIMEOUT_S, proc.kill)
+        timer.start()
+        seen: list[str] = []
         try:
-            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                 timeout=timeout_s).stdout
-        except subprocess.TimeoutExpired:
-            return True  # it never answered a driver without a token
-    return "ADMITTED" not in out
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                seen.append(line)
+                if line.startswith("ADMITTED"):
+                    return False
+                if AUTH_REFUSAL in line:
+                    return True
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    raise ValueError(f"could not reach the Ray cluster at {address} (is its head running there, and may this "
+                     f"machine reach it?): {''.join(seen).strip()[-500:]}")
 
 
 def start_ray(config: RayConfig, device: str) -> RayRuntime:
