@@ -99,14 +99,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(keys.public.decode())
         elif args.action == "authorize":
             public = auth.read_public_key(args.key)
-            path = auth.authorize(keys_dir, public, args.name, args.worker)
+            path = auth.authorize(keys_dir, public, args.name)
             print(f"authorised {public.decode()} as {path.stem} ({path}); a running backend accepts it at once",
                   file=sys.stderr)
         elif args.action == "revoke":
-            removed = auth.revoke(keys_dir, args.key, args.worker)
+            removed = auth.revoke(keys_dir, args.key)
             if not removed:
-                folder = auth.AUTHORIZED_WORKERS_DIR if args.worker else auth.AUTHORIZED_DIR
-                print(f"error: no authorised key named or equal to {args.key!r} in {keys_dir / folder}",
+                print(f"error: no authorised key named or equal to {args.key!r} in {keys_dir / auth.AUTHORIZED_DIR}",
                       file=sys.stderr)
                 return 1
             for path in removed:
@@ -114,17 +113,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         elif args.action == "list":
             for name, public in auth.authorized_keys(keys_dir).items():
                 print(f"{name}\t{public.decode()}")
-            for name, public in auth.authorized_keys(keys_dir, workers=True).items():
-                print(f"{name}\t{public.decode()}\tworker")
-        elif args.action in ("new-client", "new-worker"):
-            worker = args.action == "new-worker"
-            public, secret_path = auth.new_client(keys_dir, args.name, args.out, workers=worker)
+        elif args.action == "new-client":
+            public, secret_path = auth.new_client(keys_dir, args.name, args.out)
             server_key = keys_dir / (auth.SERVER_NAME + ".key")
-            use = (f"python -m backend worker --connect tcp://THIS-HOST:PORT --work-dir SHARED-WORK-DIR --server-key "
-                   f"{server_key} --worker-key {secret_path}" if worker else
-                   f"python -m backend status --server-key {server_key} --client-key {secret_path}")
-            print(f"new {'worker' if worker else 'client'} key pair {secret_path} (keep it private), authorised on "
-                  f"this backend. Use it with:\n  {use}", file=sys.stderr)
+            use = f"python -m backend status --server-key {server_key} --client-key {secret_path}"
+            print(f"new client key pair {secret_path} (keep it private), authorised on this backend. Use it with:"
+                  f"\n  {use}", file=sys.stderr)
             print(public.decode())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -426,19 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key", help="the client's public key (40 characters: quote it, and put -- before it, since it "
                    "may start with '-') or its .key file")
     k.add_argument("--name", help="a name for it, e.g. the artist or the machine (default from the key)")
-    k.add_argument("--worker", action="store_true", help="a cluster worker's key (serve --workers), not a client's")
     k = keys.add_parser("revoke", parents=[keys_common], help="withdraw a client key (by name or key)")
     k.add_argument("key", help="the name or public key of an authorised client")
-    k.add_argument("--worker", action="store_true", help="a cluster worker's key, not a client's")
-    keys.add_parser("list", parents=[keys_common], help="list the authorised client keys (and worker keys, marked)")
+    keys.add_parser("list", parents=[keys_common], help="list the authorised client keys")
     k = keys.add_parser("new-client", parents=[keys_common], help="make and authorise a key pair for a "
                         "command-line client; prints its public key")
     k.add_argument("name", help="a name for the client")
     k.add_argument("--out", help="folder for the pair (default: KEYS_DIR/clients)")
-    k = keys.add_parser("new-worker", parents=[keys_common], help="make and authorise a key pair for a cluster "
-                        "worker on another host; prints its public key")
-    k.add_argument("name", help="a name for the worker, e.g. its host")
-    k.add_argument("--out", help="folder for the pair (default: KEYS_DIR/workers)")
     p.set_defaults(func=cmd_keys)
 
     def local_job_parser(name: str, help_text: str) -> argparse.ArgumentParser:
