@@ -249,16 +249,19 @@ def start_ray(config: RayConfig, device: str) -> RayRuntime:
     try:
         if config.address is None:
             gpus = _local_gpus() if device.startswith("cuda") else 0
-            ray.init(address="local", num_cpus=max(config.workers or 1, os.cpu_count() or 1), num_gpus=gpus,
+            context = ray.init(address="local", num_cpus=max(config.workers or 1, os.cpu_count() or 1), num_gpus=gpus,
                      object_store_memory=config.object_store_bytes, include_dashboard=config.dashboard,
                      dashboard_host="127.0.0.1", runtime_env=runtime_env, configure_logging=False,
                      log_to_driver=True)
         else:
-            ray.init(address=config.address, runtime_env=runtime_env, configure_logging=False, log_to_driver=True)
+            context = ray.init(address=config.address, runtime_env=runtime_env, configure_logging=False,
+                               log_to_driver=True)
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError...
+        hint = (" (the dashboard needs Ray's extras: pip install 'ray[default]==" + RAY_VERSION + "')"
+                if config.dashboard and "dashboard" in str(exc).lower() else "")
         raise ValueError(f"could not {'start' if config.address is None else 'join'} Ray"
                          f"{'' if config.address is None else ' at ' + config.address}: {type(exc).__name__}: "
-                         f"{str(exc)[:500]}") from None
+                         f"{str(exc)[:500]}{hint}") from None
     finally:
         if threading.current_thread() is threading.main_thread():  # only the main thread has handlers to set
             for sig, handler in handlers.items():
@@ -286,7 +289,8 @@ def start_ray(config: RayConfig, device: str) -> RayRuntime:
              "%s", ray.__version__, "started" if config.address is None else f"joined at {config.address}", source,
              capacity, f"{per_job:g} GPU each" if per_job else "on CPUs", _resources_text(resources))
     if config.dashboard and config.address is None:
-        log.info("Ray dashboard: %s (it asks for the token in %s)", _dashboard_url(), source)
+        url = getattr(context, "dashboard_url", None) or "127.0.0.1:8265"
+        log.info("Ray dashboard: http://%s (it asks for the token in %s)", url.removeprefix("http://"), source)
     return RayRuntime(capacity=capacity, gpus_per_job=per_job, cpus_per_job=1.0,
                       task_device="cuda" if per_job > 0 else "cpu", where=where, runtime_env=runtime_env)
 
@@ -310,15 +314,6 @@ def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _dashboard_url() -> str:
-    try:
-        import ray
-
-        return str(ray.get_runtime_context().dashboard_url or "http://127.0.0.1:8265")
-    except Exception:
-        return "http://127.0.0.1:8265"
 
 
 def _resources_text(resources: dict[str, float]) -> str:
