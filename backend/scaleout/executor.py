@@ -165,7 +165,7 @@ class RayExecutor(JobQueue):
                 ray.cancel(task.ref, force=True)
             except Exception as exc:
                 log.warning("could not cancel the task of job %s: %s", task.job_id, exc)
-            if rec is not None and rec.state not in FINAL_STATES:
+            if rec is not None and not self._back_in_queue(rec) and rec.state not in FINAL_STATES:
                 finish_job(rec, self.store, self._emit, "interrupted",
                            interrupted_error(rec, "the backend was shut down while this job ran"))
         self._running.clear()
@@ -306,6 +306,8 @@ class RayExecutor(JobQueue):
         if rec is None:
             return
         if returned is None:
+            if state == "interrupted" and self._back_in_queue(rec):
+                return
             if state == "interrupted":
                 error = interrupted_error(rec, "the backend was shut down while this job ran")
             elif state == "cancelled":
@@ -326,6 +328,15 @@ class RayExecutor(JobQueue):
         self._emit(result_message(rec))
         log.info("job %s (%s) %s%s", rec.job_id, rec.kind, rec.state,
                  f": {rec.error['message']}" if rec.error else "")
+
+    def _back_in_queue(self, rec: JobRecord) -> bool:
+        """A job whose task was ended before it began (waiting in Ray for a free GPU): its ``job.json`` still
+        says ``queued``, and so does the server again; the next start runs it."""
+        on_disk = read_record(self.store.job_dir(rec.job_id) / "job.json")
+        if on_disk is None or on_disk.state != "queued":
+            return False
+        rec.state, rec.started = "queued", None
+        return True
 
     def _ask(self, job_id: str, what: str) -> None:
         try:
