@@ -178,9 +178,6 @@ class RayExecutor(JobQueue):
     def running_ids(self) -> list[str]:
         return list(self._running)
 
-    def enqueue(self, job_id: str) -> int:
-        return super().enqueue(job_id)  # the thread dispatches it on its next turn
-
     def _cancel_running(self, job_id: str) -> bool:
         task = self._running.get(job_id)
         if task is None:
