@@ -376,15 +376,27 @@ def test_joining_a_token_cluster_runs_jobs_there_and_an_open_cluster_is_refused(
                                                                                 capture: Path) -> None:
     for name in ("open", "secure"):
         (tmp_path / name).mkdir()
-    with ray_head(tmp_path / "open", auth=False) as address, \
-            pytest.raises(ValueError, match="lets in drivers without a token"), \
-            ray_serving(tmp_path / "work0", RayConfig(address=address, token_file=tmp_path / "open" / "head_token")):
-        pass
+    with ray_head(tmp_path / "open", auth=False) as address:
+        backend = BackendProcess(tmp_path / "work0", tmp_path / "refused.log",
+                                 ("--ray-address", address, "--ray-token-file", str(tmp_path / "open" / "head_token")))
+        try:
+            assert backend.proc.wait(START_S) == 2
+        finally:
+            if backend.proc.poll() is None:
+                backend.kill9()
+        assert "lets in drivers without a token" in backend.log()
     with ray_head(tmp_path / "secure", auth=True) as address:
-        config = RayConfig(address=address, workers=1, token_file=tmp_path / "secure" / "head_token",
-                           env={"OMP_NUM_THREADS": "1"})
-        with ray_serving(tmp_path / "work", config) as srv, Client(srv.bound_endpoint) as client:
-            assert client.handshake()["gpu"]["name"] == f"1 worker (0 busy): Ray {address}, CPU"
-            job = submit(client, "reconstruct", reconstruct_params(capture, 5))
-            result = client.wait_job(job, timeout_s=300).content
+        backend = BackendProcess(tmp_path / "work", tmp_path / "joined.log",
+                                 ("--ray-address", address, "--workers", "1", "--ray-token-file",
+                                  str(tmp_path / "secure" / "head_token")))
+        try:
+            info = backend.wait_ready(timeout_s=START_S)
+            assert info["gpu"]["name"] == f"1 worker (0 busy): Ray {address}, CPU"
+            with Client(backend.endpoint) as client:
+                job = submit(client, "reconstruct", reconstruct_params(capture, 5))
+                result = client.wait_job(job, timeout_s=300).content
             assert result["state"] == "done" and result["outputs"]["steps"] == 5, result
+            assert backend.terminate(timeout_s=120) == 0
+        finally:
+            if backend.proc.poll() is None:
+                backend.kill9()
