@@ -184,9 +184,9 @@ def test_cycle_finder_sees_package_cycles_that_modules_do_not(tmp_path: Path) ->
     assert find_cycles(package_graph(graph, "pkg")) == [["pkg.x", "pkg.y", "pkg.x"]]
 
 
-# The layer below the front ends: importing it must not pull in a front end (the ZeroMQ server, the cluster)
-# nor Ray. Run in a fresh interpreter, so that what other tests imported does not count.
-FRONT_ENDS = ("backend.server", "backend.cluster", "ray")
+# The layer below the front ends: importing it must not pull in a front end (the ZeroMQ server, the Ray
+# executor) nor Ray. Run in a fresh interpreter, so that what other tests imported does not count.
+FRONT_ENDS = ("backend.server", "backend.scaleout", "ray")
 
 
 @pytest.mark.parametrize("module", ["backend.jobstore", "backend.jobs", "backend.jobs.local"])

@@ -1,5 +1,5 @@
 """Where the backend listens, and whether that is safe: only this machine unless asked, never the network
-without CURVE unless asked explicitly. Shared by the server's client endpoint and the cluster's worker endpoint."""
+without CURVE unless asked explicitly. The server's client endpoint's."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ Threads and sockets (ZeroMQ sockets are used only by the thread that made them):
 * the *socket thread* (``Server.serve``) owns the ROUTER bound to the public endpoint and an inproc PULL
   socket; it decodes requests, answers them at once, and forwards job messages to their clients;
 * the *worker thread* runs one job at a time and pushes its messages through an inproc PUSH socket; or,
-  with a :class:`~backend.cluster.broker.ClusterConfig` (``serve --workers N``), a broker run by the socket
-  thread hands the jobs to worker processes over a second socket (:mod:`backend.cluster`), and their messages
-  take the same way to the clients.
+  with a :class:`~backend.scaleout.ray_cluster.RayConfig` (``serve --workers N`` or ``--ray-address``), the
+  :class:`~backend.scaleout.executor.RayExecutor`'s thread runs the jobs as Ray tasks, N at a time
+  (:mod:`backend.scaleout`), and their messages take the same way to the clients.
 
 Answering never waits on a job, so hello/status/cancel stay instant while a GPU job runs, and a client that
 vanishes costs nothing: sends are non-blocking and messages for an absent client are dropped (the job's
@@ -76,7 +76,8 @@ from protocol.errors import clip_text, error_content
 from protocol.framing import check_json_value, load_json_object
 
 if TYPE_CHECKING:
-    from backend.cluster.broker import Broker, ClusterConfig
+    from backend.scaleout.executor import RayExecutor
+    from backend.scaleout.ray_cluster import RayConfig
 
 log = logging.getLogger("nerfart.server")
 
@@ -145,8 +146,8 @@ class Server:
         insecure: allow a non-loopback endpoint without CURVE.
         work_dir_quota_bytes: the most the work dir may hold (None: no quota); see :mod:`backend.jobstore.disk`.
         min_free_bytes: free space left on the work dir's disk for everything else.
-        cluster: run the jobs on worker processes (see :mod:`backend.cluster`) instead of a thread of this
-            process; its worker endpoint is checked as the client endpoint is.
+        scaleout: run the jobs as Ray tasks (see :mod:`backend.scaleout`) instead of on a thread of this
+            process.
 
     Raises:
         ValueError: an endpoint that :func:`check_bind_endpoint` or :func:`check_transport_security` refuses.
@@ -157,12 +158,9 @@ class Server:
                  hmac_key: bytes | None = None, single_user: bool | None = None, limits: Limits = DEFAULT_LIMITS,
                  max_queued_per_client: int = 32, max_queued_per_host: int = 128, clip_models: tuple[str, ...] = (),
                  curve: ServerKeys | None = None, insecure: bool = False, work_dir_quota_bytes: int | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, cluster: ClusterConfig | None = None) -> None:
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, scaleout: RayConfig | None = None) -> None:
         check_bind_endpoint(endpoint, allow_remote)
         check_transport_security(endpoint, curve is not None, insecure)
-        if cluster is not None:
-            check_bind_endpoint(cluster.worker_endpoint, allow_remote)
-            check_transport_security(cluster.worker_endpoint, cluster.curve is not None, insecure)
         self.endpoint = endpoint
         self.session = uuid.uuid4().hex
         self.device = device
@@ -179,14 +177,14 @@ class Server:
         self._signer = Signer(hmac_key)
         self._ctx = zmq.Context()
         self._stop = threading.Event()
-        self.cluster = cluster
-        self._worker: ThreadWorker | Broker
-        if cluster is None:
+        self.scaleout = scaleout
+        self._worker: ThreadWorker | RayExecutor
+        if scaleout is None:
             self._worker = ThreadWorker(self.store, self.runners, self._emit_from_worker, device)
         else:
-            from backend.cluster.broker import Broker
+            from backend.scaleout.executor import RayExecutor
 
-            self._worker = Broker(self.store, self._emit_from_worker, self._ctx, cluster)
+            self._worker = RayExecutor(self.store, self._emit_from_worker, scaleout, device, self.runners, limits)
         self._push_local = threading.local()
         self.bound_endpoint: str | None = None
         self.ready = threading.Event()
@@ -215,11 +213,10 @@ class Server:
     def serve(self) -> None:
         """Run until :meth:`stop`. Binds, starts the worker, then serves; always cleans up."""
         authenticator = None
-        if self.curve is not None or (self.cluster is not None and self.cluster.curve is not None):
+        if self.curve is not None:
             # The ZAP handler must be up before the socket binds, or libzmq would admit any client key.
             authenticator = start_authenticator(self._ctx)
-            if self.curve is not None:
-                self._trusted = admit_clients(authenticator, self.curve)
+            self._trusted = admit_clients(authenticator, self.curve)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # know when a client is gone instead of silently queueing
@@ -242,10 +239,7 @@ class Server:
                 raise ValueError(f"cannot listen on {self.endpoint}: {exc.strerror}; {hint}") from None
             self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             outbox.bind(OUTBOX)
-            if self.cluster is not None:
-                self._worker.start(authenticator)
-            else:
-                self._worker.start()
+            self._worker.start()  # with Ray: starts or joins it (ValueError: no token, an open cluster...)
             log.info("NeRF-Art backend %s listening on %s (device %s, work dir %s)", backend.__version__,
                      self.bound_endpoint, self.device, self.store.work_dir)
             log.info("%s; %s", f"CURVE on: server public key {self.curve.public.decode()}, authorised client keys "
@@ -259,8 +253,6 @@ class Server:
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(outbox, zmq.POLLIN)
-            for sock in self._worker.sockets():  # the broker's worker endpoint, in cluster mode
-                poller.register(sock, zmq.POLLIN)
             while not self._stop.is_set():
                 self._serve_once(poller, router, outbox)
         finally:
@@ -448,7 +440,7 @@ class Server:
         log.info("hello from %s (owner %s)", msg.content["client"][:200], owner[:60])
         content = {"protocol_version": PROTOCOL_VERSION, "backend_version": backend.__version__,
                    "session": self.session,
-                   "gpu": device_info(self.device) if self.cluster is None else self._worker.gpu_summary(),
+                   "gpu": device_info(self.device) if self.scaleout is None else self._worker.gpu_summary(),
                    "clip_models": list(self.clip_models), "job_kinds": sorted(self.runners),
                    "queue_length": self._worker.queue_length(),
                    "limits": {"max_message_bytes": self.limits.max_message_bytes,
