@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from test_jobs_live import SIZE, write_sphere_capture
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import default_runners
@@ -42,15 +42,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pat
     srv = Server("tcp://127.0.0.1:*", root / "work", runners=default_runners())
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     with Client(srv.bound_endpoint) as client:
         job = client.request(Message("submit", {"kind": "reconstruct", "params": {
             "capture_path": str(capture), "preset": "tiny", "steps": 40, "holdout_every": 4}})).content["job_id"]
-        result = client.wait_job(job, timeout_s=300)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
     yield srv, capture, job
     srv.stop()
-    thread.join(30)
+    thread.join(HANG_S)
 
 
 def submit(client: Client, params: dict) -> str:
@@ -63,7 +63,7 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         assert "stylize" in client.handshake()["job_kinds"]
         job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 3, **RANDOM})
         progress: list[Message] = []
-        result = client.wait_job(job, on_message=progress.append, timeout_s=300)
+        result = client.wait_job(job, on_message=progress.append, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         out = result.content["outputs"]
         stages = [m.content["stage"] for m in progress]
@@ -116,7 +116,7 @@ def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
     with Client(srv.bound_endpoint) as client:
         job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 2, "subject_bounds": world,
                               **RANDOM})
-        result = client.wait_job(job, timeout_s=300)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         out = result.content["outputs"]
         assert out["source_job"] == rec_job and out["subject_bounds"]["shape"] == "ellipsoid"
@@ -180,14 +180,12 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
         # Pretrained weights that are not cached and cannot be downloaded: the weights error, within seconds.
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
-        t0 = time.monotonic()
         # The defaults: ViT-B-32 with OpenAI's weights.
         result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "preset": "tiny"}),
                                  timeout_s=60)
         assert result.content["state"] == "failed"
         message = result.content["error"]["message"]
         assert "are not available" in message and "HF_HUB_OFFLINE" in message, message
-        assert time.monotonic() - t0 < 20
 
 
 def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -> None:
@@ -201,13 +199,13 @@ def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -
         while not any(m.type == "progress" and m.job_id == job and m.content["stage"] == "stylizing"
                       and m.content["step"] >= 2 for m in client.poll(0.05)):
             pass
-        t0 = time.monotonic()
-        client.request(Message("cancel", {"job_id": job}))
-        result = client.wait_job(job, timeout_s=30)
+        assert client.request(Message("cancel", {"job_id": job})).content["state"] == "running"
+        at_cancel = srv.store.get(job).step  # iterations done when the cancel landed (or fewer)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "cancelled"
-        assert time.monotonic() - t0 < 5, "cancel lands within an iteration"
         ckpt = load_checkpoint(srv.store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
         assert ckpt.metrics["cancelled"] == 1 and ckpt.metrics["stylize_iterations"] >= 2
+        assert ckpt.metrics["stylize_iterations"] <= at_cancel + 1, "cancel lands within an iteration"
         rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
         grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
         assert rec.subject is not None, "a reconstruct job decides subject bounds"
