@@ -1,10 +1,16 @@
-"""Shared test set-up."""
+"""Shared test set-up.
+
+The suite's rule on time (see tests/waits.py): a test never asserts how long something took, and it waits for
+events, with :data:`waits.HANG_S` as the only limit, a hang guard. Latencies and speeds are measured in
+``bench/``. Tests that take long are marked ``slow`` (they still run in CI).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from waits import HANG_S
 
 try:
     import torch
@@ -26,3 +32,20 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _requests_wait_for_their_answer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the backend's tests a request or handshake without a timeout of its own waits up to HANG_S for its
+    answer (a hang guard) instead of the client's 5 s default, which a loaded 2-core CI machine can exceed.
+
+    Not in tests/addon: the add-on's own timeouts (its preferences') are what those tests exercise.
+    """
+    if "addon" in request.node.path.parts:
+        return
+    try:
+        from protocol import Client
+    except ImportError:
+        return
+    monkeypatch.setattr(Client.request, "__defaults__", (HANG_S,))
+    monkeypatch.setattr(Client.handshake, "__defaults__", (HANG_S,))

@@ -95,7 +95,7 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         rjob = client.request(Message("submit", {"kind": "render", "params": {
             "source_job": job, "cameras": [cam]}})).content["job_id"]
         frames: list[Message] = []
-        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=60)
+        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=HANG_S)
         assert result.content["state"] == "done" and len(frames) == 1
         img = np.asarray(Image.open(io.BytesIO(bytes(frames[0].blob(frames[0].content["image"]))))) / 255.0
         truth = np.asarray(Image.open(capture / "images" / "001.png")) / 255.0
@@ -129,7 +129,7 @@ def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
 
         flat = {"shape": "box", "matrix": np.diag([1.0, 0.0, 1.0, 1.0]).tolist()}
         result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "subject_bounds": flat,
-                                                 **RANDOM}), timeout_s=60)
+                                                 **RANDOM}), timeout_s=HANG_S)
         assert result.content["state"] == "failed"
         assert "subject_bounds" in result.content["error"]["message"]
         assert "zero size" in result.content["error"]["message"]
@@ -166,7 +166,7 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
              "unknown CLIP model"),
         ]
         for params, message in cases:
-            result = client.wait_job(submit(client, params), timeout_s=60)
+            result = client.wait_job(submit(client, params), timeout_s=HANG_S)
             assert result.content["state"] == "failed", params
             assert message in result.content["error"]["message"], result.content["error"]
         # An unknown source job is refused at submission; a source of the wrong kind fails the job.
@@ -174,7 +174,7 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
             submit(client, {"source_job": "0123456789abcdef", "prompt": PROMPT, **RANDOM})
         failed_src = next(j for j in srv.store.all() if j.kind == "stylize" and j.state == "failed")
         result = client.wait_job(submit(client, {"source_job": failed_src.job_id, "prompt": PROMPT, **RANDOM}),
-                                 timeout_s=60)
+                                 timeout_s=HANG_S)
         assert "is a stylize job; expected one of reconstruct" in result.content["error"]["message"]
 
         # Pretrained weights that are not cached and cannot be downloaded: the weights error, within seconds.
@@ -182,7 +182,7 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
         # The defaults: ViT-B-32 with OpenAI's weights.
         result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "preset": "tiny"}),
-                                 timeout_s=60)
+                                 timeout_s=HANG_S)
         assert result.content["state"] == "failed"
         message = result.content["error"]["message"]
         assert "are not available" in message and "HF_HUB_OFFLINE" in message, message
