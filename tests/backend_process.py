@@ -20,7 +20,7 @@ from waits import HANG_S, wait_until
 
 from protocol import Client, Message
 
-LISTENING = re.compile(r"listening on (tcp://\S+)")
+LISTENING = re.compile(r"NeRF-Art backend \S+ listening on (tcp://\S+)")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from waits import HANG_S
 
 from blender_addon.core.jobs import JobState, Session, format_bytes, format_duration
 from blender_addon.core.local_backend import LocalBackend, build_command
@@ -122,7 +123,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         build_command(str(tmp_path / "nope"), "-m x", "e")
     cmd = build_command(sys.executable, "-c \"import sys, time; print(sys.argv[1]); sys.stdout.flush(); "
-                        "time.sleep(30)\" {endpoint}", "tcp://127.0.0.1:5555")
+                        "time.sleep(3600)\" {endpoint}", "tcp://127.0.0.1:5555")
     assert cmd[-1] == "tcp://127.0.0.1:5555"
     lb = LocalBackend()
     lb.start(cmd, tmp_path, tmp_path / "logs" / "backend.log")
@@ -131,7 +132,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
         lb.start(cmd, tmp_path, tmp_path / "logs" / "backend.log")
     time.sleep(0.3)
     lb.stop()  # returns at once
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_S
     msg = None
     while msg is None and time.monotonic() < deadline:
         msg = lb.service()
@@ -140,7 +141,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
     assert "tcp://127.0.0.1:5555" in lb.log_tail()
     crash = build_command(sys.executable, "-c \"import sys; print('ImportError: no torch'); sys.exit(3)\"", "e")
     lb.start(crash, None, tmp_path / "logs" / "backend.log")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_S
     msg = None
     while msg is None and time.monotonic() < deadline:
         msg = lb.service()
