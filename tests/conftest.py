@@ -17,6 +17,16 @@ try:
 except ImportError:  # the Blender 4.2 lane runs tests/addon in a venv without torch
     torch = None
 
+try:
+    from hypothesis import settings
+except ImportError:  # the add-on lanes' venvs have no hypothesis (no test there uses it)
+    settings = None
+if settings is not None:
+    # The same examples on every run, none remembered from an earlier one: a property test that passes here
+    # passes again, and one that fails fails again (with its example), rather than now and then.
+    settings.register_profile("deterministic", derandomize=True, database=None)
+    settings.load_profile("deterministic")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
