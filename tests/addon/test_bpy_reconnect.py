@@ -32,7 +32,8 @@ from waits import HANG_S  # noqa: E402
 
 MOD = "nerfart_blender"
 BACKEND_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-WRITE_CAPTURE = ("import sys; from pathlib import Path; from tests.test_jobs_live import write_sphere_capture; "
+WRITE_CAPTURE = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                 "from test_jobs_live import write_sphere_capture; "
                  "write_sphere_capture(Path(sys.argv[1]))")
 
 
@@ -138,12 +139,16 @@ def prefs(addon):
         setattr(p, k, v)
 
 
-def pump(addon, until, what: str, timeout: float = HANG_S) -> None:
-    """Call the timer's tick (timers do not fire in module mode) until ``until()``; ``timeout`` guards a hang."""
+def pump(addon, until, what: str, timeout: float = HANG_S, backend: Backend | None = None) -> None:
+    """Call the timer's tick (timers do not fire in module mode) until ``until()``; ``timeout`` guards a hang.
+    A hang's message shows the add-on's jobs and ``backend``'s log."""
     deadline = time.monotonic() + timeout
     addon.tick.tick()
     while not until():
-        assert time.monotonic() < deadline, f"not reached within {timeout} s: {what}"
+        if time.monotonic() > deadline:
+            jobs = [(j.job_id, j.state, j.stage, j.step, j.error) for j in addon.connection.session.jobs.values()]
+            raise AssertionError(f"not reached within {timeout} s: {what}; the add-on's jobs: {jobs}\n"
+                                 f"{backend.log() if backend else ''}")
         time.sleep(0.02)
         addon.tick.tick()
 
@@ -257,7 +262,8 @@ def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs,
     # backend accepts it under the same id and its progress comes here again.
     assert bpy.ops.nerfart.resume_job(job_id=first.job_id) == {"FINISHED"}
     # The restarted backend imports torch and loads the checkpoint first: over 30 s on a loaded 2-core machine.
-    pump(addon, lambda: refs[first.job_id].state == "running" and first.step > 0, "the resumed job runs")
+    pump(addon, lambda: refs[first.job_id].state == "running" and first.step > 0, "the resumed job runs",
+         backend=backend)
     assert first.error == "" and rt.error == ""
     assert bpy.ops.nerfart.cancel_job(job_id=first.job_id) == {"FINISHED"}
     pump(addon, lambda: refs[first.job_id].state == "cancelled", "the resumed job is cancelled")

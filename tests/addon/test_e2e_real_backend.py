@@ -70,7 +70,8 @@ def _backend_env() -> dict[str, str]:
     return env
 
 
-WRITE_CAPTURE = ("import sys; from pathlib import Path; from tests.test_jobs_live import write_sphere_capture; "
+WRITE_CAPTURE = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                 "from test_jobs_live import write_sphere_capture; "
                  "write_sphere_capture(Path(sys.argv[1]))")
 
 
