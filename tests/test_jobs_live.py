@@ -56,6 +56,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pat
     thread.join(HANG_S)
 
 
+@pytest.mark.slow
 def test_reconstruct_render_and_mesh_through_the_server(live: tuple[Server, Path]) -> None:
     srv, capture = live
     with Client(srv.bound_endpoint) as client:

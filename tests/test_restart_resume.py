@@ -87,6 +87,7 @@ def test_resumed_reconstruction_equals_the_uninterrupted_one(tmp_path: Path) -> 
                         background="matte", resume=loaded)
 
 
+@pytest.mark.slow
 def test_resumed_stylization_equals_the_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory,
                                                           tmp_path: Path) -> None:
     rec = tiny_reconstruction(tmp_path_factory)
@@ -148,6 +149,7 @@ def client_resume_error(client: Client, job_id: str) -> Message:
     raise AssertionError("no answer to resume")
 
 
+@pytest.mark.slow
 def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Path, capture: Path) -> None:
     work = tmp_path / "work"
     total = 40
@@ -206,6 +208,7 @@ def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Pa
             backend.kill9()
 
 
+@pytest.mark.slow
 def test_kill9_mid_stylization_then_resume(tmp_path: Path, capture: Path) -> None:
     work = tmp_path / "work"
     iterations = 6
@@ -291,6 +294,7 @@ def test_resume_without_a_checkpoint_starts_again_and_says_so(tmp_path: Path, ca
         thread.join(HANG_S)
 
 
+@pytest.mark.slow
 def test_clean_shutdown_mid_reconstruction_resumes_exactly_where_it_stopped(tmp_path: Path,
                                                                             capture: Path) -> None:
     work = tmp_path / "work"

@@ -237,6 +237,7 @@ def check_files(work: Path, states: dict[str, str]) -> collections.Counter[str]:
     return checked
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_soak_concurrent_clients_fuzzing_and_disconnects(tmp_path: Path) -> None:
     capture = write_sphere_capture(tmp_path / "capture")

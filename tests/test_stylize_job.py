@@ -57,6 +57,7 @@ def submit(client: Client, params: dict) -> str:
     return client.request(Message("submit", {"kind": "stylize", "params": params})).content["job_id"]
 
 
+@pytest.mark.slow
 def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) -> None:
     srv, capture, rec_job = live
     with Client(srv.bound_endpoint) as client:
@@ -104,6 +105,7 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         assert np.abs(img[..., 3] - truth[..., 3]).mean() < 0.15
 
 
+@pytest.mark.slow
 def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
     """params.subject_bounds (capture-world form) reach the loop; the stylized checkpoint keeps them (model
     coordinates) and the outputs give them back with the source job; unusable bounds fail the job at once."""
@@ -153,6 +155,7 @@ def test_subject_bounds_default_to_the_reconstructions() -> None:
     assert subject_world(SimpleNamespace(subject=None, normalization=norm)) is None
 
 
+@pytest.mark.slow
 def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     srv, _, rec_job = live
@@ -188,6 +191,7 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
         assert "are not available" in message and "HF_HUB_OFFLINE" in message, message
 
 
+@pytest.mark.slow
 def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -> None:
     srv, _, rec_job = live
     with Client(srv.bound_endpoint) as client:

@@ -225,6 +225,7 @@ def _submit_reconstruct(addon, scene, backend) -> object:
     return job
 
 
+@pytest.mark.slow
 def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs, backend):
     conn = addon.connection
     _authorised_connection(addon, prefs, backend)

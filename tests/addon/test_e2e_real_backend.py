@@ -33,6 +33,8 @@ from waits import HANG_S  # noqa: E402
 
 from protocol import Client, Message  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real backend process trains, stylizes, renders and meshes
+
 MOD = "nerfart_blender"
 BACKEND_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 SIZE = 24  # the capture's images are SIZE x SIZE
