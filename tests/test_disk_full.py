@@ -220,6 +220,7 @@ def test_sizes_are_parsed_and_shown() -> None:
     assert format_bytes(300) == "300 bytes" and format_bytes(1536) == "1.5 KiB" and format_bytes(3 * 2**30) == "3.0 GiB"
 
 
+@pytest.mark.slow
 def test_serve_takes_a_quota_and_status_says_when_the_work_dir_is_full(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "work"

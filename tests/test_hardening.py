@@ -182,6 +182,7 @@ def bad_path_job(client: Client) -> None:
     assert 0 < len(result["error"]["message"]) <= 2000
 
 
+@pytest.mark.slow
 def test_every_killer_is_answered_by_a_plain_backend_which_then_still_serves(plain_backend: BackendProcess,
                                                                              capture: Path) -> None:
     session = plain_backend.wait_ready()["session"]
@@ -198,6 +199,7 @@ def test_every_killer_is_answered_by_a_plain_backend_which_then_still_serves(pla
     still_serves(plain_backend, capture, None)
 
 
+@pytest.mark.slow
 def test_every_killer_signed_or_not_is_answered_by_a_signing_backend_which_then_still_serves(
         signing_backend: BackendProcess, capture: Path) -> None:
     session = signing_backend.wait_ready()["session"]

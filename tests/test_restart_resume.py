@@ -59,6 +59,7 @@ def assert_same_model(a: NeRFCheckpoint, b: NeRFCheckpoint) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resumed_reconstruction_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     cams = ring_cameras(8, 24)
     images = render_spheres(cams)
