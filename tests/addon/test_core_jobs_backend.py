@@ -46,10 +46,14 @@ def test_job_lifecycle_and_events():
     assert job.job_id == "j1" and job.status_line() == "render cam: queued (position 2)"
     events = s.apply(Msg("progress", {"job_id": "j1", "stage": "rendering", "step": 0, "total": 2, "eta_s": 65.0,
                                       "preview": {"buffer": 0, "format": "png"}}))
-    assert [e.kind for e in events] == ["preview"] and job.state == "running"
+    assert [e.kind for e in events] == ["stage", "preview"] and job.state == "running"
     assert [e.kind for e in s.apply(Msg("frame", {"job_id": "j1", "index": 0}))] == ["frame"]
     assert job.progress == 0.5 and job.status_line() == "render cam: rendering 1/2 frames ETA 1:05"
     assert s.current_job() is job
+    # The next steps of the same stage only move the progress; a new stage is an event again.
+    assert s.apply(Msg("progress", {"job_id": "j1", "stage": "rendering", "step": 1, "total": 2})) == []
+    assert [e.kind for e in s.apply(Msg("progress", {"job_id": "j1", "stage": "encoding", "step": 1,
+                                                     "total": 2}))] == ["stage"]
     assert s.apply(Msg("progress", {"job_id": "other", "stage": "x", "step": 1, "total": 2})) == []
     events = s.apply(Msg("result", {"job_id": "j1", "state": "done", "outputs": {"frames": 2}}))
     assert [e.kind for e in events] == ["finished"] and not s.busy and job.progress == 1.0
