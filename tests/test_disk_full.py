@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from backend_process import BackendProcess
 from test_server import serving
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import uploads
@@ -69,7 +70,7 @@ def test_the_quota_is_advertised_enforced_and_names_what_to_free(tmp_path: Path)
         assert job_dirs(srv) == [], "nothing of the refused upload was written"
         # Within the quota it is accepted and runs; then the job folder fills the quota.
         job = client.request(upload(150_000)).content["job_id"]
-        assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
         (srv.store.job_dir(job) / "outputs" / "big.bin").write_bytes(b"\0" * 60_000)
         with pytest.raises(BackendError) as err:
             client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}}))
@@ -80,7 +81,7 @@ def test_the_quota_is_advertised_enforced_and_names_what_to_free(tmp_path: Path)
         (srv.store.job_dir(job) / "outputs" / "big.bin").unlink()
         (srv.store.job_dir(job) / "inputs" / "capture.zip").unlink()
         nxt = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
-        assert client.wait_job(nxt, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(nxt, timeout_s=HANG_S).content["state"] == "done"
 
 
 def test_a_job_that_cannot_be_saved_is_never_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +98,7 @@ def test_a_job_that_cannot_be_saved_is_never_created(tmp_path: Path, monkeypatch
         assert client.request(Message("status", {})).content["jobs"] == []
         monkeypatch.undo()
         job = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
-        assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
 
 
 def test_a_full_disk_when_a_job_finishes_fails_it_clearly_and_the_next_job_runs(
@@ -116,10 +117,10 @@ def test_a_full_disk_when_a_job_finishes_fails_it_clearly_and_the_next_job_runs(
     with serving(work) as srv, Client(srv.bound_endpoint) as client:
         unlucky, after = (client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": s}}))
                           .content["job_id"] for s in (5, 3))
-        result = client.wait_job(unlucky, timeout_s=10).content
+        result = client.wait_job(unlucky, timeout_s=HANG_S).content
         assert result["state"] == "failed" and result["error"]["code"] == "disk_full"
         assert "ran to its end, but its record could not be saved" in result["error"]["message"]
-        assert client.wait_job(after, timeout_s=10).content["state"] == "done", "the worker went on"
+        assert client.wait_job(after, timeout_s=HANG_S).content["state"] == "done", "the worker went on"
         on_disk = json.loads((srv.store.job_dir(unlucky) / "job.json").read_text())
         assert on_disk["state"] == "running", "the record on disk is the last one saved, whole"
     monkeypatch.undo()
@@ -162,7 +163,7 @@ def test_the_backend_starts_on_a_full_disk_read_only_and_runs_again_once_there_i
         client.request(Message("attach", {"job_id": queued.job_id}))  # its messages come here
         monkeypatch.undo()
         free[0] = 10**9
-        assert client.wait_job(queued.job_id, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(queued.job_id, timeout_s=HANG_S).content["state"] == "done"
         assert client.handshake()["limits"]["writable"] is True
     with serving(work) as srv:  # and it restarts with every record whole
         assert {r.job_id: r.state for r in srv.store.all()} == {
@@ -219,6 +220,7 @@ def test_sizes_are_parsed_and_shown() -> None:
     assert format_bytes(300) == "300 bytes" and format_bytes(1536) == "1.5 KiB" and format_bytes(3 * 2**30) == "3.0 GiB"
 
 
+@pytest.mark.slow
 def test_serve_takes_a_quota_and_status_says_when_the_work_dir_is_full(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "work"

@@ -278,6 +278,7 @@ def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
     _check_fused_passes(fused_pass_errors("cuda", 64))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_passes_of_the_fused_path_in_the_triton_interpreter() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

@@ -118,6 +118,7 @@ def trained(sphere_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return work, rec, stages
 
 
+@pytest.mark.slow
 def test_a_reconstruction_keeps_its_subject_bounds_in_checkpoint_and_outputs(trained) -> None:
     work, rec, stages = trained
     assert "finding the subject" in stages
@@ -341,6 +342,7 @@ def mesh_vertices(work: Path, params: dict) -> tuple[object, np.ndarray]:
     return rec, read_glb(bytes(msg.blob(msg.content["glb"]))).vertices.astype(np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_format", ["ply", "glb"])
 def test_meshes_hold_the_subject_only(trained, mesh_format: str) -> None:
     work, recon, _ = trained
@@ -383,6 +385,7 @@ def test_a_mesh_without_bounds_spans_the_whole_model_and_the_grid_follows_the_bo
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_line_takes_bounds_and_the_background_option(trained, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from backend import cli
