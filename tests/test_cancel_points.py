@@ -20,13 +20,13 @@ from test_nerf_render import _model  # a random structured field in an occupied 
 from waits import HANG_S
 
 from backend.jobs import default_runners
+from backend.jobstore.context import JobCancelled
 from backend.nerf.checkpoint import NeRFCheckpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
 from backend.nerf.frame_renderer import FrameRenderer
 from backend.nerf.model import NeRFModel
 from backend.nerf.synthetic import ring_cameras
 from backend.outputs.mesh import density_grid
-from backend.jobstore.context import JobCancelled
 from backend.server.server import Server
 from protocol import Client, Message
 
