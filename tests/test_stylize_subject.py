@@ -146,7 +146,9 @@ def test_every_stylization_render_is_the_subject_over_the_plain_ground(contract:
         steps = [r for r in reports if r.stage == "stylizing"]
         assert len(steps) == iterations
         # Iteration 1 renders I_tgt with F_rec's weights: I_tgt == I_src only if both are the same subject render.
-        assert steps[0].losses["directional"] == pytest.approx(1.0, abs=1e-6)
+        # (1 - cos of a direction that is zero up to float rounding: exactly 1 where both renders are bit-equal, within
+        # ~1e-6 where chunking orders sums differently; a render over another ground moves it by far more.)
+        assert steps[0].losses["directional"] == pytest.approx(1.0, abs=1e-4)
         assert steps[0].losses["perceptual"] < 1e-6
         for r in steps:
             v = int(r.metrics["view"])
