@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,9 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backend_process import BackendProcess, free_port, job_dir, job_record, submit, wait_for
+from backend_process import BackendProcess, job_dir, job_record, submit, wait_for
 from test_jobs_live import write_sphere_capture
 from test_restart_resume import assert_same_model
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import default_runners
@@ -38,6 +40,14 @@ from backend.server.server import Server
 from protocol import Client, Message
 
 START_S = 180  # a Ray cluster, then worker processes importing torch, on two shared cores
+
+
+def free_port() -> int:
+    """A port nothing listens on now: for an address that must not answer, and for ``ray start --head --port``
+    (Ray binds it itself; the backend's own ports are bound by the backend, see backend_process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -245,7 +255,7 @@ def test_cancel_reaches_the_running_task(cluster: Server, executor: RayExecutor,
         holder = lock_holder(job_dir(work, job))
         reply = client.request(Message("cancel", {"job_id": job}))
         assert reply.content["state"] == "running"
-        result = client.wait_job(job, timeout_s=60).content
+        result = client.wait_job(job, timeout_s=HANG_S).content
     assert result["state"] == "cancelled"
     assert job_record(work, job)["state"] == "cancelled", "the task recorded it at a step boundary"
     wait_for(lambda: not executor.running_ids(), 10, "the executor to be idle again")
