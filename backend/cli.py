@@ -1,8 +1,8 @@
 """Command line of the backend: ``python -m backend <command>``.
 
-``serve`` runs the ZeroMQ server (with ``--workers N`` on worker processes, see :mod:`backend.cluster`);
-``worker`` joins a server's cluster from another host; ``status`` asks a running server about its jobs; ``keys``
-manages the CURVE keys (the server's key pair, the client and worker keys it trusts). The job commands (reconstruct, stylize, render, mesh,
+``serve`` runs the ZeroMQ server (with ``--workers N`` or ``--ray-address`` its jobs run as Ray tasks, see
+:mod:`backend.scaleout`); ``status`` asks a running server about its jobs; ``keys`` manages the CURVE keys (the
+server's key pair and the client keys it trusts). The job commands (reconstruct, stylize, render, mesh,
 resume) run the same runners as the server, in this process, with a progress bar on stderr; each prints the
 finished job's id on stdout (its record as JSON with ``--json``) and a readable summary on stderr.
 """
@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from backend.device import resolve_device
 from protocol import DEFAULT_ENDPOINT, BackendError, Client, Message
 
 DEFAULT_WORK_DIR = Path.home() / ".local" / "share" / "nerfart" / "work"
@@ -26,25 +27,14 @@ SUBJECT_BOUNDS_HELP = ('the subject (inside: the subject, outside: background) a
                        "capture-world coordinates} (a reconstruct job's --json output works too)")
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was asked for, but torch sees no CUDA GPU here")
-    return name
-
-
 def _keys_dir(args: argparse.Namespace) -> Path:
     return Path(args.keys_dir).expanduser() if args.keys_dir else Path(args.work_dir).expanduser() / "keys"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.server.auth import load_or_create_server_keys
-    from backend.server.disk import parse_size
-    from backend.server.server import check_bind_endpoint, is_loopback_endpoint
+    from backend.access.auth import load_or_create_server_keys
+    from backend.access.endpoints import check_bind_endpoint, is_loopback_endpoint
+    from backend.jobstore.disk import parse_size
 
     key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
     try:
@@ -59,16 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # CURVE is on when asked for, and by default on any address other machines can reach: there it is the
     # only thing between the network and this GPU (and the captures on its disk).
     use_curve = args.curve or (not is_loopback_endpoint(args.endpoint) and not args.insecure)
-    # The worker endpoint follows the same rule: workers receive every job's record and write its folder.
-    workers_curve = args.workers is not None and (
-        args.curve or (not is_loopback_endpoint(args.worker_endpoint) and not args.insecure))
     single_user = True if args.single_user else (False if args.multi_user else None)
     try:
         check_bind_endpoint(args.endpoint, args.allow_remote)  # before keys are made for a refused address
-        if args.workers is not None:
-            check_bind_endpoint(args.worker_endpoint, args.allow_remote)
+        from backend.scaleout.commands import ray_config
+
+        scaleout = ray_config(args, _keys_dir(args))
         keys = None
-        if use_curve or workers_curve:
+        if use_curve:
             keys, created = load_or_create_server_keys(_keys_dir(args))
             if created:
                 print(f"created this backend's CURVE key pair in {keys.keys_dir}. Its public key, for the "
@@ -78,16 +66,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from backend.server.server import serve
 
         device = resolve_device(args.device)
-        cluster = None
-        if args.workers is not None:
-            from backend.cluster.commands import cluster_config
-
-            cluster = cluster_config(args, device, keys if workers_curve else None)
         serve(args.endpoint, args.work_dir, default_runners(), device=device,
               allow_remote=args.allow_remote, hmac_key=key, single_user=single_user, clip_models=CLIP_MODELS,
               curve=keys if use_curve else None, insecure=args.insecure, work_dir_quota_bytes=quota,
-              min_free_bytes=min_free, cluster=cluster)
-    except ValueError as exc:  # also backend.server.auth.CurveKeyError
+              min_free_bytes=min_free, scaleout=scaleout)
+    except ValueError as exc:  # also backend.access.auth.CurveKeyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a work dir that cannot be made: a full disk, a read-only mount
@@ -97,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from backend.server import auth
+    from backend.access import auth
 
     keys_dir = _keys_dir(args)
     try:
@@ -106,14 +89,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(keys.public.decode())
         elif args.action == "authorize":
             public = auth.read_public_key(args.key)
-            path = auth.authorize(keys_dir, public, args.name, args.worker)
+            path = auth.authorize(keys_dir, public, args.name)
             print(f"authorised {public.decode()} as {path.stem} ({path}); a running backend accepts it at once",
                   file=sys.stderr)
         elif args.action == "revoke":
-            removed = auth.revoke(keys_dir, args.key, args.worker)
+            removed = auth.revoke(keys_dir, args.key)
             if not removed:
-                folder = auth.AUTHORIZED_WORKERS_DIR if args.worker else auth.AUTHORIZED_DIR
-                print(f"error: no authorised key named or equal to {args.key!r} in {keys_dir / folder}",
+                print(f"error: no authorised key named or equal to {args.key!r} in {keys_dir / auth.AUTHORIZED_DIR}",
                       file=sys.stderr)
                 return 1
             for path in removed:
@@ -121,17 +103,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         elif args.action == "list":
             for name, public in auth.authorized_keys(keys_dir).items():
                 print(f"{name}\t{public.decode()}")
-            for name, public in auth.authorized_keys(keys_dir, workers=True).items():
-                print(f"{name}\t{public.decode()}\tworker")
-        elif args.action in ("new-client", "new-worker"):
-            worker = args.action == "new-worker"
-            public, secret_path = auth.new_client(keys_dir, args.name, args.out, workers=worker)
+        elif args.action == "new-client":
+            public, secret_path = auth.new_client(keys_dir, args.name, args.out)
             server_key = keys_dir / (auth.SERVER_NAME + ".key")
-            use = (f"python -m backend worker --connect tcp://THIS-HOST:PORT --work-dir SHARED-WORK-DIR --server-key "
-                   f"{server_key} --worker-key {secret_path}" if worker else
-                   f"python -m backend status --server-key {server_key} --client-key {secret_path}")
-            print(f"new {'worker' if worker else 'client'} key pair {secret_path} (keep it private), authorised on "
-                  f"this backend. Use it with:\n  {use}", file=sys.stderr)
+            use = f"python -m backend status --server-key {server_key} --client-key {secret_path}"
+            print(f"new client key pair {secret_path} (keep it private), authorised on this backend. Use it with:"
+                  f"\n  {use}", file=sys.stderr)
             print(public.decode())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -150,7 +127,7 @@ def _client_curve(args: argparse.Namespace) -> tuple[bytes, bytes, bytes] | None
     if not (args.server_key and args.client_key):
         raise ValueError("CURVE needs both --server-key (the backend's public key) and --client-key (this "
                          "client's secret certificate, from 'python -m backend keys new-client')")
-    from backend.server import auth
+    from backend.access import auth
 
     public, secret = auth.read_key_pair(args.client_key)
     return auth.read_public_key(args.server_key), public, secret
@@ -407,11 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the default with CURVE or a non-loopback endpoint)")
     users.add_argument("--single-user", action="store_true", help="every client sees and cancels every job (the "
                        "default on loopback without CURVE)")
-    from backend.cluster.commands import add_serve_arguments, add_worker_parser
+    from backend.scaleout.commands import add_serve_arguments
 
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
-    add_worker_parser(sub)
 
     p = sub.add_parser("status", help="show a running backend's device and jobs")
     p.add_argument("job_id", nargs="?", default=None)
@@ -434,19 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key", help="the client's public key (40 characters: quote it, and put -- before it, since it "
                    "may start with '-') or its .key file")
     k.add_argument("--name", help="a name for it, e.g. the artist or the machine (default from the key)")
-    k.add_argument("--worker", action="store_true", help="a cluster worker's key (serve --workers), not a client's")
     k = keys.add_parser("revoke", parents=[keys_common], help="withdraw a client key (by name or key)")
     k.add_argument("key", help="the name or public key of an authorised client")
-    k.add_argument("--worker", action="store_true", help="a cluster worker's key, not a client's")
-    keys.add_parser("list", parents=[keys_common], help="list the authorised client keys (and worker keys, marked)")
+    keys.add_parser("list", parents=[keys_common], help="list the authorised client keys")
     k = keys.add_parser("new-client", parents=[keys_common], help="make and authorise a key pair for a "
                         "command-line client; prints its public key")
     k.add_argument("name", help="a name for the client")
     k.add_argument("--out", help="folder for the pair (default: KEYS_DIR/clients)")
-    k = keys.add_parser("new-worker", parents=[keys_common], help="make and authorise a key pair for a cluster "
-                        "worker on another host; prints its public key")
-    k.add_argument("name", help="a name for the worker, e.g. its host")
-    k.add_argument("--out", help="folder for the pair (default: KEYS_DIR/workers)")
     p.set_defaults(func=cmd_keys)
 
     def local_job_parser(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -41,12 +41,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from backend.jobs.local import run_job_locally  # noqa: E402
+from backend.jobstore.store import JobStore  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from backend.nerf.evaluate import render_image  # noqa: E402
 from backend.nerf.frame_renderer import FrameRenderer  # noqa: E402
 from backend.outputs.mesh import extract_mesh  # noqa: E402
-from backend.server.jobs import JobStore  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from captures import Cameras, load_capture  # noqa: E402
 from protocol import Message  # noqa: E402

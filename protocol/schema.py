@@ -236,7 +236,8 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("clip_models", "str_list", "CLIP model names the stylization job accepts."),
             Field("job_kinds", "str_list", "Job kinds this backend runs."),
             Field("queue_length", "int", "Jobs queued or running right now.", min=0),
-            Field("limits", "dict", "Limits: max_message_bytes, max_queued_jobs_per_client, and the work dir's "
+            Field("limits", "dict", "Limits: max_message_bytes, max_queued_jobs_per_client, "
+                  "max_queued_jobs_per_host (all the clients of one host together), and the work dir's "
                   "disk: work_dir_quota_bytes and work_dir_used_bytes (both null without a quota), disk_free_bytes, "
                   "min_free_bytes (kept free for the system) and writable (false while the quota or the disk is "
                   "full: status and attach answer, new jobs are refused with 'disk_full').", required=False),
@@ -322,7 +323,8 @@ MESSAGES: dict[str, MessageSpec] = {
             Field("job_id", "str", "One job, or null for all.", required=False, nullable=True),
         )),
         MessageSpec("status_reply", "server->client", "Job states.", (
-            Field("jobs", "list", "Job records, newest last.", max=MAX_LIST, item=JOB_INFO),
+            Field("jobs", "list", "Job records, newest last: whole for one job, summaries (no params; outputs' "
+                  "plain values only) for all jobs.", max=MAX_LIST, item=JOB_INFO),
         )),
         MessageSpec("attach", "client->server",
                     "Route a job's further messages to this client (e.g. after reopening a .blend); the server "

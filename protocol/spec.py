@@ -83,6 +83,13 @@ After the routing identities a ROUTER adds, a message is:
   and re-sends the `result` of a finished job, e.g. after Blender reopens a file. `resume` queues an
   `interrupted` job again under the same id; reconstruct and stylize continue from their latest periodic
   checkpoint to the submitted total, other kinds run again (a render re-sends the frames it had written).
+- **Queue.** Queued jobs run in turns: between the hosts they were submitted from (the network address the
+  operating system reports; `local` for ipc), then between the owners of one host, each owner's own jobs
+  oldest first; `position` counts the jobs that run before it. A submit or resume is refused with
+  `queue_full` when its owner already has `max_queued_jobs_per_client` jobs queued, or its host
+  `max_queued_jobs_per_host` (see `hello_reply.limits`). `status` of one job answers its whole record;
+  `status` of all jobs answers summaries: without `params`, and with only the plain values of `outputs`
+  (numbers and short strings; not a render's list of frames).
 - **Identity.** A client's routing id is `<client_id>/<session>` (`client_id`: 1-64 of `[A-Za-z0-9_-]`,
   stable per installation). Without CURVE the backend treats `client_id` as the owner of the client's jobs
   (advisory only); with CURVE the owner is the client's public key, proven by the handshake. In multi-user

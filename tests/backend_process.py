@@ -8,24 +8,43 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from waits import HANG_S, wait_until
+
 from protocol import Client, Message
+
+LISTENING = re.compile(r"NeRF-Art backend \S+ listening on (tcp://\S+)")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening_endpoint(log_path: Path, offset: int, proc: subprocess.Popen) -> str:
+    """The endpoint that a ``serve --endpoint tcp://HOST:*`` process bound, read from its log past byte
+    ``offset``.
+
+    The process binds port 0 itself and says which port it got. Picking a free port here and passing it on
+    races: between this process closing its probe socket and the backend binding, any other socket on the
+    machine (an outgoing connection of the add-on lane running beside this one) may take that port.
+    """
+    found: list[str] = []
+
+    def listening() -> bool:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        assert proc.poll() is None, f"the backend exited with {proc.returncode}:\n{text[-3000:]}"
+        found.extend(m.group(1) for m in LISTENING.finditer(text))
+        return bool(found)
+
+    wait_until(listening, "'listening on' in the backend's log", poll_s=0.05)
+    return found[0]
 
 
 class BackendProcess:
@@ -45,16 +64,24 @@ class BackendProcess:
                  ) -> None:
         self.work_dir = Path(work_dir)
         self.log_path = Path(log_path)
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self._endpoint: str | None = None
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the life of the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve", "--endpoint", self.endpoint, "--work-dir",
+            [sys.executable, "-m", "backend", "serve", "--endpoint", "tcp://127.0.0.1:*", "--work-dir",
              str(self.work_dir), "--device", "cpu", *args], cwd=self.work_dir.parent, env=env, stdout=self._log,
             stderr=subprocess.STDOUT)
         self.hmac_key = hmac_key
 
-    def wait_ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
+    @property
+    def endpoint(self) -> str:
+        """Where it listens (waits until it does: the port is the one the OS gave it)."""
+        if self._endpoint is None:
+            self._endpoint = listening_endpoint(self.log_path, self._log_offset, self.proc)
+        return self._endpoint
+
+    def wait_ready(self, timeout_s: float = HANG_S) -> dict[str, Any]:
         """Block until it answers ``hello``; returns its ``hello_reply`` content."""
         with Client(self.endpoint, client_name="pytest-wait-ready", hmac_key=self.hmac_key) as client:
             try:
@@ -65,10 +92,10 @@ class BackendProcess:
     def kill9(self) -> None:
         """``kill -9``: no handler runs, nothing is flushed or finished."""
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.wait(HANG_S)
         self._log.close()
 
-    def terminate(self, timeout_s: float = 30.0) -> int:
+    def terminate(self, timeout_s: float = HANG_S) -> int:
         """SIGTERM (the clean shutdown) and wait; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -76,7 +103,7 @@ class BackendProcess:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                self.proc.wait(HANG_S)
         self._log.close()
         return int(self.proc.returncode)
 
@@ -89,12 +116,9 @@ def job_dir(work_dir: Path, job_id: str) -> Path:
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.02) -> None:
-    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(poll_s)
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout_s`` or :data:`HANG_S`,
+    whichever is longer (a hang guard: see tests/waits.py)."""
+    wait_until(condition, what, max(timeout_s, HANG_S), poll_s)
 
 
 def job_record(work_dir: Path, job_id: str) -> dict[str, Any]:
@@ -103,4 +127,4 @@ def job_record(work_dir: Path, job_id: str) -> dict[str, Any]:
 
 
 def submit(client: Client, kind: str, params: dict[str, Any]) -> str:
-    return client.request(Message("submit", {"kind": kind, "params": params}), timeout_s=10).content["job_id"]
+    return client.request(Message("submit", {"kind": kind, "params": params}), timeout_s=HANG_S).content["job_id"]

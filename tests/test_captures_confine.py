@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from backend.jobs.reconstruct import run_reconstruct
-from backend.server.jobs import JobStore, execute_job
+from backend.jobstore.execute import execute_job
+from backend.jobstore.store import JobStore
 from captures import CaptureError, load_capture
 
 SECRET = b"root:x:0:0:SECRET-CONTENT"

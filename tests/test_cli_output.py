@@ -20,6 +20,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_job_commands_print_the_job_id_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capture = write_sphere_capture(tmp_path / "capture", n_views=6)
     work = ["--work-dir", str(tmp_path / "work"), "--device", "cpu"]

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from backend_process import BackendProcess
 from test_server import serving
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import uploads
 from backend.jobs.uploads import extract_capture_zip
-from backend.server import jobs as jobs_module
-from backend.server.disk import DiskBudget, format_bytes, parse_size
-from backend.server.jobs import JobStore
+from backend.jobstore import store as store_module
+from backend.jobstore.disk import DiskBudget, format_bytes, parse_size
+from backend.jobstore.store import JobStore
 from backend.server.server import Server
 from protocol import BackendError, Client, Message
 
@@ -69,7 +70,7 @@ def test_the_quota_is_advertised_enforced_and_names_what_to_free(tmp_path: Path)
         assert job_dirs(srv) == [], "nothing of the refused upload was written"
         # Within the quota it is accepted and runs; then the job folder fills the quota.
         job = client.request(upload(150_000)).content["job_id"]
-        assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
         (srv.store.job_dir(job) / "outputs" / "big.bin").write_bytes(b"\0" * 60_000)
         with pytest.raises(BackendError) as err:
             client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}}))
@@ -80,14 +81,14 @@ def test_the_quota_is_advertised_enforced_and_names_what_to_free(tmp_path: Path)
         (srv.store.job_dir(job) / "outputs" / "big.bin").unlink()
         (srv.store.job_dir(job) / "inputs" / "capture.zip").unlink()
         nxt = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
-        assert client.wait_job(nxt, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(nxt, timeout_s=HANG_S).content["state"] == "done"
 
 
 def test_a_job_that_cannot_be_saved_is_never_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ghost jobs (item 3): the client used to get 'internal error' while a queued job that never ran stayed in
     memory, uncancellable, counting against its owner's 32."""
     with serving(tmp_path / "work", max_queued_per_client=2) as srv, Client(srv.bound_endpoint) as client:
-        monkeypatch.setattr(jobs_module, "atomic_write_bytes", enospc)
+        monkeypatch.setattr(store_module, "atomic_write_bytes", enospc)
         for message in (Message("submit", {"kind": "reconstruct", "params": {"steps": 1}}), upload(1000)):
             for _ in range(3):  # more than the queue allows: failed submits must not count
                 with pytest.raises(BackendError) as err:
@@ -97,7 +98,7 @@ def test_a_job_that_cannot_be_saved_is_never_created(tmp_path: Path, monkeypatch
         assert client.request(Message("status", {})).content["jobs"] == []
         monkeypatch.undo()
         job = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
-        assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
 
 
 def test_a_full_disk_when_a_job_finishes_fails_it_clearly_and_the_next_job_runs(
@@ -116,10 +117,10 @@ def test_a_full_disk_when_a_job_finishes_fails_it_clearly_and_the_next_job_runs(
     with serving(work) as srv, Client(srv.bound_endpoint) as client:
         unlucky, after = (client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": s}}))
                           .content["job_id"] for s in (5, 3))
-        result = client.wait_job(unlucky, timeout_s=10).content
+        result = client.wait_job(unlucky, timeout_s=HANG_S).content
         assert result["state"] == "failed" and result["error"]["code"] == "disk_full"
         assert "ran to its end, but its record could not be saved" in result["error"]["message"]
-        assert client.wait_job(after, timeout_s=10).content["state"] == "done", "the worker went on"
+        assert client.wait_job(after, timeout_s=HANG_S).content["state"] == "done", "the worker went on"
         on_disk = json.loads((srv.store.job_dir(unlucky) / "job.json").read_text())
         assert on_disk["state"] == "running", "the record on disk is the last one saved, whole"
     monkeypatch.undo()
@@ -142,7 +143,7 @@ def test_the_backend_starts_on_a_full_disk_read_only_and_runs_again_once_there_i
     def budget(work_dir: Path) -> DiskBudget:
         return DiskBudget(work_dir, min_free_bytes=1000, free_bytes_fn=lambda: free[0], rescan_s=0.0)
 
-    monkeypatch.setattr(jobs_module, "atomic_write_bytes", enospc)  # every record and upload write fails
+    monkeypatch.setattr(store_module, "atomic_write_bytes", enospc)  # every record and upload write fails
     caplog.set_level(logging.WARNING)
     with serving(work, prepare=with_budget(budget)) as srv, Client(srv.bound_endpoint) as client:
         assert "starting read-only" in caplog.text and "no room on the backend's disk" in caplog.text
@@ -162,7 +163,7 @@ def test_the_backend_starts_on_a_full_disk_read_only_and_runs_again_once_there_i
         client.request(Message("attach", {"job_id": queued.job_id}))  # its messages come here
         monkeypatch.undo()
         free[0] = 10**9
-        assert client.wait_job(queued.job_id, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(queued.job_id, timeout_s=HANG_S).content["state"] == "done"
         assert client.handshake()["limits"]["writable"] is True
     with serving(work) as srv:  # and it restarts with every record whole
         assert {r.job_id: r.state for r in srv.store.all()} == {
@@ -219,6 +220,7 @@ def test_sizes_are_parsed_and_shown() -> None:
     assert format_bytes(300) == "300 bytes" and format_bytes(1536) == "1.5 KiB" and format_bytes(3 * 2**30) == "3.0 GiB"
 
 
+@pytest.mark.slow
 def test_serve_takes_a_quota_and_status_says_when_the_work_dir_is_full(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "work"

@@ -76,9 +76,9 @@ def shot(tmp_path_factory) -> Iterator[SimpleNamespace]:
 
     from backend.demo.scene import SUBJECT_BOUNDS, build_head
     from backend.jobs.local import run_job_locally
+    from backend.jobstore.store import JobStore
     from backend.nerf import ReconstructConfig, train_reconstruction
     from backend.nerf.checkpoint import save_checkpoint
-    from backend.server.jobs import JobStore
     from blender_addon.core.camera_export import camera_list_to_dicts, record_from_blender
     from blender_addon.core.intrinsics import BlenderCamera, intrinsics_from_blender
     from blender_addon.core.nerfstudio import transforms_json

@@ -278,6 +278,7 @@ def test_passes_of_the_fused_gpu_path_match_the_pytorch_path() -> None:
     _check_fused_passes(fused_pass_errors("cuda", 64))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_passes_of_the_fused_path_in_the_triton_interpreter() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -291,8 +292,8 @@ def _source_job(tmp_path: Path) -> tuple[str, object]:
     """A finished reconstruct job holding a small random-field checkpoint (world = model x 2 + offset)."""
     from test_nerf_render import _model as random_model
 
+    from backend.jobstore.store import JobStore
     from backend.nerf.checkpoint import NeRFCheckpoint, save_checkpoint
-    from backend.server.jobs import JobStore
     from captures.normalize import Normalization
 
     model = random_model(3, "matte", 2.0)
@@ -319,8 +320,8 @@ def test_render_job_png_frames_skip_the_passes_and_exr_frames_hold_them(tmp_path
 
     from backend.jobs.local import run_job_locally
     from backend.jobs.render import linear_premultiplied, quantized_straight_alpha
+    from backend.jobstore.store import JobStore
     from backend.nerf.checkpoint import load_checkpoint
-    from backend.server.jobs import JobStore
 
     job, cams = _source_job(tmp_path)
     renderer = FrameRenderer(load_checkpoint(JobStore(tmp_path).job_dir(job) / "outputs" / "model.ckpt", "cpu"))

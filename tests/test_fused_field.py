@@ -93,6 +93,7 @@ def _check(errors: dict[str, float]) -> None:
         assert errors[f"{scene}_window_t_mid_max_abs"] < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 def test_fused_field_in_triton_interpreter() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

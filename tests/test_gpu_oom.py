@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from test_jobs_live import SIZE, write_sphere_capture
+from waits import HANG_S
 
 import backend.jobs.reconstruct as reconstruct_job
 from backend.jobs import default_runners
@@ -47,18 +48,18 @@ def test_a_real_gpu_out_of_memory_fails_one_job_and_the_next_jobs_run(tmp_path: 
     srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners=default_runners(), device="cuda")
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     try:
         with Client(srv.bound_endpoint) as client:
             params = {"capture_path": str(capture), "preset": "tiny", "holdout_every": 4}
             torch.cuda.reset_peak_memory_stats()
             job = client.request(Message("submit", {"kind": "reconstruct", "params": {
                 **params, "steps": 20, "seed": ABSURD_SEED}})).content["job_id"]
-            result = client.wait_job(job, timeout_s=300).content
+            result = client.wait_job(job, timeout_s=HANG_S).content
             assert result["state"] == "failed", result
             assert result["error"]["code"] == "out_of_memory", result["error"]
             assert result["error"]["message"].startswith("the GPU ran out of memory; try again with a lower 'scale'")
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + HANG_S
             while srv._worker.queue_length():  # the worker frees memory after it has sent the result
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
@@ -70,16 +71,16 @@ def test_a_real_gpu_out_of_memory_fails_one_job_and_the_next_jobs_run(tmp_path: 
 
             job = client.request(Message("submit", {"kind": "reconstruct", "params": {
                 **params, "steps": 300}})).content["job_id"]
-            result = client.wait_job(job, timeout_s=300).content
+            result = client.wait_job(job, timeout_s=HANG_S).content
             assert result["state"] == "done", result
             assert result["outputs"]["heldout_psnr"] > 15.0
             cam = write_sphere_camera(capture)
             render = client.request(Message("submit", {"kind": "render", "params": {
                 "source_job": job, "cameras": [cam]}})).content["job_id"]
-            assert client.wait_job(render, timeout_s=120).content["state"] == "done"
+            assert client.wait_job(render, timeout_s=HANG_S).content["state"] == "done"
     finally:
         srv.stop()
-        thread.join(60)
+        thread.join(HANG_S)
 
 
 def write_sphere_camera(capture: Path) -> dict[str, Any]:

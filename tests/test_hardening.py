@@ -25,6 +25,7 @@ import zmq
 from backend_process import BackendProcess, submit
 from test_jobs_live import write_sphere_capture
 from test_server import counting_runner
+from waits import HANG_S
 
 from backend.server.server import Server
 from protocol import DELIMITER, PROTOCOL_VERSION, BackendError, Client, Message, Signer, decode, encode
@@ -126,7 +127,7 @@ class Probe:
 
     def ask(self, what: str, message: list[bytes]) -> Message:
         self.sock.send_multipart(message)
-        assert self.sock.poll(10_000), f"no answer to: {what}"
+        assert self.sock.poll(HANG_S * 1000), f"no answer to: {what}"
         return decode(self.sock.recv_multipart(), self.signer)
 
     def close(self) -> None:
@@ -137,11 +138,11 @@ def still_serves(backend: BackendProcess, capture: Path, key: bytes | None) -> N
     """The process lives, answers hello and status, runs a tiny job, and logged no traceback."""
     assert backend.proc.poll() is None, f"the backend died:\n{backend.log()[-3000:]}"
     with Client(backend.endpoint, hmac_key=key, client_name="after the killers") as client:
-        assert client.handshake(timeout_s=5)["protocol_version"] == PROTOCOL_VERSION
-        jobs = client.request(Message("status", {}), timeout_s=5).content["jobs"]
+        assert client.handshake(timeout_s=HANG_S)["protocol_version"] == PROTOCOL_VERSION
+        jobs = client.request(Message("status", {}), timeout_s=HANG_S).content["jobs"]
         job = submit(client, "reconstruct", {"capture_path": str(capture), "preset": "tiny", "steps": 3,
                                              "holdout_every": 0})
-        assert client.wait_job(job, timeout_s=120).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
     ghosts = [j for j in jobs if j["state"] == "queued"]
     assert not ghosts, f"jobs left queued by the killers: {ghosts}"
     assert "Traceback" not in backend.log(), backend.log()[-5000:]
@@ -176,11 +177,12 @@ def bad_path_job(client: Client) -> None:
     """Item 2: the path that broke the worker (its error quoted it past the limit) fails its job; the worker
     goes on (:func:`still_serves` runs the next job)."""
     job = submit(client, "reconstruct", {"capture_path": "/" + "../" * 900, "preset": "tiny"})
-    result = client.wait_job(job, timeout_s=60).content
+    result = client.wait_job(job, timeout_s=HANG_S).content
     assert result["state"] == "failed" and result["error"]["code"] == "job_failed", result
     assert 0 < len(result["error"]["message"]) <= 2000
 
 
+@pytest.mark.slow
 def test_every_killer_is_answered_by_a_plain_backend_which_then_still_serves(plain_backend: BackendProcess,
                                                                              capture: Path) -> None:
     session = plain_backend.wait_ready()["session"]
@@ -197,6 +199,7 @@ def test_every_killer_is_answered_by_a_plain_backend_which_then_still_serves(pla
     still_serves(plain_backend, capture, None)
 
 
+@pytest.mark.slow
 def test_every_killer_signed_or_not_is_answered_by_a_signing_backend_which_then_still_serves(
         signing_backend: BackendProcess, capture: Path) -> None:
     session = signing_backend.wait_ready()["session"]
@@ -234,7 +237,7 @@ def test_a_signed_submit_replayed_after_a_restart_is_refused(tmp_path: Path) -> 
                      hmac_key=KEY)
         thread = threading.Thread(target=srv.serve, daemon=True)
         thread.start()
-        assert srv.ready.wait(10)
+        assert srv.ready.wait(HANG_S)
         return srv, thread
 
     srv, thread = start()
@@ -247,7 +250,7 @@ def test_a_signed_submit_replayed_after_a_restart_is_refused(tmp_path: Path) -> 
         assert probe.ask("the same submit again", wire).content["code"] == "unauthorized"
         probe.close()
     srv.stop()
-    thread.join(10)
+    thread.join(HANG_S)
     srv, thread = start()  # a new process: a new session and an empty replay history
     try:
         probe = Probe(srv.bound_endpoint, KEY)
@@ -265,4 +268,4 @@ def test_a_signed_submit_replayed_after_a_restart_is_refused(tmp_path: Path) -> 
             assert client.request(Message("status", {})).type == "status_reply"
     finally:
         srv.stop()
-        thread.join(10)
+        thread.join(HANG_S)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from waits import HANG_S
 
 from backend.jobs import default_runners
 from backend.nerf.synthetic import render_spheres, ring_cameras
@@ -49,12 +50,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pat
     srv = Server("tcp://127.0.0.1:*", root / "work", runners=default_runners())
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     yield srv, capture
     srv.stop()
-    thread.join(30)
+    thread.join(HANG_S)
 
 
+@pytest.mark.slow
 def test_reconstruct_render_and_mesh_through_the_server(live: tuple[Server, Path]) -> None:
     srv, capture = live
     with Client(srv.bound_endpoint) as client:
@@ -63,7 +65,7 @@ def test_reconstruct_render_and_mesh_through_the_server(live: tuple[Server, Path
         job = client.request(Message("submit", {"kind": "reconstruct", "params": {
             "capture_path": str(capture), "preset": "tiny", "steps": 150, "holdout_every": 4}})).content["job_id"]
         progress: list[Message] = []
-        result = client.wait_job(job, on_message=progress.append, timeout_s=300)
+        result = client.wait_job(job, on_message=progress.append, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         stages = {m.content["stage"] for m in progress}
         assert {"loading capture", "training", "done"} <= stages
@@ -80,7 +82,7 @@ def test_reconstruct_render_and_mesh_through_the_server(live: tuple[Server, Path
         rjob = client.request(Message("submit", {"kind": "render", "params": {
             "source_job": job, "cameras": cams, "depth": True}})).content["job_id"]
         frames: list[Message] = []
-        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=120)
+        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=HANG_S)
         assert result.content["state"] == "done" and len(frames) == 2
         for msg, i in zip(frames, (0, 5), strict=True):
             img = np.asarray(Image.open(io.BytesIO(bytes(msg.blob(msg.content["image"]))))) / 255.0
@@ -100,7 +102,7 @@ def test_reconstruct_render_and_mesh_through_the_server(live: tuple[Server, Path
         mjob = client.request(Message("submit", {"kind": "extract_mesh", "params": {
             "source_job": job, "resolution": 48}})).content["job_id"]
         meshes: list[Message] = []
-        result = client.wait_job(mjob, on_message=lambda m: m.type == "mesh" and meshes.append(m), timeout_s=120)
+        result = client.wait_job(mjob, on_message=lambda m: m.type == "mesh" and meshes.append(m), timeout_s=HANG_S)
         assert result.content["state"] == "done" and len(meshes) == 1
         v = meshes[0].array(meshes[0].content["vertices"])
         assert len(v) > 100 and np.abs(v).max() < 1.2, "the spheres lie within 1 unit of the origin"
@@ -113,7 +115,7 @@ def test_reconstruct_cancel_and_bad_capture(live: tuple[Server, Path], tmp_path:
     with Client(srv.bound_endpoint) as client:
         bad = client.request(Message("submit", {"kind": "reconstruct", "params": {
             "capture_path": str(tmp_path / "nowhere"), "preset": "tiny"}})).content["job_id"]
-        result = client.wait_job(bad, timeout_s=60)
+        result = client.wait_job(bad, timeout_s=HANG_S)
         assert result.content["state"] == "failed"
         assert "nowhere" in result.content["error"]["message"]
 
@@ -123,7 +125,7 @@ def test_reconstruct_cancel_and_bad_capture(live: tuple[Server, Path], tmp_path:
                       for m in client.poll(0.05)):
             pass
         client.request(Message("cancel", {"job_id": job}))
-        result = client.wait_job(job, timeout_s=10)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "cancelled"
         # The model so far is kept.
         assert (srv.store.job_dir(job) / "outputs" / "checkpoint.pt").is_file()

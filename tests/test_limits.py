@@ -5,6 +5,7 @@ Each is refused or reported with an error that says what to do, and the server k
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -16,8 +17,10 @@ import pytest
 import torch
 import zmq
 from test_server import counting_runner
+from waits import HANG_S
 
-from backend.server.jobs import JobContext, _error_for
+from backend.jobstore.context import JobContext
+from backend.jobstore.messages import error_for_exception
 from backend.server.server import Server
 from protocol import BackendError, Client, Limits, Message, ProtocolError, decode, encode
 
@@ -27,7 +30,7 @@ LIMIT = 1_000_000  # bytes: small, so that the test messages stay small too
 def serve(srv: Server) -> threading.Thread:
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     return thread
 
 
@@ -38,7 +41,7 @@ def small_limits(tmp_path: Path) -> Iterator[Server]:
     thread = serve(srv)
     yield srv
     srv.stop()
-    thread.join(10)
+    thread.join(HANG_S)
 
 
 def upload(sizes: list[int]) -> Message:
@@ -63,7 +66,7 @@ def test_an_oversize_upload_is_refused_and_the_server_keeps_serving(small_limits
     try:
         # Every frame under the limit, the message over it: refused by the decoder, before anything is written.
         sock.send_multipart(encode(upload([600_000, 600_000])))
-        assert sock.poll(5000), "no answer to an over-size message"
+        assert sock.poll(HANG_S * 1000), "no answer to an over-size message"
         reply = decode(sock.recv_multipart())
         assert reply.type == "error" and reply.content["code"] == "too_large"
         assert f"over the limit of {LIMIT} bytes" in reply.content["message"]
@@ -72,7 +75,7 @@ def test_an_oversize_upload_is_refused_and_the_server_keeps_serving(small_limits
         # huge upload never reaches memory. The socket reconnects by itself and is served again.
         sock.send_multipart(encode(upload([2 * LIMIT])))
         assert not sock.poll(1000), "the over-size frame got an answer"
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + HANG_S
         while True:
             sock.send_multipart(encode(Message("status", {})))
             if sock.poll(500):
@@ -84,17 +87,17 @@ def test_an_oversize_upload_is_refused_and_the_server_keeps_serving(small_limits
     # Other clients never noticed; a job under the limit runs.
     with Client(srv.bound_endpoint) as client:
         job = client.request(upload([1000])).content["job_id"]
-        assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+        assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
 
 
 def test_the_client_gets_the_oversize_error_as_the_answer_to_its_request(small_limits: Server) -> None:
     # Before any handshake the client does not know the limit: the backend refuses the message and answers it
     # by the msg_id in its header, so the request ends with the error at once rather than a timeout.
     with Client(small_limits.bound_endpoint) as client:
-        t0 = time.monotonic()
+        # No timeout to end the wait: only the backend's answer can.
         with pytest.raises(BackendError) as err:
-            client.request(upload([600_000, 600_000]), timeout_s=5)
-        assert err.value.code == "too_large" and time.monotonic() - t0 < 3
+            client.request(upload([600_000, 600_000]), timeout_s=math.inf)
+        assert err.value.code == "too_large"
         # After the handshake it knows the advertised limit and refuses locally, also a single frame over the
         # limit, which ZeroMQ would drop unanswered.
         client.handshake()
@@ -108,7 +111,7 @@ def test_the_queue_limit_is_per_client_and_frees_up(small_limits: Server) -> Non
     srv = small_limits
     with Client(srv.bound_endpoint) as a, Client(srv.bound_endpoint) as b:
         running = a.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 500}})).content["job_id"]
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG_S
         while srv.store.get(running).state != "running":
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -132,7 +135,7 @@ def test_the_queue_limit_is_per_client_and_frees_up(small_limits: Server) -> Non
         again = a.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 1}})).content["job_id"]
         a.request(Message("cancel", {"job_id": running}))
         for client, job in ((a, queued[1]), (b, other), (a, again)):
-            assert client.wait_job(job, timeout_s=10).content["state"] == "done"
+            assert client.wait_job(job, timeout_s=HANG_S).content["state"] == "done"
         assert srv.store.get(running).state == "cancelled"
 
 
@@ -171,14 +174,14 @@ def test_out_of_memory_fails_the_job_with_advice_frees_memory_and_the_next_job_r
         with Client(srv.bound_endpoint) as client:
             job = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 7}})).content[
                 "job_id"]
-            result = client.wait_job(job, timeout_s=10).content
+            result = client.wait_job(job, timeout_s=HANG_S).content
             assert result["state"] == "failed" and result["error"]["code"] == "out_of_memory"
             message = result["error"]["message"]
             assert message.startswith("the GPU ran out of memory; try again with a lower 'scale'")
             assert "'fast' preset" in message and "Tried to allocate 20.00 GiB" in message
             assert srv.store.get(job).state == "failed"
             # The result goes out before the worker cleans up: wait for the worker to be idle.
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + HANG_S
             while srv._worker.queue_length():
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
@@ -188,10 +191,10 @@ def test_out_of_memory_fails_the_job_with_advice_frees_memory_and_the_next_job_r
             # The same server runs the next job.
             nxt = client.request(Message("submit", {"kind": "reconstruct", "params": {"steps": 3}})).content[
                 "job_id"]
-            assert client.wait_job(nxt, timeout_s=10).content["state"] == "done"
+            assert client.wait_job(nxt, timeout_s=HANG_S).content["state"] == "done"
     finally:
         srv.stop()
-        thread.join(10)
+        thread.join(HANG_S)
 
 
 def test_out_of_memory_advice_names_the_setting_of_each_job_kind() -> None:
@@ -199,12 +202,12 @@ def test_out_of_memory_advice_names_the_setting_of_each_job_kind() -> None:
     advice = {"reconstruct": "lower 'scale'", "stylize": "lower 'scale'", "render": "lower camera width and height",
               "extract_mesh": "lower 'resolution'"}
     for kind, setting in advice.items():
-        error = _error_for(gpu, kind)
+        error = error_for_exception(gpu, kind)
         assert error["code"] == "out_of_memory" and setting in error["message"], (kind, error)
     # PyTorch's CPU allocator and Python itself: the machine's memory, not the GPU's.
-    host = _error_for(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+    host = error_for_exception(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
                                    "memory: you tried to allocate 85899345920 bytes"), "reconstruct")
     assert host["code"] == "out_of_memory" and host["message"].startswith("the machine ran out of memory")
-    assert _error_for(MemoryError(), "extract_mesh")["code"] == "out_of_memory"
+    assert error_for_exception(MemoryError(), "extract_mesh")["code"] == "out_of_memory"
     # Other failures are not mistaken for it.
-    assert _error_for(ValueError("bad capture"), "reconstruct")["code"] == "job_failed"
+    assert error_for_exception(ValueError("bad capture"), "reconstruct")["code"] == "job_failed"

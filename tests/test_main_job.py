@@ -25,8 +25,9 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MISSING = [m for m in ("bpy", "torch", "zmq") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the main job needs {', '.join(MISSING)} in this Python "
-                                "(bpy: Blender as a Python module; torch: the backend)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(MISSING), reason=f"the main job needs {', '.join(MISSING)} in this Python "
+                                 "(bpy: Blender as a Python module; torch: the backend)")]
 
 FRAMES, FRAME_SIZE, VIEWS, CAPTURE_SIZE = 8, 64, 16, 64  # backend.demo.profiles.PROFILES["smallest"]
 STAGES = ("backend", "capture", "reconstruct", "stylize", "render", "extract_mesh", "outputs")

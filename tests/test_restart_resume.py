@@ -19,14 +19,17 @@ import torch
 from backend_process import BackendProcess, job_dir, job_record, submit, wait_for
 from test_jobs_live import write_sphere_capture
 from test_stylize_deferred import tiny_reconstruction
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import default_runners
+from backend.jobstore.atomic import atomic_path, atomic_write_bytes
+from backend.jobstore.lock import JobLock
+from backend.jobstore.store import JobStore
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint
 from backend.nerf.config import ReconstructConfig
 from backend.nerf.synthetic import render_spheres, ring_cameras
 from backend.nerf.train import train_on_images
-from backend.server.jobs import JobLock, JobStore, atomic_path, atomic_write_bytes
 from backend.server.server import Server
 from backend.stylize.clip_model import load_clip
 from backend.stylize.loop import preset_config, stylize
@@ -58,6 +61,7 @@ def assert_same_model(a: NeRFCheckpoint, b: NeRFCheckpoint) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resumed_reconstruction_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     cams = ring_cameras(8, 24)
     images = render_spheres(cams)
@@ -86,6 +90,7 @@ def test_resumed_reconstruction_equals_the_uninterrupted_one(tmp_path: Path) -> 
                         background="matte", resume=loaded)
 
 
+@pytest.mark.slow
 def test_resumed_stylization_equals_the_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory,
                                                           tmp_path: Path) -> None:
     rec = tiny_reconstruction(tmp_path_factory)
@@ -127,7 +132,7 @@ def sha256(path: Path) -> str:
 
 def resume_request(client: Client, job_id: str) -> Message:
     """Send ``resume`` and return its answer (``accepted``); BackendError for an ``error``."""
-    return client.request(Message("resume", {"job_id": job_id}), timeout_s=10)
+    return client.request(Message("resume", {"job_id": job_id}), timeout_s=HANG_S)
 
 
 def client_resume_error(client: Client, job_id: str) -> Message:
@@ -136,7 +141,7 @@ def client_resume_error(client: Client, job_id: str) -> Message:
     Nothing else is in flight when the tests call this, so the answer is the only message to arrive.
     """
     msg_id = client.resume(job_id)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
         messages = client.poll(0.05)
         if messages:
@@ -147,6 +152,7 @@ def client_resume_error(client: Client, job_id: str) -> Message:
     raise AssertionError("no answer to resume")
 
 
+@pytest.mark.slow
 def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Path, capture: Path) -> None:
     work = tmp_path / "work"
     total = 40
@@ -158,7 +164,7 @@ def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Pa
                                                  "holdout_every": 0})
             ckpt_path = job_dir(work, job) / "outputs" / "checkpoint.pt"
             # The tiny preset writes a resumable checkpoint every second of training.
-            wait_for(ckpt_path.is_file, 60, "the first periodic checkpoint")
+            wait_for(ckpt_path.is_file, HANG_S, "the first periodic checkpoint")
         backend.kill9()
     finally:
         if backend.proc.poll() is None:
@@ -182,7 +188,7 @@ def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Pa
             accepted = resume_request(client, job)
             assert accepted.type == "accepted" and accepted.content["job_id"] == job
             progress: list[Message] = []
-            result = client.wait_job(job, on_message=progress.append, timeout_s=120)
+            result = client.wait_job(job, on_message=progress.append, timeout_s=HANG_S)
             assert result.content["state"] == "done", result.content
             out = result.content["outputs"]
             assert out["steps"] == total and out["resumed_from_step"] == resume_from
@@ -205,6 +211,7 @@ def test_kill9_mid_reconstruction_then_resume_finishes_the_same_job(tmp_path: Pa
             backend.kill9()
 
 
+@pytest.mark.slow
 def test_kill9_mid_stylization_then_resume(tmp_path: Path, capture: Path) -> None:
     work = tmp_path / "work"
     iterations = 6
@@ -215,14 +222,14 @@ def test_kill9_mid_stylization_then_resume(tmp_path: Path, capture: Path) -> Non
             # A rough source is enough: the test is about the stylization's checkpoints, not its looks.
             source = submit(client, "reconstruct", {"capture_path": str(capture), "preset": "tiny", "steps": 10,
                                                     "holdout_every": 0})
-            assert client.wait_job(source, timeout_s=120).content["state"] == "done"
+            assert client.wait_job(source, timeout_s=HANG_S).content["state"] == "done"
             source_ckpt = job_dir(work, source) / "outputs" / "checkpoint.pt"
             source_hash = sha256(source_ckpt)
             job = submit(client, "stylize", {"source_job": source, "prompt": PROMPT, "iterations": iterations,
                                              **RANDOM_CLIP})
             ckpt_path = job_dir(work, job) / "outputs" / "checkpoint.pt"
             # The tiny preset checkpoints every 2 iterations.
-            wait_for(ckpt_path.is_file, 90, "the first periodic stylization checkpoint")
+            wait_for(ckpt_path.is_file, HANG_S, "the first periodic stylization checkpoint")
         backend.kill9()
     finally:
         if backend.proc.poll() is None:
@@ -242,7 +249,7 @@ def test_kill9_mid_stylization_then_resume(tmp_path: Path, capture: Path) -> Non
             done_before = load_checkpoint(ckpt_path, "cpu").train_state["done"]
             assert resume_request(client, job).content["job_id"] == job
             progress: list[Message] = []
-            result = client.wait_job(job, on_message=progress.append, timeout_s=120)
+            result = client.wait_job(job, on_message=progress.append, timeout_s=HANG_S)
             assert result.content["state"] == "done", result.content
             out = result.content["outputs"]
             assert out["iterations"] == iterations and out["resumed_from_iteration"] == done_before
@@ -275,11 +282,11 @@ def test_resume_without_a_checkpoint_starts_again_and_says_so(tmp_path: Path, ca
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
     try:
-        assert srv.ready.wait(10)
+        assert srv.ready.wait(HANG_S)
         with Client(srv.bound_endpoint) as client:
             assert resume_request(client, rec.job_id).content["position"] == 0
             progress: list[Message] = []
-            result = client.wait_job(rec.job_id, on_message=progress.append, timeout_s=120)
+            result = client.wait_job(rec.job_id, on_message=progress.append, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         note = result.content["outputs"]["resume_note"]
         assert "no checkpoint had been saved" in note and "starting again from the beginning" in note
@@ -287,9 +294,10 @@ def test_resume_without_a_checkpoint_starts_again_and_says_so(tmp_path: Path, ca
         assert result.content["outputs"]["steps"] == 12 and "resumed_from_step" not in result.content["outputs"]
     finally:
         srv.stop()
-        thread.join(30)
+        thread.join(HANG_S)
 
 
+@pytest.mark.slow
 def test_clean_shutdown_mid_reconstruction_resumes_exactly_where_it_stopped(tmp_path: Path,
                                                                             capture: Path) -> None:
     work = tmp_path / "work"
@@ -297,12 +305,12 @@ def test_clean_shutdown_mid_reconstruction_resumes_exactly_where_it_stopped(tmp_
     srv = Server("tcp://127.0.0.1:*", work, runners=default_runners())
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     with Client(srv.bound_endpoint) as client:
         job = submit(client, "reconstruct", params)
-        wait_for(lambda: srv.store.get(job).stage == "training" and srv.store.get(job).step >= 3, 60, "training")
+        wait_for(lambda: srv.store.get(job).stage == "training" and srv.store.get(job).step >= 3, HANG_S, "training")
         srv.stop()  # what SIGTERM does: the job stops at its next step and is marked interrupted
-        thread.join(30)
+        thread.join(HANG_S)
     rec = job_record(work, job)
     assert rec["state"] == "interrupted" and "shut down" in rec["error"]["message"]
     # On a clean stop the model is saved at the very step it stopped, not only at the last periodic save.
@@ -314,16 +322,16 @@ def test_clean_shutdown_mid_reconstruction_resumes_exactly_where_it_stopped(tmp_
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
     try:
-        assert srv.ready.wait(10)
+        assert srv.ready.wait(HANG_S)
         with Client(srv.bound_endpoint) as client:
             assert resume_request(client, job).content["job_id"] == job
-            result = client.wait_job(job, timeout_s=120)
+            result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         assert result.content["outputs"]["steps"] == 80
         assert result.content["outputs"]["resumed_from_step"] == stopped.step
     finally:
         srv.stop()
-        thread.join(30)
+        thread.join(HANG_S)
 
 
 def test_the_command_line_resumes_an_interrupted_job(tmp_path: Path, capture: Path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from test_jobs_live import SIZE, write_sphere_capture
+from waits import HANG_S
 
 from backend import cli
 from backend.jobs import default_runners
@@ -42,28 +42,29 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pat
     srv = Server("tcp://127.0.0.1:*", root / "work", runners=default_runners())
     thread = threading.Thread(target=srv.serve, daemon=True)
     thread.start()
-    assert srv.ready.wait(10)
+    assert srv.ready.wait(HANG_S)
     with Client(srv.bound_endpoint) as client:
         job = client.request(Message("submit", {"kind": "reconstruct", "params": {
             "capture_path": str(capture), "preset": "tiny", "steps": 40, "holdout_every": 4}})).content["job_id"]
-        result = client.wait_job(job, timeout_s=300)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
     yield srv, capture, job
     srv.stop()
-    thread.join(30)
+    thread.join(HANG_S)
 
 
 def submit(client: Client, params: dict) -> str:
     return client.request(Message("submit", {"kind": "stylize", "params": params})).content["job_id"]
 
 
+@pytest.mark.slow
 def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) -> None:
     srv, capture, rec_job = live
     with Client(srv.bound_endpoint) as client:
         assert "stylize" in client.handshake()["job_kinds"]
         job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 3, **RANDOM})
         progress: list[Message] = []
-        result = client.wait_job(job, on_message=progress.append, timeout_s=300)
+        result = client.wait_job(job, on_message=progress.append, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         out = result.content["outputs"]
         stages = [m.content["stage"] for m in progress]
@@ -95,7 +96,7 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         rjob = client.request(Message("submit", {"kind": "render", "params": {
             "source_job": job, "cameras": [cam]}})).content["job_id"]
         frames: list[Message] = []
-        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=60)
+        result = client.wait_job(rjob, on_message=lambda m: m.type == "frame" and frames.append(m), timeout_s=HANG_S)
         assert result.content["state"] == "done" and len(frames) == 1
         img = np.asarray(Image.open(io.BytesIO(bytes(frames[0].blob(frames[0].content["image"]))))) / 255.0
         truth = np.asarray(Image.open(capture / "images" / "001.png")) / 255.0
@@ -104,6 +105,7 @@ def test_stylize_then_render_the_stylized_model(live: tuple[Server, Path, str]) 
         assert np.abs(img[..., 3] - truth[..., 3]).mean() < 0.15
 
 
+@pytest.mark.slow
 def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
     """params.subject_bounds (capture-world form) reach the loop; the stylized checkpoint keeps them (model
     coordinates) and the outputs give them back with the source job; unusable bounds fail the job at once."""
@@ -116,7 +118,7 @@ def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
     with Client(srv.bound_endpoint) as client:
         job = submit(client, {"source_job": rec_job, "prompt": PROMPT, "iterations": 2, "subject_bounds": world,
                               **RANDOM})
-        result = client.wait_job(job, timeout_s=300)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "done", result.content
         out = result.content["outputs"]
         assert out["source_job"] == rec_job and out["subject_bounds"]["shape"] == "ellipsoid"
@@ -129,7 +131,7 @@ def test_stylize_within_subject_bounds(live: tuple[Server, Path, str]) -> None:
 
         flat = {"shape": "box", "matrix": np.diag([1.0, 0.0, 1.0, 1.0]).tolist()}
         result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "subject_bounds": flat,
-                                                 **RANDOM}), timeout_s=60)
+                                                 **RANDOM}), timeout_s=HANG_S)
         assert result.content["state"] == "failed"
         assert "subject_bounds" in result.content["error"]["message"]
         assert "zero size" in result.content["error"]["message"]
@@ -153,6 +155,7 @@ def test_subject_bounds_default_to_the_reconstructions() -> None:
     assert subject_world(SimpleNamespace(subject=None, normalization=norm)) is None
 
 
+@pytest.mark.slow
 def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     srv, _, rec_job = live
@@ -166,7 +169,7 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
              "unknown CLIP model"),
         ]
         for params, message in cases:
-            result = client.wait_job(submit(client, params), timeout_s=60)
+            result = client.wait_job(submit(client, params), timeout_s=HANG_S)
             assert result.content["state"] == "failed", params
             assert message in result.content["error"]["message"], result.content["error"]
         # An unknown source job is refused at submission; a source of the wrong kind fails the job.
@@ -174,22 +177,21 @@ def test_stylize_failures_are_immediate_and_clear(live: tuple[Server, Path, str]
             submit(client, {"source_job": "0123456789abcdef", "prompt": PROMPT, **RANDOM})
         failed_src = next(j for j in srv.store.all() if j.kind == "stylize" and j.state == "failed")
         result = client.wait_job(submit(client, {"source_job": failed_src.job_id, "prompt": PROMPT, **RANDOM}),
-                                 timeout_s=60)
+                                 timeout_s=HANG_S)
         assert "is a stylize job; expected one of reconstruct" in result.content["error"]["message"]
 
         # Pretrained weights that are not cached and cannot be downloaded: the weights error, within seconds.
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
-        t0 = time.monotonic()
         # The defaults: ViT-B-32 with OpenAI's weights.
         result = client.wait_job(submit(client, {"source_job": rec_job, "prompt": PROMPT, "preset": "tiny"}),
-                                 timeout_s=60)
+                                 timeout_s=HANG_S)
         assert result.content["state"] == "failed"
         message = result.content["error"]["message"]
         assert "are not available" in message and "HF_HUB_OFFLINE" in message, message
-        assert time.monotonic() - t0 < 20
 
 
+@pytest.mark.slow
 def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -> None:
     srv, _, rec_job = live
     with Client(srv.bound_endpoint) as client:
@@ -201,13 +203,13 @@ def test_stylize_cancel_keeps_the_latest_state(live: tuple[Server, Path, str]) -
         while not any(m.type == "progress" and m.job_id == job and m.content["stage"] == "stylizing"
                       and m.content["step"] >= 2 for m in client.poll(0.05)):
             pass
-        t0 = time.monotonic()
-        client.request(Message("cancel", {"job_id": job}))
-        result = client.wait_job(job, timeout_s=30)
+        assert client.request(Message("cancel", {"job_id": job})).content["state"] == "running"
+        at_cancel = srv.store.get(job).step  # iterations done when the cancel landed (or fewer)
+        result = client.wait_job(job, timeout_s=HANG_S)
         assert result.content["state"] == "cancelled"
-        assert time.monotonic() - t0 < 5, "cancel lands within an iteration"
         ckpt = load_checkpoint(srv.store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
         assert ckpt.metrics["cancelled"] == 1 and ckpt.metrics["stylize_iterations"] >= 2
+        assert ckpt.metrics["stylize_iterations"] <= at_cancel + 1, "cancel lands within an iteration"
         rec = load_checkpoint(srv.store.job_dir(rec_job) / "outputs" / "checkpoint.pt", "cpu")
         grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
         assert rec.subject is not None, "a reconstruct job decides subject bounds"

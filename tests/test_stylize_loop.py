@@ -73,6 +73,7 @@ def density_state(model) -> dict[str, torch.Tensor]:
             "occs": model.occupancy.occs.clone(), "binary": model.occupancy.binary.clone()}
 
 
+@pytest.mark.slow
 def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: ClipModel, lpips: LpipsLoss) -> None:
     view = 2
     one_view = dataclasses.replace(ckpt, train_indices=[view])  # the same view every iteration
@@ -114,6 +115,7 @@ def test_stylization_lowers_the_loss_of_its_view(ckpt: NeRFCheckpoint, clip: Cli
     assert saved == [2.0]
 
 
+@pytest.mark.slow
 def test_colour_only_leaves_density_bit_identical(ckpt: NeRFCheckpoint, clip: ClipModel,
                                                   lpips: LpipsLoss) -> None:
     config = preset_config("tiny", PROMPT, iterations=3, colour_only=True, lr_mlp=1e-2,
@@ -133,6 +135,7 @@ def test_colour_only_leaves_density_bit_identical(ckpt: NeRFCheckpoint, clip: Cl
     assert all(p.requires_grad for p in sty.model.parameters())
 
 
+@pytest.mark.slow
 def test_cancel_between_and_within_iterations(ckpt: NeRFCheckpoint, clip: ClipModel, lpips: LpipsLoss) -> None:
     config = preset_config("tiny", PROMPT, iterations=50)
     done: list[int] = []
@@ -228,6 +231,7 @@ def test_views_training_order_novel_cameras_and_scale(ckpt: NeRFCheckpoint) -> N
         stylization_views(cams, [0], resolution_scale=1.0, scale=1.0, novel_views=2)
 
 
+@pytest.mark.slow
 def test_novel_views_take_part_in_the_loop(ckpt: NeRFCheckpoint, clip: ClipModel, lpips: LpipsLoss) -> None:
     reports: list[StylizeProgress] = []
     config = preset_config("tiny", PROMPT, iterations=7, novel_views=4)
@@ -238,6 +242,7 @@ def test_novel_views_take_part_in_the_loop(ckpt: NeRFCheckpoint, clip: ClipModel
     assert [r.metrics["view"] for r in reports if r.stage == "stylizing"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0]
 
 
+@pytest.mark.slow
 def test_a_short_run_renders_only_the_sources_it_visits(ckpt: NeRFCheckpoint, clip: ClipModel,
                                                         lpips: LpipsLoss) -> None:
     reports: list[StylizeProgress] = []
@@ -247,6 +252,7 @@ def test_a_short_run_renders_only_the_sources_it_visits(ckpt: NeRFCheckpoint, cl
     assert [(r.step, r.total) for r in reports if r.stage == "sources"] == [(1, 2), (2, 2)]
 
 
+@pytest.mark.slow
 def test_shape_freedom_bounds_the_region_rays_march(ckpt: NeRFCheckpoint, clip: ClipModel,
                                                     lpips: LpipsLoss) -> None:
     """Issues 12 and 20: rays march through F_rec's occupied cells grown by ``shape_freedom`` head radii, nowhere

@@ -78,6 +78,7 @@ def test_lpips_input_checks(lpips_loss: LpipsLoss) -> None:
         lpips_loss(torch.rand(2, 32, 32), torch.rand(2, 32, 32))
 
 
+@pytest.mark.slow
 def test_vgg_relu3_3_l1_matches_float64_reference() -> None:
     vgg = load_vgg_relu3_3(random_init=True, cache=None)
     assert all(not p.requires_grad for p in vgg.parameters()) and not vgg.training

@@ -84,7 +84,10 @@ def test_rates_and_regularization_follow_the_freedom() -> None:
     # colour_only: no λ_reg (geometry is frozen); explicit weights and rates are taken as given.
     assert dataclasses.replace(top, colour_only=True).resolved_weights().regularization == 0
     assert dataclasses.replace(top, weights=LossWeights()).resolved_weights().regularization == 0
-    assert dataclasses.replace(top, lr_grid=2e-4).resolved_lr_density_mlp() == 2e-4
+    # The density MLP acts on every point at once: it keeps the slow rate whatever the freedom, unless given.
+    assert top.resolved_lr_density_mlp() == LR_SHAPE_AT_0
+    assert dataclasses.replace(top, lr_grid=2e-4).resolved_lr_density_mlp() == LR_SHAPE_AT_0
+    assert dataclasses.replace(top, lr_density_mlp=2e-4).resolved_lr_density_mlp() == 2e-4
     assert top.to_dict()["lr_grid"] == pytest.approx(LR_SHAPE_AT_MAX)
 
 

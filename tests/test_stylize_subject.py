@@ -113,6 +113,7 @@ def test_cells_touching_the_bounds() -> None:
     assert 0 < int(contracted.sum()) < 32**3 // 8
 
 
+@pytest.mark.slow
 def test_every_stylization_render_is_the_subject_over_the_plain_ground(contract: NeRFCheckpoint, clip: ClipModel,
                                                                       lpips: LpipsLoss) -> None:
     assert contract.background == "contract" and contract.cameras is not None
@@ -145,7 +146,9 @@ def test_every_stylization_render_is_the_subject_over_the_plain_ground(contract:
         steps = [r for r in reports if r.stage == "stylizing"]
         assert len(steps) == iterations
         # Iteration 1 renders I_tgt with F_rec's weights: I_tgt == I_src only if both are the same subject render.
-        assert steps[0].losses["directional"] == pytest.approx(1.0, abs=1e-6)
+        # (1 - cos of a direction that is zero up to float rounding: exactly 1 where both renders are bit-equal, within
+        # ~1e-6 where chunking orders sums differently; a render over another ground moves it by far more.)
+        assert steps[0].losses["directional"] == pytest.approx(1.0, abs=1e-4)
         assert steps[0].losses["perceptual"] < 1e-6
         for r in steps:
             v = int(r.metrics["view"])
@@ -159,6 +162,7 @@ def test_every_stylization_render_is_the_subject_over_the_plain_ground(contract:
         assert sty.subject is subject
 
 
+@pytest.mark.slow
 def test_a_red_face_turns_the_subject_red_and_leaves_the_room(contract: NeRFCheckpoint, lpips: LpipsLoss,
                                                               tmp_path: Path) -> None:
     """The issue's measure at toy size: redness inside the subject rises, outside it does not move when F_sty is
@@ -195,6 +199,7 @@ def test_a_red_face_turns_the_subject_red_and_leaves_the_room(contract: NeRFChec
     assert results["none"][1] > 0.03, f"the baseline should redden the room: {results}"
 
 
+@pytest.mark.slow
 def test_grown_shape_stays_inside_the_bounds(tmp_path_factory: pytest.TempPathFactory, clip: ClipModel,
                                              lpips: LpipsLoss) -> None:
     """shape_freedom adds cells only where they touch the bounds: F_sty's grid outside them is F_rec's."""

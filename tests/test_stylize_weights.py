@@ -1,15 +1,19 @@
 """Weight resolution (backend.stylize.weights): missing weights fail fast with the three ways; caches and local files
-are found. Every test points HF_HOME / TORCH_HOME at a temporary folder, so nothing here touches real caches."""
+are found. Every test points HF_HOME / TORCH_HOME at a temporary folder, so nothing here touches real caches.
+
+"Fast" is counted, not timed: the host names looked up (every connection starts with one) show that nothing
+was tried on the network, or only the one reachability probe per host and no download after it."""
 
 from __future__ import annotations
 
-import time
+import collections
+import socket
 from pathlib import Path
 
-import open_clip  # noqa: F401  - imported up front so the timings below measure the check, not this ~3 s import
 import pytest
 import torch
 
+from backend.stylize import fetch_weights
 from backend.stylize import weights as weights_mod
 from backend.stylize.clip_model import load_clip
 from backend.stylize.perceptual import load_lpips, load_vgg_relu3_3
@@ -34,6 +38,20 @@ def empty_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Host names looked up from now on (still looked up for real), by count."""
+    seen: collections.Counter[str] = collections.Counter()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen[str(host)] += 1
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return seen
 
 
 def fake_vgg16_features(seed: int) -> dict[str, torch.Tensor]:
@@ -76,41 +94,40 @@ def _assert_three_ways(message: str, *needles: str) -> None:
         assert n in message, (n, message)
 
 
-def test_missing_clip_weights_fail_fast(empty_caches: Path) -> None:
-    t0 = time.perf_counter()
+def test_missing_clip_weights_fail_fast(empty_caches: Path, lookups: collections.Counter[str]) -> None:
     with pytest.raises(WeightsUnavailableError) as info:
         load_clip("ViT-B-32", "openai", allow_download=False, cache=None)
-    assert time.perf_counter() - t0 < 2.0
+    assert not lookups, f"the network was tried: {lookups}"
     hub = str(empty_caches / "hf" / "hub")
     _assert_three_ways(str(info.value), "CLIP weights 'ViT-B-32' / pretrained 'openai'", hub,
-                       "python -m backend.stylize.weights --fetch", "clip_pretrained", "load_clip(pretrained=PATH)",
+                       "python -m backend.stylize.fetch_weights --fetch", "clip_pretrained", "load_clip(pretrained=PATH)",
                        "HF_HOME", "HF_HUB_CACHE", "allow_download=False")
     assert isinstance(info.value, RuntimeError) and info.value.searched and hub in info.value.searched[0]
 
 
-def test_offline_env_blocks_download(empty_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_env_blocks_download(empty_caches: Path, monkeypatch: pytest.MonkeyPatch,
+                                     lookups: collections.Counter[str]) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE"):
         load_clip("ViT-B-32", "openai", cache=None)
     with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE") as info:
         load_lpips(cache=None)
-    assert time.perf_counter() - t0 < 2.0
+    assert not lookups, f"the network was tried: {lookups}"
     checkpoints = str(empty_caches / "torch" / "hub" / "checkpoints")
     _assert_three_ways(str(info.value), "VGG16", checkpoints, "vgg_weights", "TORCH_HOME", "vgg16-397923af.pth")
 
 
-def test_unreachable_hub_fails_within_the_probe_timeout(empty_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hub_is_probed_once_and_nothing_downloaded(empty_caches: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              lookups: collections.Counter[str]) -> None:
     # Downloads allowed, but the host does not resolve (.invalid is reserved, RFC 2606): the probe fails and no
-    # download is attempted.
+    # download is attempted. (The probe gives up after PROBE_TIMEOUT_S, also when a name lookup hangs.)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
     monkeypatch.setattr(weights_mod, "VGG16_IMAGENET_URL", "https://download.invalid/models/vgg16-397923af.pth")
-    t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match=r"no network access.*hub\.invalid"):
         load_clip("ViT-B-32", "openai", cache=None)
     with pytest.raises(WeightsUnavailableError, match=r"download\.invalid"):
         load_vgg_relu3_3(cache=None)
-    assert time.perf_counter() - t0 < 2 * weights_mod.PROBE_TIMEOUT_S + 2.0
+    assert lookups == {"hub.invalid": 1, "download.invalid": 1}, lookups
 
 
 def test_cached_vgg_file_is_used(empty_caches: Path) -> None:
@@ -166,6 +183,6 @@ def test_model_cache_builds_once_and_clears() -> None:
 
 
 def test_cli_reports_missing(empty_caches: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert weights_mod.main([]) == 1
+    assert fetch_weights.main([]) == 1
     out = capsys.readouterr().out
     assert "CLIP ViT-B-32/openai: MISSING" in out and "VGG16: MISSING" in out

@@ -136,6 +136,7 @@ def test_subject_only_renders_nothing_outside_the_bounds_and_the_inside_as_it_is
     assert float((whole_opacity - opacity).min()) > -1e-4 and float((whole_opacity - opacity).max()) > 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density_bias", [-1.0, 0.5])
 def test_background_composite_equals_brute_force_of_the_combined_field(density_bias: float) -> None:
     rec = field_model(3, density_bias=density_bias)
@@ -262,6 +263,7 @@ def test_fused_gpu_path_renders_the_subject_and_the_composite_as_the_pytorch_pat
     _check_fused(fused_composite_errors("cuda", 48))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_fused_path_of_the_subject_in_the_triton_interpreter() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}",

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from test_server import counting_runner, serving
 
-from backend.server.jobs import JobContext, JobStore
+from backend.jobstore.context import JobContext
+from backend.jobstore.store import JobStore
 from backend.server.server import Server
 from protocol import Client, Message
 

@@ -462,7 +462,7 @@ class Demo:
             print(f"\n  The stylization's pretrained weights are missing. {reason}\n"
                   "  Continuing with a RANDOMLY INITIALISED CLIP so that the pipeline completes: the stylization "
                   "will NOT follow the prompt.\n"
-                  "  For real weights: run `python -m backend.stylize.weights --fetch` once on a machine with "
+                  "  For real weights: run `python -m backend.stylize.fetch_weights --fetch` once on a machine with "
                   "network access, or pass --clip-pretrained /path/to/open_clip_model.safetensors.\n",
                   file=sys.stderr, flush=True)
             self.prompt_driven, self.prompt_driven_reason = False, reason

@@ -6,7 +6,7 @@ exists; submitting any other kind is answered with an ``unknown_kind`` error nam
 
 from __future__ import annotations
 
-from backend.server.jobs import RunnerFn
+from backend.jobstore.context import RunnerFn
 
 # Advertised in hello_reply for the add-on's model menu. The stylize job takes any open_clip model name;
 # these are the ones the method has been run with (ViT-B-32 is the paper's and the default).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.server.jobs import JobContext, JobFailed, JobRecord
+from backend.jobstore.context import JobContext, JobFailed
+from backend.jobstore.record import JobRecord
 
 FRESH_START = "starting again from the beginning"
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.jobstore.context import JobContext, JobFailed
 from backend.outputs.mesh import AABB, DensityFn, RadianceFn, extract_mesh, mesh_grid
 from backend.outputs.ply import write_ply
-from backend.server.jobs import JobContext, JobFailed
 from protocol import Message
 
 from .checkpoints import load_job_checkpoint

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.server.jobs import JobRecord, JobStore, execute_job, prepare_resume
+from backend.jobstore.execute import execute_job, prepare_resume
+from backend.jobstore.record import JobRecord
+from backend.jobstore.store import JobStore
 from protocol import ErrorCode, Message, ProtocolError, validate_params
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.jobstore.context import JobContext, JobFailed
 from backend.outputs.images import encode_png
-from backend.server.jobs import JobContext, JobFailed
 
 from .checkpoints import resume_checkpoint
 from .subject import bounds_from_params, bounds_to_world, decide_reconstruction_subject

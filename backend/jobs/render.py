@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.jobstore.context import JobContext
 from backend.outputs.encode_pool import OrderedEncodePool
 from backend.outputs.images import encode_exr_passes, encode_png
-from backend.server.jobs import JobContext
 from protocol import Message
 
 from .checkpoints import load_job_checkpoint

@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.server.jobs import JobContext, JobFailed, atomic_write_bytes
+from backend.jobstore.atomic import atomic_write_bytes
+from backend.jobstore.context import JobContext, JobFailed
 
 from .checkpoints import load_source_checkpoint, resume_checkpoint
 from .reconstruct import preview_png

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.server.jobs import JobContext, JobFailed, JobRecord
+from backend.jobstore.context import JobContext, JobFailed
+from backend.jobstore.record import JobRecord
 
 PARAM = "subject_bounds"
 # Search grid and views of the detection for the tiny preset (CPU tests, smoke runs): an eighth of the

@@ -5,9 +5,9 @@ Threads and sockets (ZeroMQ sockets are used only by the thread that made them):
 * the *socket thread* (``Server.serve``) owns the ROUTER bound to the public endpoint and an inproc PULL
   socket; it decodes requests, answers them at once, and forwards job messages to their clients;
 * the *worker thread* runs one job at a time and pushes its messages through an inproc PUSH socket; or,
-  with a :class:`~backend.cluster.broker.ClusterConfig` (``serve --workers N``), a broker run by the socket
-  thread hands the jobs to worker processes over a second socket (:mod:`backend.cluster`), and their messages
-  take the same way to the clients.
+  with a :class:`~backend.scaleout.ray_cluster.RayConfig` (``serve --workers N`` or ``--ray-address``), the
+  :class:`~backend.scaleout.executor.RayExecutor`'s thread runs the jobs as Ray tasks, N at a time
+  (:mod:`backend.scaleout`), and their messages take the same way to the clients.
 
 Answering never waits on a job, so hello/status/cancel stay instant while a GPU job runs, and a client that
 vanishes costs nothing: sends are non-blocking and messages for an absent client are dropped (the job's
@@ -15,7 +15,7 @@ outputs are on disk, and ``attach`` re-sends the result).
 
 Owners. Every job belongs to the client that submitted it, named by a stable *owner* string:
 
-* with CURVE (:mod:`.auth`), ``key:<client public key>``: the ZAP handler's User-Id, which the handshake has
+* with CURVE (:mod:`backend.access.auth`), ``key:<client public key>``: the ZAP handler's User-Id, which the handshake has
   proven, so isolation between clients is enforced;
 * without CURVE, ``id:<client id>`` from the client's routing id ``<client id>/<session>`` (see
   :class:`protocol.Client`): stable across reconnects, but anyone can claim any id, so isolation is only
@@ -42,6 +42,20 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 import backend
+from backend.access.auth import (
+    AuthorizedKeys,
+    ServerKeys,
+    admit_clients,
+    curve_server_options,
+    start_authenticator,
+)
+from backend.access.endpoints import check_bind_endpoint, check_transport_security, is_loopback_endpoint
+from backend.jobstore.context import RunnerFn
+from backend.jobstore.disk import DEFAULT_MIN_FREE_BYTES, DiskBudget
+from backend.jobstore.messages import result_message, status_entry, status_summary
+from backend.jobstore.record import JobRecord
+from backend.jobstore.store import JobStore
+from backend.jobstore.thread_worker import ThreadWorker
 from protocol import (
     DEFAULT_LIMITS,
     JOB_KINDS,
@@ -61,12 +75,9 @@ from protocol.client import CLIENT_ID
 from protocol.errors import clip_text, error_content
 from protocol.framing import check_json_value, load_json_object
 
-from .auth import AuthorizedKeys, ServerKeys, admit_clients, curve_server_options, start_authenticator
-from .disk import DEFAULT_MIN_FREE_BYTES, DiskBudget
-from .jobs import JobRecord, JobStore, RunnerFn, Worker, result_message
-
 if TYPE_CHECKING:
-    from backend.cluster.broker import Broker, ClusterConfig
+    from backend.scaleout.executor import RayExecutor
+    from backend.scaleout.ray_cluster import RayConfig
 
 log = logging.getLogger("nerfart.server")
 
@@ -77,51 +88,28 @@ SESSIONLESS_TYPES = ("hello", "heartbeat")  # with signing, every other request 
 MAX_ROUTES = 10_000  # owners and jobs whose latest connection is remembered (the oldest are forgotten)
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """Whether only this machine can reach ``endpoint`` (ipc, or tcp on a loopback address)."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme == "ipc":
-        return True
-    host = rest.rpartition(":")[0].strip("[]")
+def peer_host(frame: zmq.Frame, endpoint: str) -> str:
+    """The host a message came from, as the operating system tells it (never what the client says of itself).
+
+    ``local`` for ipc (only this machine reaches it); for tcp the peer's IP address, an IPv6 one cut to its
+    /64 network (one machine is handed a whole /64 and can pick any address in it); ``unknown`` when libzmq
+    does not tell (older than 4.1).
+    """
+    if endpoint.startswith("ipc://"):
+        return "local"
     try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        address = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False  # a host name, an interface name or '*': reachable from other machines
-
-
-def check_bind_endpoint(endpoint: str, allow_remote: bool) -> None:
-    """Refuse to listen beyond this machine unless asked to explicitly.
-
-    Raises:
-        ValueError: with the reason and the way out, for a non-loopback endpoint without ``allow_remote``
-            or an endpoint that is not ``tcp://host:port`` / ``ipc://path``.
-    """
-    scheme, _, rest = endpoint.partition("://")
-    if scheme == "ipc":
-        return
-    host, _, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if scheme != "tcp" or not host or not (port.isdigit() or port == "*"):
-        raise ValueError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555 (or port * for any free port)")
-    if not is_loopback_endpoint(endpoint) and not allow_remote:
-        raise ValueError(
-            f"refusing to listen on {endpoint}: it is reachable from other machines, and anyone who can reach "
-            "it could submit jobs and read your captures. Listen on tcp://127.0.0.1:PORT and use an SSH "
-            "tunnel, or pass --allow-remote (clients then need CURVE keys: see 'python -m backend keys').")
-
-
-def check_transport_security(endpoint: str, curve: bool, insecure: bool) -> None:
-    """A non-loopback endpoint needs CURVE (authentication and encryption) unless ``insecure`` says otherwise.
-
-    Raises:
-        ValueError: a remote endpoint without CURVE and without the explicit ``insecure`` opt-out.
-    """
-    if not curve and not insecure and not is_loopback_endpoint(endpoint):
-        raise ValueError(
-            f"refusing to listen on {endpoint} without CURVE: every message (captures, prompts, results) would "
-            "cross the network unencrypted and any machine that reaches the port could use this GPU. Run with "
-            "CURVE keys (the default of 'serve --allow-remote'; authorise clients with 'python -m backend keys "
-            "authorize'), or pass --insecure on a network you trust completely.")
+        return clip_text(str(address), 64) or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def device_info(device: str) -> dict[str, Any] | None:
@@ -149,15 +137,17 @@ class Server:
         single_user: every client sees and may cancel every job; otherwise a client sees only the jobs it
             submitted. None: single-user exactly on loopback without CURVE (one person's machine).
         limits: size limits for incoming messages.
-        max_queued_per_client: queued jobs a client may have at once.
+        max_queued_per_client: queued jobs a client (an owner) may have at once.
+        max_queued_per_host: queued jobs all the clients of one host may have at once (see :func:`peer_host`):
+            what bounds a script that rotates client names, which without CURVE cost nothing to make up.
         clip_models: advertised in ``hello_reply``.
-        curve: the server's CURVE keys (see :mod:`.auth`): the connection is encrypted and only authorised
+        curve: the server's CURVE keys (see :mod:`backend.access.auth`): the connection is encrypted and only authorised
             client keys can connect. None: no CURVE (loopback, or ``insecure``).
         insecure: allow a non-loopback endpoint without CURVE.
-        work_dir_quota_bytes: the most the work dir may hold (None: no quota); see :mod:`.disk`.
+        work_dir_quota_bytes: the most the work dir may hold (None: no quota); see :mod:`backend.jobstore.disk`.
         min_free_bytes: free space left on the work dir's disk for everything else.
-        cluster: run the jobs on worker processes (see :mod:`backend.cluster`) instead of a thread of this
-            process; its worker endpoint is checked as the client endpoint is.
+        scaleout: run the jobs as Ray tasks (see :mod:`backend.scaleout`) instead of on a thread of this
+            process.
 
     Raises:
         ValueError: an endpoint that :func:`check_bind_endpoint` or :func:`check_transport_security` refuses.
@@ -166,14 +156,11 @@ class Server:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, work_dir: str | Path = "work_dir", *,
                  runners: dict[str, RunnerFn] | None = None, device: str = "cpu", allow_remote: bool = False,
                  hmac_key: bytes | None = None, single_user: bool | None = None, limits: Limits = DEFAULT_LIMITS,
-                 max_queued_per_client: int = 32, clip_models: tuple[str, ...] = (),
+                 max_queued_per_client: int = 32, max_queued_per_host: int = 128, clip_models: tuple[str, ...] = (),
                  curve: ServerKeys | None = None, insecure: bool = False, work_dir_quota_bytes: int | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, cluster: ClusterConfig | None = None) -> None:
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, scaleout: RayConfig | None = None) -> None:
         check_bind_endpoint(endpoint, allow_remote)
         check_transport_security(endpoint, curve is not None, insecure)
-        if cluster is not None:
-            check_bind_endpoint(cluster.worker_endpoint, allow_remote)
-            check_transport_security(cluster.worker_endpoint, cluster.curve is not None, insecure)
         self.endpoint = endpoint
         self.session = uuid.uuid4().hex
         self.device = device
@@ -182,6 +169,7 @@ class Server:
             curve is None and is_loopback_endpoint(endpoint))
         self.limits = limits
         self.max_queued_per_client = max_queued_per_client
+        self.max_queued_per_host = max_queued_per_host
         self.clip_models = clip_models
         self.store = JobStore(Path(work_dir), DiskBudget(Path(work_dir).resolve(), work_dir_quota_bytes,
                                                          min_free_bytes))
@@ -189,14 +177,14 @@ class Server:
         self._signer = Signer(hmac_key)
         self._ctx = zmq.Context()
         self._stop = threading.Event()
-        self.cluster = cluster
-        self._worker: Worker | Broker
-        if cluster is None:
-            self._worker = Worker(self.store, self.runners, self._emit_from_worker, device)
+        self.scaleout = scaleout
+        self._worker: ThreadWorker | RayExecutor
+        if scaleout is None:
+            self._worker = ThreadWorker(self.store, self.runners, self._emit_from_worker, device)
         else:
-            from backend.cluster.broker import Broker
+            from backend.scaleout.executor import RayExecutor
 
-            self._worker = Broker(self.store, self._emit_from_worker, self._ctx, cluster)
+            self._worker = RayExecutor(self.store, self._emit_from_worker, scaleout, device, self.runners, limits)
         self._push_local = threading.local()
         self.bound_endpoint: str | None = None
         self.ready = threading.Event()
@@ -225,11 +213,10 @@ class Server:
     def serve(self) -> None:
         """Run until :meth:`stop`. Binds, starts the worker, then serves; always cleans up."""
         authenticator = None
-        if self.curve is not None or (self.cluster is not None and self.cluster.curve is not None):
+        if self.curve is not None:
             # The ZAP handler must be up before the socket binds, or libzmq would admit any client key.
             authenticator = start_authenticator(self._ctx)
-            if self.curve is not None:
-                self._trusted = admit_clients(authenticator, self.curve)
+            self._trusted = admit_clients(authenticator, self.curve)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # know when a client is gone instead of silently queueing
@@ -252,10 +239,7 @@ class Server:
                 raise ValueError(f"cannot listen on {self.endpoint}: {exc.strerror}; {hint}") from None
             self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             outbox.bind(OUTBOX)
-            if self.cluster is not None:
-                self._worker.start(authenticator)
-            else:
-                self._worker.start()
+            self._worker.start()  # with Ray: starts or joins it (ValueError: no token, an open cluster...)
             log.info("NeRF-Art backend %s listening on %s (device %s, work dir %s)", backend.__version__,
                      self.bound_endpoint, self.device, self.store.work_dir)
             log.info("%s; %s", f"CURVE on: server public key {self.curve.public.decode()}, authorised client keys "
@@ -269,8 +253,6 @@ class Server:
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(outbox, zmq.POLLIN)
-            for sock in self._worker.sockets():  # the broker's worker endpoint, in cluster mode
-                poller.register(sock, zmq.POLLIN)
             while not self._stop.is_set():
                 self._serve_once(poller, router, outbox)
         finally:
@@ -335,10 +317,11 @@ class Server:
             request = decode(body, self._signer, self.limits)
             self._check_session(request)
             owner = self._owner(frames)  # after decoding, so that a refusal answers the request by its id
+            host = peer_host(frames[0], self.endpoint)
             # Only a message that decoded (and passed the HMAC check, when there is a key) may move its
             # owner's route: a forged routing id alone must not divert someone's job messages.
             self._remember(self._routes, owner, identity)
-            self._dispatch(router, ids, request, owner)
+            self._dispatch(router, ids, request, owner, host)
             return
         except ProtocolError as exc:
             code, message, field = exc.code, exc.message, exc.field
@@ -386,7 +369,7 @@ class Server:
         while len(table) > MAX_ROUTES:
             table.popitem(last=False)
 
-    def _dispatch(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
+    def _dispatch(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str, host: str) -> None:
         if msg.type not in REQUEST_TYPES:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.type!r} is sent by the server, not to it", "msg_type")
         if msg.type == "heartbeat":
@@ -394,12 +377,15 @@ class Server:
         elif msg.type == "hello":
             self._hello(router, ids, msg, owner)
         elif msg.type == "submit":
-            self._submit(router, ids, msg, owner)
+            self._submit(router, ids, msg, owner, host)
         elif msg.type == "status":
             job_id = msg.content.get("job_id")
-            recs = [self._visible_job(job_id, owner)] if job_id else [
-                r for r in self.store.all() if self.single_user or r.owner == owner]
-            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [self._job_info(r) for r in recs]}))
+            positions = self._worker.positions()
+            if job_id:  # one job: its whole record
+                jobs = [self._job_info(self._visible_job(job_id, owner), positions, whole=True)]
+            else:  # every job: summaries of bounded size, whatever the jobs hold (a render's 100,000 cameras)
+                jobs = [self._job_info(r, positions) for r in self.store.all() if self.single_user or r.owner == owner]
+            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": jobs}))
         elif msg.type == "cancel":
             rec = self._visible_job(msg.content["job_id"], owner)
             if rec.state not in ("queued", "running"):
@@ -408,26 +394,29 @@ class Server:
             self._send(router, ids, make_reply(msg, "cancel_reply", {"job_id": rec.job_id, "state": state}))
         elif msg.type == "resume":
             rec = self._visible_job(msg.content["job_id"], owner)
-            self._check_queue_room(owner, "job_id")
+            self._check_queue_room(owner, host, "job_id")
             self.store.disk.check(0, "a resumed job")
-            position = self._worker.resume(rec.job_id)  # bad_state unless interrupted
+            position = self._worker.resume(rec.job_id, host)  # bad_state unless interrupted
             self._follow(rec.job_id, owner, ids[-1])  # its messages go to the client that resumed it
             self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": rec.kind,
                                                                  "position": position}))
         elif msg.type == "attach":
             rec = self._visible_job(msg.content["job_id"], owner)
             self._follow(rec.job_id, owner, ids[-1])  # further messages of the job go to this connection
-            self._send(router, ids, make_reply(msg, "status_reply", {"jobs": [self._job_info(rec)]}))
+            self._send(router, ids, make_reply(msg, "status_reply", {
+                "jobs": [self._job_info(rec, self._worker.positions(), whole=True)]}))
             if rec.state in ("done", "failed", "cancelled", "interrupted"):
                 self._send(router, ids, result_message(rec))
 
-    def _job_info(self, rec: JobRecord) -> dict[str, Any]:
-        """The ``status_reply`` entry of a job; one the protocol cannot carry is reported as corrupt.
+    def _job_info(self, rec: JobRecord, positions: dict[str, int], whole: bool = False) -> dict[str, Any]:
+        """The ``status_reply`` entry of a job: its whole record, or a summary of bounded size (see
+        :func:`~backend.jobstore.messages.status_summary`); one the protocol cannot carry is reported as corrupt.
 
         Records are checked when they are made and when they are loaded, so this is the last line: one bad
         record must never make the status of every job unreadable.
         """
-        info = rec.info(self._worker.position(rec.job_id))
+        position = positions.get(rec.job_id, -1)
+        info = status_entry(rec, position) if whole else status_summary(rec, position)
         try:
             check_json_value(info, "job record")
             validate_content("status_reply", {"jobs": [info]})
@@ -451,14 +440,15 @@ class Server:
         log.info("hello from %s (owner %s)", msg.content["client"][:200], owner[:60])
         content = {"protocol_version": PROTOCOL_VERSION, "backend_version": backend.__version__,
                    "session": self.session,
-                   "gpu": device_info(self.device) if self.cluster is None else self._worker.gpu_summary(),
+                   "gpu": device_info(self.device) if self.scaleout is None else self._worker.gpu_summary(),
                    "clip_models": list(self.clip_models), "job_kinds": sorted(self.runners),
                    "queue_length": self._worker.queue_length(),
                    "limits": {"max_message_bytes": self.limits.max_message_bytes,
-                              "max_queued_jobs_per_client": self.max_queued_per_client, **self.store.disk.limits()}}
+                              "max_queued_jobs_per_client": self.max_queued_per_client,
+                              "max_queued_jobs_per_host": self.max_queued_per_host, **self.store.disk.limits()}}
         self._send(router, ids, make_reply(msg, "hello_reply", content))
 
-    def _submit(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str) -> None:
+    def _submit(self, router: zmq.Socket, ids: list[bytes], msg: Message, owner: str, host: str) -> None:
         kind = msg.content["kind"]
         if kind not in self.runners:
             available = ", ".join(sorted(self.runners)) or "none yet"
@@ -466,23 +456,34 @@ class Server:
             raise ProtocolError(ErrorCode.UNKNOWN_KIND, f"job kind {kind!r} is "
                                 f"{'not available in this backend version' if known else 'unknown'}; this "
                                 f"backend runs: {available}", "kind")
-        self._check_queue_room(owner, "kind")
+        self._check_queue_room(owner, host, "kind")
         if "source_job" in msg.content["params"]:
             self._visible_job(msg.content["params"]["source_job"], owner, field="params.source_job")
         inputs = {name: (msg.blob(spec), spec["format"]) for name, spec in msg.content.get("inputs", {}).items()}
-        rec = self.store.create(kind, msg.content["params"], owner, inputs)
+        rec = self.store.create(kind, msg.content["params"], owner, inputs, host=host)
         self._follow(rec.job_id, owner, ids[-1])
-        position = self._worker.enqueue(rec.job_id)
-        log.info("job %s (%s) of %s accepted at queue position %d", rec.job_id, kind, owner[:60], position)
+        position = self._worker.enqueue(rec)
+        log.info("job %s (%s) of %s from %s accepted at queue position %d", rec.job_id, kind, owner[:60], host,
+                 position)
         self._send(router, ids, make_reply(msg, "accepted", {"job_id": rec.job_id, "kind": kind,
                                                              "position": position}))
 
-    def _check_queue_room(self, owner: str, field: str) -> None:
-        """Refuse a submit or resume that would give ``owner`` more queued jobs than allowed."""
-        queued = sum(1 for r in self.store.all() if r.owner == owner and r.state == "queued")
+    def _check_queue_room(self, owner: str, host: str, field: str) -> None:
+        """Refuse a submit or resume that would give ``owner``, or the host it connects from, more queued jobs
+        than allowed.
+
+        A cap per connection would add nothing: a connection always belongs to one owner (its key, or the client
+        id in its routing id). The host is what a script cannot change by making up names or reconnecting.
+        """
+        queued = self._worker.queued(owner=owner)
         if queued >= self.max_queued_per_client:
             raise ProtocolError(ErrorCode.QUEUE_FULL, f"you already have {queued} queued jobs (limit "
                                 f"{self.max_queued_per_client}); wait or cancel some", field)
+        queued = self._worker.queued(host=host)
+        if queued >= self.max_queued_per_host:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, f"the clients on your machine ({host}) already have {queued} "
+                                f"queued jobs (limit {self.max_queued_per_host} per machine); wait or cancel some",
+                                field)
 
     def _visible_job(self, job_id: str, owner: str, field: str = "job_id") -> Any:
         rec = self.store.get(job_id)

@@ -58,14 +58,17 @@ enough for a hat or horns. The region marched is every cell whose centre lies wi
 ``F_rec``'s occupied cells (:meth:`~backend.nerf.occupancy.OccupancyGrid.within_distance`, which converts the
 distance to cells with the cell size in model units, contracted cells included), intersected with the cells
 touching the subject bounds when the checkpoint has them. Freedom without the rates to use it does nothing (at
-1e-4 the shape barely moves within a run), so with ``shape_freedom > 0`` the grid and the density MLP train
-faster, on a log scale from 1e-4 at 0 to :data:`LR_SHAPE_AT_MAX` at the maximum, for a 400-iteration run and
-inversely proportional to the run's length (:func:`shape_learning_rate`: the distance Adam's scale-free steps
-carry a parameter is about ``lr x iterations``), and the weight regularization is on (:data:`LAMBDA_REG_SHAPE`) against the clouds free density forms. These
-defaults are PROVISIONAL and not yet calibrated: the CPU study with the analytic stand-in encoder
-(``bench/study_shape_cpu.py``, ``bench/results/shape_cpu_study.md``) found a shape prompt barely growing the
-outline at rates where a colour prompt already shrank it, so ``bench/sweep_shape.py`` on fangzhou is to choose
-them. At 0 every rate and weight is as before, so the geometry is bit-identical to the former default.
+1e-4 the shape barely moves within a run), so with ``shape_freedom > 0`` the hash grid trains faster, on a log
+scale from 1e-4 at 0 to :data:`LR_SHAPE_AT_MAX` at the maximum, for a 400-iteration run and inversely
+proportional to the run's length (:func:`shape_learning_rate`: the distance Adam's scale-free steps carry a
+parameter is about ``lr x iterations``), and the weight regularization is on (:data:`LAMBDA_REG_SHAPE`) against
+the clouds free density forms. The density MLP stays at 1e-4 whatever the freedom: it acts on every point at
+once, and a faster one grew no more shape on the CPU study (outline area x1.036 against x1.033 with the grid
+alone) while on fangzhou it alone had raised the depth error threefold (issue 12). These defaults are
+PROVISIONAL: the CPU study with the analytic stand-in encoder (``bench/study_shape_cpu.py``,
+``bench/results/shape_cpu_study.md``) found that only a grid rate of about 1e-3 (for 400 iterations) lets a shape
+prompt visibly move the outline, and that at such rates a colour prompt shrinks parts of the subject too (the
+price of the freedom, which 0 does not pay); ``bench/sweep_shape.py`` on fangzhou is to confirm them. At 0 every rate and weight is as before, so the geometry is bit-identical to the former default.
 
 **Learning rates and Adam (issue 12).** Adam with instant-ngp's ``eps = 1e-15`` and ``β2 = 0.99`` is scale-free:
 every parameter a view touches moves by about ``lr`` per step, whatever the size of its gradient. The loss weights
@@ -159,7 +162,7 @@ SHAPE_FREEDOM_MAX = 0.5
 LR_SHAPE_AT_0 = 1e-4
 #: ... and at SHAPE_FREEDOM_MAX, for a run of SHAPE_LR_ITERATIONS. PROVISIONAL: CPU study with the stand-in
 #: (bench/results/shape_cpu_study.md).
-LR_SHAPE_AT_MAX = 5e-4
+LR_SHAPE_AT_MAX = 1e-3
 #: The run length the shape rates above are given for (the default strength's iteration count).
 SHAPE_LR_ITERATIONS = 400
 # Shorter runs scale the shape rates up by at most this much (shape_learning_rate).
@@ -188,7 +191,8 @@ class StylizeConfig:
         n_templates: use the first n of open_clip's 80 ImageNet templates; None: all 80 (spec). Fewer only for
             CPU tests: encoding 80 templates per text costs ~100 s on a CPU.
         lr_grid, lr_density_mlp, lr_mlp: Adam learning rates at iteration 0 for the hash table (None:
-            :func:`shape_learning_rate` of ``shape_freedom``, 1e-4 at 0), the density MLP (None: the grid's) and
+            :func:`shape_learning_rate` of ``shape_freedom``, 1e-4 at 0), the density MLP (None: 1e-4,
+            :data:`LR_SHAPE_AT_0`, whatever the freedom) and
             the colour MLP (1e-3): what shapes density moves slowly, colour fast; see "Learning rates" and "Shape
             freedom" in the module docstring.
         lr_decay: ``lr(it) = lr0 · lr_decay^(it / iterations)`` (0.5: the released schedule).
@@ -325,8 +329,9 @@ class StylizeConfig:
         return shape_learning_rate(self.shape_freedom, self.resolved_iterations())
 
     def resolved_lr_density_mlp(self) -> float:
-        """The density MLP's learning rate: ``lr_density_mlp`` if given, else the hash table's."""
-        return float(self.lr_density_mlp) if self.lr_density_mlp is not None else self.resolved_lr_grid()
+        """The density MLP's learning rate: ``lr_density_mlp`` if given, else :data:`LR_SHAPE_AT_0` (the shape
+        freedom speeds up the hash grid only; module docstring, "Shape freedom")."""
+        return float(self.lr_density_mlp) if self.lr_density_mlp is not None else LR_SHAPE_AT_0
 
     def resolved_iterations(self) -> int:
         """The iteration count used: ``iterations`` if given, else the strength's."""

@@ -21,18 +21,14 @@ Downloads are off when ``allow_download=False`` is passed or ``HF_HUB_OFFLINE`` 
 ``ON``, ``YES``, ``TRUE``); we apply that variable to the torchvision download too, so one switch makes the whole
 backend offline.
 
-Command line, to fill the caches once on a machine with network access (way 1 in the error message)::
-
-    python -m backend.stylize.weights --fetch      # download CLIP ViT-B-32/openai and VGG16 into the caches
-    python -m backend.stylize.weights              # report which weights are present, download nothing
+The command line that fills the caches once on a machine with network access (way 1 in the error message) is
+:mod:`backend.stylize.fetch_weights`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -255,7 +251,7 @@ def clip_ways(name: str, tag: str, cache_dir: Path) -> list[str]:
     """The three ways to provide CLIP weights, with the paths resolved now."""
     return [
         f"Run once with network access so that open_clip downloads {name}/{tag} into the Hugging Face cache "
-        f"{cache_dir} (for example `python -m backend.stylize.weights --fetch`); later runs load it from there "
+        f"{cache_dir} (for example `python -m backend.stylize.fetch_weights --fetch`); later runs load it from there "
         f"offline.",
         f"Point to a local checkpoint file: job option `{CLIP_WEIGHTS_OPTION}` / "
         f"`load_clip(pretrained=PATH)` (an open_clip state dict for {name}, e.g. the `open_clip_model.safetensors` "
@@ -285,7 +281,7 @@ def vgg_ways(cache_path: Path) -> list[str]:
     """The three ways to provide the VGG16 ImageNet weights, with the paths resolved now."""
     return [
         f"Run once with network access so that torchvision downloads VGG16 (ImageNet) into the torch hub "
-        f"checkpoints folder {cache_path.parent} (for example `python -m backend.stylize.weights --fetch`).",
+        f"checkpoints folder {cache_path.parent} (for example `python -m backend.stylize.fetch_weights --fetch`).",
         f"Point to a local checkpoint file from Python with `load_lpips({VGG_WEIGHTS_OPTION}=PATH)` (a torchvision "
         f"VGG16 state dict such as {cache_path.name}; only its `features.*` entries are used). Jobs have no such "
         f"option yet: they read {cache_path}, so copy the file there.",
@@ -404,49 +400,3 @@ class ModelCache:
 
     def __repr__(self) -> str:
         return f"ModelCache({self.label!r}, {len(self)} entries)"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line: report or fill the caches.
-
-
-def _report(fetch: bool, clip_name: str, clip_tag: str) -> int:
-    ckpt = clip_checkpoint(clip_name, clip_tag)
-    vgg = vgg16_cached_path()
-    status = 0
-    if fetch:
-        from .clip_model import load_clip  # deferred: the CLI is the only user of this upward import
-        from .perceptual import load_lpips
-
-        for label, action in (("CLIP", lambda: load_clip(clip_name, clip_tag, device="cpu", cache=None)),
-                              ("LPIPS", lambda: load_lpips(device="cpu", cache=None))):
-            try:
-                action()
-                print(f"{label}: ok")
-            except WeightsUnavailableError as exc:
-                print(f"{label}: {exc}", file=sys.stderr)
-                status = 1
-    cached = ckpt.cached_file()
-    print(f"CLIP {clip_name}/{clip_tag}: {'cached at ' + str(cached) if cached else 'MISSING'} "
-          f"(cache {ckpt.cache_dir})")
-    print(f"VGG16: {'cached at ' + str(vgg) if vgg.is_file() else 'MISSING'} (cache {vgg.parent})")
-    if cached is None or not vgg.is_file():
-        status = 1
-    return status
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--fetch", action="store_true", help="download missing weights into the caches")
-    parser.add_argument("--clip-name", default="ViT-B-32")
-    parser.add_argument("--clip-tag", default="openai")
-    args = parser.parse_args(argv)
-    return _report(args.fetch, args.clip_name, args.clip_tag)
-
-
-if __name__ == "__main__":
-    # Under `python -m`, this file runs as __main__, a second copy of the module; the loaders raise the
-    # package copy's WeightsUnavailableError, so run the package copy's main() for `except` to match.
-    from backend.stylize.weights import main as _package_main
-
-    raise SystemExit(_package_main())

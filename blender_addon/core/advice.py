@@ -49,7 +49,7 @@ def in_panel_words(message: str) -> str:
     if message.startswith(CLIP_WEIGHTS_MISSING) and "not available" in message:
         return ("The backend has no CLIP weights for this model. In Stylize ▸ CLIP Weights, enter the path of an "
                 "open_clip checkpoint file on the backend's disk (e.g. open_clip_model.safetensors), or leave it "
-                "empty after filling the backend's cache once with 'python -m backend.stylize.weights --fetch' on "
+                "empty after filling the backend's cache once with 'python -m backend.stylize.fetch_weights --fetch' on "
                 "the backend machine (it needs network access); 'random' runs an unstyled test.\n"
                 f"Backend: {message}")
     if message.startswith(NO_SURFACE):

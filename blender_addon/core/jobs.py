@@ -85,7 +85,7 @@ class Event:
     """Something the bpy layer must act on.
 
     ``kind`` is one of ``"frame"``, ``"mesh"``, ``"preview"``, ``"finished"``, ``"accepted"``, ``"error"``,
-    ``"connected"``, ``"status"``; ``job`` is the job concerned (if any) and ``message`` the protocol
+    ``"connected"``, ``"status"``, ``"stage"`` (a job started running or entered another stage); ``job`` is the job concerned (if any) and ``message`` the protocol
     message (its buffers hold the payload).
     """
 
@@ -307,15 +307,18 @@ class Session:
             return []  # a job of another client or session: ignore
         job.updated = now
         if t == "progress":
+            stage = str(c.get("stage", job.stage))
+            # A job that starts running (a resumed one too) or enters another stage shows so in the saved job
+            # list at once; the steps in between only move the progress bar.
+            events = [Event("stage", job, msg)] if (job.state, job.stage) != ("running", stage) else []
             job.state = "running"
-            job.stage = str(c.get("stage", job.stage))
+            job.stage = stage
             job.step = int(c.get("step", 0))
             job.total = int(c.get("total", 0))
             job.eta_s = c.get("eta_s")
             job.message = str(c.get("message", "") or "")
             job.losses = dict(c.get("losses") or {})
             job.metrics = {**job.metrics, **(c.get("metrics") or {})}
-            events = []
             if c.get("preview"):
                 events.append(Event("preview", job, msg))
             return events

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waits import HANG_S  # tests/waits.py: tests/ is on sys.path through tests/conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = Path("/work/shared/data")
@@ -111,8 +112,10 @@ def connected(addon, fresh_file, stub):
     prefs.endpoint = "tcp://127.0.0.1:5555"
 
 
-def pump(addon, until, timeout: float = 5.0) -> float:
-    """Call the tick like the timer would until ``until()``; returns the last interval it asked for."""
+def pump(addon, until, timeout: float = HANG_S) -> float:
+    """Call the tick like the timer would until ``until()``; returns the last interval it asked for.
+
+    ``timeout`` guards a hang (see tests/waits.py): the pump returns as soon as ``until()`` holds."""
     deadline = time.monotonic() + timeout
     interval = addon.tick.tick()
     while not until():

@@ -168,7 +168,7 @@ def test_in_the_ui_the_timer_drives_the_batch(connected, shot, stub, tmp_path):
     rt = bpy.context.window_manager.nerfart_runtime
     assert rt.batch_text == "batch: 0 of 6 render(s) done" and not submits(stub, "render")
     stub.hold.clear()
-    pump(addon, lambda: batch.finished, timeout=10)
+    pump(addon, lambda: batch.finished)
     assert len(submits(stub, "render")) == 6 and batch.summary is not None
     assert batch_bpy.running() == [] and len(frame_files(tmp_path / "renders")) == 6
     addon.tick.tick()

@@ -16,6 +16,7 @@ bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python mod
 pytest.importorskip("zmq")
 
 from conftest import pump  # noqa: E402
+from waits import HANG_S  # noqa: E402
 
 MOD = "nerfart_blender"
 
@@ -32,10 +33,8 @@ def test_connect_shows_backend_status(connected, stub):
 def test_connect_to_nothing_fails_readably(addon, fresh_file):
     prefs = bpy.context.preferences.addons[MOD].preferences
     prefs.endpoint, prefs.timeout_s = "tcp://127.0.0.1:9", 1.0
-    t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="no answer from a backend"):
         bpy.ops.nerfart.connect()
-    assert time.monotonic() - t0 < 8
     assert "no answer" in bpy.context.window_manager.nerfart_runtime.error
     addon.connection.disconnect()
     prefs.endpoint, prefs.timeout_s = "tcp://127.0.0.1:5555", 4.0
@@ -120,7 +119,7 @@ def test_upload_to_a_remote_backend(connected, stub, lego_dir):
     assert "transforms_train.json" in names and "train/r_0.png" in names
 
 
-def test_tick_never_blocks_and_polls_fast_while_busy(connected, stub):
+def test_tick_never_blocks_and_polls_fast_while_busy(connected, stub, monkeypatch):
     from nerfart_blender.core.jobs import JobState
 
     addon = connected
@@ -133,12 +132,15 @@ def test_tick_never_blocks_and_polls_fast_while_busy(connected, stub):
     rt = bpy.context.window_manager.nerfart_runtime
     assert rt.busy and rt.progress == pytest.approx(0.25) and "training 1/4" in rt.job_text
     assert rt.preview is not None
-    worst = 0.0
+    # Never blocks: while the backend sends nothing, every tick still returns, having asked the socket only
+    # for what is there within the drain budget and no more than a tick's share of messages.
+    asked: list[tuple] = []
+    real_poll = addon.connection.poll
+    monkeypatch.setattr(addon.connection, "poll", lambda *a: asked.append(a) or real_poll(*a))
     for _ in range(20):
-        t0 = time.perf_counter()
-        addon.tick.tick()
-        worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.05, f"a tick took {worst * 1000:.1f} ms"
+        assert addon.tick.tick() == addon.tick.BUSY_INTERVAL_S
+    assert asked == [(addon.tick.DRAIN_BUDGET_S, addon.tick.MAX_MESSAGES_PER_TICK)] * 20, asked[:3]
+    monkeypatch.undo()
     # Cancel (the panel button's operator): the stub answers cancel_reply and a cancelled result.
     assert bpy.ops.nerfart.cancel_job() == {"FINISHED"}
     interval = pump(addon, lambda: not job.active)
@@ -158,21 +160,18 @@ def test_frame_bursts_are_spread_over_ticks(connected, stub, tmp_path):
                    frames_expected=len(cams), meta={"scene": bpy.context.scene.name, "multi_camera": False,
                                                     "output_dir": str(tmp_path / "burst"), "open_sequence": True})
     addon.connection.submit(job)
-    time.sleep(0.3)  # let the whole burst arrive
-    durations = []
-    deadline = time.monotonic() + 10
-    while (job.active or addon.tick._backlog) and time.monotonic() < deadline:
-        t0 = time.perf_counter()
+    ticks = 0
+    deadline = time.monotonic() + HANG_S
+    while job.active or addon.tick._backlog:
+        assert time.monotonic() < deadline, f"the burst never finished: {job.state}, {len(addon.tick._backlog)} left"
         interval = addon.tick.tick()
-        durations.append(time.perf_counter() - t0)
+        ticks += 1
         if job.active or addon.tick._backlog:
             assert interval == addon.tick.BUSY_INTERVAL_S
     assert job.state == "done" and len(list((tmp_path / "burst").glob("*.png"))) == 120
-    # The first tick may pay Blender's one-time image-system start-up (~30 ms for the first image load);
-    # after that each tick stays near its 5 ms drain + 15 ms handling budget.
-    # A tick drains at most MAX_MESSAGES_PER_TICK (64) messages, so the 121 messages take two ticks at least
-    # (exactly two when handling is fast enough: that is not a failure).
-    assert len(durations) >= 2 and durations[0] < 0.3 and max(durations[1:]) < 0.04, durations
+    # A tick drains at most MAX_MESSAGES_PER_TICK (64) messages, so the 121 messages take two ticks at least.
+    # (How long a tick takes is a speed: its budgets are DRAIN_BUDGET_S and HANDLE_BUDGET_S.)
+    assert ticks >= 2
 
 
 def test_failures_reach_the_panel(connected, stub):
@@ -195,16 +194,14 @@ def test_failures_reach_the_panel(connected, stub):
         bpy.ops.nerfart.render()
 
 
-def test_vanished_backend_shows_within_seconds(connected, stub, monkeypatch):
+def test_vanished_backend_shows_as_lost_and_recovers(connected, stub, monkeypatch):
     addon = connected
     monkeypatch.setattr(addon.connection, "_timeout_s", 0.6)
     stub.silence()
-    t0 = time.monotonic()
-    pump(addon, lambda: bpy.context.window_manager.nerfart_runtime.connection == "LOST", timeout=5.0)
-    assert time.monotonic() - t0 < 3.0
+    pump(addon, lambda: bpy.context.window_manager.nerfart_runtime.connection == "LOST")
     assert "not responding" in bpy.context.window_manager.nerfart_runtime.status_text
     stub.speak()  # it comes back: heartbeats resume and the state recovers on its own
-    pump(addon, lambda: bpy.context.window_manager.nerfart_runtime.connection == "CONNECTED", timeout=5.0)
+    pump(addon, lambda: bpy.context.window_manager.nerfart_runtime.connection == "CONNECTED")
 
 
 def test_reopened_file_reattaches(connected, stub, tmp_path):

@@ -28,10 +28,12 @@ zmq = pytest.importorskip("zmq")
 
 from conftest import REPO_ROOT  # noqa: E402
 from recording_layout import RecordingLayout  # noqa: E402
+from waits import HANG_S  # noqa: E402
 
 MOD = "nerfart_blender"
 BACKEND_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-WRITE_CAPTURE = ("import sys; from pathlib import Path; from tests.test_jobs_live import write_sphere_capture; "
+WRITE_CAPTURE = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                 "from test_jobs_live import write_sphere_capture; "
                  "write_sphere_capture(Path(sys.argv[1]))")
 
 
@@ -76,7 +78,7 @@ class Backend:
                  str(self.work), "--device", "cpu", "--curve"], cwd=REPO_ROOT, env=_env(), stdout=log,
                 stderr=subprocess.STDOUT)
 
-    def wait_listening(self, timeout: float = 60.0) -> None:
+    def wait_listening(self, timeout: float = HANG_S) -> None:
         deadline = time.monotonic() + timeout
         while self.log().rsplit(f"=== start {self.starts}", 1)[-1].count("listening on") == 0:
             assert self.proc is not None and self.proc.poll() is None, f"the backend exited:\n{self.log()}"
@@ -137,12 +139,16 @@ def prefs(addon):
         setattr(p, k, v)
 
 
-def pump(addon, until, timeout: float, what: str) -> None:
-    """Call the timer's tick (timers do not fire in module mode) until ``until()``."""
+def pump(addon, until, what: str, timeout: float = HANG_S, backend: Backend | None = None) -> None:
+    """Call the timer's tick (timers do not fire in module mode) until ``until()``; ``timeout`` guards a hang.
+    A hang's message shows the add-on's jobs and ``backend``'s log."""
     deadline = time.monotonic() + timeout
     addon.tick.tick()
     while not until():
-        assert time.monotonic() < deadline, f"not reached within {timeout} s: {what}"
+        if time.monotonic() > deadline:
+            jobs = [(j.job_id, j.state, j.stage, j.step, j.error) for j in addon.connection.session.jobs.values()]
+            raise AssertionError(f"not reached within {timeout} s: {what}; the add-on's jobs: {jobs}\n"
+                                 f"{backend.log() if backend else ''}")
         time.sleep(0.02)
         addon.tick.tick()
 
@@ -170,7 +176,6 @@ def _authorised_connection(addon, prefs, backend) -> None:
 def test_keys_are_required_and_an_authorised_key_connects(addon, fresh_file, prefs, backend):
     prefs.endpoint, prefs.timeout_s = backend.endpoint, 2.0
     prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
-    t0 = time.monotonic()
     error = _refused("requires encryption keys")
     assert "keys show" in error and "Backend Public Key" in error
     prefs.server_public_key = _cli("keys", "show", "--work-dir", str(backend.work))
@@ -181,7 +186,7 @@ def test_keys_are_required_and_an_authorised_key_connects(addon, fresh_file, pre
     assert zmq.curve_public(secret.encode()) == public.encode(), "a matching CURVE key pair"
     error = _refused("refused this Blender's key")
     assert f"python -m backend keys authorize -- '{public}'" in error
-    assert time.monotonic() - t0 < 10, "refusals are reported at once, not after timeouts"
+    # (That a refusal ends the wait rather than the timeout is tested on the client itself, in test_auth.py.)
     # The preferences show the key, the command that authorises it, and the error.
     calls: list = []
 
@@ -220,6 +225,7 @@ def _submit_reconstruct(addon, scene, backend) -> object:
     return job
 
 
+@pytest.mark.slow
 def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs, backend):
     conn = addon.connection
     _authorised_connection(addon, prefs, backend)
@@ -229,47 +235,45 @@ def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs,
     scene.nerfart.capture.preset = "TINY"
     first = _submit_reconstruct(addon, scene, backend)
     second = _submit_reconstruct(addon, scene, backend)
-    pump(addon, lambda: first.state == "running" and second.state == "queued", 30, "one job running, one queued")
+    pump(addon, lambda: first.state == "running" and second.state == "queued", "one job running, one queued")
     refs = {ref.job_id: ref for ref in scene.nerfart.backend.jobs}
     assert set(refs) == {first.job_id, second.job_id}
     client = conn.client()
     old_session = conn.session.info["session"]
 
     # Killed: the panel says so and that it is reconnecting.
-    t0 = time.monotonic()
     backend.kill()
-    pump(addon, lambda: rt.connection == "LOST", 10, "the connection shows as lost")
-    assert time.monotonic() - t0 < 5
+    pump(addon, lambda: rt.connection == "LOST", "the connection shows as lost")
     assert "not responding" in rt.status_text and "reconnecting" in rt.status_text
     assert conn.reconnecting()
 
     # Back on the same address: connected again by itself, on the same socket, nothing pressed.
     backend.start()
-    pump(addon, lambda: rt.connection == "CONNECTED", 60, "reconnected after the restart")
+    pump(addon, lambda: rt.connection == "CONNECTED", "reconnected after the restart")
     assert conn.client() is client and conn.session.info["session"] != old_session
     assert rt.error == ""
     # The job list is refreshed: the killed job is interrupted, the queued one runs on the new process, and
     # its progress comes here (the backend routes it to this key's new connection).
-    pump(addon, lambda: refs[first.job_id].state == "interrupted", 10, "the killed job shows as interrupted")
-    pump(addon, lambda: refs[second.job_id].state == "running" and second.stage, 30, "the requeued job runs")
+    pump(addon, lambda: refs[first.job_id].state == "interrupted", "the killed job shows as interrupted")
+    pump(addon, lambda: refs[second.job_id].state == "running" and second.stage, "the requeued job runs")
     # Still this Blender's job on a multi-user backend: it can cancel it.
     assert bpy.ops.nerfart.cancel_job(job_id=second.job_id) == {"FINISHED"}
-    pump(addon, lambda: refs[second.job_id].state == "cancelled", 10, "the requeued job is cancelled")
+    pump(addon, lambda: refs[second.job_id].state == "cancelled", "the requeued job is cancelled")
     # The interrupted job resumes from the panel (from its checkpoint, or from the start if it had none): the
     # backend accepts it under the same id and its progress comes here again.
     assert bpy.ops.nerfart.resume_job(job_id=first.job_id) == {"FINISHED"}
-    # A patience limit, not a speed claim: the restarted backend imports torch and loads the checkpoint first,
-    # which took over 30 s on a 2-core machine running the backend lane beside this one.
-    pump(addon, lambda: refs[first.job_id].state == "running" and first.step > 0, 180, "the resumed job runs")
+    # The restarted backend imports torch and loads the checkpoint first: over 30 s on a loaded 2-core machine.
+    pump(addon, lambda: refs[first.job_id].state == "running" and first.step > 0, "the resumed job runs",
+         backend=backend)
     assert first.error == "" and rt.error == ""
     assert bpy.ops.nerfart.cancel_job(job_id=first.job_id) == {"FINISHED"}
-    pump(addon, lambda: refs[first.job_id].state == "cancelled", 10, "the resumed job is cancelled")
+    pump(addon, lambda: refs[first.job_id].state == "cancelled", "the resumed job is cancelled")
 
     # A restart quicker than the heartbeat timeout never shows as lost, but is noticed: the answers come from
     # another backend process. The running job shows as interrupted.
     third = _submit_reconstruct(addon, scene, backend)
-    pump(addon, lambda: third.state == "running", 30, "a third job runs")
-    conn._timeout_s = 60.0
+    pump(addon, lambda: third.state == "running", "a third job runs")
+    conn._timeout_s = 2 * HANG_S  # "quicker than the heartbeat timeout" however slow the restart is here
     session_before = conn.session.info["session"]
     backend.kill()
     backend.start()
@@ -280,10 +284,10 @@ def test_backend_restart_reconnects_and_refreshes_jobs(addon, fresh_file, prefs,
         seen.add(rt.connection)
         return conn.session.state == "CONNECTED" and conn.session.info["session"] != session_before
 
-    pump(addon, back, 30, "the quick restart is noticed")
+    pump(addon, back, "the quick restart is noticed")
     assert "LOST" not in seen
     ref3 = next(r for r in scene.nerfart.backend.jobs if r.job_id == third.job_id)
-    pump(addon, lambda: ref3.state == "interrupted", 10, "the job killed by the quick restart is interrupted")
+    pump(addon, lambda: ref3.state == "interrupted", "the job killed by the quick restart is interrupted")
     assert conn.client() is client and rt.error == ""
 
 

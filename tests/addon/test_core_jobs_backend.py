@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from waits import HANG_S
 
 from blender_addon.core.jobs import JobState, Session, format_bytes, format_duration
 from blender_addon.core.local_backend import LocalBackend, build_command
@@ -45,10 +46,14 @@ def test_job_lifecycle_and_events():
     assert job.job_id == "j1" and job.status_line() == "render cam: queued (position 2)"
     events = s.apply(Msg("progress", {"job_id": "j1", "stage": "rendering", "step": 0, "total": 2, "eta_s": 65.0,
                                       "preview": {"buffer": 0, "format": "png"}}))
-    assert [e.kind for e in events] == ["preview"] and job.state == "running"
+    assert [e.kind for e in events] == ["stage", "preview"] and job.state == "running"
     assert [e.kind for e in s.apply(Msg("frame", {"job_id": "j1", "index": 0}))] == ["frame"]
     assert job.progress == 0.5 and job.status_line() == "render cam: rendering 1/2 frames ETA 1:05"
     assert s.current_job() is job
+    # The next steps of the same stage only move the progress; a new stage is an event again.
+    assert s.apply(Msg("progress", {"job_id": "j1", "stage": "rendering", "step": 1, "total": 2})) == []
+    assert [e.kind for e in s.apply(Msg("progress", {"job_id": "j1", "stage": "encoding", "step": 1,
+                                                     "total": 2}))] == ["stage"]
     assert s.apply(Msg("progress", {"job_id": "other", "stage": "x", "step": 1, "total": 2})) == []
     events = s.apply(Msg("result", {"job_id": "j1", "state": "done", "outputs": {"frames": 2}}))
     assert [e.kind for e in events] == ["finished"] and not s.busy and job.progress == 1.0
@@ -122,7 +127,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         build_command(str(tmp_path / "nope"), "-m x", "e")
     cmd = build_command(sys.executable, "-c \"import sys, time; print(sys.argv[1]); sys.stdout.flush(); "
-                        "time.sleep(30)\" {endpoint}", "tcp://127.0.0.1:5555")
+                        "time.sleep(3600)\" {endpoint}", "tcp://127.0.0.1:5555")
     assert cmd[-1] == "tcp://127.0.0.1:5555"
     lb = LocalBackend()
     lb.start(cmd, tmp_path, tmp_path / "logs" / "backend.log")
@@ -131,7 +136,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
         lb.start(cmd, tmp_path, tmp_path / "logs" / "backend.log")
     time.sleep(0.3)
     lb.stop()  # returns at once
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_S
     msg = None
     while msg is None and time.monotonic() < deadline:
         msg = lb.service()
@@ -140,7 +145,7 @@ def test_local_backend_start_stop_and_crash(tmp_path):
     assert "tcp://127.0.0.1:5555" in lb.log_tail()
     crash = build_command(sys.executable, "-c \"import sys; print('ImportError: no torch'); sys.exit(3)\"", "e")
     lb.start(crash, None, tmp_path / "logs" / "backend.log")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_S
     msg = None
     while msg is None and time.monotonic() < deadline:
         msg = lb.service()

@@ -1,6 +1,6 @@
-"""The add-on against ``serve --workers 2`` (issue 15): the same one endpoint and protocol as a plain backend,
-with the jobs on two worker processes. A batch of two prompts through one rig, as an artist runs it, stylizes
-both prompts at the same time, one on each worker.
+"""The add-on against ``serve --workers 2`` (issues 15 and 21): the same one endpoint and protocol as a plain
+backend, with the jobs run as Ray tasks on a local Ray cluster, two at a time. A batch of two prompts through
+one rig, as an artist runs it, stylizes both prompts at the same time, one on each Ray worker.
 
 The backend, its capture and the add-on's settings are those of ``test_e2e_real_backend.py`` (tiny sizes, the
 CPU, random CLIP asked for explicitly).
@@ -71,7 +71,7 @@ def test_a_batch_through_a_two_worker_backend(addon, cluster, tmp_path):
         assert a["started"] < b["finished"] and b["started"] < a["finished"], "both prompts ran at once"
         for r in summary["renders"]:
             assert (tmp_path / "renders" / r["folder"] / "frame_0001.png").is_file()
-        assert "to worker" in cluster.log(), "the jobs ran on the worker processes"
+        assert "(stylize) to Ray" in cluster.log(), "the jobs ran as Ray tasks"
         assert bpy.context.window_manager.nerfart_runtime.error == ""
     finally:
         addon.connection.disconnect()

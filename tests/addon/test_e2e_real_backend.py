@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -28,9 +27,13 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="the bpy module (Blender as a Python module) is not installed")
 pytest.importorskip("zmq")
 
+from backend_process import listening_endpoint  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
+from waits import HANG_S  # noqa: E402
 
 from protocol import Client, Message  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a real backend process trains, stylizes, renders and meshes
 
 MOD = "nerfart_blender"
 BACKEND_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
@@ -57,12 +60,6 @@ def _backend_python_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _backend_env() -> dict[str, str]:
     """The environment for the backend's processes: one torch/OpenMP thread unless the caller chose otherwise.
 
@@ -75,7 +72,8 @@ def _backend_env() -> dict[str, str]:
     return env
 
 
-WRITE_CAPTURE = ("import sys; from pathlib import Path; from tests.test_jobs_live import write_sphere_capture; "
+WRITE_CAPTURE = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                 "from test_jobs_live import write_sphere_capture; "
                  "write_sphere_capture(Path(sys.argv[1]))")
 
 
@@ -90,10 +88,9 @@ def running_backend(root: Path, serve_args: tuple[str, ...] = (), ready=lambda i
     capture = root / "capture"
     writer = subprocess.Popen([str(BACKEND_PYTHON), "-c", WRITE_CAPTURE, str(capture)], cwd=REPO_ROOT,
                               env=_backend_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
     log_path = root / "backend.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([str(BACKEND_PYTHON), "-m", "backend", "serve", "--endpoint", endpoint, "--work-dir",
+    proc = subprocess.Popen([str(BACKEND_PYTHON), "-m", "backend", "serve", "--endpoint", "tcp://127.0.0.1:*", "--work-dir",
                              str(root / "work"), "--device", "cpu", *serve_args], cwd=REPO_ROOT, env=_backend_env(),
                             stdout=log, stderr=subprocess.STDOUT)
 
@@ -102,16 +99,17 @@ def running_backend(root: Path, serve_args: tuple[str, ...] = (), ready=lambda i
         return log_path.read_text(errors="replace")[-4000:]
 
     try:
+        endpoint = listening_endpoint(log_path, 0, proc)  # it binds a port the OS gives it, and says which
         info = None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + HANG_S
         while info is None or not ready(info):
             assert proc.poll() is None, f"the backend exited with {proc.returncode}:\n{log_text()}"
-            assert time.monotonic() < deadline, f"the backend was not ready within 90 s:\n{log_text()}"
+            assert time.monotonic() < deadline, f"the backend was not ready within {HANG_S:g} s:\n{log_text()}"
             # Not answering yet: still starting (importing torch).
             with Client(endpoint, client_name="e2e-test") as client, contextlib.suppress(TimeoutError):
                 info = client.handshake(timeout_s=1.0)
             time.sleep(0.2)
-        out, _ = writer.communicate(timeout=120)
+        out, _ = writer.communicate(timeout=HANG_S)
         assert writer.returncode == 0, f"writing the sphere capture failed:\n{out}"
         assert (capture / "transforms.json").is_file()
         yield SimpleNamespace(endpoint=endpoint, info=info, capture=capture, root=root, log=log_text)
@@ -122,7 +120,7 @@ def running_backend(root: Path, serve_args: tuple[str, ...] = (), ready=lambda i
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(60)
+                proc.wait(HANG_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -9,8 +9,6 @@ key may connect. The keys folder (default ``<work dir>/keys``, mode 0700) holds:
 ``server.key_secret``        the server's secret certificate, mode 0600; it never leaves this machine
 ``authorized_clients/``      one public certificate (``NAME.key``) per client key that may connect
 ``clients/``                 key pairs made by ``python -m backend keys new-client`` for command-line clients
-``authorized_workers/``      one public certificate per cluster worker key that may join (``serve --workers``)
-``workers/``                 key pairs made by ``python -m backend keys new-worker``
 ===========================  ===================================================================================
 
 Certificates are the ZPL files of :func:`zmq.auth.create_certificates`, readable by
@@ -42,8 +40,6 @@ log = logging.getLogger("nerfart.auth")
 SERVER_NAME = "server"
 AUTHORIZED_DIR = "authorized_clients"
 CLIENTS_DIR = "clients"
-AUTHORIZED_WORKERS_DIR = "authorized_workers"  # kept apart: a client key must never join as a worker, nor the reverse
-WORKERS_DIR = "workers"
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Z85_ALPHABET = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 
@@ -162,9 +158,9 @@ def key_name(public: bytes) -> str:
     return "client-" + hashlib.sha256(public).hexdigest()[:12]
 
 
-def authorized_keys(keys_dir: str | Path, workers: bool = False) -> dict[str, bytes]:
-    """Name -> public key of every authorised client (``workers``: cluster worker), unreadable files skipped."""
-    return keys_in(Path(keys_dir) / (AUTHORIZED_WORKERS_DIR if workers else AUTHORIZED_DIR))
+def authorized_keys(keys_dir: str | Path) -> dict[str, bytes]:
+    """Name -> public key of every authorised client, unreadable files skipped."""
+    return keys_in(Path(keys_dir) / AUTHORIZED_DIR)
 
 
 def keys_in(folder: Path) -> dict[str, bytes]:
@@ -182,9 +178,8 @@ def keys_in(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def authorize(keys_dir: str | Path, public: bytes, name: str | None = None, workers: bool = False) -> Path:
-    """Trust a client's public key: write it as ``authorized_clients/NAME.key`` (``workers``: a cluster worker's,
-    as ``authorized_workers/NAME.key``); returns the file.
+def authorize(keys_dir: str | Path, public: bytes, name: str | None = None) -> Path:
+    """Trust a client's public key: write it as ``authorized_clients/NAME.key``; returns the file.
 
     Raises:
         CurveKeyError: a bad name, or a different key already authorised under that name.
@@ -193,15 +188,14 @@ def authorize(keys_dir: str | Path, public: bytes, name: str | None = None, work
     name = name or key_name(public)
     if not KEY_NAME.match(name):
         raise CurveKeyError(f"key name {name[:80]!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    folder = _private_dir(Path(keys_dir).expanduser() / (AUTHORIZED_WORKERS_DIR if workers else AUTHORIZED_DIR))
+    folder = _private_dir(Path(keys_dir).expanduser() / AUTHORIZED_DIR)
     existing = keys_in(folder)
     if existing.get(name, public) != public:
         raise CurveKeyError(f"another key is already authorised as {name!r}; revoke it first or choose another --name")
     # Write the public certificate in the same ZPL format as zmq.auth.create_certificates, via a temporary
     # file and a rename: the authenticator re-reads the folder when it changes and never sees half a file.
     path = folder / f"{name}.key"
-    text = (f"#   ZeroMQ CURVE Public Certificate of a NeRF-Art {'worker' if workers else 'client'} authorised to "
-            "use this backend\n"
+    text = ("#   ZeroMQ CURVE Public Certificate of a NeRF-Art client authorised to use this backend\n"
             "#   Delete this file (python -m backend keys revoke NAME) to withdraw its access.\n\n"
             f"metadata\n    name = \"{name}\"\ncurve\n    public-key = \"{public.decode()}\"\n")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".key")
@@ -213,11 +207,10 @@ def authorize(keys_dir: str | Path, public: bytes, name: str | None = None, work
     return path
 
 
-def revoke(keys_dir: str | Path, name_or_key: str, workers: bool = False) -> list[Path]:
-    """Remove every authorised client key (``workers``: worker key) with this name or this public key; returns
-    the removed files."""
+def revoke(keys_dir: str | Path, name_or_key: str) -> list[Path]:
+    """Remove every authorised client key with this name or this public key; returns the removed files."""
     removed = []
-    folder = Path(keys_dir) / (AUTHORIZED_WORKERS_DIR if workers else AUTHORIZED_DIR)
+    folder = Path(keys_dir) / AUTHORIZED_DIR
     for name, public in keys_in(folder).items():
         if name_or_key in (name, public.decode()):
             path = folder / f"{name}.key"
@@ -226,23 +219,21 @@ def revoke(keys_dir: str | Path, name_or_key: str, workers: bool = False) -> lis
     return removed
 
 
-def new_client(keys_dir: str | Path, name: str, out_dir: str | Path | None = None,
-               workers: bool = False) -> tuple[bytes, Path]:
-    """A new client key pair (for a command-line client; ``workers``: for a cluster worker), authorised at once;
-    returns (public, secret file).
+def new_client(keys_dir: str | Path, name: str, out_dir: str | Path | None = None) -> tuple[bytes, Path]:
+    """A new client key pair (for a command-line client), authorised at once; returns (public, secret file).
 
     Raises:
         CurveKeyError: a bad name, or a pair of that name already exists.
     """
     if not KEY_NAME.match(name):
         raise CurveKeyError(f"client name {name[:80]!r} must be 1-64 letters, digits, '_', '.' or '-'")
-    default_dir = Path(keys_dir).expanduser() / (WORKERS_DIR if workers else CLIENTS_DIR)
+    default_dir = Path(keys_dir).expanduser() / CLIENTS_DIR
     out = _private_dir(Path(out_dir).expanduser() if out_dir else default_dir)
     if (out / f"{name}.key_secret").exists():
         raise CurveKeyError(f"{out / (name + '.key_secret')} exists already; choose another name")
     _, secret_path = _new_certificates(out, name)
     public, _ = read_key_pair(secret_path)
-    authorize(keys_dir, public, name, workers)
+    authorize(keys_dir, public, name)
     return public, secret_path
 
 
@@ -251,13 +242,11 @@ class AuthorizedKeys:
 
     The ZAP handler asks :meth:`callback` at every handshake (on the authenticator's thread); the server asks
     :meth:`contains` for every message (on its socket thread), so a revoked key stops working at once.
-    ``also`` are keys trusted besides the folder's (the key pair a broker makes for its own local workers).
     """
 
-    def __init__(self, folder: Path, recheck_s: float = 0.5, also: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, folder: Path, recheck_s: float = 0.5) -> None:
         self.folder = folder
         self.recheck_s = recheck_s
-        self.also = also
         self._lock = threading.Lock()
         self._signature: tuple | None = None  # None: never read, so the first refresh reads the folder
         self._keys: frozenset[bytes] = frozenset()
@@ -280,8 +269,8 @@ class AuthorizedKeys:
                 listing = self._listing()
                 if listing != self._signature:
                     self._signature = listing
-                    self._keys = frozenset(keys_in(self.folder).values()) | self.also
-                    log.info("%d authorised key(s) in %s", len(self._keys) - len(self.also), self.folder)
+                    self._keys = frozenset(keys_in(self.folder).values())
+                    log.info("%d authorised key(s) in %s", len(self._keys), self.folder)
             return self._keys
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -289,10 +278,8 @@ class AuthorizedKeys:
         are rare, and a key authorised a moment ago must work)."""
         allowed = bytes(key) in self.refresh(force=True)
         if not allowed:
-            worker = " --worker" if self.folder.name == AUTHORIZED_WORKERS_DIR else ""
-            log.warning("refused a %s with an unauthorised key %s (authorise it with: python -m backend keys "
-                        "authorize%s -- '%s')", "worker" if worker else "client", bytes(key).decode(), worker,
-                        bytes(key).decode())
+            log.warning("refused a client with an unauthorised key %s (authorise it with: python -m backend keys "
+                        "authorize -- '%s')", bytes(key).decode(), bytes(key).decode())
         return allowed
 
     def contains(self, key: bytes) -> bool:
@@ -300,8 +287,7 @@ class AuthorizedKeys:
 
 
 def start_authenticator(ctx: zmq.Context) -> ThreadAuthenticator:
-    """A running ZAP handler in ``ctx`` that admits no CURVE key yet: :func:`admit_clients` and
-    :func:`admit_workers` say whom, each for the sockets of its ZAP domain.
+    """A running ZAP handler in ``ctx`` that admits no CURVE key yet: :func:`admit_clients` says whom.
 
     Must run before a CURVE socket binds: libzmq asks the handler about every CURVE handshake in this context,
     and without one it would admit any key.
@@ -315,14 +301,6 @@ def admit_clients(auth: ThreadAuthenticator, keys: ServerKeys) -> AuthorizedKeys
     """Let the keys in ``keys.authorized_dir`` connect to sockets without a ZAP domain (the client endpoint)."""
     trusted = AuthorizedKeys(_private_dir(keys.authorized_dir))
     auth.configure_curve_callback("*", credentials_provider=trusted)
-    return trusted
-
-
-def admit_workers(auth: ThreadAuthenticator, keys: ServerKeys, domain: str,
-                  also: frozenset[bytes] = frozenset()) -> AuthorizedKeys:
-    """Let the keys in ``authorized_workers/`` (and ``also``) connect to sockets of ZAP domain ``domain``."""
-    trusted = AuthorizedKeys(_private_dir(keys.keys_dir / AUTHORIZED_WORKERS_DIR), also=also)
-    auth.configure_curve_callback(domain, credentials_provider=trusted)
     return trusted
 
 
