@@ -216,7 +216,7 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         f"- reconstruction: fangzhou_nature with its mattes WITHHELD (background {rec.background}), {source}, "
         f"held-out PSNR (full frame) {rec.metrics.get('heldout_psnr', math.nan):.2f} dB",
         f"- subject bounds: {'detected' if det.found else 'NOT detected (' + det.reason + '): the cameras default'}"
-        f", {det.bounds.shape}, {det.surface_voxels} seen-surface voxels; half-sizes (side, up, front) "
+        f", {det.bounds.shape}, {det.surface_voxels} seen-surface voxels; half-sizes along its own axes "
         f"{', '.join(f'{h:.3f}' for h in half)} model units ({', '.join(f'{h * radius:.3f}' for h in half)} world); "
         f"axis-aligned extent {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()}",
         f"- stylization: the analytic stand-in encoder (a TEST INSTRUMENT, not CLIP), prompt \"{RED_FACE}\", "

@@ -4,6 +4,8 @@ head, a smeared head in haze)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from backend.nerf.subject import (
     capture_frame,
     default_subject_bounds,
     detect_subject_bounds,
+    min_volume_ellipsoid,
 )
 from captures.cameras import Cameras
 from captures.normalize import Normalization
@@ -145,20 +148,60 @@ def person_and_wall(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
     return (head | torso | wall).float() * 500.0
 
 
-def test_detection_keeps_the_person_and_leaves_the_wall_out() -> None:
+def volume(b: SubjectBounds) -> float:
+    return abs(float(np.linalg.det(b.matrix[:3, :3]))) * (8.0 if b.shape == "box" else 4.0 / 3.0 * math.pi)
+
+
+def assert_tight(fn, cams, ellipsoid: SubjectBounds, head_top: float) -> None:
+    """The ellipsoid (the default) holds no more than a box around the same seen surface would, give or take
+    the corners a round shape needs to reach a torso's; nothing in front of the face, nothing far above it."""
+    box = detect_subject_bounds(fn, cams, "cpu", resolution=64, shape="box").bounds
+    assert box.shape == "box" and ellipsoid.shape == "ellipsoid"
+    assert volume(ellipsoid) < 1.25 * volume(box)
+    assert not bool(ellipsoid.contains(torch.tensor([[0.0, -0.9, 0.0], [0.0, 0.0, head_top + 0.55]])).any())
+
+
+@pytest.mark.parametrize("shape", ["ellipsoid", "box"])
+def test_detection_keeps_the_person_and_leaves_the_wall_out(shape: str) -> None:
     cams = ring_cameras(focal=40.0)
-    det = detect_subject_bounds(person_and_wall, cams, "cpu", resolution=64)
+    det = detect_subject_bounds(person_and_wall, cams, "cpu", resolution=64, shape=shape)
     assert det.found and det.surface_voxels > 0
     b = det.bounds
+    assert b.shape == shape
     # What the frontal ring sees of the person (the torso's back and the head's back it does not see).
     person_points = torch.tensor([[0.0, 0.0, 0.44], [0.44, 0.0, 0.0], [0.0, -0.44, 0.0], [0.75, 0.0, -1.25],
                                   [-0.75, 0.1, -0.5], [-0.75, -0.25, -1.25]])
     assert bool(b.contains(person_points).all())
     wall_points = torch.tensor([[0.0, 1.25, 0.0], [0.5, 1.3, -0.5], [0.0, 1.21, 0.3]])
     assert not bool(b.contains(wall_points).any())
-    # Tight: the box does not reach far past the person (margin only).
-    lo, hi = b.aabb()
-    assert hi[2] < 0.45 + 0.25 and lo[2] > -1.3 - 0.25 and hi[1] < 1.2
+    if shape == "box":
+        # Tight: the box does not reach far past the person (margin only).
+        lo, hi = b.aabb()
+        assert hi[2] < 0.45 + 0.25 and lo[2] > -1.3 - 0.25 and hi[1] < 1.2
+    else:
+        assert_tight(person_and_wall, cams, b, head_top=0.45)
+
+
+def test_min_volume_ellipsoid_recovers_an_ellipsoid_from_points_on_it() -> None:
+    rng = np.random.default_rng(3)
+    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    axes = rot @ np.diag([0.3, 0.7, 1.2])
+    centre = np.array([0.2, -0.4, 0.1])
+    u = rng.normal(size=(400, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    inner = rng.uniform(-0.5, 0.5, size=(200, 3))  # points inside change nothing
+    pts = np.concatenate([u, inner]) @ axes.T + centre
+    c, a = min_volume_ellipsoid(pts, tol=1e-7)
+    np.testing.assert_allclose(c, centre, atol=2e-3)
+    # The same ellipsoid whatever the order and sign of its semi-axes: compare the quadratic forms.
+    np.testing.assert_allclose(a @ a.T, axes @ axes.T, atol=5e-3)
+    local = np.linalg.solve(a, (pts - c).T).T
+    assert float(np.linalg.norm(local, axis=1).max()) <= 1.0 + 1e-9
+    # A cube's corners: the sphere through them.
+    cube = np.array(list(np.ndindex(2, 2, 2)), dtype=np.float64) * 2.0 - 1.0
+    c, a = min_volume_ellipsoid(cube, tol=1e-9)
+    np.testing.assert_allclose(c, 0.0, atol=1e-6)
+    np.testing.assert_allclose(a @ a.T, 3.0 * np.eye(3), atol=1e-4)
 
 
 def test_detection_without_density_falls_back_to_the_cameras_default_and_says_why() -> None:
@@ -243,5 +286,6 @@ def test_detection_finds_a_smeared_weak_person_in_haze_from_what_the_cameras_see
     assert bool(b.contains(seen).all())
     assert not bool(b.contains(torch.tensor([[0.0, 1.25, 0.0], [0.5, 1.3, -0.5]])).any())
     # Tight around the person (its smeared edge and the margin), not the search cube: the haze ends no ray.
-    lo, hi = b.aabb()
+    assert_tight(smeared_head_in_haze, cams, b, head_top=0.5)
+    lo, hi = detect_subject_bounds(smeared_head_in_haze, cams, "cpu", resolution=64, shape="box").bounds.aabb()
     assert hi[2] < 0.5 + 0.3 and lo[2] > -1.1 - 0.4 and hi[1] < 0.5 and (hi - lo).max() < 2.3

@@ -71,6 +71,8 @@ ROI_RADIUS = 1.0
 MIN_PERSON_SIZE = 0.2
 # Default half-sizes (up, side, front) when no density is known: the region of interest, a little taller.
 DEFAULT_HALF_EXTENTS = (1.2, 1.0, 1.0)
+# The shape a detection fits (module docstring).
+DETECTED_SHAPE = "ellipsoid"
 
 DensityFn = Callable[[torch.Tensor], torch.Tensor]  # [N, 3] model points -> [N] densities
 
@@ -350,32 +352,48 @@ def detect_subject_bounds(
     cameras_model: Cameras,
     device: torch.device | str,
     *,
+    shape: str = DETECTED_SHAPE,
     resolution: int = SEARCH_RESOLUTION,
     half_extent: float = SEARCH_HALF_EXTENT,
     n_views: int = DETECT_VIEWS,
     chunk: int = 1 << 20,
 ) -> Detection:
-    """The subject's oriented box from the surface the cameras see (see the module docstring).
+    """The subject's bounds from the surface the cameras see (see the module docstring).
 
     Args:
         density_fn: ``[N, 3]`` model points -> ``[N]`` densities (the model's ``density``).
         cameras_model: the capture's cameras in model coordinates (they set the orientation and are the views
             the surface is seen from; pass the training views).
         device: where the density is evaluated.
+        shape: ``"ellipsoid"`` (fitted to the seen surface, :func:`fit_ellipsoid`) or ``"box"`` (its oriented
+            extent, :func:`fit_box`).
         resolution: search grid voxels per axis.
         half_extent: half size of the searched cube around the look-at point, model units.
         n_views: cameras the surface is seen from (spread over the capture).
         chunk: density evaluations per call.
     """
+    if shape not in SHAPES:
+        raise SubjectBoundsError(f"subject bounds shape must be one of {SHAPES}, got {shape!r}")
+    frame = capture_frame(cameras_model)
+    hits, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=int(resolution),
+                                    half_extent=half_extent, n_views=n_views, chunk=chunk)
+    return bounds_from_hits(hits, views, frame, half_extent, default_subject_bounds(cameras_model), shape)
+
+
+def bounds_from_hits(
+    hits: np.ndarray,  # (n, n, n) rays ending per voxel, capture frame axes
+    views: int,
+    frame: np.ndarray,  # (3, 3) columns (side, up, front)
+    half_extent: float,
+    fallback: SubjectBounds,
+    shape: str = DETECTED_SHAPE,
+) -> Detection:
+    """The person's piece of seen surface in ``hits`` (:func:`seen_surface_hits`) and its bounds."""
     # scikit-image: imported here, only where bounds are detected
     from skimage.measure import label
 
-    frame = capture_frame(cameras_model)
-    fallback = default_subject_bounds(cameras_model)
-    n = int(resolution)
+    n = hits.shape[0]
     voxel = 2 * half_extent / n
-    hits, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=n,
-                                    half_extent=half_extent, n_views=n_views, chunk=chunk)
     if not hits.any():
         return Detection(fallback, False, 0, "nothing opaque where the cameras look (no camera ray turns half "
                                              "opaque near the look-at point)")
@@ -402,16 +420,90 @@ def detect_subject_bounds(
     if size < MIN_PERSON_SIZE:
         return Detection(fallback, False, 0, f"the surface seen where the cameras look is only specks ({size:.2f} "
                                              f"head radii across at most), no head")
-    # The extent holding all but a sliver of the person's hits along each axis: a few stray hits at its edge
-    # (a wisp of haze touching the hair) do not stretch the box.
+    # Voxel centres in the capture frame, model units, and how many rays ended in each.
+    points = (person + 0.5) * voxel - half_extent
     weights = hits[tuple(person.T)].astype(np.float64)
-    ext = [_trimmed_extent(person[:, a], weights, EXTENT_TAIL) for a in range(3)]
-    lo = np.array([e[0] for e in ext]) * voxel - half_extent
-    hi = (np.array([e[1] for e in ext]) + 1) * voxel - half_extent
+    fit = fit_box if shape == "box" else fit_ellipsoid
+    local = fit(points, weights, voxel, half_extent)  # (4, 4) unit shape -> capture frame
+    to_model = np.eye(4)
+    to_model[:3, :3] = frame
+    return Detection(SubjectBounds(shape, to_model @ local), True, len(person))
+
+
+def _trimmed_box(points: np.ndarray, weights: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo (3,), hi (3,))``: the extent along each axis holding all but a sliver of the hits (a few stray hits
+    at the edge, a wisp of haze touching the hair, do not stretch it), voxels included whole."""
+    ext = np.array([_trimmed_extent(points[:, a], weights, EXTENT_TAIL) for a in range(3)])
+    return ext[:, 0] - voxel / 2, ext[:, 1] + voxel / 2
+
+
+def fit_box(points: np.ndarray, weights: np.ndarray, voxel: float, half_extent: float) -> np.ndarray:
+    """``(4, 4)`` map of the unit cube onto the seen surface's axis-aligned extent with a margin.
+
+    Args:
+        points: ``(N, 3)`` seen-surface voxel centres in the capture frame (side, up, front), model units.
+        weights: ``(N,)`` rays ending in each.
+        voxel: voxel size; half_extent: half size of the searched cube (the box stays inside it).
+    """
+    lo, hi = _trimmed_box(points, weights, voxel)
     margin = MARGIN_FRACTION * (hi - lo) + MARGIN_VOXELS * voxel
     lo = np.maximum(lo - margin, -half_extent)
     hi = np.minimum(hi + margin, half_extent)
     m = np.eye(4)
-    m[:3, :3] = frame @ np.diag((hi - lo) / 2.0)
-    m[:3, 3] = frame @ ((hi + lo) / 2.0)
-    return Detection(SubjectBounds("box", m), True, len(person))
+    m[:3, :3] = np.diag((hi - lo) / 2.0)
+    m[:3, 3] = (hi + lo) / 2.0
+    return m
+
+
+def fit_ellipsoid(points: np.ndarray, weights: np.ndarray, voxel: float, half_extent: float) -> np.ndarray:
+    """``(4, 4)`` map of the unit sphere onto the smallest ellipsoid holding the seen surface, with a margin.
+
+    A head and shoulders is round where a box has corners: above the head and beside the neck a box holds
+    haze the reconstruction left in the air, which the subject's alpha then shows. The smallest enclosing
+    ellipsoid (any orientation) of the seen surface's voxels, trimmed to :func:`_trimmed_box` so that stray hits
+    do not stretch it, follows the head's top and reaches down to the shoulders.
+
+    Args: as :func:`fit_box`.
+    """
+    lo, hi = _trimmed_box(points, weights, voxel)
+    kept = np.clip(points, lo + voxel / 2, hi - voxel / 2)
+    # Each voxel whole: its 8 corners. The hull's vertices decide the enclosing ellipsoid.
+    offsets = (np.array(list(np.ndindex(2, 2, 2)), dtype=np.float64) - 0.5) * voxel  # (8, 3)
+    corners = np.unique((kept[:, None, :] + offsets[None]).reshape(-1, 3).round(9), axis=0)
+    # scipy comes with scikit-image
+    from scipy.spatial import ConvexHull
+
+    corners = corners[ConvexHull(corners).vertices]
+    centre, axes = min_volume_ellipsoid(corners)
+    scale = 1.0 + 2.0 * MARGIN_FRACTION
+    axes = axes * scale + MARGIN_VOXELS * voxel * axes / np.linalg.norm(axes, axis=0, keepdims=True)
+    m = np.eye(4)
+    m[:3, :3] = axes
+    m[:3, 3] = centre
+    return m
+
+
+def min_volume_ellipsoid(points: np.ndarray, tol: float = 1e-4, max_iter: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Khachiyan's algorithm: the smallest ellipsoid holding ``(N, 3)`` points, as ``(centre (3,), axes (3, 3))``
+    with points ``centre + axes @ u`` for ``|u| <= 1`` (the columns of ``axes`` are its semi-axes)."""
+    p = np.asarray(points, dtype=np.float64)
+    n, d = p.shape
+    q = np.concatenate([p, np.ones((n, 1))], axis=1)  # (N, 4)
+    u = np.full(n, 1.0 / n)
+    for _ in range(max_iter):
+        x = q.T @ (u[:, None] * q)
+        m = np.einsum("ij,jk,ik->i", q, np.linalg.inv(x), q)
+        j = int(np.argmax(m))
+        step = (m[j] - d - 1.0) / ((d + 1.0) * (m[j] - 1.0))
+        if step <= tol:
+            break
+        u *= 1.0 - step
+        u[j] += step
+    centre = p.T @ u
+    cov = p.T @ (u[:, None] * p) - np.outer(centre, centre)
+    # (x - c)^T (cov d)^-1 (x - c) <= 1 at the optimum; a sliver of slack for the tolerance.
+    vals, vecs = np.linalg.eigh(cov * d)
+    radii = np.sqrt(np.maximum(vals, 0.0))
+    worst = np.sqrt(max(1.0, float(np.max(np.einsum("ij,jk,ik->i", p - centre,
+                                                             np.linalg.pinv(cov * d), p - centre)))))
+    return centre, vecs * (radii * worst)[None, :]
