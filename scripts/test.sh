@@ -29,28 +29,32 @@ lane() {
     [ "$rc" -eq 0 ] || exit "$rc"
 }
 
-# The backend lane keeps torch to one thread (tests/conftest.py), so it and the add-on lanes share the two
-# cores of a CI machine side by side: the backend lane (then the zip check, the same Blender's user folders) in
-# the background, its output shown whole when it ends; the add-on lanes in the foreground. Each lane runs in a
-# subshell, so a failure in one never leaves the other running unwaited.
+# The backend lane keeps torch to one thread (tests/conftest.py), so the lanes share the two cores of a CI
+# machine side by side. The backend's tests split by their `slow` mark into two halves of the work: the slow
+# half (then the zip check, the same Blender's user folders) runs in the background from the start, and the
+# add-on lanes then the backend's quick half run in the foreground, so that neither core idles while the other
+# finishes alone. Each background lane's output is shown whole when it ends. Each lane runs in a subshell, so
+# a failure in one never leaves the other running unwaited.
 # Every lane builds the extension zip; fill the shared pyzmq wheel cache (.whl/) once, before the lanes run side
 # by side, so that no two builds download into it at the same time.
 .venv/bin/python -c "import build_addon as ba; ba.fetch_wheels(ba.ALL_PLATFORMS, ba.ROOT / '.whl', offline=False)"
 logs=$(mktemp -d)
 (
-    lane "backend, protocol, server and main job (Blender 5.0, CPython 3.11, torch)" .venv 5.0 --ignore=tests/addon
+    lane "backend, protocol, server and main job: slow tests (Blender 5.0, CPython 3.11, torch)" .venv 5.0 \
+        --ignore=tests/addon -m slow
     # The main job's Blender: only the zip's install check (the add-on's API differences are covered by 4.2/5.2).
     lane "extension zip under Blender 5.0 (CPython 3.11)" .venv 5.0 tests/addon/test_zip_install.py
 ) > "$logs/backend.log" 2>&1 &
 backend_pid=$!
-addon_rc=0
+fore_rc=0
 (
     lane "add-on under Blender 5.2 LTS (CPython 3.13), the main add-on lane" .venv-bpy52 5.2 tests/addon
     lane "add-on under Blender 4.2 LTS (CPython 3.11)" .venv-bpy42 4.2 tests/addon
-) || addon_rc=$?
+    lane "backend, protocol, server and main job: the other tests" .venv 5.0 --ignore=tests/addon -m "not slow"
+) || fore_rc=$?
 backend_rc=0
 wait "$backend_pid" || backend_rc=$?
 cat "$logs/backend.log"
 rm -rf "$logs"
-echo "add-on lanes: exit $addon_rc; backend lane and zip check: exit $backend_rc" >&2
-[ "$addon_rc" -eq 0 ] && [ "$backend_rc" -eq 0 ]
+echo "add-on lanes and the backend's quick tests: exit $fore_rc; backend's slow tests and zip check: exit $backend_rc" >&2
+[ "$fore_rc" -eq 0 ] && [ "$backend_rc" -eq 0 ]
