@@ -174,6 +174,12 @@ def test_detection_keeps_the_person_and_leaves_the_wall_out(shape: str) -> None:
     assert bool(b.contains(person_points).all())
     wall_points = torch.tensor([[0.0, 1.25, 0.0], [0.5, 1.3, -0.5], [0.0, 1.21, 0.3]])
     assert not bool(b.contains(wall_points).any())
+    if shape == "ellipsoid":
+        # Its semi-axes read as (side, up, front) of the capture frame, without mirroring.
+        frame = capture_frame(cams)
+        local = frame.T @ b.matrix[:3, :3]
+        assert np.linalg.det(local) > 0
+        assert np.all(np.abs(np.diag(local)) >= np.abs(local).max(axis=0) - 1e-12) and np.all(np.diag(local) > 0)
     if shape == "box":
         # Tight: the box does not reach far past the person (margin only).
         lo, hi = b.aabb()
@@ -195,6 +201,7 @@ def test_min_volume_ellipsoid_recovers_an_ellipsoid_from_points_on_it() -> None:
     np.testing.assert_allclose(c, centre, atol=2e-3)
     # The same ellipsoid whatever the order and sign of its semi-axes: compare the quadratic forms.
     np.testing.assert_allclose(a @ a.T, axes @ axes.T, atol=5e-3)
+    assert np.linalg.det(a) > 0  # no mirroring (a Blender empty shows it as is)
     local = np.linalg.solve(a, (pts - c).T).T
     assert float(np.linalg.norm(local, axis=1).max()) <= 1.0 + 1e-9
     # A cube's corners: the sphere through them.

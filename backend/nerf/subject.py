@@ -506,4 +506,16 @@ def min_volume_ellipsoid(points: np.ndarray, tol: float = 1e-4, max_iter: int = 
     radii = np.sqrt(np.maximum(vals, 0.0))
     worst = np.sqrt(max(1.0, float(np.max(np.einsum("ij,jk,ik->i", p - centre,
                                                              np.linalg.pinv(cov * d), p - centre)))))
-    return centre, vecs * (radii * worst)[None, :]
+    axes = vecs * (radii * worst)[None, :]
+    # The same ellipsoid whatever the order and signs of its semi-axes: put the one nearest each coordinate axis
+    # in that axis' column, pointing its way, so that the bounds read as (side, up, front) in the capture frame
+    # and, shown as a Blender empty, carry no mirroring.
+    order: list[int] = []
+    for k in range(d):
+        rest = [j for j in range(d) if j not in order]
+        order.append(max(rest, key=lambda j: abs(vecs[k, j])))
+    axes = axes[:, order]
+    axes = axes * np.where(np.diag(axes) < 0, -1.0, 1.0)[None, :]
+    if np.linalg.det(axes) < 0:
+        axes[:, 0] = -axes[:, 0]
+    return centre, axes
