@@ -8,6 +8,8 @@ vs the capture's matte > 0.5, :func:`bench.bench_subject.subject_alpha_iou`), at
 * **new**: the detection a reconstruct job runs now (:func:`backend.jobs.subject.decide_reconstruction_subject`);
 * **old** (with ``--old-rev``): ``detect_subject_bounds`` of ``backend/nerf/subject.py`` at that git revision,
   called as the job called it then (all cameras, default settings);
+* **box** (with ``--box``): a box fitted to the same seen surface (``detect_subject_bounds(shape="box")``, the
+  detection's shape before it fitted an ellipsoid);
 * **default box**: the cameras' default bounds (a failed detection's fallback).
 
 Usage::
@@ -38,7 +40,12 @@ if str(REPO) not in sys.path:
 from backend.jobs.subject import decide_reconstruction_subject  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
-from backend.nerf.subject import SubjectBounds, capture_frame, default_subject_bounds  # noqa: E402
+from backend.nerf.subject import (  # noqa: E402
+    SubjectBounds,
+    capture_frame,
+    default_subject_bounds,
+    detect_subject_bounds,
+)
 from bench.bench_subject import subject_alpha_iou  # noqa: E402
 from captures import load_capture  # noqa: E402
 
@@ -75,6 +82,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=0.25, help="photo scale of the scored views")
     parser.add_argument("--holdout-every", type=int, default=10)
     parser.add_argument("--old-rev", help="also score the detection of this git revision")
+    parser.add_argument("--box", action="store_true", help="also score a box fitted to the same seen surface")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the table here too")
     args = parser.parse_args()
@@ -109,6 +117,13 @@ def main() -> int:
         t0 = time.perf_counter()
         det = old_detection(args.old_rev, ckpt.model.density, model_cams)
         candidates.append((f"old detection ({args.old_rev})", det.bounds,
+                           f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
+    if args.box:
+        t0 = time.perf_counter()
+        held = set(int(i) for i in ckpt.heldout_indices)
+        train_cams = model_cams.select([i for i in range(len(model_cams)) if i not in held])
+        det = detect_subject_bounds(ckpt.model.density, train_cams, "cpu", shape="box")
+        candidates.append(("box on the same seen surface", det.bounds,
                            f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
     candidates.append(("default box", default_subject_bounds(model_cams), "the cameras' default (fallback)"))
 
