@@ -290,20 +290,33 @@ def test_only_a_driver_with_the_token_reaches_the_cluster(cluster: Server, tmp_p
 # ---------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def serving_one_worker(work: Path, log: Path) -> Iterator[BackendProcess]:
+    """``python -m backend serve --workers 1`` on ``work``, ready; killed on the way out if still running."""
+    backend = BackendProcess(work, log, ("--workers", "1"))
+    try:
+        backend.wait_ready(timeout_s=START_S)
+        yield backend
+    finally:
+        if backend.proc.poll() is None:
+            backend.kill9()
+
+
+def resume_interrupted(client: Client, job: str) -> None:
+    """Check that a restarted server lists ``job`` as interrupted, and resume it."""
+    assert client.request(Message("status", {"job_id": job})).content["jobs"][0]["state"] == "interrupted"
+    client.request(Message("resume", {"job_id": job}))
+
+
 @pytest.mark.slow
 def test_a_server_stopped_or_killed_mid_job_and_started_again_resumes_it(tmp_path: Path, capture: Path) -> None:
     work, total = tmp_path / "work", 100
     # 1. SIGTERM: the task saves its checkpoint and records 'interrupted'.
-    backend = BackendProcess(work, tmp_path / "serve1.log", ("--workers", "1"))  # the command line, as users run it
-    try:
-        backend.wait_ready(timeout_s=START_S)
+    with serving_one_worker(work, tmp_path / "serve1.log") as backend:  # the command line, as users run it
         with Client(backend.endpoint) as client:
             job = submit(client, "reconstruct", reconstruct_params(capture, total))
             first_checkpoint(work, job, total)
         assert backend.terminate(timeout_s=120) == 0
-    finally:
-        if backend.proc.poll() is None:
-            backend.kill9()
     record = job_record(work, job)
     assert record["state"] == "interrupted" and "'resume' continues" in record["error"]["message"], record
     ckpt_path = job_dir(work, job) / "outputs" / "checkpoint.pt"
@@ -312,36 +325,24 @@ def test_a_server_stopped_or_killed_mid_job_and_started_again_resumes_it(tmp_pat
     assert (work / "keys" / "ray_auth_token").is_file(), "the local cluster's token, made on first use"
 
     # 2. Started again, the job resumed, then kill -9 of the server: its Ray cluster and the task go with it.
-    backend = BackendProcess(work, tmp_path / "serve2.log", ("--workers", "1"))
-    try:
-        backend.wait_ready(timeout_s=START_S)
+    with serving_one_worker(work, tmp_path / "serve2.log") as backend:
         with Client(backend.endpoint) as client:
-            assert client.request(Message("status", {"job_id": job})).content["jobs"][0]["state"] == "interrupted"
-            client.request(Message("resume", {"job_id": job}))
+            resume_interrupted(client, job)
             wait_for(lambda: job_record(work, job)["state"] == "running"
                      and load_checkpoint(ckpt_path, "cpu").step > stopped_at, START_S, "a checkpoint after the resume")
         backend.kill9()
-    finally:
-        if backend.proc.poll() is None:
-            backend.kill9()
     killed_at = load_checkpoint(ckpt_path, "cpu").step
     assert stopped_at < killed_at < total and job_record(work, job)["state"] == "running"
     wait_for(lambda: lock_holder(job_dir(work, job)) is None, 60, "the job's Ray worker to die with its server")
 
     # 3. Started again: the job is interrupted, and resumes from its latest checkpoint to the end.
-    backend = BackendProcess(work, tmp_path / "serve3.log", ("--workers", "1"))
-    try:
-        backend.wait_ready(timeout_s=START_S)
+    with serving_one_worker(work, tmp_path / "serve3.log") as backend:
         with Client(backend.endpoint) as client:
-            assert client.request(Message("status", {"job_id": job})).content["jobs"][0]["state"] == "interrupted"
-            client.request(Message("resume", {"job_id": job}))
+            resume_interrupted(client, job)
             result = client.wait_job(job, timeout_s=300).content
         assert result["state"] == "done" and result["outputs"]["steps"] == total, result
         assert killed_at <= result["outputs"]["resumed_from_step"] < total
         assert backend.terminate(timeout_s=120) == 0
-    finally:
-        if backend.proc.poll() is None:
-            backend.kill9()
     assert f"job {job} (reconstruct) to Ray (resume 2)" in backend.log()
     assert job_record(work, job)["resumes"] == 2
 
