@@ -165,6 +165,12 @@ def test_the_channel_keeps_order_drops_stale_attempts_and_bounds_its_buffer() ->
     assert channel.requested("a") == "cancel" and channel.requested("b") is None
     channel.forget("a")
     assert channel.requested("a") is None and channel.begin("a") == 1, "a resumed job starts over"
+    # Restarted by Ray (killed when the node ran low on memory): it takes up each running job's attempt from
+    # that job's next message, and still drops an older attempt's.
+    restarted = JobChannel()
+    restarted.put("c", 3, [b"go on"])
+    restarted.put("c", 2, [b"stale"])
+    assert restarted.take() == [("c", [b"go on"])] and restarted.stats()["dropped"] == 1
 
 
 def test_the_local_token_file_is_private_and_made_once(tmp_path: Path) -> None:
@@ -243,6 +249,25 @@ def test_kill9_of_the_worker_running_a_job_resumes_it_to_the_uninterrupted_model
     assert_same_model(load_checkpoint(tmp_path / "straight" / "jobs" / straight.job_id / "outputs" / "checkpoint.pt",
                                       "cpu"),
                       load_checkpoint(job_dir(work, job) / "outputs" / "checkpoint.pt", "cpu"))
+
+
+@pytest.mark.slow
+def test_a_job_goes_on_reporting_when_its_channel_is_killed(cluster: Server, executor: RayExecutor,
+                                                           capture: Path) -> None:
+    import ray
+
+    work = cluster.store.work_dir
+    with Client(cluster.bound_endpoint) as client:
+        job = submit(client, "reconstruct", reconstruct_params(capture, 100))
+        first_checkpoint(work, job, 100)
+        # As Ray's memory monitor does when the node runs low: the actor is killed, and Ray restarts it.
+        ray.kill(executor._channel, no_restart=False)
+        client.poll()  # what came before the kill
+        after: list[Message] = []
+        result = client.wait_job(job, on_message=after.append, timeout_s=HANG_S).content
+    assert result["state"] == "done" and result["outputs"]["steps"] == 100, result
+    assert any(m.type == "progress" and m.content["stage"] == "training" for m in after), \
+        "progress from the job after its channel came back"
 
 
 @pytest.mark.slow

@@ -40,8 +40,12 @@ class JobChannel:
         return self._attempts[job_id]
 
     def put(self, job_id: str, attempt: int, frames: list[bytes]) -> None:
-        """One encoded message of attempt ``attempt`` of ``job_id``; dropped unless that is its latest attempt."""
-        if self._attempts.get(job_id) != attempt:
+        """One encoded message of attempt ``attempt`` of ``job_id``; dropped unless that is its latest attempt.
+
+        A job this channel has no attempt of (it was restarted after the job began) takes ``attempt`` as its
+        latest: the server ignores messages of jobs it no longer runs."""
+        latest = self._attempts.setdefault(job_id, attempt)
+        if latest != attempt:
             self.dropped += 1
             return
         self._messages.append((job_id, frames))

@@ -60,12 +60,18 @@ class RunningTask:
 
 
 def channel_actor() -> Any:
-    """The :class:`~backend.scaleout.channel.JobChannel` as a Ray actor class (no CPU of its own)."""
+    """The :class:`~backend.scaleout.channel.JobChannel` as a Ray actor class (no CPU of its own).
+
+    Restarted whenever it dies, its calls retried meanwhile: Ray's memory monitor kills workers, actors
+    included, when the node runs low on memory (whoever used it), and without the channel no running job could
+    report or be cancelled. A restarted channel has lost its buffered messages (live views only: frames and
+    meshes are on disk) and takes up each running job's attempt from its next message (``JobChannel.put``).
+    """
     import ray
 
     from .channel import JobChannel
 
-    return ray.remote(num_cpus=0, max_concurrency=1)(JobChannel)
+    return ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=-1)(JobChannel)
 
 
 class RayExecutor(JobQueue):
