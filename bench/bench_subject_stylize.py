@@ -312,7 +312,9 @@ def main() -> int:
 
         cams_model = rec.cameras if rec.normalization is None else rec.normalization.cameras_to_model(rec.cameras)
         t1 = time.perf_counter()
-        det = detect_subject_bounds(rec.model.density, cams_model, device, **({"resolution": 32} if args.smoke else {}))
+        # Seen from the training views only, as the reconstruct job detects them: the held-out views are measured.
+        det = detect_subject_bounds(rec.model.density, cams_model.select(list(rec.train_indices) or list(range(len(cams_model)))), device,
+                                    **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds in {time.perf_counter() - t1:.1f} s: found {det.found} {det.reason} "
               f"({det.surface_voxels} voxels)", flush=True)
 

@@ -169,7 +169,8 @@ def main() -> int:
     subject_only = rec.background == "contract"
     if subject_only and rec.subject is None:
         cams_model = rec.cameras if rec.normalization is None else rec.normalization.cameras_to_model(rec.cameras)
-        det = detect_subject_bounds(rec.model.density, cams_model, device,
+        # Seen from the training views only, as the reconstruct job detects them: the held-out views are measured.
+        det = detect_subject_bounds(rec.model.density, cams_model.select(list(rec.train_indices) or list(range(len(cams_model)))), device,
                                     **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds: found {det.found} {det.reason}", flush=True)
         rec = dataclasses.replace(rec, subject=det.bounds)
