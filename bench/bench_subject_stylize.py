@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from backend.jobs.subject import detection_cameras  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -310,10 +311,9 @@ def main() -> int:
         if args.smoke:
             rec = dataclasses.replace(rec, train_indices=rec.train_indices[:4])
 
-        cams_model = rec.cameras if rec.normalization is None else rec.normalization.cameras_to_model(rec.cameras)
         t1 = time.perf_counter()
         # Seen from the training views only, as the reconstruct job detects them: the held-out views are measured.
-        det = detect_subject_bounds(rec.model.density, cams_model.select(list(rec.train_indices) or list(range(len(cams_model)))), device,
+        det = detect_subject_bounds(rec.model.density, detection_cameras(rec), device,
                                     **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds in {time.perf_counter() - t1:.1f} s: found {det.found} {det.reason} "
               f"({det.surface_voxels} voxels)", flush=True)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import decide_reconstruction_subject  # noqa: E402
+from backend.jobs.subject import decide_reconstruction_subject, detection_cameras  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
 from backend.nerf.subject import (  # noqa: E402
@@ -120,9 +120,7 @@ def main() -> int:
                            f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
     if args.box:
         t0 = time.perf_counter()
-        held = set(int(i) for i in ckpt.heldout_indices)
-        train_cams = model_cams.select([i for i in range(len(model_cams)) if i not in held])
-        det = detect_subject_bounds(ckpt.model.density, train_cams, "cpu", shape="box")
+        det = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), "cpu", shape="box")
         candidates.append(("box on the same seen surface", det.bounds,
                            f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
     candidates.append(("default box", default_subject_bounds(model_cams), "the cameras' default (fallback)"))

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from backend.jobs.subject import detection_cameras  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from backend.nerf.subject import detect_subject_bounds  # noqa: E402
@@ -168,9 +169,8 @@ def main() -> int:
         rec = dataclasses.replace(rec, train_indices=rec.train_indices[:4])
     subject_only = rec.background == "contract"
     if subject_only and rec.subject is None:
-        cams_model = rec.cameras if rec.normalization is None else rec.normalization.cameras_to_model(rec.cameras)
         # Seen from the training views only, as the reconstruct job detects them: the held-out views are measured.
-        det = detect_subject_bounds(rec.model.density, cams_model.select(list(rec.train_indices) or list(range(len(cams_model)))), device,
+        det = detect_subject_bounds(rec.model.density, detection_cameras(rec), device,
                                     **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds: found {det.found} {det.reason}", flush=True)
         rec = dataclasses.replace(rec, subject=det.bounds)

@@ -33,8 +33,9 @@ lane() {
 # machine side by side. The backend's tests split by their `slow` mark into two halves of the work: the slow
 # half (then the zip check, the same Blender's user folders) runs in the background from the start, and the
 # add-on lanes then the backend's quick half and the main job's slow tests (about a minute, which evens the two
-# sides out) run in the foreground, so that neither core idles while the other finishes alone. Each background lane's output is shown whole when it ends. Each lane runs in a subshell, so
-# a failure in one never leaves the other running unwaited.
+# sides out) run in the foreground, so that neither core idles while the other finishes alone. The background
+# lanes' output is shown whole when they end. Each side runs in a subshell, so a failure in one never leaves
+# the other running unwaited.
 # Every lane builds the extension zip; fill the shared pyzmq wheel cache (.whl/) once, before the lanes run side
 # by side, so that no two builds download into it at the same time.
 .venv/bin/python -c "import build_addon as ba; ba.fetch_wheels(ba.ALL_PLATFORMS, ba.ROOT / '.whl', offline=False)"

@@ -77,6 +77,14 @@ class SubjectDecision:
         return self.source != "cameras"
 
 
+def detection_cameras(ckpt: Any) -> Any:
+    """The cameras a reconstruction's subject is seen from, in model coordinates: its training views (the
+    held-out ones stay out of everything the job decides), or all of them when it lists none."""
+    cameras = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
+    train = [int(i) for i in ckpt.train_indices]
+    return cameras.select(train) if train else cameras
+
+
 def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: bool = False) -> SubjectDecision:
     """The subject bounds of a finished reconstruction: ``given`` (from the params), else the checkpoint's own
     (a resumed job that had decided them), else detected from the surface its training cameras see."""
@@ -88,13 +96,7 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
         return SubjectDecision(ckpt.subject, "checkpoint")
     if ckpt.cameras is None:
         raise JobFailed("the reconstruction has no cameras to find the subject from")
-    cameras = ckpt.cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(ckpt.cameras)
-    held = set(int(i) for i in ckpt.heldout_indices)
-    train = [i for i in range(len(cameras)) if i not in held]
-    if train and held:
-        # The surface is seen from the training views: the held-out ones stay out of everything the job decides.
-        cameras = cameras.select(train)
-    detection = detect_subject_bounds(ckpt.model.density, cameras, device,
+    detection = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device,
                                       resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION,
                                       n_views=TINY_DETECT_VIEWS if tiny else DETECT_VIEWS)
     if detection.found:

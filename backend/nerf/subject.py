@@ -20,11 +20,12 @@ in). Instead each view's rays are volume-rendered through the search cube and ea
 passes one half (its median termination point, :func:`seen_surface_hits`): every opaque pixel gives exactly
 one point, however smeared the density. A voxel where the rays of many views end is seen surface; haze (a
 smear left in the air) scatters its few hits. Of the connected pieces of seen surface, the one with the most
-voxels in the region of interest around the look-at point is the person, and the bounds are its oriented box
-(the extent holding all but a sliver of its hits) with a margin. A wall behind is seen at another depth, so it
-stays outside; a speck of density inside the head is never seen. The box holds what the cameras saw: the
-back of a head that only frontal views saw is cut at the deepest surface they saw (the ears, the hair's
-edge), which is where renders from those views need it.
+voxels in the region of interest around the look-at point is the person, and the bounds are the smallest
+ellipsoid around it (:func:`fit_ellipsoid`; or its oriented box, :func:`fit_box`), trimmed to the extent
+holding all but a sliver of its hits, with a margin. A wall behind is seen at another depth, so it stays
+outside; a speck of density inside the head is never seen. The bounds hold what the cameras saw: the back of
+a head that only frontal views saw is cut at the deepest surface they saw (the ears, the hair's edge), which
+is where renders from those views need it.
 
 **World form.** The protocol carries the bounds in capture-world coordinates (the cameras' frame);
 :meth:`SubjectBounds.to_world` and :meth:`SubjectBounds.from_world` convert with the capture's normalization.
@@ -216,7 +217,7 @@ def capture_frame(cameras: Cameras) -> np.ndarray:
     Up is the cameras' mean up vector (OpenCV cameras: -Y), front the mean direction from the subject towards
     the cameras (-Z), made orthogonal to up. A capture whose cameras disagree on up (rolled half-way round)
     still gets a right-handed frame; its axes are then only a guess, which the density refinement tolerates
-    because the box is fitted to the seen surface in this frame, whatever it is.
+    because the bounds are fitted to the seen surface in this frame, whatever it is.
     """
     rot = cameras.c2w[:, :3, :3]
     up = -rot[:, :, 1].mean(axis=0)
