@@ -57,12 +57,12 @@ from backend.stylize.evaluation import (  # noqa: E402
     haze_change,
     silhouette_change,
 )
-from backend.stylize.loop import StylizeConfig, stylize  # noqa: E402
+from backend.stylize.loop import StylizeConfig, stylize, view_zoom  # noqa: E402
 from backend.stylize.losses import StyleLossConfig, weights_for_strength  # noqa: E402
 from backend.stylize.perceptual import load_perceptual  # noqa: E402
 from backend.stylize.standin_encoder import load_standin_clip, shape_reference  # noqa: E402
 from backend.stylize.subject_render import render_image_in_subject, subject_cells  # noqa: E402
-from backend.stylize.views import stylization_views  # noqa: E402
+from backend.stylize.views import stylization_views, zoomed_out  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from bench.shape_eval import COLUMNS, format_metrics  # noqa: E402
 from captures import load_capture  # noqa: E402
@@ -103,6 +103,10 @@ def renders(ckpt: NeRFCheckpoint, cameras, subject_only: bool) -> ViewRenders:
     return ViewRenders(rgba[..., :3], rgba[..., 3], torch.zeros_like(rgba[..., 3]))
 
 
+def model_cameras(ckpt: NeRFCheckpoint, cameras):
+    return cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(cameras)
+
+
 def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, cams, subject_only: bool) -> dict[str, float]:
     radius = 1.0 if rec.normalization is None else float(rec.normalization.radius)
     before, after = renders(rec, cams, subject_only), renders(sty, cams, subject_only)
@@ -110,9 +114,10 @@ def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, cams, subject_only: bool) 
     sil = silhouette_change(before.alpha, after.alpha)
     hz = haze_change(rec, sty, cams)
     outside = 0
-    if rec.subject is not None:
+    if sty.subject is not None:
+        # New cells outside the bounds the stylized model carries (the subject's, grown by the shape freedom).
         grid = rec.model.occupancy
-        inside = subject_cells(rec.subject, grid.resolution, rec.model.domain, device=grid.binary.device)
+        inside = subject_cells(sty.subject, grid.resolution, rec.model.domain, device=grid.binary.device)
         outside = int((sty.model.occupancy.binary & ~grid.binary & ~inside).sum())
     return {"area_ratio": sil.area_ratio, "outline_growth_rel": sil.outline_growth_rel,
             "outline_max_rel": sil.outline_max_rel, "haze": hz.haze, "front_solid": hz.front_solid,
@@ -177,13 +182,32 @@ def main() -> int:
     held = rec.heldout_indices or list(range(len(rec.cameras)))
     held = held[:: max(1, math.ceil(len(held) / args.eval_views))]
     cams = rec.cameras.select(held).scaled(args.scale)
+    # Every run is measured on the same held-out views, widened as a stylization at the grid's largest freedom
+    # widens its own views: what grows above a head that fills the frame is seen.
+    widest = max(f for f, _, _ in grid)
+    eval_zoom = view_zoom(rec, StylizeConfig(prompt=SHAPE_PROMPT, shape_freedom=widest), model_cameras(rec, cams))
+    cams = zoomed_out(cams, eval_zoom)
+    print(f"held-out views widened x{eval_zoom.mean():.3f} (max x{eval_zoom.max():.3f})", flush=True)
 
     loss = StyleLossConfig(n_crops=2, n_negatives=2) if args.smoke else StyleLossConfig()
     extra = {"n_templates": 1, "precompute_negatives": False, "compile": "off"} if args.smoke else {}
     views = stylization_views(rec.cameras, rec.train_indices, resolution_scale=rec.config.resolution_scale,
                               scale=args.scale)
-    src = renders(rec, views.cameras, subject_only).rgb.permute(0, 3, 1, 2)  # [n, 3, H, W] over white
-    reference = shape_reference(src)
+    references: dict[float, tuple[float, float, float]] = {}
+
+    def reference_for(freedom: float) -> tuple[float, float, float]:
+        """The stand-in's shape axes centred on F_rec's renders as the loop sees them at this freedom (its views
+        widened for room to grow), so a run starts at 0 on them."""
+        if freedom not in references:
+            zoom = view_zoom(rec, StylizeConfig(prompt=SHAPE_PROMPT, shape_freedom=freedom),
+                             model_cameras(rec, views.cameras))
+            src = renders(rec, zoomed_out(views.cameras, zoom), subject_only).rgb.permute(0, 3, 1, 2)
+            references[freedom] = shape_reference(src)  # [n, 3, H, W] over white
+            print(f"freedom {freedom:g}: stylization views widened x{zoom.mean():.3f} (max x{zoom.max():.3f}), "
+                  f"shape_reference {tuple(round(v, 3) for v in references[freedom])}", flush=True)
+        return references[freedom]
+
+    reference_for(0.0)
     header = ("| prompt | shape_freedom | λ_reg | shape lr | " + " | ".join(h for _, h in COLUMNS)
               + " | seconds |")
     rows: list[str] = []
@@ -193,9 +217,12 @@ def main() -> int:
             f"# Shape-freedom sweep on fangzhou_nature (issue 20B{', smoke' if args.smoke else ''})", "",
             f"- date {dt.date.today().isoformat()}, commit {args.commit}, {gpu}, torch {torch.__version__}",
             f"- F_rec: {source}, {rec.background}, subject bounds {'yes' if rec.subject is not None else 'no'}",
-            f"- stylization: analytic stand-in encoder (test instrument) centred on F_rec's renders "
-            f"(shape_reference {tuple(round(v, 3) for v in reference)}), random-trunk LPIPS, {args.iterations} "
-            f"iterations at scale {args.scale}; measured on {len(held)} held-out views"
+            "- stylization: analytic stand-in encoder (test instrument) centred on F_rec's renders "
+            "(shape_reference per freedom as its widened views see it: "
+            + ", ".join(f"{f:g}: {tuple(round(v, 3) for v in r)}" for f, r in sorted(references.items()))
+            + f"), random-trunk LPIPS, {args.iterations} iterations at scale {args.scale}; measured on {len(held)} "
+            f"held-out views widened x{eval_zoom.mean():.3f} on average (as a stylization at freedom {widest:g} widens "
+            "its own)"
             + ("; silhouette and IoU from the subject alone, haze over the whole scene" if subject_only else ""),
             "", header, "|" + " --- |" * (header.count("|") - 1), *rows, ""])
 
@@ -206,7 +233,7 @@ def main() -> int:
             config = StylizeConfig(prompt=prompt, iterations=args.iterations, scale=args.scale, loss=loss,
                                    shape_freedom=freedom, weights=weights, preview_every=10**9, checkpoint_every=0,
                                    **extra)
-            clip = load_standin_clip(device, shape_reference=reference)
+            clip = load_standin_clip(device, shape_reference=reference_for(freedom))
             perceptual = load_perceptual("lpips", device, random_init=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

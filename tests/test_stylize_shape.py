@@ -18,7 +18,7 @@ from test_stylize_deferred import tiny_reconstruction
 
 from backend.nerf.checkpoint import NeRFCheckpoint
 from backend.nerf.contraction import SceneDomain
-from backend.nerf.occupancy import OccupancyGrid, cell_size_model
+from backend.nerf.occupancy import OccupancyGrid, cell_size_model, cells_within_distance
 from backend.nerf.subject import SubjectBounds
 from backend.stylize import loop
 from backend.stylize.loop import (
@@ -35,6 +35,7 @@ from backend.stylize.loop import (
 from backend.stylize.losses import LossWeights, weights_for_strength
 from backend.stylize.perceptual import LpipsLoss, load_lpips
 from backend.stylize.subject_render import subject_cells
+from captures.cameras import Cameras
 
 PROMPT = "a marble statue"
 
@@ -130,19 +131,31 @@ def test_contracted_cells_grow_no_further_than_the_distance() -> None:
     assert reach_out < 3 and reach_in <= 3 and reach_out < reach_in
 
 
-def test_the_region_never_leaves_the_subject_bounds(ckpt: NeRFCheckpoint) -> None:
+def test_the_region_grows_only_into_the_grown_bounds_and_leaves_the_room_out(ckpt: NeRFCheckpoint) -> None:
+    """With bounds, shape may grow into empty cells within the freedom of the person and inside the bounds grown by
+    it (room for a hat above bounds that fit the head closely); F_rec's cells between the bounds and the grown
+    bounds (the room: a wall near the head) are left out; F_rec's cells beyond the grown bounds stay."""
     m = np.diag([0.5, 0.5, 0.5, 1.0])
     m[:3, 3] = (0.3, 0.0, 0.0)
     bounds = SubjectBounds("ellipsoid", m)
     grid = ckpt.model.occupancy
-    inside = subject_cells(bounds, grid.resolution, ckpt.model.domain)
+    domain = ckpt.model.domain
+    inside = subject_cells(bounds, grid.resolution, domain)
+    person = grid.binary & inside
     for freedom in (0.0, 0.25, SHAPE_FREEDOM_MAX):
         region = loop._allowed_cells(ckpt.model, freedom, bounds)
-        assert not bool((region & ~grid.binary & ~inside).any()), freedom
-        assert not bool((grid.binary & ~region).any()), "F_rec's cells stay"
+        room = subject_cells(bounds.grown(freedom), grid.resolution, domain)
+        new = region & ~grid.binary
+        assert not bool((new & ~room).any()), f"{freedom}: growth outside the grown bounds"
+        assert not bool((new & ~cells_within_distance(person, freedom, domain)).any()), f"{freedom}: too far"
+        assert bool((grid.binary & ~room).eq(region & grid.binary & ~room).all()), "F_rec's cells beyond stay"
+        assert bool((person & ~region).sum() == 0), "the person's cells stay"
+        left_out = grid.binary & room & ~inside & ~region
+        assert bool(left_out.eq(grid.binary & room & ~inside if freedom > 0 else torch.zeros_like(left_out)).all())
     grown = loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, bounds) & ~grid.binary
-    free = loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, None) & ~grid.binary
-    assert bool(grown.any()) and bool((free & ~inside).any()), "the test needs growth on both sides"
+    assert bool((grown & ~inside).any()), "the test needs growth beyond the bounds"
+    assert bool((grid.binary & subject_cells(bounds.grown(SHAPE_FREEDOM_MAX), grid.resolution, domain)
+                 & ~inside).any()), "the test needs room cells between the bounds and the grown bounds"
 
 
 def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:
@@ -157,3 +170,44 @@ def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, l
     for (name, a), (_, b) in zip(new.model.state_dict().items(), old.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(new.model.occupancy.binary, ckpt.model.occupancy.binary)
+
+
+def looking_at_origin(distance: float, focal: float, size: int = 100) -> Cameras:
+    """One camera on -z looking at the origin (OpenCV axes: +z forward, +y down), principal point centred."""
+    c2w = np.eye(4)
+    c2w[2, 3] = -distance
+    return Cameras(c2w[None], np.array([focal]), np.array([focal]), np.array([size / 2]), np.array([size / 2]),
+                   np.array([size]), np.array([size]))
+
+
+def sphere_points(radius: float, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    d = np.random.default_rng(0).normal(size=(4000, 3))
+    return np.asarray(centre) + radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def test_views_widen_until_the_region_that_may_grow_is_in_the_frame() -> None:
+    """A head filling 95 % of the frame leaves no room for a hat: the view widens until the head grown by the
+    freedom fits, no further than the cap, and not at all where the head is already cut off by the frame."""
+    from backend.stylize.views import _reach, growth_zoom, zoomed_out
+
+    distance = 4.0
+    half = math.asin(1.0 / distance)  # the head (radius 1) seen from 4 units: its half-angle
+    cam = looking_at_origin(distance, focal=50 * 0.95 / math.tan(half))
+    head, grown = sphere_points(1.0), sphere_points(1.5)
+    assert float(_reach(cam, 0, head).max()) < 1.0 < float(_reach(cam, 0, grown).max())
+    zoom = growth_zoom(cam, head, grown, max_zoom=2.0)
+    assert 1.4 < zoom[0] < 2.0
+    wide = zoomed_out(cam, zoom)
+    assert float(_reach(wide, 0, grown).max()) == pytest.approx(1.0, abs=1e-9)
+    assert np.allclose(wide.cx, cam.cx) and np.array_equal(wide.width, cam.width)
+    assert growth_zoom(cam, head, grown, max_zoom=1.2)[0] == pytest.approx(1.2)
+    assert growth_zoom(cam, head, head, max_zoom=2.0)[0] == pytest.approx(1.0), "no growth, no change"
+    # Shoulders cut off at the bottom of the frame ask for nothing; the top still asks for the hat's room.
+    body = np.concatenate([head, sphere_points(1.0, (0.0, 3.0, 0.0))])
+    tall = np.concatenate([grown, sphere_points(1.5, (0.0, 3.0, 0.0))])
+    assert 1.0 < growth_zoom(cam, body, tall, max_zoom=2.0)[0] < zoom[0] + 1e-9
+    cut = float(growth_zoom(cam, body, np.concatenate([body, sphere_points(1.0, (0.0, 4.0, 0.0))]),
+                            max_zoom=2.0)[0])
+    assert cut == pytest.approx(1.0), "growth only past a side already cut off asks for nothing"
+    with pytest.raises(ValueError, match="factors"):
+        zoomed_out(cam, 0.5)

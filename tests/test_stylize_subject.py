@@ -25,6 +25,7 @@ from backend.nerf.rays import rays_for_image
 from backend.nerf.subject import SubjectBounds
 from backend.nerf.synthetic import ring_cameras
 from backend.nerf.train import train_on_images
+from backend.stylize import loop
 from backend.stylize.clip_model import ClipModel, load_clip
 from backend.stylize.deferred import render_view_pass1
 from backend.stylize.evaluation import redness
@@ -200,18 +201,23 @@ def test_a_red_face_turns_the_subject_red_and_leaves_the_room(contract: NeRFChec
 
 
 @pytest.mark.slow
-def test_grown_shape_stays_inside_the_bounds(tmp_path_factory: pytest.TempPathFactory, clip: ClipModel,
-                                             lpips: LpipsLoss) -> None:
-    """shape_freedom adds cells only where they touch the bounds: F_sty's grid outside them is F_rec's."""
+def test_grown_shape_stays_inside_the_grown_bounds(tmp_path_factory: pytest.TempPathFactory, clip: ClipModel,
+                                                   lpips: LpipsLoss) -> None:
+    """shape_freedom adds cells only inside the bounds grown by it, which the stylized model carries; the room's
+    cells between the bounds and the grown bounds leave its grid, and its grid beyond them is F_rec's."""
     rec = tiny_reconstruction(tmp_path_factory)  # the three spheres; bounds around the red one only
     m = np.diag([0.5, 0.5, 0.5, 1.0])
     m[:3, 3] = (0.3, 0.0, 0.0)
     bounds = SubjectBounds("ellipsoid", m)
+    room = bounds.grown(0.2)
+    r, domain = rec.model.occupancy.resolution, rec.model.domain
     rec_grid = rec.model.occupancy.binary
-    inside = subject_cells(bounds, rec.model.occupancy.resolution, rec.model.domain)
-    grown = rec.model.occupancy.within_distance(0.2, rec.model.domain)
-    assert bool((grown & ~rec_grid & inside).any()) and bool((grown & ~rec_grid & ~inside).any()), \
-        "the test needs cells to grow into on both sides"
+    inside = subject_cells(bounds, r, domain)
+    in_room = subject_cells(room, r, domain)
+    grown = rec.model.occupancy.within_distance(0.2, domain)
+    assert bool((grown & ~rec_grid & in_room & ~inside).any()) and bool((grown & ~rec_grid & ~in_room).any()), \
+        "the test needs cells to grow into on both sides of the grown bounds"
+    assert bool((rec_grid & in_room & ~inside).any()), "the test needs room cells near the subject"
     done: list[int] = []
 
     def on_progress(p: StylizeProgress) -> None:
@@ -220,15 +226,45 @@ def test_grown_shape_stays_inside_the_bounds(tmp_path_factory: pytest.TempPathFa
 
     bounded = dataclasses.replace(rec, subject=bounds)
     config = preset_config("tiny", "a marble statue", iterations=3, shape_freedom=0.2)
-    # Stopped after one iteration, the grid is the region marched: F_rec's cells, grown inside the bounds only.
+    # Stopped after one iteration, the grid is the region marched.
     partial = stylize(bounded, config, "cpu", on_progress, lambda: len(done) >= 1, clip=clip, perceptual=lpips)
-    assert partial.metrics["cancelled"] == 1 and partial.subject is bounds
-    assert torch.equal(partial.model.occupancy.binary, rec_grid | (grown & inside))
-    # Finished: the cells outside the bounds are exactly F_rec's, so F_rec-outside composites keep the same samples.
+    assert partial.metrics["cancelled"] == 1 and partial.subject is not None
+    assert np.allclose(partial.subject.matrix, room.matrix) and partial.subject.shape == "ellipsoid"
+    assert torch.equal(partial.model.occupancy.binary, loop._allowed_cells(rec.model, 0.2, bounds))
+    # Finished: beyond the grown bounds the grid is exactly F_rec's, so F_rec-outside composites keep the same
+    # samples; between the bounds and the grown bounds F_rec's own cells (the other spheres' edges) are gone.
     sty = stylize(bounded, config, "cpu", clip=clip, perceptual=lpips)
     grid = sty.model.occupancy.binary
-    assert torch.equal(grid & ~inside, rec_grid & ~inside)
-    assert not bool((rec_grid & ~grid).any()), "F_rec's cells stay"
+    assert torch.equal(grid & ~in_room, rec_grid & ~in_room)
+    assert not bool(((rec_grid & inside) & ~grid).any()), "the person's cells stay"
+    assert not bool((grid & rec_grid & in_room & ~inside).any()), "the room's cells near the subject leave"
+    assert sty.metrics["view_zoom_max"] >= 1.0
     # A resumed run must use the bounds it was stylized within.
     with pytest.raises(ValueError, match="other subject bounds"):
         stylize(rec, config, "cpu", clip=clip, perceptual=lpips, resume=partial)
+
+
+def test_room_cells_a_grown_stylization_left_out_render_as_the_reconstruction(contract: NeRFCheckpoint) -> None:
+    """The background composite takes a sample from the stylized field only inside the bounds *and* in one of its
+    cells: where a stylization that let the shape grow left the room's cells out of its grid, the room stays the
+    reconstruction's."""
+    import copy
+
+    from backend.nerf.rendering import render_rays
+    from backend.stylize.subject_render import render_rays_with_background
+
+    rec = contract.model
+    sty = copy.deepcopy(rec)
+    with torch.no_grad():
+        for p in sty.field.colour_mlp.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.8)
+    cams = contract.cameras if contract.normalization is None else \
+        contract.normalization.cameras_to_model(contract.cameras)
+    rays_o, rays_d = rays_for_image(cams, 0)
+    bg = torch.tensor([0.2, 0.4, 0.9])
+    whole = render_rays(rec, rays_o, rays_d, bg).rgb.detach()
+    recoloured = render_rays_with_background(sty, rec, BOUNDS, rays_o, rays_d, bg).rgb.detach()
+    assert float((recoloured - whole).abs().max()) > 0.05, "the test needs the stylized field to differ"
+    sty.occupancy.binary.zero_()  # every cell left out of the stylized grid
+    kept = render_rays_with_background(sty, rec, BOUNDS, rays_o, rays_d, bg).rgb.detach()
+    torch.testing.assert_close(kept, whole, atol=1e-5, rtol=0.0)

@@ -296,3 +296,23 @@ def test_detection_finds_a_smeared_weak_person_in_haze_from_what_the_cameras_see
     assert_tight(smeared_head_in_haze, cams, b, head_top=0.5)
     lo, hi = detect_subject_bounds(smeared_head_in_haze, cams, "cpu", resolution=64, shape="box").bounds.aabb()
     assert hi[2] < 0.5 + 0.3 and lo[2] > -1.1 - 0.4 and hi[1] < 0.5 and (hi - lo).max() < 2.3
+
+
+@pytest.mark.parametrize("shape", ["box", "ellipsoid"])
+def test_grown_bounds_lengthen_each_half_axis_by_the_distance(shape: str) -> None:
+    rotation = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    m = np.eye(4)
+    m[:3, :3] = rotation @ np.diag([0.4, 0.9, 0.6])
+    m[:3, 3] = (0.1, -0.2, 0.3)
+    bounds = SubjectBounds(shape, m)
+    grown = bounds.grown(0.25)
+    assert grown.shape == shape and np.allclose(grown.center, bounds.center)
+    for axis, half in enumerate((0.4, 0.9, 0.6)):
+        direction = rotation[:, axis]
+        for reach, inside in ((half + 0.24, True), (half + 0.26, False)):
+            point = torch.as_tensor(bounds.center + reach * direction)[None]
+            assert bool(grown.contains(point)[0]) == inside
+            assert not bool(bounds.contains(point)[0])
+    assert np.allclose(bounds.grown(0.0).matrix, m)
+    with pytest.raises(ValueError, match="distance"):
+        bounds.grown(-0.1)

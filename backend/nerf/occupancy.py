@@ -136,26 +136,7 @@ class OccupancyGrid(nn.Module):
 
         Stylization marches this region (``shape_freedom``, :mod:`backend.stylize.loop`).
         """
-        if not (math.isfinite(distance) and distance >= 0):
-            raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
-        r = self.resolution
-        size = cell_size_model(domain, r, self.binary.device)  # [R, R, R] model units per cell
-        reach = math.floor(distance / float(size.min()) + 1e-9)  # the most cells any candidate may be away
-        if reach == 0:
-            return self.binary.clone()
-        # Squared Euclidean distance (in cells) to the nearest occupied cell, up to `reach` per axis: the squared
-        # distance transform is separable, one windowed min-plus pass per axis.
-        inf = float("inf")
-        d2 = torch.where(self.binary, 0.0, inf).to(torch.float32)
-        for axis in range(3):
-            padded = F.pad(d2.movedim(axis, -1).contiguous(), (reach, reach), value=inf)
-            best = padded[..., reach:reach + r].clone()
-            for k in range(1, reach + 1):
-                best = torch.minimum(best, torch.minimum(padded[..., reach - k:reach - k + r],
-                                                         padded[..., reach + k:reach + k + r]) + float(k * k))
-            d2 = best.movedim(-1, axis)
-        allowed_cells = distance / size  # [R, R, R] cells each candidate may be away
-        return self.binary | (d2 <= allowed_cells.square() + 1e-6)
+        return cells_within_distance(self.binary, distance, domain)
 
     @torch.no_grad()
     def refresh(
@@ -212,3 +193,32 @@ def cell_size_model(domain: SceneDomain, resolution: int,
     x = torch.where(c <= 1.0, torch.ones_like(c), 1.0 / (2.0 - c).clamp_min(1e-6))
     stretch = torch.where(c < 2.0, x.square(), torch.full_like(c, float("inf")))
     return (4.0 / r) * stretch
+
+
+@torch.no_grad()
+def cells_within_distance(cells: torch.Tensor, distance: float, domain: SceneDomain) -> torch.Tensor:
+    """``cells`` (``(R, R, R)`` bool over the domain's unit cube) and every cell whose centre lies within
+    ``distance`` model units of one of them (:meth:`OccupancyGrid.within_distance` of any set of cells)."""
+    if not (math.isfinite(distance) and distance >= 0):
+        raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
+    if cells.dim() != 3 or len(set(cells.shape)) != 1:
+        raise ValueError(f"cells must be an (R, R, R) grid, got shape {tuple(cells.shape)}")
+    r = int(cells.shape[0])
+    cells = cells.bool()
+    size = cell_size_model(domain, r, cells.device)  # [R, R, R] model units per cell
+    reach = math.floor(distance / float(size.min()) + 1e-9)  # the most cells any candidate may be away
+    if reach == 0:
+        return cells.clone()
+    # Squared Euclidean distance (in cells) to the nearest given cell, up to `reach` per axis: the squared
+    # distance transform is separable, one windowed min-plus pass per axis.
+    inf = float("inf")
+    d2 = torch.where(cells, 0.0, inf).to(torch.float32)
+    for axis in range(3):
+        padded = F.pad(d2.movedim(axis, -1).contiguous(), (reach, reach), value=inf)
+        best = padded[..., reach:reach + r].clone()
+        for k in range(1, reach + 1):
+            best = torch.minimum(best, torch.minimum(padded[..., reach - k:reach - k + r],
+                                                     padded[..., reach + k:reach + k + r]) + float(k * k))
+        d2 = best.movedim(-1, axis)
+    allowed_cells = distance / size  # [R, R, R] cells each candidate may be away
+    return cells | (d2 <= allowed_cells.square() + 1e-6)

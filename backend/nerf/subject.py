@@ -148,6 +148,19 @@ class SubjectBounds:
         half = np.abs(a).sum(axis=1) if self.shape == "box" else np.linalg.norm(a, axis=1)
         return self.center - half, self.center + half
 
+    def grown(self, distance: float) -> SubjectBounds:
+        """The same shape, centre and axes with each half-axis lengthened by ``distance`` model units.
+
+        Stylization gives a shape that may grow (``shape_freedom``) this much room around the subject
+        (:mod:`backend.stylize.loop`). The axes are the matrix's columns; each keeps its direction.
+        """
+        if not (math.isfinite(distance) and distance >= 0):
+            raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
+        m = self.matrix.copy()
+        lengths = np.linalg.norm(m[:3, :3], axis=0)  # (3,) half-axis lengths
+        m[:3, :3] = m[:3, :3] * ((lengths + distance) / lengths)[None, :]
+        return SubjectBounds(self.shape, m)
+
     def _unit_frame(self, x: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [..., 3]
         inv = torch.as_tensor(np.linalg.inv(self.matrix), dtype=x.dtype, device=x.device)
         return x @ inv[:3, :3].T + inv[:3, 3]

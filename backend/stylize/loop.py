@@ -99,10 +99,11 @@ from torch import Tensor, nn
 
 from backend.nerf.checkpoint import NeRFCheckpoint
 from backend.nerf.model import NeRFModel
-from backend.nerf.occupancy import OccupancyGrid
+from backend.nerf.occupancy import OccupancyGrid, cells_within_distance
 from backend.nerf.rays import rays_for_image
 from backend.nerf.rendering import render_rays_chunked
 from backend.nerf.subject import SubjectBounds
+from captures.cameras import Cameras
 
 from .clip_model import ClipModel, Template, imagenet_templates
 from .deferred import DeferredAborted, deferred_backward, image_from_rays
@@ -125,7 +126,7 @@ from .negatives import (
 from .perceptual import LpipsLoss, VggRelu33Loss
 from .standin_encoder import is_test_instrument
 from .subject_render import subject_cells
-from .views import StylizationViews, stylization_views
+from .views import StylizationViews, growth_zoom, stylization_views, zoomed_out
 
 __all__ = [
     "LAMBDA_REG_SHAPE",
@@ -144,7 +145,9 @@ __all__ = [
     "matmul_precision",
     "preset_config",
     "shape_learning_rate",
+    "stylization_subject",
     "stylize",
+    "view_zoom",
     "weights_are_random",
 ]
 
@@ -610,8 +613,8 @@ def _stylize(
     views: StylizationViews = stylization_views(
         ckpt_rec.cameras, ckpt_rec.train_indices, resolution_scale=ckpt_rec.config.resolution_scale,
         scale=config.scale, max_side=config.max_side, novel_views=config.novel_views)
-    subject = ckpt_rec.subject
-    resume_state = _check_resume(resume, ckpt_rec, iterations) if resume is not None else None
+    subject = stylization_subject(ckpt_rec.subject, config)
+    resume_state = _check_resume(resume, ckpt_rec, iterations, subject) if resume is not None else None
     if weights.perceptual > 0 and isinstance(perceptual, LpipsLoss):
         small = int(np.min(np.minimum(views.cameras.width, views.cameras.height)))
         if small < _LPIPS_MIN_SIDE:
@@ -628,7 +631,7 @@ def _stylize(
     model = copy_model(ckpt_rec.model, device, compile=use_compile)
     model.train()
     # Occupancy (module docstring): march through F_rec's occupied cells grown by shape_freedom, and nowhere else.
-    allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, subject)
+    allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, ckpt_rec.subject)
     if allowed is not None:
         model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
@@ -638,6 +641,9 @@ def _stylize(
             p.requires_grad_(False)
     cams_model = views.cameras if ckpt_rec.normalization is None else \
         ckpt_rec.normalization.cameras_to_model(views.cameras)
+    # Room in the images for what may grow (module docstring, "Shape freedom").
+    zoom = view_zoom(ckpt_rec, config, cams_model)
+    cams_model = zoomed_out(cams_model, zoom)
     background = None
     if ckpt_rec.background == "matte" or subject is not None:
         # With bounds a "contract" scene is cut to its subject too: it gets the plain ground of a cut-out photo.
@@ -701,6 +707,7 @@ def _stylize(
 
     def current(metrics_extra: dict[str, float], resumable: bool) -> NeRFCheckpoint:
         metrics = {**{f"loss_{k}": v for k, v in losses.items()}, "stylize_iterations": float(done),
+                   "view_zoom_mean": float(zoom.mean()), "view_zoom_max": float(zoom.max()),
                    "elapsed_s": elapsed, "prompt_driven": 0.0 if weights_are_random(clip, perceptual) else 1.0,
                    **metrics_extra}
         # Everything the loop carries from one iteration to the next (the sources are rendered again).
@@ -782,7 +789,9 @@ def _stylize(
                                     allowed=allowed & ~rec_cells)
         else:
             model.occupancy.binary.zero_()
-        model.occupancy.binary |= rec_cells
+        # F_rec's cells that the run marched (all of them but the room's within the grown bounds: those must
+        # stay out of the subject's renders).
+        model.occupancy.binary |= rec_cells & allowed
     result = current({"cancelled": float(cancelled), "negatives_dropped": float(len(pool.dropped))},
                      resumable=done < iterations)
     report(StylizeProgress("done", done, iterations, losses=dict(losses), elapsed_s=elapsed, eta_s=0.0,
@@ -801,16 +810,58 @@ def _negative_pool(clip: ClipModel, config: StylizeConfig, templates: tuple[Temp
     return drop_close_negatives(pool, closeness, config.negative_max_closeness)
 
 
+def stylization_subject(subject: SubjectBounds | None, config: StylizeConfig) -> SubjectBounds | None:
+    """The bounds a stylization works in, and its result carries: the subject's own, grown by ``shape_freedom``
+    when the shape may grow (module docstring, "Shape freedom": room for what the style adds)."""
+    if subject is None or config.colour_only or config.shape_freedom == 0:
+        return subject
+    return subject.grown(config.shape_freedom)
+
+
+def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Cameras) -> np.ndarray:  # -> [N]
+    """How much a stylization widens each of its views (``cameras_model``, model coordinates): 1 unless the
+    shape may grow, else :func:`~backend.stylize.views.growth_zoom` of the subject's cells (``F_rec``'s, within
+    its bounds when it has them) and the region it may grow into, at most ``1 + shape_freedom``."""
+    if config.colour_only or config.shape_freedom == 0:
+        return np.ones(len(cameras_model))
+    model = ckpt_rec.model
+    allowed = _allowed_cells(model, config.shape_freedom, ckpt_rec.subject)
+    person = model.occupancy.binary
+    if ckpt_rec.subject is not None:
+        person = person & subject_cells(ckpt_rec.subject, model.occupancy.resolution, model.domain,
+                                        device=person.device)
+    return growth_zoom(cameras_model, _cell_centres(person, model), _cell_centres(allowed, model),
+                       max_zoom=1.0 + config.shape_freedom)
+
+
+def _cell_centres(cells: Tensor, model: NeRFModel, max_points: int = 2**16) -> np.ndarray:  # [R,R,R] -> [n, 3]
+    """Model-coordinate centres of the ``True`` cells, every k-th of them past ``max_points`` (framing only)."""
+    index = torch.nonzero(cells)
+    index = index[:: max(1, math.ceil(index.shape[0] / max_points))]
+    u = (index.to(torch.float32) + 0.5) / cells.shape[0]
+    return model.domain.from_unit_cube(u).cpu().numpy().astype(np.float64)
+
+
 def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None) -> torch.Tensor:
-    """The ``(R, R, R)`` cells a stylization marches: ``F_rec``'s occupied cells and those within
-    ``shape_freedom`` model units of them (only cells that touch the subject bounds when there are any: rays
-    sample nothing outside them, and shape must not form in the background)."""
+    """The ``(R, R, R)`` cells a stylization marches.
+
+    Without bounds: ``F_rec``'s occupied cells and those within ``shape_freedom`` model units of them. With
+    bounds (``subject``, the reconstruction's own): the person's cells (``F_rec``'s cells touching them), the
+    empty cells within ``shape_freedom`` of those that touch the bounds grown by it
+    (:func:`stylization_subject`), and ``F_rec``'s cells beyond the grown bounds (never sampled by the run's
+    renders, kept so the result's grid holds its background). ``F_rec``'s cells *between* the bounds and the
+    grown bounds are the room (a wall, a chair back): they are left out, so the losses never see them and the
+    result's renders of the subject leave them out too.
+    """
     grid: OccupancyGrid = model.occupancy
-    grown = grid.within_distance(shape_freedom, model.domain)
     if subject is None or shape_freedom == 0:
-        return grown
-    inside = subject_cells(subject, grid.resolution, model.domain, device=grid.binary.device)
-    return grid.binary | (grown & inside)
+        return grid.within_distance(shape_freedom, model.domain)
+    cells = grid.binary
+    inside = subject_cells(subject, grid.resolution, model.domain, device=cells.device)
+    room = subject_cells(subject.grown(shape_freedom), grid.resolution, model.domain, device=cells.device)
+    person = cells & inside
+    growth = cells_within_distance(person, shape_freedom, model.domain) & room & ~cells
+    return person | growth | (cells & ~room)
 
 
 def _same_subject(a: SubjectBounds | None, b: SubjectBounds | None) -> bool:
@@ -825,7 +876,8 @@ def _term_weights(weights: LossWeights) -> dict[str, float]:
             "local_contrastive": weights.local_contrastive, "perceptual": weights.perceptual}
 
 
-def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: int) -> dict[str, Any]:
+def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: int,
+                  subject: SubjectBounds | None) -> dict[str, Any]:
     """The ``train_state`` of a stylization checkpoint to resume from, after checking it is this stylization's.
 
     Raises:
@@ -841,6 +893,6 @@ def _check_resume(resume: NeRFCheckpoint, ckpt_rec: NeRFCheckpoint, iterations: 
                          f"iterations, this run towards {iterations}")
     if not 0 <= int(state.get("done", -1)) <= iterations:
         raise ValueError(f"the checkpoint to resume from has {state.get('done')} iterations done")
-    if not _same_subject(resume.subject, ckpt_rec.subject):
+    if not _same_subject(resume.subject, subject):
         raise ValueError("the checkpoint to resume from was stylized within other subject bounds")
     return state

@@ -159,7 +159,8 @@ def render_rays_with_background(
 
     One march over both models' occupied cells (:func:`union_occupancy`; the same cells for a stylization of
     this project, whose grid keeps ``F_rec``'s cells and grows only inside the bounds) gives samples in depth
-    order; each sample is evaluated by the model on its side of the bounds (its midpoint decides) and all are
+    order; each sample is evaluated by the model on its side (its midpoint decides: ``inside`` where it lies in
+    the bounds and in one of ``inside``'s cells, ``outside`` elsewhere) and all are
     composited together, so the background in front of the subject occludes it and the subject occludes what
     lies behind it. Early termination uses the composite density. A ray that never meets the bounds is exactly
     ``outside``'s own render (same samples, same field).
@@ -184,7 +185,11 @@ def render_rays_with_background(
     grid = occupancy if occupancy is not None else union_occupancy(outside, inside)
 
     def side(x: Tensor) -> Tensor:  # [n, 3] -> [n] bool: True where ``inside`` holds the field
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if subject is None else subject.contains(x)
+        if subject is None:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        # Inside the bounds and in one of ``inside``'s cells: a stylization that let the shape grow leaves the
+        # room's cells between the subject and its grown bounds out of its grid, and they stay ``outside``'s.
+        return subject.contains(x) & inside.occupancy.query(inside.domain.to_unit_cube(x))
 
     def sigma_fn(x: Tensor) -> Tensor:
         return _split_by(side(x), x, inside.density, outside.density)

@@ -13,6 +13,7 @@ reconstruction. ``max_side`` caps the longer side on top of that (the ``tiny`` p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from captures.cameras import Cameras
 from captures.colmap import qvec_to_rotmat, rotmat_to_qvec
 
-__all__ = ["StylizationViews", "interpolate_cameras", "slerp_rotation", "stylization_views"]
+__all__ = ["StylizationViews", "growth_zoom", "interpolate_cameras", "slerp_rotation", "stylization_views", "zoomed_out"]
 
 
 def slerp_rotation(r0: np.ndarray, r1: np.ndarray, t: float) -> np.ndarray:  # [3, 3], [3, 3] -> [3, 3]
@@ -159,3 +160,68 @@ def _concat(a: Cameras, b: Cameras) -> Cameras:
                    cy=np.concatenate([a.cy, b.cy]), width=np.concatenate([a.width, b.width]),
                    height=np.concatenate([a.height, b.height]),
                    distortion=np.concatenate([a.distortion, b.distortion]), names=[*a.names, *b.names])
+
+
+def zoomed_out(cameras: Cameras, factors: np.ndarray | float) -> Cameras:
+    """The same cameras with a wider view: focal lengths divided by ``factors`` (one per camera, or one for
+    all, each >= 1); position, rotation, principal point and image size are kept, so the subject appears
+    ``1 / factor`` as large around the same image point."""
+    f = np.broadcast_to(np.asarray(factors, dtype=np.float64), (len(cameras),))
+    if not np.all(np.isfinite(f)) or np.any(f < 1.0):
+        raise ValueError(f"zoom-out factors must be finite and >= 1, got {f.tolist()}")
+    return Cameras(c2w=cameras.c2w.copy(), fx=cameras.fx / f, fy=cameras.fy / f, cx=cameras.cx.copy(),
+                   cy=cameras.cy.copy(), width=cameras.width.copy(), height=cameras.height.copy(),
+                   distortion=cameras.distortion.copy(), names=list(cameras.names))
+
+
+def growth_zoom(cameras: Cameras, subject_points: np.ndarray, grown_points: np.ndarray,
+                max_zoom: float) -> np.ndarray:  # -> [N]
+    """Per camera, how far to widen the view so the region a shape may grow into is seen where the subject is.
+
+    A head capture frames the head closely (fangzhou's fills 95 % of the height of its views), so what a style
+    adds above or beside it (a hat, horns) would form outside every image the losses see, and no loss could ask
+    for it. For each camera and each image side (left, right, top, bottom) where the subject's projection stays
+    inside the image, the view widens until the grown region's projection does too; sides where the subject is
+    already cut off by the frame (the shoulders of a head capture) ask for nothing. The factor lies in
+    ``[1, max_zoom]``; lens distortion is ignored (a pinhole projection).
+
+    Args:
+        cameras: ``N`` cameras in the points' coordinates.
+        subject_points: ``(n, 3)`` points of the subject (its occupied cells' centres).
+        grown_points: ``(m, 3)`` points of the region it may grow into (the subject's included).
+        max_zoom: the largest factor (>= 1).
+
+    Returns:
+        ``(N,)`` factors for :func:`zoomed_out`.
+    """
+    if not (math.isfinite(max_zoom) and max_zoom >= 1.0):
+        raise ValueError(f"max_zoom must be a finite number >= 1, got {max_zoom!r}")
+    subject = np.asarray(subject_points, dtype=np.float64).reshape(-1, 3)
+    grown = np.asarray(grown_points, dtype=np.float64).reshape(-1, 3)
+    out = np.ones(len(cameras))
+    if len(subject) == 0 or len(grown) == 0 or max_zoom == 1.0:
+        return out
+    for i in range(len(cameras)):
+        reach_subject = _reach(cameras, i, subject)
+        reach_grown = _reach(cameras, i, grown)
+        if reach_subject is None or reach_grown is None:
+            continue
+        need = np.where(reach_subject <= 1.0, reach_grown, 1.0)
+        out[i] = float(np.clip(need.max(), 1.0, max_zoom))
+    return out
+
+
+def _reach(cameras: Cameras, i: int, points: np.ndarray) -> np.ndarray | None:  # -> (4,) or None
+    """How far points in front of camera ``i`` reach towards each image side (left, right, top, bottom), as a
+    fraction of the principal point's distance to that side (1: the edge); None when none is in front."""
+    w2c = np.linalg.inv(cameras.c2w[i])
+    pc = points @ w2c[:3, :3].T + w2c[:3, 3]
+    front = pc[:, 2] > 1e-6
+    if not front.any():
+        return None
+    u = pc[front, 0] / pc[front, 2] * cameras.fx[i] + cameras.cx[i]
+    v = pc[front, 1] / pc[front, 2] * cameras.fy[i] + cameras.cy[i]
+    cx, cy = float(cameras.cx[i]), float(cameras.cy[i])
+    w, h = float(cameras.width[i]), float(cameras.height[i])
+    return np.array([(cx - u.min()) / max(cx, 1e-9), (u.max() - cx) / max(w - cx, 1e-9),
+                     (cy - v.min()) / max(cy, 1e-9), (v.max() - cy) / max(h - cy, 1e-9)])
