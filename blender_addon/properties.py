@@ -244,7 +244,9 @@ class NERFART_PG_capture(bpy.types.PropertyGroup):
 SHAPE_FREEDOM_DESCRIPTION = (
     "How far the style may move the head's surface outwards, as a fraction of the head's radius. 0 keeps the "
     "reconstructed shape (only colours and detail change); 0.25 lets the outline grow by a quarter of the radius; "
-    "0.5 leaves room for hair, a hat or horns. More freedom lets a style change the shape, but may also leave a "
+    "0.5 leaves room for hair, a hat or horns. Above 0 the subject bounds grow by the same amount, and the "
+    "stylization looks at the head from a little further back so there is room in the picture for what grows: "
+    "fine detail is then a little coarser. More freedom lets a style change the shape, but may also leave a "
     "faint haze around the head or thin it where the style only asks for colour: above 0 this is still being "
     "tuned, so compare with a run at 0. Not used with Colour Only")
 

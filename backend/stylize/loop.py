@@ -57,7 +57,15 @@ radius of the region of interest the capture was normalised to (:mod:`captures.n
 enough for a hat or horns. The region marched is every cell whose centre lies within that distance of one of
 ``F_rec``'s occupied cells (:meth:`~backend.nerf.occupancy.OccupancyGrid.within_distance`, which converts the
 distance to cells with the cell size in model units, contracted cells included), intersected with the cells
-touching the subject bounds when the checkpoint has them. Freedom without the rates to use it does nothing (at
+touching the subject bounds grown by the freedom when the checkpoint has them (:func:`stylization_subject`):
+detected bounds fit a head within a few percent, so without that room a hat could not form. The grown bounds are
+where the stylization renders and what its result carries; ``F_rec``'s cells between the bounds and the grown
+bounds belong to the room (a wall close behind the head), so they are left out of the march and of the result's
+grid, and shape grows only into cells ``F_rec`` left empty (:func:`_allowed_cells`). A head capture also frames
+the head closely (fangzhou's fills 95 % of its views' height), so what grows above it would lie outside every
+image the losses see: each view whose subject fits inside the frame on a side widens (its focal length shrinks,
+:func:`view_zoom`, at most ``1 + shape_freedom``) until the region that may grow fits too. The price is fewer
+pixels on the face at high freedom. Freedom without the rates to use it does nothing (at
 1e-4 the shape barely moves within a run), so with ``shape_freedom > 0`` the hash grid trains faster, on a log
 scale from 1e-4 at 0 to :data:`LR_SHAPE_AT_MAX` at the maximum, for a 400-iteration run and inversely
 proportional to the run's length (:func:`shape_learning_rate`: the distance Adam's scale-free steps carry a
