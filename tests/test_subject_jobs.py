@@ -369,6 +369,31 @@ def test_meshes_hold_the_subject_only(trained, mesh_format: str) -> None:
     assert unit_coordinates(own, norm.to_model(whole)).max() <= 1.0 + 1e-4
 
 
+def test_a_mesh_leaves_out_what_the_models_grid_leaves_out(tmp_path: Path) -> None:
+    """Inside its bounds a mesh holds only what the model's renders sample, its occupied cells: a stylization that
+    let the shape grow leaves the room's cells within its grown bounds out of its grid, and they stay out of the
+    mesh too."""
+    model = ball_model(4)
+    whole_grid = model.occupancy.binary.clone()
+    r = model.occupancy.resolution
+    lo, hi = np.array([-0.9, -0.9, -0.9]), np.array([0.9, 0.9, 0.9])
+    bounds = SubjectBounds("box", np.diag([*(hi - lo) / 2, 1.0]))
+    store = JobStore(tmp_path)
+    counts = []
+    for cut in (False, True):
+        if cut:  # the cells of the ball's -x half (model x < 0) leave the grid
+            model.occupancy.binary.copy_(whole_grid)
+            model.occupancy.binary[: r // 2] = False
+        ckpt = NeRFCheckpoint(model, ReconstructConfig.tiny(), "contract", normalization=NORM, subject=bounds)
+        job = add_job(store, "reconstruct", ckpt)
+        _, world = mesh_vertices(tmp_path, {"source_job": job, "resolution": 32, "isolevel": 10.0})
+        x = NORM.to_model(world)[:, 0]
+        counts.append((int((x < -0.1).sum()), int((x > 0.1).sum())))
+    (left_whole, right_whole), (left_cut, right_cut) = counts
+    assert left_whole > 50 and right_whole > 50, "the ball's whole surface without the cut"
+    assert left_cut == 0 and right_cut > 0.8 * right_whole
+
+
 def test_a_mesh_without_bounds_spans_the_whole_model_and_the_grid_follows_the_bounds_box() -> None:
     from backend.outputs.mesh import mesh_grid
 

@@ -13,6 +13,7 @@ checkpoint without bounds is meshed over its whole region, as before bounds exis
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
     bound = float(model.domain.bound) if model.domain.kind == "bounded" else 1.0
     aabb: AABB = (-bound, bound)
     if subject is not None:
-        density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance)
+        density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance,
+                                                 lambda x: model.occupancy.query(model.domain.to_unit_cube(x)))
         lo, hi = subject.aabb()
         if model.domain.kind == "bounded":  # nothing exists outside the model's box
             lo, hi = np.maximum(lo, -bound), np.minimum(hi, bound)
@@ -80,16 +82,24 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
             "extract_seconds": time.monotonic() - t0, **extra}
 
 
-def subject_fields(subject: Any, density_fn: DensityFn, radiance_fn: RadianceFn) -> tuple[DensityFn, RadianceFn]:
-    """The model's density and radiance with zero density outside ``subject`` (model coordinates)."""
+def subject_fields(subject: Any, density_fn: DensityFn, radiance_fn: RadianceFn,
+                   occupied: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[DensityFn, RadianceFn]:
+    """The model's density and radiance with zero density outside ``subject`` (model coordinates), and outside
+    the model's occupied cells when ``occupied`` (``[N, 3]`` model points -> ``[N]`` bool) is given: what its
+    renders never sample is not part of it (a stylization that let the shape grow left the room's cells inside
+    its grown bounds out of its grid)."""
+
+    def keep(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] bool
+        inside = subject.contains(x)
+        return inside if occupied is None else inside & occupied(x)
 
     def density(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
         sigma = density_fn(x)
-        return torch.where(subject.contains(x), sigma, torch.zeros_like(sigma))
+        return torch.where(keep(x), sigma, torch.zeros_like(sigma))
 
     def radiance(x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # -> [N, 3], [N]
         rgb, sigma = radiance_fn(x, dirs)
-        return rgb, torch.where(subject.contains(x), sigma, torch.zeros_like(sigma))
+        return rgb, torch.where(keep(x), sigma, torch.zeros_like(sigma))
 
     return density, radiance
 
