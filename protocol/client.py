@@ -288,7 +288,11 @@ class Client:
         if self._signer.key and self.peer_session is None and msg.type not in SESSIONLESS_TYPES:
             # A signed request must name the backend's session, which only a message from it tells.
             self.handshake(timeout_s)
-        msg_id = self.send(msg)
+        try:
+            msg_id = self.send(msg)
+        except ConnectionError:
+            self._raise_handshake_failure_within(timeout_s)
+            raise
         reply = self._wait(lambda m: m.parent_id == msg_id, timeout_s, f"a reply to {msg.type}")
         if reply.type == "error":
             raise BackendError(reply)
@@ -481,6 +485,26 @@ class Client:
     def _stop_probe(self) -> None:
         _close_monitored(self._probe, self._probe_monitor)
         self._probe = self._probe_monitor = None
+
+    def _raise_handshake_failure_within(self, timeout_s: float) -> None:
+        """Raise the :class:`HandshakeError` the monitor reports within ``timeout_s``, if any.
+
+        A message that cannot even be queued (:meth:`send`'s ConnectionError) usually means an unreachable
+        backend, but libzmq also drops a connection's queue when its security handshake fails, until it
+        reconnects; on a loaded machine that can happen before the first message is sent. The handshake's
+        verdict is then the answer the caller needs, not a full queue.
+        """
+        if self._monitor is None:
+            return
+        poller = zmq.Poller()
+        poller.register(self._monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._raise_if_refused()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            poller.poll(max(1, int(min(remaining, 0.05) * 1000)))
 
     def _raise_if_refused(self) -> None:
         self._drain_monitor()

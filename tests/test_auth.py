@@ -270,6 +270,29 @@ def test_an_unauthorised_key_cannot_do_anything(curve_server) -> None:
     assert s.server.store.all() == []
 
 
+def test_a_handshake_that_fails_before_the_first_message_is_queued_is_told_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine libzmq may drop the connection's queue (after a failed security handshake) before the
+    first message is sent, so that sending fails at once (once seen in CI): the handshake's verdict is still the
+    answer, not "queue full"."""
+    srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners=RUNNERS)
+    thread = start(srv)
+    try:
+        def unqueued(self: Client, msg: object) -> str:
+            raise ConnectionError("cannot send to the backend: its queue is full")
+
+        monkeypatch.setattr(Client, "send", unqueued)
+        with Client(srv.bound_endpoint, curve=(keypair()[0], *keypair())) as client, \
+                pytest.raises(HandshakeError) as err:
+            client.handshake(timeout_s=HANG_S)
+        assert err.value.reason == "curve_unsupported"
+        with Client(srv.bound_endpoint) as plain, pytest.raises(ConnectionError, match="queue is full"):
+            plain.handshake(timeout_s=0.5)  # nothing wrong with the handshake: the send's own error stays
+    finally:
+        srv.stop()
+        thread.join(HANG_S)
+
+
 def test_curve_client_against_a_plain_backend_is_told_so(tmp_path: Path) -> None:
     srv = Server("tcp://127.0.0.1:*", tmp_path / "work", runners=RUNNERS)
     thread = start(srv)
