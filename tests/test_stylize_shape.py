@@ -172,42 +172,41 @@ def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, l
     assert torch.equal(new.model.occupancy.binary, ckpt.model.occupancy.binary)
 
 
-def looking_at_origin(distance: float, focal: float, size: int = 100) -> Cameras:
-    """One camera on -z looking at the origin (OpenCV axes: +z forward, +y down), principal point centred."""
-    c2w = np.eye(4)
-    c2w[2, 3] = -distance
-    return Cameras(c2w[None], np.array([focal]), np.array([focal]), np.array([size / 2]), np.array([size / 2]),
-                   np.array([size]), np.array([size]))
+def disc(size: int, radius: float, centre: tuple[float, float]) -> np.ndarray:
+    """A ``(size, size)`` bool silhouette: pixels whose centre lies within ``radius`` of ``centre`` (x, y)."""
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius**2
 
 
-def sphere_points(radius: float, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-    d = np.random.default_rng(0).normal(size=(4000, 3))
-    return np.asarray(centre) + radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+def test_views_widen_until_what_may_grow_is_in_the_frame() -> None:
+    """A head filling 95 % of the frame leaves no room for a hat: the view widens until the silhouette grown by the
+    freedom (in pixels: distance x focal / depth) fits, no further than the cap, and not for sides where the
+    subject is already cut off by the frame."""
+    from backend.stylize.views import growth_zoom, zoomed_out
 
-
-def test_views_widen_until_the_region_that_may_grow_is_in_the_frame() -> None:
-    """A head filling 95 % of the frame leaves no room for a hat: the view widens until the head grown by the
-    freedom fits, no further than the cap, and not at all where the head is already cut off by the frame."""
-    from backend.stylize.views import _reach, growth_zoom, zoomed_out
-
-    distance = 4.0
-    half = math.asin(1.0 / distance)  # the head (radius 1) seen from 4 units: its half-angle
-    cam = looking_at_origin(distance, focal=50 * 0.95 / math.tan(half))
-    head, grown = sphere_points(1.0), sphere_points(1.5)
-    assert float(_reach(cam, 0, head).max()) < 1.0 < float(_reach(cam, 0, grown).max())
-    zoom = growth_zoom(cam, head, grown, max_zoom=2.0)
-    assert 1.4 < zoom[0] < 2.0
-    wide = zoomed_out(cam, zoom)
-    assert float(_reach(wide, 0, grown).max()) == pytest.approx(1.0, abs=1e-9)
-    assert np.allclose(wide.cx, cam.cx) and np.array_equal(wide.width, cam.width)
-    assert growth_zoom(cam, head, grown, max_zoom=1.2)[0] == pytest.approx(1.2)
-    assert growth_zoom(cam, head, head, max_zoom=2.0)[0] == pytest.approx(1.0), "no growth, no change"
-    # Shoulders cut off at the bottom of the frame ask for nothing; the top still asks for the hat's room.
-    body = np.concatenate([head, sphere_points(1.0, (0.0, 3.0, 0.0))])
-    tall = np.concatenate([grown, sphere_points(1.5, (0.0, 3.0, 0.0))])
-    assert 1.0 < growth_zoom(cam, body, tall, max_zoom=2.0)[0] < zoom[0] + 1e-9
-    cut = float(growth_zoom(cam, body, np.concatenate([body, sphere_points(1.0, (0.0, 4.0, 0.0))]),
-                            max_zoom=2.0)[0])
-    assert cut == pytest.approx(1.0), "growth only past a side already cut off asks for nothing"
+    size, focal, depth = 100, 200.0, 4.0
+    cam = Cameras(np.eye(4)[None], np.array([focal]), np.array([focal]), np.array([50.0]), np.array([50.0]),
+                  np.array([size]), np.array([size]))
+    head = disc(size, 47.5, (50.0, 50.0))  # 95 % of the frame
+    grow = 0.5 * focal / depth  # 25 px
+    zoom = growth_zoom(cam, [head], np.array([depth]), 0.5, max_zoom=2.0)
+    assert zoom[0] == pytest.approx((47.0 + grow) / 50.0, abs=1e-9)  # the outermost pixel edge, grown
+    assert zoomed_out(cam, zoom).fx[0] == pytest.approx(focal / zoom[0])
+    # Half-size silhouettes of the same view give the same answer.
+    half = growth_zoom(cam, [disc(size // 2, 23.75, (25.0, 25.0))], np.array([depth]), 0.5, max_zoom=2.0)
+    assert half[0] == pytest.approx(zoom[0], abs=0.03)
+    assert growth_zoom(cam, [head], np.array([depth]), 0.5, max_zoom=1.2)[0] == pytest.approx(1.2)
+    assert growth_zoom(cam, [head], np.array([depth]), 0.0, max_zoom=2.0)[0] == 1.0, "no growth, no change"
+    small = disc(size, 10.0, (50.0, 50.0))
+    assert growth_zoom(cam, [small], np.array([depth]), 0.5, max_zoom=2.0)[0] == 1.0, "room already"
+    # Shoulders cut off at the bottom (and sides) ask for nothing; the top still asks for the hat's room.
+    body = head | (np.mgrid[0:size, 0:size][0] >= 70)
+    top_only = growth_zoom(cam, [body], np.array([depth]), 0.5, max_zoom=2.0)[0]
+    assert top_only == pytest.approx((47.0 + grow) / 50.0, abs=1e-9)
+    full = np.ones((size, size), dtype=bool)
+    assert growth_zoom(cam, [full], np.array([depth]), 0.5, max_zoom=2.0)[0] == 1.0, "a room fills every view"
+    assert growth_zoom(cam, [head], np.array([-1.0]), 0.5, max_zoom=2.0)[0] == 1.0, "behind the camera"
     with pytest.raises(ValueError, match="factors"):
         zoomed_out(cam, 0.5)
+    with pytest.raises(ValueError, match="one silhouette"):
+        growth_zoom(cam, [], np.array([depth]), 0.5, max_zoom=2.0)

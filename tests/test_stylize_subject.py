@@ -238,7 +238,12 @@ def test_grown_shape_stays_inside_the_grown_bounds(tmp_path_factory: pytest.Temp
     assert torch.equal(grid & ~in_room, rec_grid & ~in_room)
     assert not bool(((rec_grid & inside) & ~grid).any()), "the person's cells stay"
     assert not bool((grid & rec_grid & in_room & ~inside).any()), "the room's cells near the subject leave"
-    assert sty.metrics["view_zoom_max"] >= 1.0
+    views = stylization_views(rec.cameras, rec.train_indices, resolution_scale=rec.config.resolution_scale,
+                              scale=config.scale, max_side=config.max_side)
+    cams = views.cameras if rec.normalization is None else rec.normalization.cameras_to_model(views.cameras)
+    zoom = loop.view_zoom(bounded, config, cams)
+    assert sty.metrics["view_zoom_max"] == pytest.approx(zoom.max())
+    assert sty.metrics["view_zoom_mean"] == pytest.approx(zoom.mean())
     # A resumed run must use the bounds it was stylized within.
     with pytest.raises(ValueError, match="other subject bounds"):
         stylize(rec, config, "cpu", clip=clip, perceptual=lpips, resume=partial)

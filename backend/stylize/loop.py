@@ -637,6 +637,11 @@ def _stylize(
     # -- F_sty, views, sources --------------------------------------------------------------------------------
     use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     model = copy_model(ckpt_rec.model, device, compile=use_compile)
+    cams_model = views.cameras if ckpt_rec.normalization is None else \
+        ckpt_rec.normalization.cameras_to_model(views.cameras)
+    # Room in the images for what may grow (module docstring, "Shape freedom"), framed on F_rec as it renders.
+    zoom = view_zoom(ckpt_rec, config, cams_model, model)
+    cams_model = zoomed_out(cams_model, zoom)
     model.train()
     # Occupancy (module docstring): march through F_rec's occupied cells grown by shape_freedom, and nowhere else.
     allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, ckpt_rec.subject)
@@ -647,11 +652,6 @@ def _stylize(
     if config.colour_only:
         for p in density_params:
             p.requires_grad_(False)
-    cams_model = views.cameras if ckpt_rec.normalization is None else \
-        ckpt_rec.normalization.cameras_to_model(views.cameras)
-    # Room in the images for what may grow (module docstring, "Shape freedom").
-    zoom = view_zoom(ckpt_rec, config, cams_model)
-    cams_model = zoomed_out(cams_model, zoom)
     background = None
     if ckpt_rec.background == "matte" or subject is not None:
         # With bounds a "contract" scene is cut to its subject too: it gets the plain ground of a cut-out photo.
@@ -826,28 +826,40 @@ def stylization_subject(subject: SubjectBounds | None, config: StylizeConfig) ->
     return subject.grown(config.shape_freedom)
 
 
-def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Cameras) -> np.ndarray:  # -> [N]
+#: Longest side of the silhouettes :func:`view_zoom` renders (a cheap pass: the framing needs no detail).
+ZOOM_SILHOUETTE_SIDE = 96
+
+
+@torch.no_grad()
+def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Cameras,
+              model: NeRFModel | None = None) -> np.ndarray:  # -> [N]
     """How much a stylization widens each of its views (``cameras_model``, model coordinates): 1 unless the
-    shape may grow, else :func:`~backend.stylize.views.growth_zoom` of the subject's cells (``F_rec``'s, within
-    its bounds when it has them) and the region it may grow into, at most ``1 + shape_freedom``."""
+    shape may grow, else :func:`~backend.stylize.views.growth_zoom` of ``F_rec``'s silhouette in each view
+    (rendered small, within its bounds when it has them, opacity over one half) grown by ``shape_freedom``, at
+    most ``1 + shape_freedom``. The silhouette comes from what ``F_rec`` renders, not from its occupied cells:
+    the grid also marks the faint haze around a head, which would make every head look cut off by the frame.
+
+    Args:
+        model: ``F_rec``'s model to render (default ``ckpt_rec.model``), on the device to render on.
+    """
     if config.colour_only or config.shape_freedom == 0:
         return np.ones(len(cameras_model))
-    model = ckpt_rec.model
-    allowed = _allowed_cells(model, config.shape_freedom, ckpt_rec.subject)
-    person = model.occupancy.binary
-    if ckpt_rec.subject is not None:
-        person = person & subject_cells(ckpt_rec.subject, model.occupancy.resolution, model.domain,
-                                        device=person.device)
-    return growth_zoom(cameras_model, _cell_centres(person, model), _cell_centres(allowed, model),
+    model = ckpt_rec.model if model is None else model
+    device = next(model.parameters()).device
+    longest = float(np.max(np.maximum(cameras_model.width, cameras_model.height)))
+    small = cameras_model.scaled(min(1.0, ZOOM_SILHOUETTE_SIDE / longest))
+    subject = ckpt_rec.subject
+    centre = np.zeros(3) if subject is None else subject.center  # the look-at point of a head capture
+    silhouettes, depths = [], np.zeros(len(cameras_model))
+    for i in range(len(small)):
+        rays_o, rays_d = rays_for_image(small, i, device=device, dtype=torch.float32)
+        _, opacity, _ = render_rays_chunked(model, rays_o, rays_d, None, chunk=config.chunk_render,
+                                            early_stop_eps=float(ckpt_rec.config.early_stop_eps), subject=subject)
+        silhouettes.append((opacity > 0.5).reshape(int(small.height[i]), int(small.width[i])).cpu().numpy())
+        w2c = np.linalg.inv(cameras_model.c2w[i])
+        depths[i] = float(w2c[2, :3] @ centre + w2c[2, 3])
+    return growth_zoom(cameras_model, silhouettes, depths, config.shape_freedom,
                        max_zoom=1.0 + config.shape_freedom)
-
-
-def _cell_centres(cells: Tensor, model: NeRFModel, max_points: int = 2**16) -> np.ndarray:  # [R,R,R] -> [n, 3]
-    """Model-coordinate centres of the ``True`` cells, every k-th of them past ``max_points`` (framing only)."""
-    index = torch.nonzero(cells)
-    index = index[:: max(1, math.ceil(index.shape[0] / max_points))]
-    u = (index.to(torch.float32) + 0.5) / cells.shape[0]
-    return model.domain.from_unit_cube(u).cpu().numpy().astype(np.float64)
 
 
 def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None) -> torch.Tensor:

@@ -174,21 +174,24 @@ def zoomed_out(cameras: Cameras, factors: np.ndarray | float) -> Cameras:
                    distortion=cameras.distortion.copy(), names=list(cameras.names))
 
 
-def growth_zoom(cameras: Cameras, subject_points: np.ndarray, grown_points: np.ndarray,
+def growth_zoom(cameras: Cameras, silhouettes: list[np.ndarray], depths: np.ndarray, distance: float,
                 max_zoom: float) -> np.ndarray:  # -> [N]
-    """Per camera, how far to widen the view so the region a shape may grow into is seen where the subject is.
+    """Per camera, how far to widen the view so that what may grow around the subject is seen.
 
     A head capture frames the head closely (fangzhou's fills 95 % of the height of its views), so what a style
     adds above or beside it (a hat, horns) would form outside every image the losses see, and no loss could ask
-    for it. For each camera and each image side (left, right, top, bottom) where the subject's projection stays
-    inside the image, the view widens until the grown region's projection does too; sides where the subject is
-    already cut off by the frame (the shoulders of a head capture) ask for nothing. The factor lies in
-    ``[1, max_zoom]``; lens distortion is ignored (a pinhole projection).
+    for it. For each image side (left, right, top, bottom) where the subject's silhouette stays inside the image,
+    the view widens until the silhouette grown by ``distance`` (in pixels: ``distance * f / depth``) fits too;
+    sides where the silhouette already touches the frame (the shoulders of a head capture) ask for nothing. The
+    factor lies in ``[1, max_zoom]``.
 
     Args:
-        cameras: ``N`` cameras in the points' coordinates.
-        subject_points: ``(n, 3)`` points of the subject (its occupied cells' centres).
-        grown_points: ``(m, 3)`` points of the region it may grow into (the subject's included).
+        cameras: ``N`` cameras.
+        silhouettes: ``N`` bool images ``(h, w)`` of where the subject is seen in each view, at any resolution of
+            that view (a smaller image of the same field of view).
+        depths: ``(N,)`` the subject's distance along each camera's viewing axis (the units of ``distance``);
+            views with a depth <= 0 are left as they are.
+        distance: how far the subject may grow.
         max_zoom: the largest factor (>= 1).
 
     Returns:
@@ -196,32 +199,34 @@ def growth_zoom(cameras: Cameras, subject_points: np.ndarray, grown_points: np.n
     """
     if not (math.isfinite(max_zoom) and max_zoom >= 1.0):
         raise ValueError(f"max_zoom must be a finite number >= 1, got {max_zoom!r}")
-    subject = np.asarray(subject_points, dtype=np.float64).reshape(-1, 3)
-    grown = np.asarray(grown_points, dtype=np.float64).reshape(-1, 3)
+    if not (math.isfinite(distance) and distance >= 0):
+        raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
+    if len(silhouettes) != len(cameras) or len(np.atleast_1d(depths)) != len(cameras):
+        raise ValueError(f"need one silhouette and one depth per camera ({len(cameras)}), got {len(silhouettes)} "
+                         f"and {len(np.atleast_1d(depths))}")
     out = np.ones(len(cameras))
-    if len(subject) == 0 or len(grown) == 0 or max_zoom == 1.0:
-        return out
-    for i in range(len(cameras)):
-        reach_subject = _reach(cameras, i, subject)
-        reach_grown = _reach(cameras, i, grown)
-        if reach_subject is None or reach_grown is None:
+    for i, mask in enumerate(silhouettes):
+        mask = np.asarray(mask, dtype=bool)
+        z = float(np.atleast_1d(depths)[i])
+        if not mask.any() or not z > 0 or distance == 0:
             continue
-        need = np.where(reach_subject <= 1.0, reach_grown, 1.0)
-        out[i] = float(np.clip(need.max(), 1.0, max_zoom))
+        w, h = float(cameras.width[i]), float(cameras.height[i])
+        sx, sy = w / mask.shape[1], h / mask.shape[0]
+        cols, rows = np.nonzero(mask.any(axis=0))[0], np.nonzero(mask.any(axis=1))[0]
+        # The silhouette's extremes in full-size pixels (outer pixel edges), then grown by the distance.
+        left, right = cols[0] * sx, (cols[-1] + 1) * sx
+        top, bottom = rows[0] * sy, (rows[-1] + 1) * sy
+        gx, gy = distance * float(cameras.fx[i]) / z, distance * float(cameras.fy[i]) / z
+        cx, cy = float(cameras.cx[i]), float(cameras.cy[i])
+        sides = [  # (the silhouette's reach towards each side, the grown one's), as fractions of the way to the edge
+            ((cx - left) / cx, (cx - left + gx) / cx),
+            ((right - cx) / (w - cx), (right - cx + gx) / (w - cx)),
+            ((cy - top) / cy, (cy - top + gy) / cy),
+            ((bottom - cy) / (h - cy), (bottom - cy + gy) / (h - cy)),
+        ]
+        # A silhouette in the image's outermost pixels touches the frame: the subject goes on beyond it.
+        touches = (cols[0] == 0, cols[-1] == mask.shape[1] - 1, rows[0] == 0, rows[-1] == mask.shape[0] - 1)
+        need = [grown for (_, grown), touching in zip(sides, touches, strict=True) if not touching]
+        if need:
+            out[i] = float(np.clip(max(need), 1.0, max_zoom))
     return out
-
-
-def _reach(cameras: Cameras, i: int, points: np.ndarray) -> np.ndarray | None:  # -> (4,) or None
-    """How far points in front of camera ``i`` reach towards each image side (left, right, top, bottom), as a
-    fraction of the principal point's distance to that side (1: the edge); None when none is in front."""
-    w2c = np.linalg.inv(cameras.c2w[i])
-    pc = points @ w2c[:3, :3].T + w2c[:3, 3]
-    front = pc[:, 2] > 1e-6
-    if not front.any():
-        return None
-    u = pc[front, 0] / pc[front, 2] * cameras.fx[i] + cameras.cx[i]
-    v = pc[front, 1] / pc[front, 2] * cameras.fy[i] + cameras.cy[i]
-    cx, cy = float(cameras.cx[i]), float(cameras.cy[i])
-    w, h = float(cameras.width[i]), float(cameras.height[i])
-    return np.array([(cx - u.min()) / max(cx, 1e-9), (u.max() - cx) / max(w - cx, 1e-9),
-                     (cy - v.min()) / max(cy, 1e-9), (v.max() - cy) / max(h - cy, 1e-9)])
