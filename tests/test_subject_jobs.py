@@ -270,6 +270,36 @@ def test_given_render_bounds_replace_the_checkpoints_and_bad_ones_fail(tmp_path:
     assert bad.state == "failed" and "params.subject_bounds" in bad.error["message"]
 
 
+def test_given_bounds_of_a_stylization_that_grew_the_shape_are_grown_as_it_grew_them(tmp_path: Path) -> None:
+    """The add-on sends the subject's own bounds with every job: for a stylized model whose shape could grow, the
+    render takes them grown by its shape freedom, so what grew above them is not cut off."""
+    model = ball_model()  # a ball of radius 0.6
+    store = JobStore(tmp_path)
+    rec_job = add_job(store, "reconstruct", NeRFCheckpoint(model, ReconstructConfig.tiny(), "matte",
+                                                           normalization=NORM))
+    small = SubjectBounds("ellipsoid", np.diag([0.3, 0.3, 0.3, 1.0]))
+    sty_job = add_job(store, "stylize", NeRFCheckpoint(copy.deepcopy(model), ReconstructConfig.tiny(), "matte",
+                                                       normalization=NORM, subject=small.grown(0.2)),
+                      {"source_job": rec_job, "prompt": "a big hat"})
+    record = store.get(sty_job)
+    record.outputs.update(shape_freedom=0.2, colour_only=False)
+    store.save(record)
+    cams = world_cameras(1)
+    params = {"source_job": sty_job, "cameras": protocol_cameras(cams), "subject_bounds": small.to_world(NORM)}
+    rec, frames = render_frames(tmp_path, params)
+    assert rec.outputs["subject_source"] == "given, grown by the stylization's shape freedom 0.2"
+    alpha = frames[0][..., 3]
+    grown = small.grown(0.2)
+    assert (alpha[bounds_miss(cams, 0, grown)] == 0).all()
+    assert (alpha[bounds_miss(cams, 0, small) & ~bounds_miss(cams, 0, grown)] > 0).any(), "the grown part shows"
+    # A colour-only stylization (or freedom 0) keeps the given bounds as they are.
+    record.outputs.update(colour_only=True)
+    store.save(record)
+    rec, frames = render_frames(tmp_path, params)
+    assert rec.outputs["subject_source"] == "given"
+    assert (frames[0][..., 3][bounds_miss(cams, 0, small)] == 0).all()
+
+
 def test_a_checkpoint_without_bounds_renders_the_whole_scene(tmp_path: Path) -> None:
     ckpt = NeRFCheckpoint(ball_model(), ReconstructConfig.tiny(), "matte", normalization=NORM)
     job = add_job(JobStore(tmp_path), "reconstruct", ckpt)

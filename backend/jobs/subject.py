@@ -10,6 +10,7 @@ and the whole scene is then the subject.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +122,26 @@ def reconstruction_of(ctx: JobContext, source: JobRecord) -> JobRecord | None:
     return ctx.source_job(str(rec_id), ("reconstruct",))
 
 
+def stylization_growth(source: JobRecord) -> float:
+    """How far a stylize job grew its subject bounds (its ``shape_freedom``; 0 for other jobs, colour-only ones and
+    freedom 0)."""
+    if source.kind != "stylize" or source.outputs.get("colour_only"):
+        return 0.0
+    try:
+        freedom = float(source.outputs.get("shape_freedom") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return freedom if math.isfinite(freedom) and freedom > 0 else 0.0
+
+
 def source_subject(ctx: JobContext, source: JobRecord, ckpt: Any) -> tuple[Any, str]:
     """The subject bounds a job on ``source``'s checkpoint uses, and where they came from.
 
     ``params.subject_bounds`` first, then the checkpoint's, then (a stylized checkpoint without them) the source
     reconstruction's outputs; ``(None, "none")`` when nothing defines them (the whole scene is the subject).
+    Given bounds of a stylization that let the shape grow are grown by its shape freedom, as the stylization grew
+    them (:func:`backend.stylize.loop.stylization_subject`): the add-on sends the subject's own bounds with every
+    job, and a hat that grew above them must not be cut off in the renders and meshes of the stylized model.
 
     Raises:
         JobFailed: unusable ``params.subject_bounds``.
@@ -134,6 +150,9 @@ def source_subject(ctx: JobContext, source: JobRecord, ckpt: Any) -> tuple[Any, 
 
     given = bounds_from_params(ctx.params, ckpt.normalization)
     if given is not None:
+        freedom = stylization_growth(source)
+        if freedom > 0:
+            return given.grown(freedom), f"given, grown by the stylization's shape freedom {freedom:g}"
         return given, "given"
     if ckpt.subject is not None:
         return ckpt.subject, "checkpoint"
