@@ -43,8 +43,7 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
     bound = float(model.domain.bound) if model.domain.kind == "bounded" else 1.0
     aabb: AABB = (-bound, bound)
     if subject is not None:
-        density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance,
-                                                 lambda x: model.occupancy.query(model.domain.to_unit_cube(x)))
+        density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance, model.occupied)
         lo, hi = subject.aabb()
         if model.domain.kind == "bounded":  # nothing exists outside the model's box
             lo, hi = np.maximum(lo, -bound), np.minimum(hi, bound)

@@ -119,6 +119,10 @@ class NeRFModel(nn.Module):
             return self.field.density(x)
         return self._density_fn(x)
 
+    def occupied(self, x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] bool
+        """Whether ``(N, 3)`` model-coordinate points lie in an occupied cell of the grid: what renders sample."""
+        return self.occupancy.query(self.domain.to_unit_cube(x))
+
     def radiance(self, x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rgb (N, 3), sigmas (N,))`` at ``(N, 3)`` points seen along unit ``(N, 3)`` directions."""
         if x.shape[0] < 2:

@@ -845,7 +845,7 @@ def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Ca
     if config.colour_only or config.shape_freedom == 0:
         return np.ones(len(cameras_model))
     model = ckpt_rec.model if model is None else model
-    device = next(model.parameters()).device
+    device = model.device
     longest = float(np.max(np.maximum(cameras_model.width, cameras_model.height)))
     small = cameras_model.scaled(min(1.0, ZOOM_SILHOUETTE_SIDE / longest))
     subject = ckpt_rec.subject

@@ -189,7 +189,7 @@ def render_rays_with_background(
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         # Inside the bounds and in one of ``inside``'s cells: a stylization that let the shape grow leaves the
         # room's cells between the subject and its grown bounds out of its grid, and they stay ``outside``'s.
-        return subject.contains(x) & inside.occupancy.query(inside.domain.to_unit_cube(x))
+        return subject.contains(x) & inside.occupied(x)
 
     def sigma_fn(x: Tensor) -> Tensor:
         return _split_by(side(x), x, inside.density, outside.density)
