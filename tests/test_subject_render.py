@@ -69,15 +69,16 @@ def camera_rays(size: int = 10, n_views: int = 1) -> tuple[torch.Tensor, torch.T
 def brute_force(background: NeRFModel, subject_model: NeRFModel, bounds: SubjectBounds, rays_o: torch.Tensor,
                 rays_d: torch.Tensor, n: int = 3000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``rgb (n_rays, 3)``, ``opacity (n_rays,)`` and expected ``depth (n_rays,)`` of the combined field (the
-    subject model's inside the bounds, the background model's outside) by midpoint quadrature with ``n`` steps
-    over each ray's whole interval: one pass, no segments."""
+    subject model's inside the bounds where its occupancy grid has the point's cell, the background model's
+    everywhere else) by midpoint quadrature with ``n`` steps over each ray's whole interval: one pass, no
+    segments. (The background model's grid is all occupied in these tests.)"""
     t_min, t_max = ray_interval(rays_o, rays_d, background.domain, background.settings)
     t_max = torch.maximum(t_max, t_min)
     edges = t_min[:, None] + (t_max - t_min)[:, None] * torch.linspace(0.0, 1.0, n + 1)[None, :]
     mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
     x = (rays_o[:, None, :] + rays_d[:, None, :] * mid[..., None]).reshape(-1, 3)
     d = rays_d[:, None, :].expand(-1, n, -1).reshape(-1, 3)
-    inside = bounds.contains(x)
+    inside = bounds.contains(x) & subject_model.occupied(x)
     rgb_b, sigma_b = background.radiance(x, d)
     rgb_s, sigma_s = subject_model.radiance(x, d)
     rgb = torch.where(inside[:, None], rgb_s, rgb_b).reshape(-1, n, 3)
@@ -159,6 +160,39 @@ def test_background_composite_equals_brute_force_of_the_combined_field(density_b
     assert float((rec_rgb - rgb).abs().max()) > 0.05
 
 
+def without_cells_beyond(model: NeRFModel, x_min: float) -> NeRFModel:
+    """``model`` with the occupancy cells beyond unit-cube ``x >= x_min`` emptied: a stylization that left the
+    room its grown bounds took in (cells of the reconstruction) out of its grid."""
+    r = model.occupancy.resolution
+    model.occupancy.binary[int(x_min * r):] = False
+    return model
+
+
+def test_the_room_the_subjects_grid_leaves_out_renders_as_the_background() -> None:
+    rec = field_model(8, density_bias=0.0)
+    sty = without_cells_beyond(stylized_like(rec), 0.55)  # model x >= 0.1 of every scene here
+    bounds = bounds_through_the_middle()
+    rays_o, rays_d = camera_rays(10, n_views=2)
+    renderer = FrameRenderer(sty, subject=bounds, background=rec, early_stop_eps=1e-5, max_samples=4099,
+                             first_window=5)
+    rgb, opacity, depth = renderer.render_rays(rays_o, rays_d)
+    ref_rgb, ref_opacity, ref_depth = brute_force(rec, sty, bounds, rays_o, rays_d)
+    torch.testing.assert_close(opacity, ref_opacity, atol=1e-3, rtol=0)
+    torch.testing.assert_close(rgb, ref_rgb, atol=1e-3, rtol=0)
+    hit = ref_opacity > 0.05
+    torch.testing.assert_close(depth[hit], ref_depth[hit], atol=1e-3, rtol=0)
+    # The room shows: without it the bounds' empty cells would be a hole in the reconstruction's wall.
+    hole = FrameRenderer(sty, subject=bounds, background=without_cells_beyond(copy.deepcopy(rec), 0.55),
+                         early_stop_eps=1e-5).render_rays(rays_o, rays_d)
+    assert float((hole[1] - opacity).abs().max()) > 0.05
+    # Normals come from the density of whichever model owns the point's cell: finite, unit length x coverage.
+    dense = field_model(6, density_bias=2.0, render_steps=512)
+    renderer = FrameRenderer(without_cells_beyond(stylized_like(dense), 0.55), subject=bounds, background=dense)
+    passes = renderer.render_passes(ring_cameras(1, 8, distance=2.6, focal=10.0), 0)
+    assert passes.normal is not None and bool(torch.isfinite(passes.normal).all())
+    torch.testing.assert_close(passes.normal.norm(dim=-1), passes.rgba[..., 3], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("scene", ["matte", "contract"])
 def test_background_pixels_are_the_reconstructions_own_render(scene: str) -> None:
     rec = field_model(4, scene=scene, density_bias=-1.0, render_steps=256)
@@ -231,7 +265,8 @@ def fused_composite_errors(device: str, size: int, scenes: tuple[str, ...] = ("m
         rec = random_field_model(scene, device)
         domain = rec.domain
         rec.occupancy.update(0, lambda u, d=domain: (d.from_unit_cube(u).norm(dim=-1) < 0.7).float())
-        sty = stylized_like(rec.cpu()).to(device)
+        # The stylized model leaves part of the bounds to the reconstruction (the room of grown bounds).
+        sty = without_cells_beyond(stylized_like(rec.cpu()), 0.55).to(device)
         rec = rec.to(device)
         bounds = bounds_through_the_middle()
         cams = ring_cameras(1, size, distance=2.6, focal=2.6 * size)

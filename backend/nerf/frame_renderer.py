@@ -48,8 +48,9 @@ import torch
 from captures.cameras import Cameras
 
 from .checkpoint import NeRFCheckpoint
-from .marching import _intervals, occupied_steps, ray_interval
+from .marching import MarchSettings, _intervals, occupied_steps, ray_interval
 from .model import NeRFModel
+from .occupancy import OccupancyGrid
 from .packed import packed_info_from_ray_indices
 from .rays import rays_for_image
 from .subject import SubjectBounds
@@ -203,6 +204,7 @@ class FrameRenderer:
         self._fused = self._fused_field(fused)  # None: the model's own (PyTorch) field
         self.subject = subject
         self._background: FrameRenderer | None = None
+        self._union: OccupancyGrid | None = None  # both models' cells, where the background has cells of its own
         if background is not None:
             if subject is None:
                 raise ValueError("a background model is rendered outside the subject bounds: give subject too")
@@ -213,7 +215,19 @@ class FrameRenderer:
             if not _same_normalization(bg.normalization, self.normalization):
                 raise ValueError("the background model has another normalization (world <-> model mapping) than "
                                  "the subject's: they must come from the same reconstruction")
+            if (bg.model.domain != self.model.domain
+                    or bg.model.occupancy.resolution != self.model.occupancy.resolution):
+                raise ValueError("the background model has another scene domain or occupancy grid than the "
+                                 "subject's: they must come from the same reconstruction")
             self._background = bg
+            # Inside the bounds the subject's model owns its own occupied cells and the background model the rest
+            # of its own: the room a stylization's grown bounds took in but left out of its grid (a wall close
+            # behind the head) still renders, as the stylization's own compositing showed it
+            # (backend.stylize.subject_render). Marched over the union of both grids.
+            own, theirs = self.model.occupancy.binary, bg.model.occupancy.binary
+            if bool((theirs & ~own).any()):  # else (e.g. the same model twice) the subject's grid is the union
+                self._union = OccupancyGrid(self.model.occupancy.resolution, device=self.device)
+                self._union.binary.copy_(own | theirs)
 
     @property
     def field_impl(self) -> str:
@@ -323,7 +337,8 @@ class FrameRenderer:
         i_min, i_max = ray_interval(rays_o, rays_d, model.domain, model.settings, subject)
         front = bg._march_interval(rays_o, rays_d, b_min, front_end, check_cancel, with_normals)
         tau = _optical_depth(front.opacity)
-        inside = self._march_interval(rays_o, rays_d, i_min, i_max, check_cancel, with_normals, tau_start=tau)
+        inside = self._march_interval(rays_o, rays_d, i_min, i_max, check_cancel, with_normals, tau_start=tau,
+                                      room=None if self._union is None else bg)
         tau = tau + _optical_depth(inside.opacity)
         back = bg._march_interval(rays_o, rays_d, back_start, b_max, check_cancel, with_normals, tau_start=tau)
         return composite_segments([front, inside, back])
@@ -337,20 +352,23 @@ class FrameRenderer:
         check_cancel: Callable[[], None],
         with_normals: bool,
         tau_start: torch.Tensor | None = None,  # [n] optical depth in front of the segment
+        room: FrameRenderer | None = None,
     ) -> RayAccum:
         """March this renderer's model over ``[t_min, t_max]`` of each ray, weights relative to ``t_min``.
 
         ``tau_start`` only moves the early stop: a ray stops once the optical depth before the segment plus
         inside it makes the whole ray's transmittance fall below ``early_stop_eps`` (rays already past it are
-        not marched at all).
+        not marched at all). ``room``: the background renderer, which renders the samples that fall in its
+        occupied cells but not in this model's (the union of both grids is marched).
         """
         model, settings = self.model, self.model.settings
+        occupancy = model.occupancy if room is None or self._union is None else self._union
         n = rays_o.shape[0]
         acc = RayAccum.zeros(n, rays_o.device, with_normals)
         tau_stop = -math.log(self.early_stop_eps)
         if tau_start is not None:
             t_max = torch.where(tau_start > tau_stop, t_min, t_max)
-        occ_rays, occ_steps = occupied_steps(rays_o, rays_d, t_min, t_max, model.occupancy, model.domain, settings,
+        occ_rays, occ_steps = occupied_steps(rays_o, rays_d, t_min, t_max, occupancy, model.domain, settings,
                                              mask_fn=model._mask_fn)
         if occ_rays.numel() == 0:
             return acc
@@ -371,12 +389,10 @@ class FrameRenderer:
             for part in sel.split(self.max_samples):
                 check_cancel()
                 ray, step = occ_rays[part], occ_steps[part]
-                if self._fused is not None:  # intervals, positions and field in one kernel
-                    rgbs, sd, t_mid = self._fused.window(rays_o, rays_d, t_min, t_max, ray, step, settings)
+                if room is None:
+                    rgbs, sd, t_mid = self._window(rays_o, rays_d, t_min, t_max, ray, step, settings)
                 else:
-                    t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
-                    rgbs, sigmas = self.model.radiance(pos, rays_d[ray])
-                    sd, t_mid = sigmas.float() * (t1 - t0), 0.5 * (t0 + t1)
+                    rgbs, sd, t_mid = self._window_with_room(room, rays_o, rays_d, t_min, t_max, ray, step)
                 tau = exclusive_sum_packed(sd, ray, packed_info_from_ray_indices(ray, n)) + tau_ray[ray]
                 w = torch.exp(-tau) * -torch.expm1(-sd)
                 acc.rgb.index_add_(0, ray, w[:, None] * rgbs.float())
@@ -384,12 +400,54 @@ class FrameRenderer:
                 acc.depth_sum.index_add_(0, ray, w * t_mid)
                 tau_ray.index_add_(0, ray, sd)
                 if acc.normal_sum is not None:
-                    self._add_normals(acc.normal_sum, rays_o, rays_d, ray, t_mid, w, check_cancel)
+                    self._add_normals(acc.normal_sum, rays_o, rays_d, ray, t_mid, w, check_cancel, room)
             if hi >= settings.max_steps:
                 break
             alive = alive & (tau_ray + tau_before <= tau_stop) & (counts > hi)
             lo, width = hi, width * 2
         return acc
+
+    def _window(
+        self,
+        rays_o: torch.Tensor,  # [n, 3]
+        rays_d: torch.Tensor,  # [n, 3]
+        t_min: torch.Tensor,  # [n]
+        t_max: torch.Tensor,  # [n]
+        ray: torch.Tensor,  # [N] sample's ray
+        step: torch.Tensor,  # [N] sample's step of ``settings``' schedule from t_min
+        settings: MarchSettings,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [N, 3], [N], [N]
+        """This model's ``rgb (N, 3)``, optical thickness ``(N,)`` and interval midpoint ``(N,)`` of the
+        samples ``(ray, step)``, float32."""
+        if self._fused is not None:  # intervals, positions and field in one kernel
+            return self._fused.window(rays_o, rays_d, t_min, t_max, ray, step, settings)
+        t0, t1, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
+        rgbs, sigmas = self.model.radiance(pos, rays_d[ray])
+        return rgbs.float(), sigmas.float() * (t1 - t0), 0.5 * (t0 + t1)
+
+    def _window_with_room(
+        self,
+        room: FrameRenderer,
+        rays_o: torch.Tensor,  # [n, 3]
+        rays_d: torch.Tensor,  # [n, 3]
+        t_min: torch.Tensor,  # [n]
+        t_max: torch.Tensor,  # [n]
+        ray: torch.Tensor,  # [N]
+        step: torch.Tensor,  # [N]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [N, 3], [N], [N]
+        """:meth:`_window` on this model's step schedule, each sample from the model whose cell it lies in:
+        this one's where it has one, else ``room``'s."""
+        settings = self.model.settings
+        _, _, pos = _intervals(rays_o, rays_d, t_min, t_max, ray, step, settings)
+        own = self.model.occupied(pos)
+        rgbs = pos.new_empty(ray.shape[0], 3)
+        sd, t_mid = pos.new_empty(ray.shape[0]), pos.new_empty(ray.shape[0])
+        for renderer, pick in ((self, own), (room, ~own)):
+            idx = torch.nonzero(pick).squeeze(-1)
+            if idx.numel():
+                rgbs[idx], sd[idx], t_mid[idx] = renderer._window(rays_o, rays_d, t_min, t_max, ray[idx], step[idx],
+                                                                  settings)
+        return rgbs, sd, t_mid
 
     def _add_normals(
         self,
@@ -400,9 +458,15 @@ class FrameRenderer:
         t_mid: torch.Tensor,  # [N] sample's distance along its ray
         w: torch.Tensor,  # [N] sample's rendering weight
         check_cancel: Callable[[], None],
+        room: FrameRenderer | None = None,
     ) -> None:
         """Add ``w * n`` of the samples with weight >= :data:`NORMAL_MIN_WEIGHT` to their rays' ``normals``,
-        ``n`` the negated, normalised density gradient at the sample (model coordinates)."""
+        ``n`` the negated, normalised density gradient at the sample (model coordinates); with ``room``, of
+        the density of whichever model owns the point's cell (as :meth:`_window_with_room`)."""
+        density = self.model.density
+        if room is not None:
+            def density(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+                return torch.where(self.model.occupied(x), self.model.density(x), room.model.density(x))
         keep = torch.nonzero(w >= NORMAL_MIN_WEIGHT).squeeze(-1)
         if keep.numel() == 0:
             return
@@ -411,7 +475,7 @@ class FrameRenderer:
             check_cancel()
             r = ray[part]
             pos = rays_o[r] + rays_d[r] * t_mid[part, None]
-            grad = density_gradient(self.model.density, pos, self.normal_step)
+            grad = density_gradient(density, pos, self.normal_step)
             n = -grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             normals.index_add_(0, r, w[part, None] * n)
 
