@@ -45,14 +45,32 @@ ensure_venv() {
     local want
     want=$(sha256sum "$req" | cut -d' ' -f1)
     if [ "$(cat "$dir/.requirements.sha256" 2>/dev/null || true)" != "$want" ]; then
-        echo "Installing $req into $dir (first run: a minute or two) ..." >&2
-        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+        echo "Installing $req into $dir (first run: about a minute) ..." >&2
+        if [ -x .venv/bin/uv ]; then
+            .venv/bin/uv pip install --quiet --python "$dir/bin/python" -r "$req"
+        else
+            "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+        fi
         echo "$want" > "$dir/.requirements.sha256"
     fi
 }
 
+# uv installs the requirements: it downloads in parallel and does not byte-compile every module it unpacks, which
+# is most of a fresh install's time with pip (torch's CUDA build and its libraries are several GB). It goes into
+# .venv (requirements.txt pins the same version, so the install keeps it); without it (no index reachable for it)
+# pip installs instead.
+MAIN_WHY="the main environment (bpy 5.0, Blender as a Python module)"
+if [ ! -x .venv/bin/uv ]; then
+    if [ ! -x .venv/bin/python ]; then
+        py=$(find_python 3.11 PYTHON "$MAIN_WHY")
+        echo "Creating .venv with $py ..." >&2
+        "$py" -m venv .venv
+    fi
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(sed -n 's/^uv==//p' requirements.txt)" \
+        || echo "note: uv could not be installed; pip installs the requirements (slower)" >&2
+fi
 # The main environment: backend (torch) and the main job's Blender 5.0 (bpy 5.0 is built for CPython 3.11).
-ensure_venv .venv requirements.txt 3.11 PYTHON "the main environment (bpy 5.0, Blender as a Python module)"
+ensure_venv .venv requirements.txt 3.11 PYTHON "$MAIN_WHY"
 # The add-on's test lanes (used by the test command): Blender 5.2 LTS on CPython 3.13 (the main add-on lane)
 # and Blender 4.2 LTS on CPython 3.11 (the oldest Blender we support).
 case "${1:-}" in
