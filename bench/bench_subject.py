@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
 
 from backend.demo.turntable import orbit_from_cameras, orbit_poses  # noqa: E402
 from backend.jobs.local import run_job_locally  # noqa: E402
+from backend.jobs.subject import as_subject  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint  # noqa: E402
 from backend.nerf.evaluate import evaluate_psnr  # noqa: E402
@@ -136,12 +137,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def disagreement(alpha: np.ndarray, matte: np.ndarray) -> tuple[float, float]:
+    """``(extra, missing)``: pixels the subject holds outside the matte, and matte pixels it misses, each as a
+    fraction of the matte's area (both masks boolean, same shape)."""
+    area = max(1, int(matte.sum()))
+    return float((alpha & ~matte).sum() / area), float((~alpha & matte).sum() / area)
+
+
 @torch.no_grad()
 def subject_alpha_iou(ckpt: NeRFCheckpoint, bounds: SubjectBounds, cams: Cameras, images: np.ndarray,
-                      save_dir: Path | None = None, tag: str = "", **renderer_options: Any) -> list[float]:
+                      save_dir: Path | None = None, tag: str = "", errors: list[tuple[float, float]] | None = None,
+                      **renderer_options: Any) -> list[float]:
     """IoU of the subject-only render's opacity (> 0.5) with the real matte (> 0.5), per held-out view.
 
-    ``renderer_options`` go to the :class:`FrameRenderer` (smaller ``max_rays``/``max_samples`` on the CPU)."""
+    ``errors``, when given, receives each view's :func:`disagreement`. ``renderer_options`` go to the
+    :class:`FrameRenderer` (smaller ``max_rays``/``max_samples`` on the CPU)."""
     renderer = FrameRenderer(ckpt, subject=bounds, **renderer_options)
     scores = []
     for i in range(len(cams)):
@@ -149,6 +159,8 @@ def subject_alpha_iou(ckpt: NeRFCheckpoint, bounds: SubjectBounds, cams: Cameras
         alpha = rgba[..., 3].float().cpu().numpy()
         matte = images[i, ..., 3]
         scores.append(iou(alpha > 0.5, matte > 0.5))
+        if errors is not None:
+            errors.append(disagreement(alpha > 0.5, matte > 0.5))
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
             rgb = rgba[..., :3].cpu().numpy() + (1.0 - alpha[..., None]) * 0.5  # over grey
@@ -160,6 +172,23 @@ def subject_alpha_iou(ckpt: NeRFCheckpoint, bounds: SubjectBounds, cams: Cameras
             Image.fromarray((np.clip(row, 0, 1) * 255).astype(np.uint8)).save(
                 save_dir / f"{tag.replace(' ', '_')}_{cams.names[i]}.png")
     return scores
+
+
+def save_halved(src: Path, dest: Path) -> None:
+    """A copy of a checkpoint file with its float32 tensors over 4096 elements in float16 (load it with
+    ``load_checkpoint``; widen them back to float32 before use)."""
+
+    def halve(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor) and obj.dtype == torch.float32 and obj.numel() > 4096:
+            return obj.half()
+        if isinstance(obj, dict):
+            return {k: halve(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(halve(v) for v in obj)
+        return obj
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(halve(torch.load(src, map_location="cpu", weights_only=True)), dest)
 
 
 def swing(ckpt: NeRFCheckpoint, n: int, size: int) -> Cameras:
@@ -209,12 +238,18 @@ def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, s
     bounds = ckpt.subject
     if bounds is None:
         raise RuntimeError(f"the {r.label} reconstruction holds no subject bounds")
-    t0 = time.perf_counter()
-    scores = subject_alpha_iou(ckpt, bounds, cams, images, save_dir, r.label)
-    iou_s = time.perf_counter() - t0
+    # The whole scene first (the matte PSNR; the bounds with the seen air kept, as before), then the subject as
+    # the jobs use it (its grid without the air its cameras saw through).
     model_cams = ckpt.normalization.cameras_to_model(ckpt.cameras)
     default_scores = subject_alpha_iou(ckpt, default_subject_bounds(model_cams), cams, images)
     matte_psnr, _ = evaluate_psnr(ckpt, cams, images, metric="matte", chunk=ckpt.config.eval_chunk)
+    air_errors: list[tuple[float, float]] = []
+    air_scores = subject_alpha_iou(ckpt, bounds, cams, images, errors=air_errors)
+    air_cells = as_subject(ckpt)
+    t0 = time.perf_counter()
+    errors: list[tuple[float, float]] = []
+    scores = subject_alpha_iou(ckpt, bounds, cams, images, save_dir, r.label, errors)
+    iou_s = time.perf_counter() - t0
     turntable = swing(ckpt, n_frames + 1, size)
     # A short render first: kernels compile once per process, which is not the render job's cost.
     render_fps(r.job_id, swing(ckpt, 2, size), work, device, False)
@@ -223,7 +258,8 @@ def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, s
     whole = render_fps(r.job_id, turntable, work, device, True)
     print(f"  [{r.label}] with background: {whole}", flush=True)
     lo, hi = bounds.aabb()
-    return {"iou": scores, "iou_default": default_scores, "iou_s": iou_s, "matte_psnr": matte_psnr,
+    return {"iou": scores, "errors": errors, "iou_air": air_scores, "errors_air": air_errors,
+            "air_cells": air_cells, "iou_default": default_scores, "iou_s": iou_s, "matte_psnr": matte_psnr,
             "only": only, "whole": whole, "aabb": (lo, hi), "names": list(cams.names)}
 
 
@@ -232,12 +268,15 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="folder holding fangzhou_nature (default: shared/data near the "
                         "checkout)")
     parser.add_argument("--train-s", type=float, default=60.0, help="training budget of each reconstruction")
-    parser.add_argument("--scale", type=float, default=0.5, help="photo scale for training (0.5: 270x480)")
+    parser.add_argument("--scale", type=float, default=1.0, help="photo scale for training (1: 540x960, the add-on's "
+                        "default; 0.5: 270x480)")
     parser.add_argument("--holdout-every", type=int, default=10, help="every k-th view is held out and scored")
     parser.add_argument("--frames", type=int, default=60, help="turntable frames timed (after one warm-up frame)")
     parser.add_argument("--size", type=int, default=512, help="turntable frame side in pixels")
     parser.add_argument("--skip-matted", action="store_true", help="no matted baseline reconstruction")
     parser.add_argument("--save-images", type=Path, help="write per-view subject / alpha / matte / error images")
+    parser.add_argument("--save-checkpoint", type=Path, help="keep the unmatted reconstruction here (its large "
+                        "float32 tensors in float16: small enough to bring back from the device)")
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device (checks the script)")
@@ -265,6 +304,8 @@ def main() -> int:
             raise RuntimeError(f"without mattes the reconstruction should model the room, got {r.ckpt.background}")
         print(f"reconstructed without mattes in {r.wall_s:.0f} s: {r.outputs}", flush=True)
         rows.append((r, measure(r, capture, params, n_frames, size, work, device, args.save_images)))
+        if args.save_checkpoint is not None:
+            save_halved(work / "jobs" / r.job_id / "outputs" / r.outputs["checkpoint"], args.save_checkpoint)
         if not args.skip_matted:
             m = reconstruct("mattes", scene_dir, work, device, params)
             print(f"reconstructed with mattes in {m.wall_s:.0f} s: {m.outputs}", flush=True)
@@ -285,10 +326,13 @@ def main() -> int:
              "detection's fallback) on the same model. PSNR: the job's held-out metric (full image for the "
              "unmatted model, inside the matte for the matted one) and the full render scored inside the real "
              "matte.", "",
+             "The subject is what the jobs render: the bounds without the occupied cells the cameras saw through "
+             "(haze in the air around the head; 'air cells' counts them). 'Air kept': the same bounds with those "
+             "cells, the subject before they were left out.", "",
              "| reconstruction | scene | training s (steps) | subject bounds | detection s | IoU mean | IoU worst "
-             "(view) | IoU default box mean / worst | held-out PSNR (job) | PSNR inside matte | bounds aabb "
-             "(model units) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "(view) | air cells | IoU air kept mean / worst | IoU default box mean / worst | held-out PSNR (job) "
+             "| PSNR inside matte | bounds aabb (model units) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r, m in rows:
         worst = int(np.argmin(m["iou"]))
         lo, hi = m["aabb"]
@@ -297,11 +341,18 @@ def main() -> int:
         lines.append(
             f"| {r.label} | {r.ckpt.background} | {r.outputs.get('elapsed_s', float('nan')):.0f} "
             f"({r.outputs.get('steps')}) | {source}{note} | {r.detect_s:.2f} | {np.mean(m['iou']):.3f} | "
-            f"{min(m['iou']):.3f} ({m['names'][worst]}) | {np.mean(m['iou_default']):.3f} / "
+            f"{min(m['iou']):.3f} ({m['names'][worst]}) | {m['air_cells']} | {np.mean(m['iou_air']):.3f} / "
+            f"{min(m['iou_air']):.3f} | {np.mean(m['iou_default']):.3f} / "
             f"{min(m['iou_default']):.3f} | {r.outputs.get('heldout_psnr', float('nan')):.2f} | "
             f"{m['matte_psnr']:.2f} | {np.round(lo, 2).tolist()} .. {np.round(hi, 2).tolist()} |")
     lines += ["", "Per-view IoU (held-out views in order): "
               + "; ".join(f"{r.label}: " + ", ".join(f"{v:.3f}" for v in m["iou"]) for r, m in rows), "",
+              "Where they disagree, per view, as fractions of the matte's area: extra (the subject's alpha where the "
+              "matte is background) / missing (matte the subject's alpha leaves out): "
+              + "; ".join(f"{r.label}: " + ", ".join(f"{e:.3f}/{g:.3f}" for e, g in m["errors"]) for r, m in rows)
+              + "; air kept: " + "; ".join(f"{r.label}: " + ", ".join(f"{e:.3f}/{g:.3f}" for e, g in m["errors_air"])
+                                          for r, m in rows),
+              "",
               f"`render` job end to end (frames rendered, PNG-encoded on worker threads, written to the job folder "
               f"and streamed as frame messages), a {n_frames + 1}-frame swing in front of the head at "
               f"{size}x{size}; fps over the {n_frames} frames after the first. 'with background': "

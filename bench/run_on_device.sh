@@ -2,10 +2,12 @@
 # The pending GPU measurements of issues 20 and 21, as one device call runs them (device/METHOD.md: the device has
 # Python 3.12 and torch; everything else comes from wheels carried in a git-ignored folder).
 #
-#   bash bench/run_on_device.sh subject WHEELS SCENE_PARENT   # issue 20A: "a red face" redness, subject-only fps
-#                                                             # (~7 min)
+#   bash bench/run_on_device.sh subject WHEELS SCENE_PARENT   # issue 20A: subject alpha IoU, subject-only fps,
+#                                                             # "a red face" redness (~9 min)
 #   bash bench/run_on_device.sh shape WHEELS SCENE_PARENT     # issue 20B: "a big hat" at the maximum shape freedom,
 #                                                             # 400 iterations (~5 min)
+#   bash bench/run_on_device.sh detection WHEELS SCENE_PARENT # issue 20A: subject alpha of two trainings, images and
+#                                                             # checkpoints kept (~6 min)
 #   bash bench/run_on_device.sh scaleout WHEELS SCENE_PARENT  # issue 21: jobs/hour with 1 and 2 Ray workers (~6 min)
 #
 # WHEELS: cp312 manylinux wheels of open_clip_torch, lpips, pyzmq and their pure-Python dependencies (and, for
@@ -13,7 +15,7 @@
 # go to $OUT (the device's return folder) or bench/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?subject, shape or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
+what=${1:?subject, detection, shape or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
 out=${OUT:-bench/results}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 -m pip install -q --no-index --no-deps --find-links "$wheels" "$wheels"/*.whl 2>&1 | tail -2
@@ -21,15 +23,25 @@ nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 export NERFART_COMMIT=$commit
 case $what in
     subject)
-        timeout 200 python3 bench/bench_subject_stylize.py --data "$scene" --runs bounds --commit "$commit" \
-            --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -20
-        timeout 240 python3 bench/bench_subject.py --data "$scene" --skip-matted --commit "$commit" \
-            --out "$out/subject.md" 2>&1 | grep -v Warning | tail -20 ;;
+        # The subject's alpha and render speed (the add-on's default photo scale), then "a red face" without and
+        # with the seen air in the subject, on one training of their own.
+        timeout 280 python3 bench/bench_subject.py --data "$scene" --skip-matted --commit "$commit" \
+            --save-images "$out/subject_images" --out "$out/subject.md" 2>&1 | grep -v Warning | tail -12
+        timeout 300 python3 bench/bench_subject_stylize.py --data "$scene" --runs bounds,bounds_air \
+            --commit "$commit" --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -20 ;;
     shape)
         timeout 330 python3 bench/sweep_shape.py --data "$scene" --no-mattes --iterations 400 --grid "0.5:d:s" \
             --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 | grep -v Warning | tail -12 ;;
+    detection)
+        # The subject alpha of two trainings (the add-on's default photo scale 1, and 0.5), each with its per-view
+        # images and its checkpoint (float16) for scoring other detections on the CPU (bench/subject_iou_cpu.py).
+        for scale in 1 0.5; do
+            timeout 280 python3 bench/bench_subject.py --data "$scene" --skip-matted --scale $scale --frames 20 \
+                --commit "$commit" --save-images "$out/detect_images_$scale" --save-checkpoint "$out/ck_$scale.pt" \
+                --out "$out/subject_scale$scale.md" 2>&1 | grep -v Warning | tail -8
+        done ;;
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;
-    *) echo "unknown measurement $what (subject, shape or scaleout)" >&2; exit 2 ;;
+    *) echo "unknown measurement $what (subject, detection, shape or scaleout)" >&2; exit 2 ;;
 esac

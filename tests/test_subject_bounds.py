@@ -316,3 +316,49 @@ def test_grown_bounds_lengthen_each_half_axis_by_the_distance(shape: str) -> Non
     assert np.allclose(bounds.grown(0.0).matrix, m)
     with pytest.raises(ValueError, match="distance"):
         bounds.grown(-0.1)
+
+
+def person_wall_and_haze(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+    """:func:`person_and_wall` with a wisp of haze beside the head (a ball of radius 0.15 at (0.7, 0, 0.25) of
+    density 1.5: a ray through its middle turns a third opaque, so every view sees through it), as a
+    reconstruction without mattes leaves in front of a plain wall."""
+    wisp = (x - torch.tensor([0.7, 0.0, 0.25])).norm(dim=-1) < 0.15
+    return person_and_wall(x) + wisp.float() * 1.5
+
+
+def test_detection_finds_the_air_the_cameras_saw_through_and_keeps_the_person() -> None:
+    cams = ring_cameras(focal=40.0)
+    det = detect_subject_bounds(person_wall_and_haze, cams, "cpu", resolution=64)
+    assert det.found and det.air is not None
+    air = det.air.contains
+    # The wisp and the empty space in front of the face: seen through by the views.
+    assert bool(air(torch.tensor([[0.7, 0.0, 0.25], [0.66, -0.05, 0.3], [0.0, -0.9, 0.0], [0.0, -0.7, 0.3]])).all())
+    # Never the person: its surface, the skin of air just outside it (the guard), its inside (no view sees there),
+    # nor what lies outside the search cube.
+    person = torch.tensor([[0.0, 0.0, 0.43], [0.46, 0.0, 0.0], [0.0, -0.47, 0.0], [-0.33, -0.33, 0.0],
+                           [0.0, 0.0, 0.0], [0.2, 0.1, -0.1], [0.0, -0.31, -0.8], [0.6, -0.32, -1.0],
+                           [0.0, 0.0, 5.0]])
+    assert not bool(air(person).any())
+    # A wisp no ray ends in changes nothing of the bounds: where rays end decides them.
+    without = detect_subject_bounds(person_and_wall, cams, "cpu", resolution=64)
+    np.testing.assert_allclose(det.bounds.matrix, without.bounds.matrix, atol=1e-9)
+
+
+def test_seen_air_marks_the_occupancy_cells_whose_centre_it_holds() -> None:
+    cams = ring_cameras(focal=40.0)
+    det = detect_subject_bounds(person_wall_and_haze, cams, "cpu", resolution=64)
+    assert det.air is not None
+    domain = SceneDomain("contract")
+    r = 48
+    cells = det.air.cells(r, domain)
+    assert cells.shape == (r, r, r) and cells.dtype == torch.bool
+    ticks = (torch.arange(r, dtype=torch.float64) + 0.5) / r
+    centres = domain.from_unit_cube(torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(-1, 3))
+    np.testing.assert_array_equal(cells.reshape(-1).numpy(), det.air.contains(centres).numpy())
+
+    def cell_of(p: list[float]) -> tuple[int, ...]:
+        u = domain.to_unit_cube(torch.tensor([p], dtype=torch.float64))[0]
+        return tuple(int(v) for v in (u * r).long().clamp(0, r - 1))
+
+    assert cells[cell_of([0.7, 0.0, 0.25])] and not cells[cell_of([0.0, 0.0, 0.0])]
+    assert not cells[cell_of([0.0, -0.45, 0.0])]

@@ -424,6 +424,50 @@ def test_a_mesh_leaves_out_what_the_models_grid_leaves_out(tmp_path: Path) -> No
     assert left_cut == 0 and right_cut > 0.8 * right_whole
 
 
+def test_the_air_its_cameras_saw_through_stays_out_of_the_subjects_renders_and_mesh(tmp_path: Path) -> None:
+    """A reconstruction's ``subject_air`` (here: every cell of the ball's upper half, model z > 0) is left out of what
+    the jobs use as the subject (its frames and its mesh) while the whole scene (include_background) keeps it; the
+    checkpoint file carries it."""
+    from backend.jobs.subject import as_subject
+
+    model = ball_model(5)
+    r = model.occupancy.resolution
+    air = torch.zeros(r, r, r, dtype=torch.bool)
+    air[:, :, r // 2:] = True
+    bounds = SubjectBounds("box", np.diag([0.9, 0.9, 0.9, 1.0]))
+    ckpt = NeRFCheckpoint(model, ReconstructConfig.tiny(), "contract", normalization=NORM, subject=bounds,
+                          subject_air=air)
+    store = JobStore(tmp_path)
+    job = add_job(store, "reconstruct", ckpt)
+    again = load_checkpoint(store.job_dir(job) / "outputs" / "checkpoint.pt", "cpu")
+    assert again.subject_air is not None and torch.equal(again.subject_air, air)
+
+    cut = copy.deepcopy(ckpt)
+    removed = as_subject(cut)
+    assert removed == int((model.occupancy.binary & air).sum()) > 0 and cut.subject_air is None
+    assert not bool(cut.model.occupancy.binary[:, :, r // 2:].any())
+    assert torch.equal(cut.model.occupancy.binary[:, :, : r // 2], model.occupancy.binary[:, :, : r // 2])
+    assert as_subject(cut) == 0  # once
+
+    cams = world_cameras()
+    params = {"source_job": job, "cameras": protocol_cameras(cams)}
+    _, frames = render_frames(tmp_path, params)
+    subject_only, whole = FrameRenderer(cut, subject=bounds), FrameRenderer(ckpt, subject=bounds)
+    for i, png in enumerate(frames):
+        np.testing.assert_array_equal(png, quantized_straight_alpha(subject_only.render(cams, i)[0], 8))
+        # The air is the ball's upper half: without it, much less of the frame is covered.
+        kept = quantized_straight_alpha(whole.render(cams, i)[0], 8)
+        assert 10 < (png[..., 3] > 128).sum() < 0.7 * (kept[..., 3] > 128).sum()
+    _, frames = render_frames(tmp_path, {**params, "include_background": True})
+    scene = FrameRenderer(ckpt)
+    for i, png in enumerate(frames):
+        np.testing.assert_array_equal(png, quantized_straight_alpha(scene.render(cams, i)[0], 8))
+
+    _, world = mesh_vertices(tmp_path, {"source_job": job, "resolution": 32, "isolevel": 10.0})
+    z = NORM.to_model(world)[:, 2]
+    assert int((z > 0.1).sum()) == 0 and int((z < -0.1).sum()) > 50
+
+
 def test_a_mesh_without_bounds_spans_the_whole_model_and_the_grid_follows_the_bounds_box() -> None:
     from backend.outputs.mesh import mesh_grid
 

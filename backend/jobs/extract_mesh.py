@@ -25,7 +25,7 @@ from backend.outputs.ply import write_ply
 from protocol import Message
 
 from .checkpoints import load_job_checkpoint
-from .subject import bounds_to_world, source_subject
+from .subject import as_subject, bounds_to_world, source_subject
 
 MESH_FILE = "mesh.ply"
 GLB_FILE = "mesh.glb"
@@ -43,6 +43,7 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
     bound = float(model.domain.bound) if model.domain.kind == "bounded" else 1.0
     aabb: AABB = (-bound, bound)
     if subject is not None:
+        as_subject(ckpt)  # the haze around the head its cameras saw through stays out of the mesh
         density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance, model.occupied)
         lo, hi = subject.aabb()
         if model.domain.kind == "bounded":  # nothing exists outside the model's box

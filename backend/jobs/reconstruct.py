@@ -8,7 +8,9 @@ that much. A resumed job (``ctx.resuming``) continues from it to the same total 
 After training the job decides the subject bounds (:mod:`backend.jobs.subject`): ``params.subject_bounds`` if
 given (checked before training starts), else found from the trained density around where the cameras look. The
 checkpoint keeps them in model coordinates and the outputs give them in capture-world coordinates
-(``subject_bounds``), with ``subject_found`` and ``subject_source`` saying how they were decided.
+(``subject_bounds``), with ``subject_found`` and ``subject_source`` saying how they were decided. A detection also
+keeps the air its cameras saw through (``subject_air``): haze around the head, which the whole scene renders and
+the subject leaves out (``subject_air_cells`` counts its occupied cells).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
         ctx.progress("finding the subject", 0, 1)
         decision = decide_reconstruction_subject(ckpt, given_subject, ctx.device, tiny=tiny)
         ckpt.subject = decision.bounds
+        if decision.source != "checkpoint":  # a resumed job's checkpoint holds the air its detection saw
+            ckpt.subject_air = decision.air
         ctx.progress("finding the subject", 1, 1, message=decision.note)
         return decision
 
@@ -146,7 +150,10 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
     outputs = {**{k: float(v) for k, v in ckpt.metrics.items()}, "checkpoint": CHECKPOINT, "steps": ckpt.step,
                "background": ckpt.background, "views": len(capture.cameras),
                "subject_bounds": bounds_to_world(ckpt.subject, ckpt.normalization),
-               "subject_found": decision.found, "subject_source": decision.source}
+               "subject_found": decision.found, "subject_source": decision.source,
+               # Occupied cells the cameras saw through, which the subject leaves out (backend.jobs.subject).
+               "subject_air_cells": 0 if ckpt.subject_air is None else
+               int((ckpt.subject_air & ckpt.model.occupancy.binary).sum())}
     if decision.note:
         outputs["subject_note"] = decision.note
     if capture.warnings:

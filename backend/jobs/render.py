@@ -24,7 +24,7 @@ from backend.outputs.images import encode_exr_passes, encode_png
 from protocol import Message
 
 from .checkpoints import load_job_checkpoint
-from .subject import bounds_to_world, reconstruction_of, source_subject
+from .subject import as_subject, bounds_to_world, reconstruction_of, source_subject
 
 # Rays marched at once and samples per field evaluation on the CPU. A cancel is checked before each, so they
 # bound how long a cancel waits within a frame: on one core, for the tiny model, a chunk of 2^15 rays takes
@@ -107,6 +107,8 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
     sizes = {} if ctx.device.startswith("cuda") else {"max_rays": CPU_MAX_RAYS, "max_samples": CPU_MAX_SAMPLES}
     background_model = "none"
     if not include_background:
+        if subject is not None:
+            as_subject(checkpoint)
         renderer = FrameRenderer(checkpoint, subject=subject, **sizes)
     else:
         reconstruction = reconstruction_of(ctx, source) if subject is not None else None
@@ -115,6 +117,7 @@ def run_render(ctx: JobContext) -> dict[str, Any]:
             background_model = "source"
         else:
             ctx.progress("loading model", 0, 1, message=f"background from reconstruction {reconstruction.job_id}")
+            as_subject(checkpoint)  # (a stylized model holds no air: its grid was cut when it was stylized)
             renderer = FrameRenderer(checkpoint, subject=subject, background=load_job_checkpoint(ctx, reconstruction),
                                      **sizes)
             background_model = f"reconstruction {reconstruction.job_id}"

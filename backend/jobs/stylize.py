@@ -35,6 +35,7 @@ from backend.jobstore.context import JobContext, JobFailed
 
 from .checkpoints import load_source_checkpoint, resume_checkpoint
 from .reconstruct import preview_png
+from .subject import as_subject
 
 CHECKPOINT = "checkpoint.pt"
 SETTINGS = "stylize.json"
@@ -166,6 +167,9 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     ckpt_rec = load_source_checkpoint(ctx, ("reconstruct",))
     # The bounds travel in the reconstruction handed to the loop; the stylized checkpoint keeps them.
     ckpt_rec = dataclasses.replace(ckpt_rec, subject=subject_for_job(params, ckpt_rec))
+    if ckpt_rec.subject is not None:
+        # The subject without the haze its cameras saw through: neither the losses nor the result see it.
+        as_subject(ckpt_rec)
     resume, resume_note = resume_checkpoint(ctx, CHECKPOINT, TRAIN_STATE_KIND) if ctx.resuming else (None, "")
     if resume is not None:
         done = int(resume.train_state["done"]) if resume.train_state else config.resolved_iterations()

@@ -67,11 +67,13 @@ class SubjectDecision:
         source: ``"given"`` (params), ``"detected"`` (the density decided), ``"cameras"`` (the cameras' default,
             detection found no subject) or ``"checkpoint"`` (a resumed job's, decided before the interruption).
         note: why the cameras' default was used ("" otherwise).
+        air: ``(R, R, R)`` bool occupancy cells the cameras saw through (detected subjects only, else None).
     """
 
     bounds: Any
     source: str
     note: str = ""
+    air: Any = None
 
     @property
     def found(self) -> bool:
@@ -101,11 +103,32 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
                                       resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION,
                                       n_views=TINY_DETECT_VIEWS if tiny else DETECT_VIEWS)
     if detection.found:
-        return SubjectDecision(detection.bounds, "detected")
+        grid = ckpt.model.occupancy
+        air = None if detection.air is None else detection.air.cells(grid.resolution, ckpt.model.domain,
+                                                                      grid.binary.device)
+        return SubjectDecision(detection.bounds, "detected", air=air)
     note = (f"subject bounds: {detection.reason}; using the cameras' default box around where they look (edit "
             "the bounds to fit the subject)")
     log.warning(note)
     return SubjectDecision(detection.bounds, "cameras", note)
+
+
+def as_subject(ckpt: Any) -> int:
+    """Make a freshly loaded checkpoint render its subject: its occupancy grid loses the cells its cameras saw
+    through (``ckpt.subject_air``), so haze the reconstruction left in the air around a head (in front of a plain
+    wall, beside the neck) is neither rendered, stylized nor meshed with the subject. The whole scene (a render
+    with the background) keeps them: call this only where the checkpoint is used as the subject. Clears
+    ``subject_air`` (a stylization of it must not lose what grows there). Returns the cells removed.
+    """
+    air = getattr(ckpt, "subject_air", None)
+    if air is None:
+        return 0
+    grid = ckpt.model.occupancy.binary
+    cut = grid & air.to(grid.device)
+    removed = int(cut.sum())
+    grid &= ~cut
+    ckpt.subject_air = None
+    return removed
 
 
 def reconstruction_of(ctx: JobContext, source: JobRecord) -> JobRecord | None:

@@ -8,7 +8,8 @@ occupancy grid), ``config`` (:class:`ReconstructConfig` dict), ``background`` ("
 ``normalization`` (``Normalization.to_dict()`` or None), ``cameras`` (world cameras as tensors and names),
 ``train_indices``, ``heldout_indices``, ``step``, ``metrics``, ``subject`` (the subject bounds,
 ``SubjectBounds.to_dict()`` in model coordinates, or None: checkpoints written before subject bounds existed
-have no key), and optionally ``train_state``.
+have no key), optionally ``subject_air`` (the occupancy cells the cameras saw through, bool) and optionally
+``train_state``.
 
 ``train_state`` is present only in a checkpoint of *unfinished* training (a job's periodic checkpoint, or the
 model of a stopped job): the optimizer state, the step or iteration count, the random generator's state and the
@@ -60,6 +61,9 @@ class NeRFCheckpoint:
             for a finished model. Its ``"kind"`` says which loop wrote it (``"reconstruct"`` or ``"stylize"``).
         subject: the subject bounds (model coordinates) the jobs on this model use, or None when not known
             (then the whole scene is the subject).
+        subject_air: ``(R, R, R)`` bool occupancy cells of a reconstruction that its cameras saw through (the
+            subject detection's :class:`~backend.nerf.subject.SeenAir`): the whole scene renders them, the
+            subject leaves them out (:func:`backend.jobs.subject.as_subject`). None when not known.
     """
 
     model: NeRFModel
@@ -73,6 +77,7 @@ class NeRFCheckpoint:
     metrics: dict[str, float] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
     subject: SubjectBounds | None = None
+    subject_air: torch.Tensor | None = None
 
 
 def _to_cpu(value: Any) -> Any:
@@ -125,6 +130,8 @@ def save_checkpoint(ckpt: NeRFCheckpoint, path: str | Path) -> None:
         "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
         "subject": None if ckpt.subject is None else ckpt.subject.to_dict(),
     }
+    if ckpt.subject_air is not None:
+        payload["subject_air"] = ckpt.subject_air.detach().to("cpu", torch.bool)
     if ckpt.train_state is not None:
         payload["train_state"] = _to_cpu(ckpt.train_state)
     tmp = path.with_name(path.name + ".tmp")
@@ -157,6 +164,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpo
     norm = payload.get("normalization")
     cams = payload.get("cameras")
     subject = payload.get("subject")
+    air = payload.get("subject_air")
+    if air is not None and tuple(air.shape) != tuple(model.occupancy.binary.shape):
+        raise ValueError(f"{path}: subject_air has shape {tuple(air.shape)}, the occupancy grid "
+                         f"{tuple(model.occupancy.binary.shape)}")
     return NeRFCheckpoint(
         model=model,
         config=ReconstructConfig.from_dict(payload["config"]),
@@ -169,4 +180,5 @@ def load_checkpoint(path: str | Path, device: torch.device | str) -> NeRFCheckpo
         metrics=dict(payload.get("metrics", {})),
         train_state=payload.get("train_state"),
         subject=None if subject is None else SubjectBounds.from_dict(subject),
+        subject_air=None if air is None else air.to(device=model.device, dtype=torch.bool),
     )

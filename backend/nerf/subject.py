@@ -70,6 +70,12 @@ MARGIN_VOXELS = 2
 # radius, captures.normalize), and the smallest solid piece that counts as a person rather than a speck.
 ROI_RADIUS = 1.0
 MIN_PERSON_SIZE = 0.2
+# Seen air: a voxel that the rays of at least this fraction of the views crossed while still under half opaque
+# (before they ended) is empty space the cameras saw through; what density the reconstruction left there (haze in
+# front of a plain wall, a floater beside the neck) is not the person. Voxels within AIR_GUARD_VOXELS of the
+# person's seen surface stay the person's: a surface turns opaque over a voxel or so, and hair is soft.
+AIR_VIEW_FRACTION = 0.25
+AIR_GUARD_VOXELS = 2
 # Default half-sizes (up, side, front) when no density is known: the region of interest, a little taller.
 DEFAULT_HALF_EXTENTS = (1.2, 1.0, 1.0)
 # The shape a detection fits (module docstring).
@@ -266,12 +272,49 @@ class Detection:
         found: whether the seen surface decided them (False: the cameras' default, with ``reason``).
         surface_voxels: voxels of the person's seen surface (0 when not found).
         reason: why the default was used ("" when found).
+        air: the empty space the cameras saw through around the person (None when not found).
     """
 
     bounds: SubjectBounds
     found: bool
     surface_voxels: int
     reason: str = ""
+    air: SeenAir | None = None
+
+
+@dataclass(frozen=True)
+class SeenAir:
+    """Voxels of the detection's search grid that the cameras saw through: empty space, whatever density the
+    reconstruction left there (see :data:`AIR_VIEW_FRACTION`).
+
+    Attributes:
+        voxels: ``(n, n, n)`` bool over the search cube, indexed along the capture frame's axes.
+        frame: ``(3, 3)`` the capture frame (columns side, up, front) in model axes.
+        half_extent: half size of the search cube around the model origin, model units.
+    """
+
+    voxels: np.ndarray
+    frame: np.ndarray
+    half_extent: float
+
+    def contains(self, x: torch.Tensor) -> torch.Tensor:  # [..., 3] model points -> [...] bool
+        """Whether model points lie in seen air (points outside the search cube do not)."""
+        n = self.voxels.shape[0]
+        local = x.double() @ torch.as_tensor(self.frame, dtype=torch.float64, device=x.device)
+        idx = ((local + self.half_extent) / (2.0 * self.half_extent / n)).floor().long()
+        inside = ((idx >= 0) & (idx < n)).all(dim=-1)
+        idx = idx.clamp(0, n - 1)
+        grid = torch.as_tensor(self.voxels, dtype=torch.bool, device=x.device)
+        return grid[idx[..., 0], idx[..., 1], idx[..., 2]] & inside
+
+    @torch.no_grad()
+    def cells(self, resolution: int, domain: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(R, R, R)`` bool: the occupancy cells (``resolution^3`` over ``domain``'s unit cube, indexed as
+        :attr:`~backend.nerf.occupancy.OccupancyGrid.binary`) whose centre lies in seen air."""
+        r = int(resolution)
+        ticks = (torch.arange(r, dtype=torch.float64, device=device) + 0.5) / r
+        u = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)
+        return self.contains(domain.from_unit_cube(u)).reshape(r, r, r)
 
 
 def detection_views(cameras_model: Cameras, n_views: int) -> np.ndarray:
@@ -291,14 +334,16 @@ def seen_surface_hits(
     half_extent: float,
     n_views: int = DETECT_VIEWS,
     chunk: int = 1 << 20,
-) -> tuple[np.ndarray, int]:  # (n, n, n) int64, views used
-    """Per voxel of the search grid (capture frame axes), how many camera rays end in it.
+) -> tuple[np.ndarray, np.ndarray, int]:  # (n, n, n) int64 hits, (n, n, n) int64 seen through, views used
+    """Per voxel of the search grid (capture frame axes), how many camera rays end in it, and how many views saw
+    through it.
 
     Each ray of a view is marched through the search cube in steps of half a voxel, the density composited as
     the renderer does; where its opacity passes one half (its median termination point) it ends, and the voxel
     there counts one hit. Rays that stay under half opaque inside the cube end nowhere. Each view's image is
     resampled so that one of its pixels spans about one voxel at the look-at point: a surface seen face-on
-    collects about one hit per view.
+    collects about one hit per view. A voxel a view's ray crossed while still under half opaque counts one view
+    that saw through it.
     """
     n = int(resolution)
     voxel = 2.0 * half_extent / n
@@ -308,7 +353,13 @@ def seen_surface_hits(
     cube_bounds = SubjectBounds("box", cube)
     rot = torch.as_tensor(frame, dtype=torch.float32, device=device)
     hits = torch.zeros(n**3, dtype=torch.int64, device=device)
+    through = torch.zeros(n**3, dtype=torch.int64, device=device)
     views = detection_views(cameras_model, n_views)
+
+    def voxel_index(points: torch.Tensor) -> torch.Tensor:  # [m, 3] model points -> [m] flat voxel index
+        idx = ((points @ rot + half_extent) / voxel).floor().long().clamp(0, n - 1)
+        return (idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2]
+
     for v in views:
         cam = cameras_model.select([int(v)])
         distance = float(np.linalg.norm(cam.c2w[0, :3, 3]))
@@ -325,6 +376,7 @@ def seen_surface_hits(
         window = max(1, min(n_steps, chunk // max(1, rays_o.shape[0])))
         depth = torch.zeros_like(t_in)  # optical depth so far
         end = torch.full_like(t_in, -1.0)  # median termination distance, -1 while not reached
+        seen_through = torch.zeros(n**3, dtype=torch.bool, device=device)  # this view's
         active = torch.arange(rays_o.shape[0], device=device)
         for k0 in range(0, n_steps, window):
             if active.numel() == 0:
@@ -336,19 +388,21 @@ def seen_surface_hits(
             sigma = density_fn(pts.reshape(-1, 3)).float().reshape(t.shape).clamp_min(0.0)
             od = depth[active, None] + torch.cumsum(torch.where(inside, sigma, 0.0) * step, dim=1)
             passed = od >= HALF_OPACITY_DEPTH
+            clear = inside & ~passed
+            if bool(clear.any()):
+                seen_through[voxel_index(pts[clear])] = True
             crossed = passed.any(dim=1)
             first = passed.float().argmax(dim=1)
             end[active[crossed]] = t[crossed, first[crossed]]
             depth[active] = od[:, -1]
             still = ~crossed & inside[:, -1]
             active = active[still]
+        through += seen_through
         ended = end >= 0
         if not bool(ended.any()):
             continue
-        local = (rays_o[ended] + rays_d[ended] * end[ended, None]) @ rot  # [m, 3] capture frame
-        idx = ((local + half_extent) / voxel).floor().long().clamp(0, n - 1)
-        hits += torch.bincount((idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2], minlength=n**3)
-    return hits.reshape(n, n, n).cpu().numpy(), len(views)
+        hits += torch.bincount(voxel_index(rays_o[ended] + rays_d[ended] * end[ended, None]), minlength=n**3)
+    return hits.reshape(n, n, n).cpu().numpy(), through.reshape(n, n, n).cpu().numpy(), len(views)
 
 
 def _trimmed_extent(coords: np.ndarray, weights: np.ndarray, tail: float) -> tuple[float, float]:
@@ -389,9 +443,10 @@ def detect_subject_bounds(
     if shape not in SHAPES:
         raise SubjectBoundsError(f"subject bounds shape must be one of {SHAPES}, got {shape!r}")
     frame = capture_frame(cameras_model)
-    hits, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=int(resolution),
-                                    half_extent=half_extent, n_views=n_views, chunk=chunk)
-    return bounds_from_hits(hits, views, frame, half_extent, default_subject_bounds(cameras_model), shape)
+    hits, through, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=int(resolution),
+                                             half_extent=half_extent, n_views=n_views, chunk=chunk)
+    return bounds_from_hits(hits, views, frame, half_extent, default_subject_bounds(cameras_model), shape,
+                            seen_through=through)
 
 
 def bounds_from_hits(
@@ -401,8 +456,10 @@ def bounds_from_hits(
     half_extent: float,
     fallback: SubjectBounds,
     shape: str = DETECTED_SHAPE,
+    seen_through: np.ndarray | None = None,  # (n, n, n) views that saw through each voxel
 ) -> Detection:
-    """The person's piece of seen surface in ``hits`` (:func:`seen_surface_hits`) and its bounds."""
+    """The person's piece of seen surface in ``hits`` (:func:`seen_surface_hits`) and its bounds; with
+    ``seen_through``, also the air around the person (:class:`SeenAir`)."""
     # scikit-image: imported here, only where bounds are detected
     from skimage.measure import label
 
@@ -441,7 +498,16 @@ def bounds_from_hits(
     local = fit(points, weights, voxel, half_extent)  # (4, 4) unit shape -> capture frame
     to_model = np.eye(4)
     to_model[:3, :3] = frame
-    return Detection(SubjectBounds(shape, to_model @ local), True, len(person))
+    air = None
+    if seen_through is not None:
+        # scipy comes with scikit-image
+        from scipy.ndimage import binary_dilation
+
+        person_mask = labels == int(np.argmax(np.bincount(in_roi)))
+        guard = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=AIR_GUARD_VOXELS)
+        air_voxels = (seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))) & ~guard
+        air = SeenAir(air_voxels, np.asarray(frame, dtype=np.float64), float(half_extent))
+    return Detection(SubjectBounds(shape, to_model @ local), True, len(person), air=air)
 
 
 def _trimmed_box(points: np.ndarray, weights: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
