@@ -158,6 +158,35 @@ def test_text_cache_encodes_each_string_once(clip: ClipModel, templates: tuple) 
         clip.text_direction("photo", "photo", templates)
 
 
+def test_text_features_from_the_context_prefix_equal_the_whole_contexts(clip: ClipModel) -> None:
+    """The text encoder runs over the shortest prefix holding every text's end token (causal attention, feature
+    read at the end token): the same features as ``encode_text`` over the whole padded context, for less work."""
+    from backend.stylize.clip_model import encode_text_prefix
+
+    sentences = ["a photo of a zombie.", "x", "a bad photo of the " + "very " * 20 + "large statue made of marble."]
+    tokens = clip.tokenizer(sentences)
+    assert tokens.shape[1] == 77
+    seen: list[int] = []
+    hook = clip.model.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            prefix = encode_text_prefix(clip.model, tokens)
+            whole = clip.model.encode_text(tokens)
+    finally:
+        hook.remove()
+    longest = int(tokens.argmax(dim=-1).max()) + 1
+    assert 20 < longest < 77 and seen == [longest, 77]
+    torch.testing.assert_close(prefix, whole, rtol=1e-5, atol=1e-5)
+    # A model that reads its feature elsewhere than at the end token gets the whole context.
+    class LastPooled(torch.nn.Module):
+        text_pool_type = "last"
+
+        def encode_text(self, t: torch.Tensor) -> torch.Tensor:
+            return t.float()[:, -1:]
+
+    assert encode_text_prefix(LastPooled(), tokens).shape == (3, 1)
+
+
 def test_bad_prompts_get_clear_errors(clip: ClipModel, templates: tuple) -> None:
     for bad in ("", "   \n\t"):
         with pytest.raises(ValueError, match="empty"):
