@@ -79,10 +79,12 @@ def brute_force(background: NeRFModel, subject_model: NeRFModel, bounds: Subject
     x = (rays_o[:, None, :] + rays_d[:, None, :] * mid[..., None]).reshape(-1, 3)
     d = rays_d[:, None, :].expand(-1, n, -1).reshape(-1, 3)
     inside = bounds.contains(x) & subject_model.occupied(x)
-    rgb_b, sigma_b = background.radiance(x, d)
-    rgb_s, sigma_s = subject_model.radiance(x, d)
-    rgb = torch.where(inside[:, None], rgb_s, rgb_b).reshape(-1, n, 3)
-    sigma = torch.where(inside, sigma_s, sigma_b).reshape(-1, n)
+    # Each point through the one model that owns it (the same values as evaluating both and choosing).
+    rgb, sigma = torch.zeros(x.shape[0], 3), torch.zeros(x.shape[0])
+    for model, sel in ((subject_model, inside), (background, ~inside)):
+        if bool(sel.any()):
+            rgb[sel], sigma[sel] = model.radiance(x[sel], d[sel])
+    rgb, sigma = rgb.reshape(-1, n, 3), sigma.reshape(-1, n)
     sd = sigma * (edges[:, 1:] - edges[:, :-1])
     w = torch.exp(-(torch.cumsum(sd, -1) - sd)) * -torch.expm1(-sd)
     opacity = w.sum(-1)
