@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import subprocess
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import decide_reconstruction_subject, detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, decide_reconstruction_subject, detection_cameras  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
 from backend.nerf.subject import (  # noqa: E402
@@ -84,11 +85,16 @@ def main() -> int:
     parser.add_argument("--old-rev", help="also score the detection of this git revision")
     parser.add_argument("--box", action="store_true", help="also score a box fitted to the same seen surface")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where to detect and render (cpu or cuda)")
     parser.add_argument("--out", type=Path, help="write the table here too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    device = args.device
+    ckpt = load_checkpoint(args.checkpoint, device)
+    for tensor in ckpt.model.state_dict().values():  # a checkpoint brought back in float16 (save_halved)
+        if tensor.dtype == torch.float16:
+            tensor.data = tensor.data.float()
     capture = load_capture(args.data)
     if capture.matte_paths is None:
         raise SystemExit(f"{args.data} has no mattes to score against")
@@ -106,33 +112,38 @@ def main() -> int:
     model_cams = ckpt.normalization.cameras_to_model(ckpt.cameras)
     frame = capture_frame(model_cams)
 
-    candidates: list[tuple[str, SubjectBounds, str]] = []
+    candidates: list[tuple[str, SubjectBounds, str, Any]] = []
     t0 = time.perf_counter()
-    decision = decide_reconstruction_subject(dataclasses.replace(ckpt, subject=None), None, "cpu")
-    candidates.append(("new detection", decision.bounds,
-                       f"{decision.source}{' (' + decision.note + ')' if decision.note else ''}, "
-                       f"{time.perf_counter() - t0:.0f} s on the CPU"))
+    decision = decide_reconstruction_subject(dataclasses.replace(ckpt, subject=None), None, device)
+    how = (f"{decision.source}{' (' + decision.note + ')' if decision.note else ''}, "
+           f"{time.perf_counter() - t0:.1f} s on {device}")
+    # What the jobs render: the subject without the air its cameras saw through (a copy of the model).
+    subject_ckpt = dataclasses.replace(ckpt, model=copy.deepcopy(ckpt.model), subject_air=decision.air)
+    removed = as_subject(subject_ckpt)
+    candidates.append(("new detection, seen air left out (the jobs' subject)", decision.bounds,
+                       f"{how}; {removed} occupied cells of seen air left out", subject_ckpt))
+    candidates.append(("new detection, seen air kept", decision.bounds, how, ckpt))
     print(f"new detection: {candidates[-1][2]}; {frame_box(decision.bounds, frame)}", flush=True)
     if args.old_rev:
         t0 = time.perf_counter()
         det = old_detection(args.old_rev, ckpt.model.density, model_cams)
         candidates.append((f"old detection ({args.old_rev})", det.bounds,
-                           f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
+                           f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU", ckpt))
     if args.box:
         t0 = time.perf_counter()
-        det = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), "cpu", shape="box")
+        det = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device, shape="box")
         candidates.append(("box on the same seen surface", det.bounds,
-                           f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on the CPU"))
-    candidates.append(("default box", default_subject_bounds(model_cams), "the cameras' default (fallback)"))
+                           f"found {det.found} {det.reason}, {time.perf_counter() - t0:.0f} s on {device}", ckpt))
+    candidates.append(("default box", default_subject_bounds(model_cams), "the cameras' default (fallback)", ckpt))
 
     h, w = images.shape[1:3]
     lines = [f"# Subject alpha IoU on the CPU: {args.checkpoint} vs the mattes of {args.data}", "",
              f"- command: python bench/subject_iou_cpu.py {' '.join(sys.argv[1:])}",
              f"- held-out views: {', '.join(cams.names)} (every {args.holdout_every}th), scored at {w}x{h} "
              f"(scale {args.scale}); rule: subject-only render opacity > 0.5 vs matte > 0.5", ""]
-    for name, bounds, how in candidates:
+    for name, bounds, how, scored in candidates:
         t0 = time.perf_counter()
-        scores = subject_alpha_iou(ckpt, bounds, cams, images, **CPU_RENDER)
+        scores = subject_alpha_iou(scored, bounds, cams, images, **(CPU_RENDER if device == "cpu" else {}))
         lines += [f"## {name}: mean IoU {np.mean(scores):.3f}, worst {min(scores):.3f}",
                   f"- how: {how}", f"- bounds: {bounds.shape}, {frame_box(bounds, frame)}",
                   "- per view: " + ", ".join(f"{n} {s:.3f}" for n, s in zip(cams.names, scores, strict=True)),
