@@ -38,17 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.nerf.config import ReconstructConfig  # noqa: E402
-from backend.nerf.subject import SubjectBounds  # noqa: E402
-from backend.nerf.synthetic import render_spheres, ring_cameras  # noqa: E402
-from backend.nerf.train import train_on_images  # noqa: E402
 from backend.stylize import standin_encoder  # noqa: E402
 from backend.stylize.clip_model import CLIP_SIZE, preprocess_squash  # noqa: E402
 from backend.stylize.loop import SHAPE_LR_ITERATIONS, StylizeProgress, _allowed_cells, preset_config, stylize  # noqa: E402
@@ -56,10 +51,9 @@ from backend.stylize.losses import StyleLossConfig, weights_for_strength  # noqa
 from backend.stylize.perceptual import load_lpips  # noqa: E402
 from backend.stylize.standin_encoder import AnalyticStandInEncoder, load_standin_clip, shape_reference  # noqa: E402
 from bench.shape_eval import COLUMNS, format_metrics, shape_metrics, shape_source_images  # noqa: E402
+from bench.study_shape_cpu import BOUNDS, SIZE, reconstruction  # noqa: E402
 
-SIZE = 48
 FREEDOM = 0.5
-BOUNDS = SubjectBounds("ellipsoid", np.diag([1.0, 1.0, 1.0, 1.0]))
 
 
 def use_solid_foreground(tau: float, slope: float = 0.04) -> None:
@@ -105,11 +99,7 @@ def main() -> int:
     if args.solid_foreground is not None:
         use_solid_foreground(args.solid_foreground)
 
-    cams = ring_cameras(16, SIZE)
-    rec = train_on_images(cams, render_spheres(cams), ReconstructConfig.tiny(steps=args.steps, seed=3,
-                                                                             **json.loads(args.model)),
-                          torch.device("cpu"), background="matte")
-    rec = dataclasses.replace(rec, subject=BOUNDS)
+    rec = reconstruction(args.steps, **json.loads(args.model))
     raw = growth_raw_density(rec.model)
     q = torch.quantile(raw, torch.tensor([0.1, 0.5, 0.9])).tolist()
     print(f"reconstruction {args.steps} steps; raw density in {raw.numel()} growth cells: q10 {q[0]:.1f}, "

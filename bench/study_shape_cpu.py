@@ -24,6 +24,7 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,9 +70,11 @@ SETTINGS: list[tuple[float, float | None, float]] = [
 QUICK: list[tuple[float, float | None, float]] = [(0.0, None, 0.0), (0.5, None, LAMBDA_REG_SHAPE)]
 
 
-def reconstruction() -> NeRFCheckpoint:
+def reconstruction(steps: int = 400, **overrides: Any) -> NeRFCheckpoint:
+    """The three spheres reconstructed by the tiny configuration (``overrides`` change its grid or MLP), with
+    their subject bounds."""
     cams = ring_cameras(16, SIZE)
-    rec = train_on_images(cams, render_spheres(cams), ReconstructConfig.tiny(steps=400, seed=3),
+    rec = train_on_images(cams, render_spheres(cams), ReconstructConfig.tiny(steps=steps, seed=3, **overrides),
                           torch.device("cpu"), background="matte")
     return dataclasses.replace(rec, subject=BOUNDS)
 

@@ -282,6 +282,13 @@ class Detection:
     air: SeenAir | None = None
 
 
+def search_voxel(x: torch.Tensor, frame: torch.Tensor, half_extent: float, n: int) -> torch.Tensor:
+    """``(..., 3)`` integer voxel of model points ``x`` in the ``n^3`` search cube of half size ``half_extent``
+    around the model origin, along the capture ``frame``'s axes (``(3, 3)``, columns side, up, front; same dtype as
+    ``x``). Not clamped: points outside the cube get indices outside ``[0, n)``."""
+    return ((x @ frame + half_extent) / (2.0 * half_extent / n)).floor().long()
+
+
 @dataclass(frozen=True)
 class SeenAir:
     """Voxels of the detection's search grid that the cameras saw through: empty space, whatever density the
@@ -300,8 +307,8 @@ class SeenAir:
     def contains(self, x: torch.Tensor) -> torch.Tensor:  # [..., 3] model points -> [...] bool
         """Whether model points lie in seen air (points outside the search cube do not)."""
         n = self.voxels.shape[0]
-        local = x.double() @ torch.as_tensor(self.frame, dtype=torch.float64, device=x.device)
-        idx = ((local + self.half_extent) / (2.0 * self.half_extent / n)).floor().long()
+        frame = torch.as_tensor(self.frame, dtype=torch.float64, device=x.device)
+        idx = search_voxel(x.double(), frame, self.half_extent, n)
         inside = ((idx >= 0) & (idx < n)).all(dim=-1)
         idx = idx.clamp(0, n - 1)
         grid = torch.as_tensor(self.voxels, dtype=torch.bool, device=x.device)
@@ -357,7 +364,7 @@ def seen_surface_hits(
     views = detection_views(cameras_model, n_views)
 
     def voxel_index(points: torch.Tensor) -> torch.Tensor:  # [m, 3] model points -> [m] flat voxel index
-        idx = ((points @ rot + half_extent) / voxel).floor().long().clamp(0, n - 1)
+        idx = search_voxel(points, rot, half_extent, n).clamp(0, n - 1)
         return (idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2]
 
     for v in views:
@@ -486,7 +493,8 @@ def bounds_from_hits(
         distance = math.sqrt(float(r2.min()))
         return Detection(fallback, False, 0, f"no surface seen within {ROI_RADIUS:g} head radius of where the "
                                              f"cameras look (the nearest lies {distance:.2f} head radii away)")
-    person = np.argwhere(labels == int(np.argmax(np.bincount(in_roi))))
+    person_mask = labels == int(np.argmax(np.bincount(in_roi)))
+    person = np.argwhere(person_mask)
     size = float((person.max(axis=0) - person.min(axis=0) + 1).max()) * voxel
     if size < MIN_PERSON_SIZE:
         return Detection(fallback, False, 0, f"the surface seen where the cameras look is only specks ({size:.2f} "
@@ -503,7 +511,6 @@ def bounds_from_hits(
         # scipy comes with scikit-image
         from scipy.ndimage import binary_dilation
 
-        person_mask = labels == int(np.argmax(np.bincount(in_roi)))
         guard = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=AIR_GUARD_VOXELS)
         air_voxels = (seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))) & ~guard
         air = SeenAir(air_voxels, np.asarray(frame, dtype=np.float64), float(half_extent))
