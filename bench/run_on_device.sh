@@ -9,13 +9,15 @@
 #   bash bench/run_on_device.sh detection WHEELS SCENE_PARENT # issue 20A: subject alpha of two trainings, images and
 #                                                             # checkpoints kept (~6 min)
 #   bash bench/run_on_device.sh scaleout WHEELS SCENE_PARENT  # issue 21: jobs/hour with 1 and 2 Ray workers (~6 min)
+#   bash bench/run_on_device.sh issue20 WHEELS SCENE_PARENT   # issue 20 in one call on ONE training: subject alpha and
+#                                                             # fps, "a red face", then "a big hat" (~9.5 min)
 #
 # WHEELS: cp312 manylinux wheels of open_clip_torch, lpips, pyzmq and their pure-Python dependencies (and, for
 # scaleout, ray==2.60.0 with msgpack, protobuf, requests); SCENE_PARENT: a folder holding fangzhou_nature. Results
 # go to $OUT (the device's return folder) or bench/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?subject, detection, shape or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
+what=${1:?subject, detection, shape, issue20 or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
 out=${OUT:-bench/results}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 -m pip install -q --no-index --no-deps --find-links "$wheels" "$wheels"/*.whl 2>&1 | tail -2
@@ -40,8 +42,20 @@ case $what in
                 --commit "$commit" --save-images "$out/detect_images_$scale" --save-checkpoint "$out/ck_$scale.pt" \
                 --out "$out/subject_scale$scale.md" 2>&1 | grep -v Warning | tail -8
         done ;;
+    issue20)
+        # One reconstruction for all three (the add-on's default photo scale; the stylizations load its float16 copy),
+        # in the order of what matters most, each cut short by its own limit rather than losing the others.
+        timeout 240 python3 bench/bench_subject.py --data "$scene" --skip-matted --commit "$commit" \
+            --save-images "$out/subject_images" --save-checkpoint "$out/rec_unmatted.pt" \
+            --out "$out/subject.md" 2>&1 | grep -v Warning | tail -12
+        timeout 170 python3 bench/bench_subject_stylize.py --data "$scene" --checkpoint "$out/rec_unmatted.pt" \
+            --runs bounds --commit "$commit" --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -12
+        timeout 150 python3 bench/sweep_shape.py --data "$scene" --checkpoint "$out/rec_unmatted.pt" --no-mattes \
+            --iterations 400 --grid "0.5:d:s" --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 \
+            | grep -v Warning | tail -8
+        rm -f "$out/rec_unmatted.pt" ;;
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;
-    *) echo "unknown measurement $what (subject, detection, shape or scaleout)" >&2; exit 2 ;;
+    *) echo "unknown measurement $what (subject, detection, shape, issue20 or scaleout)" >&2; exit 2 ;;
 esac
