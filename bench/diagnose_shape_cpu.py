@@ -2,7 +2,7 @@
 
 The three-sphere scene of ``bench/study_shape_cpu.py`` (16 ring views at 48x48, subject bounds of radius 1),
 reconstructed for ``--steps`` steps of the tiny configuration (``--model`` overrides its grid, as JSON), then
-"a big hat" at shape freedom 0.5 and λ_reg 1 with the analytic stand-in encoder (a test instrument) centred on
+"a big hat" (``--prompt``) at shape freedom 0.5 and λ_reg 1 with the analytic stand-in encoder (a test instrument) centred on
 the reconstruction's renders, for ``--iterations`` iterations at a grid rate given in 400-iteration terms
 (``--lr400``; the loop's convention: a run of n iterations trains at ``lr400 · 400 / n``). ``--weights`` overrides
 loss weights (JSON, e.g. ``{"directional": 0}``).
@@ -93,6 +93,7 @@ def main() -> int:
     parser.add_argument("--weights", default="{}", help="LossWeights overrides, JSON (λ_reg 1 unless given)")
     parser.add_argument("--solid-deviation", type=float, help="the stand-in's foreground step (default 0.15)")
     parser.add_argument("--exponential-foreground", action="store_true", help="the stand-in's former foreground")
+    parser.add_argument("--prompt", default="a big hat", help="e.g. 'a red face', a colour prompt's reference")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,7 +112,7 @@ def main() -> int:
     every = max(1, iterations // 8)
     clip = load_standin_clip(shape_reference=shape_reference(shape_source_images(rec, rec.cameras)))
     weights = dataclasses.replace(weights_for_strength(0.5), **{"regularization": 1.0, **json.loads(args.weights)})
-    config = preset_config("tiny", "a big hat", iterations=iterations, max_side=SIZE, n_templates=4,
+    config = preset_config("tiny", args.prompt, iterations=iterations, max_side=SIZE, n_templates=4,
                            loss=StyleLossConfig(n_crops=4, n_negatives=4), preview_every=10**6, checkpoint_every=0,
                            report_gradients_every=every, shape_freedom=FREEDOM,
                            lr_grid=args.lr400 * SHAPE_LR_ITERATIONS / iterations, weights=weights, seed=0)
