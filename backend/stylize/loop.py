@@ -171,14 +171,17 @@ _PRESET_ITERATION_FACTOR = {"fast": 0.5, "default": 1.0, "quality": 1.0}
 SHAPE_FREEDOM_MAX = 0.5
 #: The shape parameters' learning rate at shape freedom 0 (module docstring, "Learning rates").
 LR_SHAPE_AT_0 = 1e-4
-#: ... and at SHAPE_FREEDOM_MAX, for a run of SHAPE_LR_ITERATIONS. PROVISIONAL: CPU study with the stand-in
-#: (bench/results/shape_cpu_study.md).
+#: ... and at SHAPE_FREEDOM_MAX, for a run of SHAPE_LR_ITERATIONS. PROVISIONAL: checked at the full 400 iterations
+#: with the solid-foreground stand-in on the CPU spheres (bench/results/shape_cpu_study.md, 2026-12-07), where 3e-3
+#: grew the silhouette less than 1e-3 did; not yet with real CLIP.
 LR_SHAPE_AT_MAX = 1e-3
 #: The run length the shape rates above are given for (the default strength's iteration count).
 SHAPE_LR_ITERATIONS = 400
 # Shorter runs scale the shape rates up by at most this much (shape_learning_rate).
 _SHAPE_LR_MAX_FACTOR = 10.0
-#: λ_reg whenever shape_freedom > 0 (0 otherwise). PROVISIONAL: CPU study with the stand-in.
+#: λ_reg whenever shape_freedom > 0 (0 otherwise). It brakes growth and haze together (the 400-iteration λ_reg
+#: sweep in bench/results/shape_cpu_study.md: no setting keeps the growth and drops the haze); 1 keeps a visible
+#: change at the maximum freedom. PROVISIONAL: CPU spheres with the stand-in, not real CLIP.
 LAMBDA_REG_SHAPE = 1.0
 
 # LPIPS's VGG reaches relu5_3 after four 2x poolings: smaller images leave it no spatial extent.
