@@ -20,6 +20,9 @@ The stand-in counts a pixel as subject through a logistic step at a mean colour 
 the former foreground-ness ``1 - exp(-dev / 0.05)`` (which counted faint haze almost like solid subject) to
 reproduce the diagnosis of 2026-12-07 (``bench/results/shape_cpu_study.md``).
 
+The opacity prior (``LossWeights.opacity``, on by default above shape freedom 0 in the loop) is off here unless
+``--weights`` sets it, e.g. ``--weights '{"opacity": 3}'``, so the rows of the diagnosis stay comparable.
+
 CPU + stand-in: PROVISIONAL. Usage::
 
     python bench/diagnose_shape_cpu.py --iterations 400

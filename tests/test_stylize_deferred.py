@@ -112,6 +112,37 @@ def test_deferred_equals_direct_backprop_mse_and_distortion(ckpt: NeRFCheckpoint
     model.zero_grad(set_to_none=True)
 
 
+def test_deferred_equals_direct_with_the_opacity_prior(ckpt: NeRFCheckpoint) -> None:
+    """Issue 20B: the opacity prior (λ_opa L_opa, beside λ_reg L_reg) goes through pass 2 chunk by chunk and still
+    equals direct back-propagation; it really moves the density gradient, and its value is reported."""
+    model = ckpt.model
+    rays_o, rays_d = view_rays(ckpt, 2)
+    bg = torch.ones(3)
+    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+
+    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mse = ((image - target) ** 2).mean()
+        return mse, {"mse": mse}
+
+    err = deferred_gradient_error(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
+                                  opacity_weight=3.0, chunk_render=100, chunk_grad=37)
+    assert_exact(err)
+    model.zero_grad(set_to_none=True)
+    step = deferred_backward(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
+                             opacity_weight=3.0, chunk_render=100, chunk_grad=37)
+    with_prior = grads(model)
+    a = step.opacity.reshape(-1).double()
+    assert step.opacity_loss == pytest.approx(float((4 * a * (1 - a)).clamp_min(0).mean()), rel=1e-4, abs=1e-7)
+    assert step.opacity_loss > 0 and step.total == pytest.approx(
+        step.image_loss + LAMBDA_REG * step.regularization + 3.0 * step.opacity_loss)
+    model.zero_grad(set_to_none=True)
+    deferred_backward(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG, chunk_render=100,
+                      chunk_grad=37)
+    table = "field.encoding.table"
+    assert float((grads(model)[table] - with_prior[table]).norm()) > 1e-3 * float(with_prior[table].norm())
+    model.zero_grad(set_to_none=True)
+
+
 def test_deferred_equals_direct_within_subject_bounds(ckpt: NeRFCheckpoint) -> None:
     """Issue 20: with subject bounds (here around the red sphere alone) pass 1 samples only inside them, and the
     deferred gradient still equals direct back-propagation through the same subject-only image."""

@@ -27,6 +27,7 @@ from backend.stylize.losses import (
     local_contrastive_from_embeddings,
     margin_contrastive_from_embeddings,
     normalize_safe,
+    opacity_binarization,
     strength_value,
     weights_for_strength,
 )
@@ -403,3 +404,23 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(losses_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_opacity_binarization_is_zero_on_empty_and_solid_rays_and_pushes_haze_away_from_half() -> None:
+    """``L_opa = 4 a (1 - a)`` per ray, ``a`` the ray's summed weights: 0 empty or solid, 1 at a half, and its
+    gradient lowers faint opacity and raises dense opacity (towards empty or solid)."""
+    # Four rays: empty (no sample), faint (0.1 in two samples), half, solid.
+    w = torch.tensor([0.05, 0.05, 0.5, 0.6, 0.4], dtype=torch.float64, requires_grad=True)
+    ri = torch.tensor([1, 1, 2, 3, 3])
+    per_ray = torch.tensor([0.0, 4 * 0.1 * 0.9, 1.0, 0.0], dtype=torch.float64)
+    total = opacity_binarization(w, ri, 4, reduction="sum")
+    assert float(total.detach()) == pytest.approx(float(per_ray.sum()))
+    assert float(opacity_binarization(w, ri, 4).detach()) == pytest.approx(float(per_ray.mean()))
+    (g,) = torch.autograd.grad(total, w)
+    assert float(g[0]) > 0 and float(g[1]) > 0, "faint: the loss falls as its weights fall"
+    assert float(g[2]) == pytest.approx(0.0), "at a half the gradient is 0"
+    assert float(g[3]) < 0 and float(g[4]) < 0, "solid (a = 1): the loss falls as opacity rises"
+    with pytest.raises(ValueError, match="matching"):
+        opacity_binarization(w, ri[:3], 4)
+    with pytest.raises(ValueError, match="reduction"):
+        opacity_binarization(w, ri, 4, reduction="none")  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from backend.stylize.loop import (
     LAMBDA_REG_SHAPE,
     LR_SHAPE_AT_0,
     LR_SHAPE_AT_MAX,
+    OPACITY_SHAPE,
     SHAPE_FREEDOM_MAX,
     SHAPE_LR_ITERATIONS,
     StylizeConfig,
@@ -82,6 +83,7 @@ def test_rates_and_regularization_follow_the_freedom() -> None:
     assert top.resolved_iterations() == SHAPE_LR_ITERATIONS
     assert top.resolved_lr_grid() == pytest.approx(LR_SHAPE_AT_MAX)
     assert top.resolved_weights().regularization == LAMBDA_REG_SHAPE > 0
+    assert top.resolved_weights().opacity == OPACITY_SHAPE > 0 == zero.resolved_weights().opacity
     rates = [shape_learning_rate(f) for f in (0.0, 0.1, 0.25, 0.5)]
     assert rates == sorted(rates) and rates[0] == LR_SHAPE_AT_0 < rates[1]
     # A shorter run takes larger steps for the same freedom (the distance Adam can travel is ~ lr x iterations).
@@ -232,13 +234,14 @@ def spheres() -> NeRFCheckpoint:
     return dataclasses.replace(rec, subject=SubjectBounds("ellipsoid", np.eye(4)))
 
 
-def hat(rec: NeRFCheckpoint, freedom: float, reg: float | None = None, iterations: int = 60) -> NeRFCheckpoint:
+def hat(rec: NeRFCheckpoint, freedom: float, opacity: float | None = None, iterations: int = 60) -> NeRFCheckpoint:
     """ "a big hat" with the stand-in centred on F_rec's own renders (so only the outline can move its shape axes);
-    λ_reg: the loop's default for the freedom unless given."""
+    the loop's default weights for the freedom, or those with λ_opa = ``opacity``."""
     assert rec.cameras is not None
     source = render_views(rec, rec.cameras).rgb.permute(0, 3, 1, 2)
     clip = load_standin_clip(shape_reference=shape_reference(source))
-    weights = None if reg is None else dataclasses.replace(weights_for_strength(0.5), regularization=reg)
+    base = preset_config("tiny", "a big hat", shape_freedom=freedom).resolved_weights()
+    weights = None if opacity is None else dataclasses.replace(base, opacity=opacity)
     config = preset_config("tiny", "a big hat", iterations=iterations, max_side=SHAPE_SIZE, n_templates=4,
                            loss=StyleLossConfig(n_crops=4, n_negatives=4), preview_every=10**6, checkpoint_every=0,
                            shape_freedom=freedom, weights=weights, seed=0)
@@ -264,11 +267,13 @@ def opacity_beyond(bounds: SubjectBounds, cameras: Cameras, alpha: torch.Tensor)
 @pytest.mark.slow
 def test_a_shape_prompt_grows_the_silhouette_only_inside_the_grown_bounds(spheres: NeRFCheckpoint) -> None:
     """Issue 20B: asked for "a big hat", the maximum freedom moves the silhouette by a measured amount while at
-    freedom 0 the same prompt cannot; nothing forms on rays that miss the bounds grown by the freedom; and λ_reg
-    trades growth for haze in front of the surface (``haze_change``, which needs no matte): more of it, less haze.
+    freedom 0 the same prompt cannot; nothing forms on rays that miss the bounds grown by the freedom; and the
+    opacity prior the loop adds with the freedom keeps what grows solid: without it, more haze forms in front of
+    the surface (``haze_change``, which needs no matte).
 
     60 iterations (the shape rate scaled up by 400 / 60, as the loop does for short runs), so the figures are
-    this test's, not the 400-iteration schedule's (``bench/results/shape_cpu_study.md``)."""
+    this test's, not the 400-iteration schedule's (``bench/results/shape_cpu_study.md``: there the prior left the
+    growth as it was, here it brakes it from x1.8 to x1.09)."""
     views = wide_views()
     before = render_views(spheres, views)
     fixed = silhouette_change(before.alpha, render_views(hat(spheres, 0.0), views).alpha)
@@ -277,13 +282,11 @@ def test_a_shape_prompt_grows_the_silhouette_only_inside_the_grown_bounds(sphere
     free = hat(spheres, SHAPE_FREEDOM_MAX)
     after = render_views(free, views)
     grown = silhouette_change(before.alpha, after.alpha)
-    assert grown.area_ratio > 1.3 and grown.outline_growth_rel > 0.1, grown
+    assert grown.area_ratio > 1.05 and grown.outline_growth_rel > 0.01, grown  # measured x1.09, 0.02
     beyond = opacity_beyond(spheres.subject.grown(SHAPE_FREEDOM_MAX), views, after.alpha)
     assert beyond.numel() > 1000, "the views must see past the grown bounds"
     assert float(beyond.mean()) < 0.01 and float(beyond.max()) < 0.05
 
-    braked = hat(spheres, SHAPE_FREEDOM_MAX, reg=30 * LAMBDA_REG_SHAPE)
-    braked_growth = silhouette_change(before.alpha, render_views(braked, views).alpha)
-    haze, braked_haze = haze_change(spheres, free, views), haze_change(spheres, braked, views)
-    assert braked_haze.haze < 0.5 * haze.haze, (haze, braked_haze)
-    assert 1.03 < braked_growth.area_ratio < grown.area_ratio, (braked_growth, grown)
+    hazy = hat(spheres, SHAPE_FREEDOM_MAX, opacity=0.0)
+    haze, hazy_haze = haze_change(spheres, free, views), haze_change(spheres, hazy, views)
+    assert haze.haze < 0.6 * hazy_haze.haze, (haze, hazy_haze)  # measured 4.2 % against 18.9 %

@@ -50,7 +50,7 @@ from backend.nerf.packed import PackedSamples
 from backend.nerf.rendering import render_rays, render_samples
 from backend.nerf.subject import SubjectBounds
 
-from .losses import distortion_loss
+from .losses import distortion_loss, opacity_binarization
 
 __all__ = [
     "DeferredAborted",
@@ -116,18 +116,21 @@ class DeferredStep:
         image_loss: value of the image-space loss ``L_img``.
         terms: its unweighted terms (``"directional"``, ... as returned by the loss function), as floats.
         regularization: unweighted ``L_reg`` (per-pixel mean of the distortion loss), 0 when not computed.
-        total: ``image_loss + reg_weight * regularization``.
+        opacity_loss: unweighted ``L_opa`` (per-pixel mean of :func:`~backend.stylize.losses.opacity_binarization`),
+            0 when not computed.
+        total: ``image_loss + reg_weight * regularization + opacity_weight * opacity_loss``.
         image: ``(1, 3, H, W)`` the pass-1 image, detached.
         opacity: ``(H, W)`` pass-1 opacity, detached.
         n_samples: samples of the view (kept between the passes).
         gradient_norms: only when asked for (``term_weights``): per term (``"directional"``, ...,
-            ``"regularization"``), the norm of the parameter gradient that term alone gives, split into the hash
+            ``"regularization"``, ``"opacity"``), the norm of the parameter gradient that term alone gives, split into the hash
             grid (``"grid"``) and the MLPs (``"mlp"``); see :func:`gradient_norms_by_term`.
     """
 
     image_loss: float
     terms: dict[str, float] = field(default_factory=dict)
     regularization: float = 0.0
+    opacity_loss: float = 0.0
     total: float = 0.0
     image: Tensor | None = None
     opacity: Tensor | None = None
@@ -251,34 +254,37 @@ def backward_pass2(
     grad_rgb: Tensor,  # [n_rays, 3]
     *,
     reg_weight: float = 0.0,
+    opacity_weight: float = 0.0,
     chunk: int = 2**14,
     should_stop: Callable[[], bool] | None = None,
-) -> float:
+) -> tuple[float, float]:
     """Pass 2: re-render each chunk on its stored samples and accumulate parameter gradients.
 
-    For every chunk ``c``: ``torch.autograd.backward([rgb_c, reg_c], [grad_rgb_c, None])`` with
-    ``reg_c = reg_weight · Σ_{rays in c} L_dist / n_rays`` (spec Section 6, project form, step 3). Gradients add
-    to whatever ``.grad`` already holds (zero them before pass 1).
+    For every chunk ``c``: ``torch.autograd.backward([rgb_c, reg_c, opa_c], [grad_rgb_c, None, None])`` with
+    ``reg_c = reg_weight · Σ_{rays in c} L_dist / n_rays`` (spec Section 6, project form, step 3) and ``opa_c``
+    the same for ``L_opa`` with ``opacity_weight``. Gradients add to whatever ``.grad`` already holds (zero them
+    before pass 1).
 
     Args:
         model: the same model, unchanged since pass 1 (no optimizer step or occupancy update in between).
         view: pass 1 of this view.
         grad_rgb: ``(n_rays, 3)`` ``∂L_img/∂rgb``.
         reg_weight: ``λ_reg``; 0 skips the distortion loss (and its cost).
+        opacity_weight: ``λ_opa``; 0 skips the opacity prior.
         chunk: rays per gradient chunk (bounds the graph held at once).
         should_stop: polled between chunks; True raises :class:`DeferredAborted`.
 
     Returns:
-        The unweighted ``L_reg`` of the view (per-pixel mean), or 0.0 when ``reg_weight == 0``.
+        The unweighted ``L_reg`` and ``L_opa`` of the view (per-pixel means), each 0.0 when its weight is 0.
     """
     n = view.n_rays
     if grad_rgb.shape != (n, 3):
         raise ValueError(f"grad_rgb must have shape ({n}, 3), got {tuple(grad_rgb.shape)}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if reg_weight < 0:
-        raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
-    reg_total = 0.0
+    if reg_weight < 0 or opacity_weight < 0:
+        raise ValueError(f"reg_weight and opacity_weight must be >= 0, got {reg_weight}, {opacity_weight}")
+    reg_total = opa_total = 0.0
     bg = view.background
     for c0 in range(0, n, chunk):
         if should_stop is not None and should_stop():
@@ -297,10 +303,15 @@ def backward_pass2(
             reg_total += float(reg.detach())
             tensors.append(reg_weight * reg)
             grads.append(None)
+        if opacity_weight > 0:
+            opa = opacity_binarization(out.weights, samples.ray_indices, c1 - c0, reduction="sum") / n
+            opa_total += float(opa.detach())
+            tensors.append(opacity_weight * opa)
+            grads.append(None)
         if not any(t.requires_grad for t in tensors):
             continue  # every parameter the chunk depends on is frozen
         torch.autograd.backward(tensors, grads)
-    return reg_total
+    return reg_total, opa_total
 
 
 def _parameter_groups(model: NeRFModel) -> dict[str, list[torch.nn.Parameter]]:
@@ -312,7 +323,7 @@ def _parameter_groups(model: NeRFModel) -> dict[str, list[torch.nn.Parameter]]:
 
 
 def parameter_gradient(model: NeRFModel, view: ViewPass1, grad_rgb: Tensor, *, reg_weight: float = 0.0,
-                       chunk: int = 2**14) -> dict[str, list[Tensor | None]]:
+                       opacity_weight: float = 0.0, chunk: int = 2**14) -> dict[str, list[Tensor | None]]:
     """The parameter gradient of pass 2 for one image gradient, without touching the parameters' ``.grad``.
 
     Runs :func:`backward_pass2` on cleared ``.grad`` fields, collects the result and puts back what ``.grad`` held
@@ -321,11 +332,13 @@ def parameter_gradient(model: NeRFModel, view: ViewPass1, grad_rgb: Tensor, *, r
     Args:
         grad_rgb: ``(n_rays, 3)`` image-space gradient (zeros for the regularization alone).
         reg_weight: ``λ_reg`` (0: no distortion term).
+        opacity_weight: ``λ_opa`` (0: no opacity prior).
 
     Returns:
         ``{"grid": [...], "mlp": [...]}``: one gradient (or None) per trainable parameter of each group.
     """
-    _, grads = _gradients_of(model, lambda: backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk))
+    _, grads = _gradients_of(model, lambda: backward_pass2(model, view, grad_rgb, reg_weight=reg_weight,
+                                                           opacity_weight=opacity_weight, chunk=chunk))
     return grads
 
 
@@ -351,27 +364,31 @@ def _norm(grads: list[Tensor | None]) -> float:
 
 
 def gradient_norms_by_term(model: NeRFModel, view: ViewPass1, term_grads: dict[str, Tensor], *,
-                           reg_weight: float = 0.0, chunk: int = 2**14) -> dict[str, dict[str, float]]:
+                           reg_weight: float = 0.0, opacity_weight: float = 0.0,
+                           chunk: int = 2**14) -> dict[str, dict[str, float]]:
     """How much each loss term drives the parameters: the norm of the gradient it alone would give.
 
-    Every term's image gradient (already multiplied by its weight λ) goes through pass 2 separately, and so does
-    ``λ_reg L_reg`` alone. The norms are split into the hash grid (``"grid"``, which holds the geometry's fine
+    Every term's image gradient (already multiplied by its weight λ) goes through pass 2 separately, and so do
+    ``λ_reg L_reg`` and ``λ_opa L_opa`` alone. The norms are split into the hash grid (``"grid"``, which holds the geometry's fine
     detail) and the MLPs (``"mlp"``), plus their root-sum-square (``"all"``). Costs one pass 2 per term: for
     reports every few dozen iterations, not for every step.
 
     Args:
         term_grads: ``{name: (n_rays, 3) λ_i ∂L_i/∂rgb}``.
         reg_weight: ``λ_reg``; > 0 adds a ``"regularization"`` entry.
+        opacity_weight: ``λ_opa``; > 0 adds an ``"opacity"`` entry.
 
     Returns:
         ``{term: {"grid": float, "mlp": float, "all": float}}``.
     """
     out: dict[str, dict[str, float]] = {}
-    jobs = [(name, g, 0.0) for name, g in term_grads.items()]
+    jobs = [(name, g, 0.0, 0.0) for name, g in term_grads.items()]
     if reg_weight > 0:
-        jobs.append(("regularization", torch.zeros_like(view.rgb), reg_weight))
-    for name, grad_rgb, reg in jobs:
-        grads = parameter_gradient(model, view, grad_rgb, reg_weight=reg, chunk=chunk)
+        jobs.append(("regularization", torch.zeros_like(view.rgb), reg_weight, 0.0))
+    if opacity_weight > 0:
+        jobs.append(("opacity", torch.zeros_like(view.rgb), 0.0, opacity_weight))
+    for name, grad_rgb, reg, opa in jobs:
+        grads = parameter_gradient(model, view, grad_rgb, reg_weight=reg, opacity_weight=opa, chunk=chunk)
         norms = {group: _norm(g) for group, g in grads.items()}
         norms["all"] = (norms["grid"] ** 2 + norms["mlp"] ** 2) ** 0.5
         out[name] = norms
@@ -388,6 +405,7 @@ def deferred_backward(
     background: Tensor | None = None,  # [3] or [H*W, 3]
     *,
     reg_weight: float = 0.0,
+    opacity_weight: float = 0.0,
     chunk_render: int = 2**15,
     chunk_grad: int = 2**14,
     jitter: Tensor | None = None,  # [H*W]
@@ -399,7 +417,7 @@ def deferred_backward(
 ) -> DeferredStep:
     """One view of deferred back-propagation: pass 1, image loss and its gradient, pass 2.
 
-    The parameter gradient of ``L_img(render(θ)) + reg_weight · L_reg(θ)`` is **added** to each trainable
+    The parameter gradient of ``L_img(render(θ)) + reg_weight · L_reg(θ) + opacity_weight · L_opa(θ)`` is **added** to each trainable
     parameter's ``.grad`` (call ``optimizer.zero_grad()`` first); no optimizer step is taken.
 
     Args:
@@ -410,6 +428,7 @@ def deferred_backward(
             :func:`~backend.stylize.losses.total_image_loss`.
         background: ``(3,)`` or ``(H*W, 3)`` colour behind the scene, or None (premultiplied).
         reg_weight: ``λ_reg`` (0: no distortion loss).
+        opacity_weight: ``λ_opa`` (0: no opacity prior).
         chunk_render: rays per pass-1 chunk.
         chunk_grad: rays per pass-2 chunk (the graph held at once).
         jitter: ``(H*W,)`` stratified offsets, or None for deterministic steps.
@@ -455,12 +474,14 @@ def deferred_backward(
     grad_rgb = rays_from_image(grad_image).contiguous()
     norms = None
     if term_weights is not None:
-        norms = gradient_norms_by_term(model, view, term_grads, reg_weight=reg_weight, chunk=chunk_grad)
-    reg = backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, chunk=chunk_grad, should_stop=should_stop)
+        norms = gradient_norms_by_term(model, view, term_grads, reg_weight=reg_weight, opacity_weight=opacity_weight,
+                                       chunk=chunk_grad)
+    reg, opa = backward_pass2(model, view, grad_rgb, reg_weight=reg_weight, opacity_weight=opacity_weight,
+                              chunk=chunk_grad, should_stop=should_stop)
     image_value = float(loss.detach())
     return DeferredStep(
         image_loss=image_value, terms={k: float(v.detach()) for k, v in terms.items()}, regularization=reg,
-        total=image_value + reg_weight * reg, image=image.detach(),
+        opacity_loss=opa, total=image_value + reg_weight * reg + opacity_weight * opa, image=image.detach(),
         opacity=view.opacity.detach().reshape(height, width), n_samples=view.samples.n_samples,
         gradient_norms=norms,
     )
@@ -468,11 +489,12 @@ def deferred_backward(
 
 def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
                     image_loss: ImageLossFn, background: Tensor | None = None, *, reg_weight: float = 0.0,
+                    opacity_weight: float = 0.0,
                     subject: SubjectBounds | None = None) -> tuple[dict[str, list[Tensor | None]], float]:
     """The reference for deferred back-propagation: the whole view rendered with gradients at once, one backward.
 
     The samples are marched as in pass 1 (same settings, no jitter), then every sample is evaluated with autograd
-    and ``L_img + reg_weight · L_reg`` (per-pixel mean) is differentiated in one go. Needs the whole view's graph
+    and ``L_img + reg_weight · L_reg + opacity_weight · L_opa`` (per-pixel means) is differentiated in one go. Needs the whole view's graph
     in memory: for checks on small views. ``.grad`` fields are left as they were. ``subject``: march inside these
     bounds only, as :func:`deferred_backward` does.
 
@@ -487,6 +509,8 @@ def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: in
         total = total + reg_weight * distortion_loss(out.weights, view.samples.t_starts, view.samples.t_ends,
                                                      view.t_near, view.t_far, ray_indices=view.samples.ray_indices,
                                                      reduction="mean", check_inputs=False)
+    if opacity_weight > 0:
+        total = total + opacity_weight * opacity_binarization(out.weights, view.samples.ray_indices, view.n_rays)
     groups = _parameter_groups(model)
     params = groups["grid"] + groups["mlp"]
     grads = torch.autograd.grad(total, params, allow_unused=True)
@@ -496,7 +520,7 @@ def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: in
 
 def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: int, width: int,
                             image_loss: ImageLossFn, background: Tensor | None = None, *, reg_weight: float = 0.0,
-                            chunk_render: int = 2**15, chunk_grad: int = 2**14,
+                            opacity_weight: float = 0.0, chunk_render: int = 2**15, chunk_grad: int = 2**14,
                             subject: SubjectBounds | None = None) -> dict[str, float]:
     """How far the deferred gradient is from :func:`direct_gradient`, on whatever path ``model`` runs
     (eager on the CPU; ``torch.compile`` + Triton hash grid on CUDA).
@@ -513,9 +537,10 @@ def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, he
         ValueError: a direct gradient is zero (the comparison would prove nothing).
     """
     reference, total_direct = direct_gradient(model, rays_o, rays_d, height, width, image_loss, background,
-                                              reg_weight=reg_weight, subject=subject)
+                                              reg_weight=reg_weight, opacity_weight=opacity_weight, subject=subject)
     step, deferred = _gradients_of(model, lambda: deferred_backward(
         model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
+        opacity_weight=opacity_weight,
         chunk_render=chunk_render, chunk_grad=chunk_grad, subject=subject))
     out: dict[str, float] = {}
     worst = 0.0

@@ -51,6 +51,7 @@ __all__ = [
     "local_contrastive_loss",
     "margin_contrastive_from_embeddings",
     "normalize_safe",
+    "opacity_binarization",
     "strength_value",
     "total_image_loss",
     "weights_for_strength",
@@ -522,6 +523,31 @@ def distortion_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, t_near: T
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def opacity_binarization(weights: Tensor, ray_indices: Tensor, n_rays: int, *,
+                         reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """``L_opa``: ``4 a (1 - a)`` per ray, ``a`` the ray's opacity (the sum of its sample weights), reduced over rays.
+
+    Not in NeRF-Art: a prior against semi-transparent matter (in the spirit of Neural Volumes' beta prior), 0 on
+    empty and on solid rays and 1 at ``a = 1/2``, so its gradient pushes each ray to empty or solid. The loop adds
+    it only while the shape may grow (:data:`backend.stylize.loop.OPACITY_SHAPE`), against the haze that growing
+    shape otherwise forms in front of the face. ``reduction="mean"`` divides by ``n_rays`` (empty rays count 0);
+    ``"sum"`` is for the chunked gradient pass, divided by the image's ray count by the caller.
+
+    Args:
+        weights: ``(n_samples,)`` volume-rendering weights of packed samples.
+        ray_indices: ``(n_samples,)`` the ray of each sample, in ``[0, n_rays)``.
+        n_rays: rays in this batch.
+    """
+    if weights.shape != ray_indices.shape or weights.ndim != 1:
+        raise ValueError(f"weights and ray_indices must be matching 1-D tensors, got {tuple(weights.shape)} and "
+                         f"{tuple(ray_indices.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    a = weights.new_zeros(n_rays).index_add(0, ray_indices.long(), weights)  # (n_rays,)
+    total = (4.0 * a * (1.0 - a)).clamp_min(0.0).sum()  # a may pass 1 by rounding: that costs nothing
+    return total / max(n_rays, 1) if reduction == "mean" else total
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Image-level losses (run CLIP).
 
@@ -634,6 +660,11 @@ class LossWeights:
             region instead (:mod:`backend.stylize.loop`). (At the former 0.1 in box-chord units its gradient was
             ~1e-4 of the image terms': inert.) Applied by the loop in the gradient pass, not by
             :func:`total_image_loss`.
+        opacity: λ_opa = 0 (off): weight of :func:`opacity_binarization`, which is not in NeRF-Art. The loop turns
+            it on only while the shape may grow (``OPACITY_SHAPE`` in :mod:`backend.stylize.loop`): on the CPU
+            spheres at the maximum shape freedom (stand-in encoder), λ_opa 3 cut the haze in front of the surface
+            from 9.6 % to 2.5 % while the outline grew as far (``bench/results/shape_cpu_study.md``). PROVISIONAL.
+            Applied by the loop in the gradient pass, as λ_reg.
     """
 
     directional: float = 1.0
@@ -641,6 +672,7 @@ class LossWeights:
     local_contrastive: float = 0.2
     perceptual: float = 1.0
     regularization: float = 0.0
+    opacity: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -807,7 +839,7 @@ def weights_for_strength(strength: float | str) -> LossWeights:
     1.0                    0.4         0.4        0.5         1.0     600
     ===========  ========  ==========  =========  ==========  ======  ==========
 
-    ``s = 0.5`` gives the defaults (:class:`LossWeights`). λ_dir (the style direction) and λ_reg (artifact
+    ``s = 0.5`` gives the defaults (:class:`LossWeights`). λ_dir (the style direction), λ_reg and λ_opa (artifact
     suppression, not strength) stay fixed. Iterations come from :func:`iterations_for_strength`.
     """
     s = strength_value(strength)
@@ -815,7 +847,7 @@ def weights_for_strength(strength: float | str) -> LossWeights:
     base = LossWeights()
     return LossWeights(directional=base.directional, global_contrastive=base.global_contrastive * g,
                        local_contrastive=base.local_contrastive * g, perceptual=base.perceptual / g,
-                       regularization=base.regularization)
+                       regularization=base.regularization, opacity=base.opacity)
 
 
 def iterations_for_strength(strength: float | str) -> int:
