@@ -165,8 +165,9 @@ JOB_PARAMS: dict[str, tuple[Field, ...]] = {
         Field("shape_freedom", "float", "Shape freedom: how far the stylized surface may move outwards, in head "
               "radii (the reconstruction's unit: the radius of the region of interest the capture was normalised "
               "to); 0 (default) keeps the head's shape, 0.25 lets a style add a quarter of that radius around it, "
-              "0.5 leaves room for a hat or horns, with faster shape learning and the weight regularization on. "
-              "Shape grows only inside the subject bounds. Ignored with colour_only.",
+              "0.5 leaves room for a hat or horns, with faster shape learning, the weight regularization and an "
+              "opacity prior (against haze) on. Shape grows only inside the subject bounds. Ignored with "
+              "colour_only.",
               required=False, min=0, max=0.5),
         Field("clip_model", "str", "open_clip model name (default ViT-B-32).", required=False),
         Field("clip_pretrained", "str", "open_clip pretrained tag, a local checkpoint path, or 'random' "
