@@ -188,7 +188,8 @@ LAMBDA_REG_SHAPE = 1.0
 #: λ_opa (the opacity prior, not in NeRF-Art: losses.opacity_binarization) whenever shape_freedom > 0 (0
 #: otherwise). Growing shape starts as faint density; the prior pushes each ray to empty or solid, so it grows as
 #: solid shape rather than as haze in front of the face: on the CPU spheres at the maximum freedom, haze in front
-#: 9.6 % -> 2.5 % (λ_opa 1: 6.7 %) with the outline grown as far (bench/results/shape_cpu_study.md). PROVISIONAL:
+#: 9.6 % -> 2.5 % (λ_opa 1: 6.7 %) with the outline grown as far, and "a red face" no longer thinned them
+#: (silhouette x1.001, x0.78 without; bench/results/shape_cpu_study.md). PROVISIONAL:
 #: CPU spheres with the stand-in, not real CLIP.
 OPACITY_SHAPE = 3.0
 
