@@ -7,6 +7,8 @@ with the whole image rendered with grad at once on the same samples (relative er
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -61,6 +63,17 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def mse_to_noise(seed: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """An image loss for the exactness checks: the mean squared distance to a fixed random image."""
+    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mse = ((image - target) ** 2).mean()
+        return mse, {"mse": mse}
+
+    return loss_fn
+
+
 def assert_exact(err: dict[str, float], rtol: float = 1e-4) -> None:
     """Deferred and direct gradients agree on every parameter tensor (and the losses agree)."""
     assert err["max"] < rtol and err["grid"] < rtol and err["mlp"] < rtol, err
@@ -81,11 +94,7 @@ def test_deferred_equals_direct_backprop_mse_and_distortion(ckpt: NeRFCheckpoint
     model = ckpt.model
     rays_o, rays_d = view_rays(ckpt, 1)
     bg = torch.ones(3)
-    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-
-    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mse = ((image - target) ** 2).mean()
-        return mse, {"mse": mse}
+    loss_fn = mse_to_noise(0)
 
     # Odd chunk sizes: chunks split the image mid-row, and pass 1 and pass 2 chunk differently.
     err = deferred_gradient_error(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
@@ -118,11 +127,7 @@ def test_deferred_equals_direct_with_the_opacity_prior(ckpt: NeRFCheckpoint) -> 
     model = ckpt.model
     rays_o, rays_d = view_rays(ckpt, 2)
     bg = torch.ones(3)
-    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
-
-    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mse = ((image - target) ** 2).mean()
-        return mse, {"mse": mse}
+    loss_fn = mse_to_noise(5)
 
     err = deferred_gradient_error(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
                                   opacity_weight=3.0, chunk_render=100, chunk_grad=37)
@@ -156,11 +161,7 @@ def test_deferred_equals_direct_within_subject_bounds(ckpt: NeRFCheckpoint) -> N
     model = ckpt.model
     rays_o, rays_d = view_rays(ckpt, 1)
     bg = torch.ones(3)
-    target = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-
-    def loss_fn(image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mse = ((image - target) ** 2).mean()
-        return mse, {"mse": mse}
+    loss_fn = mse_to_noise(2)
 
     err = deferred_gradient_error(model, rays_o, rays_d, SIZE, SIZE, loss_fn, bg, reg_weight=LAMBDA_REG,
                                   chunk_render=100, chunk_grad=37, subject=bounds)
