@@ -234,8 +234,9 @@ def gpu_exactness(rec: NeRFCheckpoint, device: torch.device, smoke: bool) -> dic
                                 generator=generator, perceptual=perceptual, weights=config.resolved_weights(),
                                 config=config.loss, templates=config.templates())
 
-    # λ_reg 0.1 although the default is 0: the check covers the distortion term's gradient too.
-    return deferred_gradient_error(model, rays_o, rays_d, h, w, loss_fn, bg, reg_weight=0.1,
+    # λ_reg 0.1 and λ_opa 3 although both are 0 at shape freedom 0: the check covers the distortion term's and the
+    # opacity prior's gradients too.
+    return deferred_gradient_error(model, rays_o, rays_d, h, w, loss_fn, bg, reg_weight=0.1, opacity_weight=3.0,
                                    chunk_render=2**15, chunk_grad=2**14)
 
 
@@ -322,7 +323,7 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         lines.append(f"Relative error of the deferred gradient against direct back-propagation through the whole view "
                      f"(`deferred_gradient_error`, model compiled: {exact['compiled'] > 0}, Triton hash grid: "
                      f"{exact['triton'] > 0}, view {exact['width']:.0f}x{exact['height']:.0f}, {exact['samples']:.0f} "
-                     f"samples, all four image terms plus λ_reg L_reg): hash grid {exact['grid']:.2e}, MLPs "
+                     f"samples, all four image terms plus λ_reg L_reg and λ_opa L_opa): hash grid {exact['grid']:.2e}, MLPs "
                      f"{exact['mlp']:.2e}, worst parameter tensor {exact['max']:.2e}; loss {exact['loss_rel']:.1e}.")
     else:
         lines.append("(skipped: --skip-exactness)" if args.skip_exactness else "(not reached)")
