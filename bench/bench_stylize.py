@@ -323,8 +323,8 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         lines.append(f"Relative error of the deferred gradient against direct back-propagation through the whole view "
                      f"(`deferred_gradient_error`, model compiled: {exact['compiled'] > 0}, Triton hash grid: "
                      f"{exact['triton'] > 0}, view {exact['width']:.0f}x{exact['height']:.0f}, {exact['samples']:.0f} "
-                     f"samples, all four image terms plus λ_reg L_reg and λ_opa L_opa): hash grid {exact['grid']:.2e}, MLPs "
-                     f"{exact['mlp']:.2e}, worst parameter tensor {exact['max']:.2e}; loss {exact['loss_rel']:.1e}.")
+                     f"samples, all four image terms plus λ_reg L_reg and λ_opa L_opa): hash grid "
+                     f"{exact['grid']:.2e}, MLPs {exact['mlp']:.2e}, worst parameter tensor {exact['max']:.2e}; loss {exact['loss_rel']:.1e}.")
     else:
         lines.append("(skipped: --skip-exactness)" if args.skip_exactness else "(not reached)")
     lines += ["", f"## Outputs: render job fps ({OUTPUT_SIZE}x{OUTPUT_SIZE} turntable, {OUTPUT_FRAMES} frames after "

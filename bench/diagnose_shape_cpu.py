@@ -64,11 +64,7 @@ def use_exponential_foreground(tau: float = 0.05) -> None:
     """The stand-in's former foreground-ness (module docstring), for reproducing the diagnosis made with it."""
 
     def foreground(self: AnalyticStandInEncoder, pixels: torch.Tensor) -> torch.Tensor:  # [B,3,S,S] -> [B,S,S]
-        x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
-        d = x - self.background.to(pixels.dtype)
-        eps = standin_encoder.FG_EPS
-        deviation = ((d.pow(2) + eps**2).sqrt() - eps).mean(dim=1)
-        return 1.0 - torch.exp(-deviation / tau)
+        return 1.0 - torch.exp(-self.deviation(pixels) / tau)
 
     AnalyticStandInEncoder.foreground = foreground  # type: ignore[method-assign]
 

@@ -123,8 +123,8 @@ class DeferredStep:
         opacity: ``(H, W)`` pass-1 opacity, detached.
         n_samples: samples of the view (kept between the passes).
         gradient_norms: only when asked for (``term_weights``): per term (``"directional"``, ...,
-            ``"regularization"``, ``"opacity"``), the norm of the parameter gradient that term alone gives, split into the hash
-            grid (``"grid"``) and the MLPs (``"mlp"``); see :func:`gradient_norms_by_term`.
+            ``"regularization"``, ``"opacity"``), the norm of the parameter gradient that term alone gives, split
+            into the hash grid (``"grid"``) and the MLPs (``"mlp"``); see :func:`gradient_norms_by_term`.
     """
 
     image_loss: float
@@ -304,7 +304,7 @@ def backward_pass2(
             tensors.append(reg_weight * reg)
             grads.append(None)
         if opacity_weight > 0:
-            opa = opacity_binarization(out.weights, samples.ray_indices, c1 - c0, reduction="sum") / n
+            opa = opacity_binarization(out.opacity, reduction="sum") / n
             opa_total += float(opa.detach())
             tensors.append(opacity_weight * opa)
             grads.append(None)
@@ -369,9 +369,9 @@ def gradient_norms_by_term(model: NeRFModel, view: ViewPass1, term_grads: dict[s
     """How much each loss term drives the parameters: the norm of the gradient it alone would give.
 
     Every term's image gradient (already multiplied by its weight λ) goes through pass 2 separately, and so do
-    ``λ_reg L_reg`` and ``λ_opa L_opa`` alone. The norms are split into the hash grid (``"grid"``, which holds the geometry's fine
-    detail) and the MLPs (``"mlp"``), plus their root-sum-square (``"all"``). Costs one pass 2 per term: for
-    reports every few dozen iterations, not for every step.
+    ``λ_reg L_reg`` and ``λ_opa L_opa`` alone. The norms are split into the hash grid (``"grid"``, which holds the
+    geometry's fine detail) and the MLPs (``"mlp"``), plus their root-sum-square (``"all"``). Costs one pass 2 per
+    term: for reports every few dozen iterations, not for every step.
 
     Args:
         term_grads: ``{name: (n_rays, 3) λ_i ∂L_i/∂rgb}``.
@@ -417,8 +417,9 @@ def deferred_backward(
 ) -> DeferredStep:
     """One view of deferred back-propagation: pass 1, image loss and its gradient, pass 2.
 
-    The parameter gradient of ``L_img(render(θ)) + reg_weight · L_reg(θ) + opacity_weight · L_opa(θ)`` is **added** to each trainable
-    parameter's ``.grad`` (call ``optimizer.zero_grad()`` first); no optimizer step is taken.
+    The parameter gradient of ``L_img(render(θ)) + reg_weight · L_reg(θ) + opacity_weight · L_opa(θ)`` is
+    **added** to each trainable parameter's ``.grad`` (call ``optimizer.zero_grad()`` first); no optimizer step is
+    taken.
 
     Args:
         model: the NeRF being stylized.
@@ -494,9 +495,9 @@ def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: in
     """The reference for deferred back-propagation: the whole view rendered with gradients at once, one backward.
 
     The samples are marched as in pass 1 (same settings, no jitter), then every sample is evaluated with autograd
-    and ``L_img + reg_weight · L_reg + opacity_weight · L_opa`` (per-pixel means) is differentiated in one go. Needs the whole view's graph
-    in memory: for checks on small views. ``.grad`` fields are left as they were. ``subject``: march inside these
-    bounds only, as :func:`deferred_backward` does.
+    and ``L_img + reg_weight · L_reg + opacity_weight · L_opa`` (per-pixel means) is differentiated in one go.
+    Needs the whole view's graph in memory: for checks on small views. ``.grad`` fields are left as they were.
+    ``subject``: march inside these bounds only, as :func:`deferred_backward` does.
 
     Returns:
         ``({"grid": [...], "mlp": [...]}, total loss)``: the gradient of each trainable parameter and the loss.
@@ -510,7 +511,7 @@ def direct_gradient(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, height: in
                                                      view.t_near, view.t_far, ray_indices=view.samples.ray_indices,
                                                      reduction="mean", check_inputs=False)
     if opacity_weight > 0:
-        total = total + opacity_weight * opacity_binarization(out.weights, view.samples.ray_indices, view.n_rays)
+        total = total + opacity_weight * opacity_binarization(out.opacity)
     groups = _parameter_groups(model)
     params = groups["grid"] + groups["mlp"]
     grads = torch.autograd.grad(total, params, allow_unused=True)
@@ -540,8 +541,7 @@ def deferred_gradient_error(model: NeRFModel, rays_o: Tensor, rays_d: Tensor, he
                                               reg_weight=reg_weight, opacity_weight=opacity_weight, subject=subject)
     step, deferred = _gradients_of(model, lambda: deferred_backward(
         model, rays_o, rays_d, height, width, image_loss, background, reg_weight=reg_weight,
-        opacity_weight=opacity_weight,
-        chunk_render=chunk_render, chunk_grad=chunk_grad, subject=subject))
+        opacity_weight=opacity_weight, chunk_render=chunk_render, chunk_grad=chunk_grad, subject=subject))
     out: dict[str, float] = {}
     worst = 0.0
     for name in ("grid", "mlp"):

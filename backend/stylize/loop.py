@@ -189,8 +189,8 @@ LAMBDA_REG_SHAPE = 1.0
 #: otherwise). Growing shape starts as faint density; the prior pushes each ray to empty or solid, so it grows as
 #: solid shape rather than as haze in front of the face: on the CPU spheres at the maximum freedom, haze in front
 #: 9.6 % -> 2.5 % (λ_opa 1: 6.7 %) with the outline grown as far, and "a red face" no longer thinned them
-#: (silhouette x1.001, x0.78 without; bench/results/shape_cpu_study.md). PROVISIONAL:
-#: CPU spheres with the stand-in, not real CLIP.
+#: (silhouette x1.001, x0.78 without; bench/results/shape_cpu_study.md). PROVISIONAL: CPU spheres with the
+#: stand-in, not real CLIP.
 OPACITY_SHAPE = 3.0
 
 # LPIPS's VGG reaches relu5_3 after four 2x poolings: smaller images leave it no spatial extent.
@@ -766,7 +766,8 @@ def _stylize(
         try:
             measure = config.report_gradients_every > 0 and (it + 1) % config.report_gradients_every == 0
             step = deferred_backward(model, rays_o, rays_d, h, w, image_loss, background, reg_weight=reg_weight,
-                                     opacity_weight=opacity_weight, chunk_render=config.chunk_render, chunk_grad=config.chunk_grad, jitter=jitter,
+                                     opacity_weight=opacity_weight, chunk_render=config.chunk_render,
+                                     chunk_grad=config.chunk_grad, jitter=jitter,
                                      early_stop_eps=early_stop_eps, should_stop=stop,
                                      term_weights=_term_weights(weights) if measure else None, subject=subject)
         except DeferredAborted:

@@ -523,29 +523,24 @@ def distortion_loss(weights: Tensor, t_starts: Tensor, t_ends: Tensor, t_near: T
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def opacity_binarization(weights: Tensor, ray_indices: Tensor, n_rays: int, *,
-                         reduction: Literal["mean", "sum"] = "mean") -> Tensor:
-    """``L_opa``: ``4 a (1 - a)`` per ray, ``a`` the ray's opacity (the sum of its sample weights), reduced over rays.
+def opacity_binarization(opacity: Tensor, *, reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """``L_opa``: ``4 a (1 - a)`` per ray, ``a`` the ray's opacity, reduced over rays.
 
     Not in NeRF-Art: a prior against semi-transparent matter (in the spirit of Neural Volumes' beta prior), 0 on
     empty and on solid rays and 1 at ``a = 1/2``, so its gradient pushes each ray to empty or solid. The loop adds
     it only while the shape may grow (:data:`backend.stylize.loop.OPACITY_SHAPE`), against the haze that growing
-    shape otherwise forms in front of the face. ``reduction="mean"`` divides by ``n_rays`` (empty rays count 0);
+    shape otherwise forms in front of the face. ``reduction="mean"`` averages over the rays (empty rays count 0);
     ``"sum"`` is for the chunked gradient pass, divided by the image's ray count by the caller.
 
     Args:
-        weights: ``(n_samples,)`` volume-rendering weights of packed samples.
-        ray_indices: ``(n_samples,)`` the ray of each sample, in ``[0, n_rays)``.
-        n_rays: rays in this batch.
+        opacity: ``(n_rays,)`` the rays' opacities, as the renderer composites them (``RenderOutput.opacity``).
     """
-    if weights.shape != ray_indices.shape or weights.ndim != 1:
-        raise ValueError(f"weights and ray_indices must be matching 1-D tensors, got {tuple(weights.shape)} and "
-                         f"{tuple(ray_indices.shape)}")
+    if opacity.ndim != 1:
+        raise ValueError(f"opacity must be one value per ray, got shape {tuple(opacity.shape)}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    a = weights.new_zeros(n_rays).index_add(0, ray_indices.long(), weights)  # (n_rays,)
-    total = (4.0 * a * (1.0 - a)).clamp_min(0.0).sum()  # a may pass 1 by rounding: that costs nothing
-    return total / max(n_rays, 1) if reduction == "mean" else total
+    total = (4.0 * opacity * (1.0 - opacity)).clamp_min(0.0).sum()  # a may pass 1 by rounding: that costs nothing
+    return total / max(opacity.shape[0], 1) if reduction == "mean" else total
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ hat" raised that stand-in's height from 0.39 to 0.86 through haze while the soli
 ``bench/results/shape_cpu_study.md``, addendum of 2026-12-07). Because a render is ``rgb = α c + (1 - α) bg``,
 ``m`` grows with the opacity ``α`` wherever the subject's colour differs from the ground; its slope peaks where
 ``δ`` is near ``SOLID_DEVIATION`` (the half-transparent outline) and stays positive, if small, in the air beside
-it, so the gradient reaches density at the outline and just outside it, not only inside. From ``m``, over the ``S x S`` CLIP input:
+it, so the gradient reaches density at the outline and just outside it, not only inside. From ``m``, over the
+``S x S`` CLIP input:
 
 * ``area``: ``mean(m)``, the fraction of the frame the subject covers;
 * ``height``: the fraction of rows the outline reaches, ``mean_y (1 - exp(-mean_x m / P_TOUCH))``: a row counts as
@@ -143,8 +144,9 @@ K_STRIPE = 8.0
 _SMOOTH_EPS = 1e-6  # keeps sqrt differentiable at 0
 # Shape: a pixel differing from the ground by SOLID_DEVIATION (mean over channels) is half foreground, one that
 # differs by twice that almost all, so skin, hair and clothes on a white ground read as subject while haze of a few
-# percent opacity reads as ground; a row (column) counts as reached once P_TOUCH of it is subject. Area, height and width span [0, 1]; the gains put a silhouette that fills the
-# frame or vanishes about as far from the content axis as a strong colour.
+# percent opacity reads as ground; a row (column) counts as reached once P_TOUCH of it is subject. Area, height
+# and width span [0, 1]; the gains put a silhouette that fills the frame or vanishes about as far from the content
+# axis as a strong colour.
 SOLID_DEVIATION = 0.15
 SOLID_SLOPE = 0.04
 FG_EPS = 1e-3
@@ -315,15 +317,18 @@ class AnalyticStandInEncoder(nn.Module):
         self._word_vectors_cpu = table / norms.clamp_min(1e-12)
         self._hashed: dict[int, Tensor] = {}
 
+    def deviation(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, S, S]
+        """Per-pixel mean colour deviation ``δ`` of CLIP-normalised input from the known background (module
+        docstring), in [0, 1]."""
+        x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
+        d = x - self.background.to(pixels.dtype)
+        return ((d.pow(2) + FG_EPS**2).sqrt() - FG_EPS).mean(dim=1)
+
     def foreground(self, pixels: Tensor) -> Tensor:  # [B, 3, S, S] -> [B, S, S]
         """Per-pixel foreground-ness ``m`` in [0, 1) of CLIP-normalised input against the known background
         (module docstring): 0 on the plain ground and under faint haze, near 1 on clearly visible subject."""
-        x = pixels * self.clip_std.to(pixels.dtype) + self.clip_mean.to(pixels.dtype)
-        d = x - self.background.to(pixels.dtype)
-        deviation = ((d.pow(2) + FG_EPS**2).sqrt() - FG_EPS).mean(dim=1)
-        floor = math.exp(-SOLID_DEVIATION / SOLID_SLOPE)
-        floor = floor / (1.0 + floor)  # σ((0 - SOLID_DEVIATION) / SOLID_SLOPE): bare ground reads exactly 0
-        step = torch.sigmoid((deviation - SOLID_DEVIATION) / SOLID_SLOPE)
+        floor = 1.0 / (1.0 + math.exp(SOLID_DEVIATION / SOLID_SLOPE))  # the step at δ = 0: bare ground reads 0
+        step = torch.sigmoid((self.deviation(pixels) - SOLID_DEVIATION) / SOLID_SLOPE)
         return ((step - floor) / (1.0 - floor)).clamp_min(0.0)
 
     def image_features(self, pixels: Tensor) -> dict[str, Tensor]:
