@@ -49,12 +49,21 @@ if str(REPO) not in sys.path:
 
 from backend.demo.turntable import orbit_from_cameras, orbit_poses  # noqa: E402
 from backend.jobs.local import run_job_locally  # noqa: E402
-from backend.jobs.subject import as_subject  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint  # noqa: E402
 from backend.nerf.evaluate import evaluate_psnr  # noqa: E402
 from backend.nerf.frame_renderer import FrameRenderer  # noqa: E402
-from backend.nerf.subject import SubjectBounds, default_subject_bounds  # noqa: E402
+from backend.nerf.subject import (  # noqa: E402
+    DETECT_VIEWS,
+    SEARCH_HALF_EXTENT,
+    SEARCH_RESOLUTION,
+    SubjectBounds,
+    bounds_from_hits,
+    capture_frame,
+    default_subject_bounds,
+    seen_surface_hits,
+)
 from bench.results_file import write_results  # noqa: E402
 from captures import Cameras, load_capture  # noqa: E402
 from captures.images import MATTE_DIR_NAMES  # noqa: E402
@@ -231,6 +240,21 @@ def render_fps(job_id: str, cams: Cameras, work: Path, device: str, include_back
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0}
 
 
+def seen_through_only_cells(ckpt: NeRFCheckpoint, device: str) -> torch.Tensor:
+    """``(R, R, R)`` bool: the occupancy cells the detection left out before it also left out what the views see
+    beside the person: the air its cameras saw through, alone, on the same model (for comparison)."""
+    cams = detection_cameras(ckpt)
+    frame = capture_frame(cams)
+    hits, through, ends = seen_surface_hits(ckpt.model.density, cams, frame, device, resolution=SEARCH_RESOLUTION,
+                                            half_extent=SEARCH_HALF_EXTENT, n_views=DETECT_VIEWS)
+    det = bounds_from_hits(hits, len(ends), frame, SEARCH_HALF_EXTENT, default_subject_bounds(cams),
+                           seen_through=through)
+    grid = ckpt.model.occupancy
+    if det.air is None:
+        return torch.zeros_like(grid.binary)
+    return det.air.cells(grid.resolution, ckpt.model.domain, grid.binary.device)
+
+
 def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, size: int, work: Path, device: str,
             save_dir: Path | None) -> dict[str, Any]:
     ckpt = r.ckpt
@@ -245,6 +269,14 @@ def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, s
     matte_psnr, _ = evaluate_psnr(ckpt, cams, images, metric="matte", chunk=ckpt.config.eval_chunk)
     air_errors: list[tuple[float, float]] = []
     air_scores = subject_alpha_iou(ckpt, bounds, cams, images, errors=air_errors)
+    # The subject without the seen air alone (the rule before it also left out what the views see beside the
+    # person), on the same grid, which is then restored.
+    grid = ckpt.model.occupancy.binary
+    whole_grid = grid.clone()
+    grid &= ~seen_through_only_cells(ckpt, device)
+    through_errors: list[tuple[float, float]] = []
+    through_scores = subject_alpha_iou(ckpt, bounds, cams, images, errors=through_errors)
+    grid.copy_(whole_grid)
     air_cells = as_subject(ckpt)
     t0 = time.perf_counter()
     errors: list[tuple[float, float]] = []
@@ -259,6 +291,7 @@ def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, s
     print(f"  [{r.label}] with background: {whole}", flush=True)
     lo, hi = bounds.aabb()
     return {"iou": scores, "errors": errors, "iou_air": air_scores, "errors_air": air_errors,
+            "iou_through": through_scores, "errors_through": through_errors,
             "air_cells": air_cells, "iou_default": default_scores, "iou_s": iou_s, "matte_psnr": matte_psnr,
             "only": only, "whole": whole, "aabb": (lo, hi), "names": list(cams.names)}
 
@@ -326,13 +359,14 @@ def main() -> int:
              "detection's fallback) on the same model. PSNR: the job's held-out metric (full image for the "
              "unmatted model, inside the matte for the matted one) and the full render scored inside the real "
              "matte.", "",
-             "The subject is what the jobs render: the bounds without the occupied cells the cameras saw through "
-             "(haze in the air around the head; 'air cells' counts them). 'Air kept': the same bounds with those "
-             "cells, the subject before they were left out.", "",
+             "The subject is what the jobs render: the bounds without the occupied cells that are not the person "
+             "('air cells' counts them): those the cameras saw through (haze in the air around the head) and those "
+             "most views see beside the person (haze the rays stop in). 'Seen-through only': without the second "
+             "kind (the rule before). 'Air kept': the bounds with all of those cells.", "",
              "| reconstruction | scene | training s (steps) | subject bounds | detection s | IoU mean | IoU worst "
-             "(view) | air cells | IoU air kept mean / worst | IoU default box mean / worst | held-out PSNR (job) "
-             "| PSNR inside matte | bounds aabb (model units) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "(view) | air cells | IoU seen-through only mean / worst | IoU air kept mean / worst | IoU default box "
+             "mean / worst | held-out PSNR (job) | PSNR inside matte | bounds aabb (model units) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r, m in rows:
         worst = int(np.argmin(m["iou"]))
         lo, hi = m["aabb"]
@@ -341,7 +375,8 @@ def main() -> int:
         lines.append(
             f"| {r.label} | {r.ckpt.background} | {r.outputs.get('elapsed_s', float('nan')):.0f} "
             f"({r.outputs.get('steps')}) | {source}{note} | {r.detect_s:.2f} | {np.mean(m['iou']):.3f} | "
-            f"{min(m['iou']):.3f} ({m['names'][worst]}) | {m['air_cells']} | {np.mean(m['iou_air']):.3f} / "
+            f"{min(m['iou']):.3f} ({m['names'][worst]}) | {m['air_cells']} | {np.mean(m['iou_through']):.3f} / "
+            f"{min(m['iou_through']):.3f} | {np.mean(m['iou_air']):.3f} / "
             f"{min(m['iou_air']):.3f} | {np.mean(m['iou_default']):.3f} / "
             f"{min(m['iou_default']):.3f} | {r.outputs.get('heldout_psnr', float('nan')):.2f} | "
             f"{m['matte_psnr']:.2f} | {np.round(lo, 2).tolist()} .. {np.round(hi, 2).tolist()} |")
@@ -350,6 +385,9 @@ def main() -> int:
               "Where they disagree, per view, as fractions of the matte's area: extra (the subject's alpha where the "
               "matte is background) / missing (matte the subject's alpha leaves out): "
               + "; ".join(f"{r.label}: " + ", ".join(f"{e:.3f}/{g:.3f}" for e, g in m["errors"]) for r, m in rows)
+              + "; seen-through only: " + "; ".join(f"{r.label}: " + ", ".join(f"{e:.3f}/{g:.3f}" for e, g in
+                                                                                m["errors_through"])
+                                                   for r, m in rows)
               + "; air kept: " + "; ".join(f"{r.label}: " + ", ".join(f"{e:.3f}/{g:.3f}" for e, g in m["errors_air"])
                                           for r, m in rows),
               "",

@@ -33,8 +33,13 @@ case $what in
         timeout 300 python3 bench/bench_subject_stylize.py --data "$scene" --runs bounds,bounds_air \
             --commit "$commit" --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -20 ;;
     shape)
+        # The reconstruction is kept too (float16, in 15 MB pieces: `cat ck.pt.* > ck.pt`) for scoring subject
+        # detections on the CPU (bench/subject_iou_cpu.py).
         timeout 480 python3 bench/sweep_shape.py --data "$scene" --no-mattes --iterations 400 --grid "0.5:d:s" \
-            --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 | grep -v Warning | tail -12 ;;
+            --save-checkpoint /tmp/rec_shape.pt --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 \
+            | grep -v Warning | tail -12
+        python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.bench_subject import \
+save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && split -b 15M -d /tmp/ck.pt "$out/ck.pt." ;;
     detection)
         # The subject alpha of two trainings (the add-on's default photo scale 1, and 0.5), each with its per-view
         # images and its checkpoint (float16) for scoring other detections on the CPU (bench/subject_iou_cpu.py).
@@ -47,12 +52,15 @@ case $what in
         # One reconstruction for both (the add-on's default photo scale; the stylization loads its float16 copy), each
         # cut short by its own limit rather than losing the other. "a big hat" does not fit beside them in one call
         # (the 400 iterations and their evaluation took over 150 s after loading): run `shape` on its own.
-        timeout 240 python3 bench/bench_subject.py --data "$scene" --skip-matted --commit "$commit" \
-            --save-images "$out/subject_images" --save-checkpoint "$out/rec_unmatted.pt" \
+        # The reconstruction comes back too (float16, in 15 MB pieces: `cat ck.pt.* > ck.pt`) for scoring other
+        # detections on the CPU (bench/subject_iou_cpu.py), with one held-out view's strip image.
+        timeout 250 python3 bench/bench_subject.py --data "$scene" --skip-matted --commit "$commit" \
+            --save-images /tmp/subject_images --save-checkpoint /tmp/rec_unmatted.pt \
             --out "$out/subject.md" 2>&1 | grep -v Warning | tail -12
-        timeout 170 python3 bench/bench_subject_stylize.py --data "$scene" --checkpoint "$out/rec_unmatted.pt" \
+        cp /tmp/subject_images/*000021* "$out/" 2>/dev/null
+        timeout 170 python3 bench/bench_subject_stylize.py --data "$scene" --checkpoint /tmp/rec_unmatted.pt \
             --runs bounds --commit "$commit" --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -12
-        rm -f "$out/rec_unmatted.pt" ;;
+        split -b 15M -d /tmp/rec_unmatted.pt "$out/ck.pt." ;;
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;

@@ -14,12 +14,15 @@ from backend.nerf.contraction import SceneDomain
 from backend.nerf.marching import MarchSettings, march_rays
 from backend.nerf.occupancy import OccupancyGrid
 from backend.nerf.subject import (
+    SEARCH_HALF_EXTENT,
     SubjectBounds,
     SubjectBoundsError,
+    bounds_from_hits,
     capture_frame,
     default_subject_bounds,
     detect_subject_bounds,
     min_volume_ellipsoid,
+    seen_surface_hits,
 )
 from captures.cameras import Cameras
 from captures.normalize import Normalization
@@ -362,3 +365,44 @@ def test_seen_air_marks_the_occupancy_cells_whose_centre_it_holds() -> None:
 
     assert cells[cell_of([0.7, 0.0, 0.25])] and not cells[cell_of([0.0, 0.0, 0.0])]
     assert not cells[cell_of([0.0, -0.45, 0.0])]
+
+
+def person_wall_and_dense_haze(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+    """:func:`person_and_wall` with a dense clump of haze beside the head (a ball of radius 0.12 at (0.66, 0, 0.3),
+    density 60: rays stop in it, so no view sees through it), as a reconstruction without mattes leaves beside a
+    head in front of a plain wall, and a small one above the head."""
+    clump = (x - torch.tensor([0.66, 0.0, 0.3])).norm(dim=-1) < 0.12
+    above = (x - torch.tensor([-0.2, 0.1, 0.75])).norm(dim=-1) < 0.09
+    return person_and_wall(x) + (clump | above).float() * 60.0
+
+
+def test_detection_leaves_out_dense_haze_that_the_views_see_beside_the_person() -> None:
+    cams = ring_cameras(focal=40.0)
+    det = detect_subject_bounds(person_wall_and_dense_haze, cams, "cpu", resolution=64)
+    assert det.found and det.air is not None
+    air = det.air.contains
+    # The clumps (their middle and the side the cameras see) are beside the person in every view.
+    clumps = torch.tensor([[0.66, 0.0, 0.3], [0.66, -0.1, 0.3], [0.6, -0.05, 0.35], [-0.2, 0.1, 0.75],
+                           [-0.2, 0.05, 0.7]])
+    assert bool(air(clumps).all())
+    # The person stays: its surface, its inside, the head's back no view sees, the torso.
+    person = torch.tensor([[0.0, 0.0, 0.43], [0.46, 0.0, 0.0], [0.0, -0.47, 0.0], [-0.33, -0.33, 0.0],
+                           [0.0, 0.0, 0.0], [0.2, 0.1, -0.1], [0.0, 0.4, 0.1], [0.0, -0.31, -0.8],
+                           [0.6, -0.32, -1.0], [0.7, 0.2, -0.6]])
+    assert not bool(air(person).any())
+    # Without the views' ray ends (the seen air alone) the dense clump stayed: no view saw through it.
+    hits, through, ends = seen_surface_hits(person_wall_and_dense_haze, cams, capture_frame(cams), "cpu",
+                                            resolution=64, half_extent=SEARCH_HALF_EXTENT)
+    seen_air_only = bounds_from_hits(hits, len(ends), capture_frame(cams), SEARCH_HALF_EXTENT,
+                                     default_subject_bounds(cams), seen_through=through)
+    assert seen_air_only.air is not None and not bool(seen_air_only.air.contains(clumps[:1]).any())
+
+
+def test_the_smeared_edge_of_a_weak_person_is_not_left_out_as_beside_it() -> None:
+    cams = ring_cameras(focal=40.0)
+    det = detect_subject_bounds(smeared_head_in_haze, cams, "cpu", resolution=64)
+    assert det.found and det.air is not None
+    # Points of the head and torso, to their smeared edge (the density is half its peak at radius 0.5).
+    edge = torch.tensor([[0.0, 0.0, 0.48], [0.48, 0.0, 0.0], [-0.48, 0.0, 0.0], [0.0, -0.48, 0.0],
+                         [0.34, -0.34, 0.0], [0.0, 0.0, 0.0], [0.78, -0.28, -0.8], [-0.5, 0.0, -1.05]])
+    assert not bool(det.air.contains(edge).any())
