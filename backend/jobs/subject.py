@@ -67,7 +67,8 @@ class SubjectDecision:
         source: ``"given"`` (params), ``"detected"`` (the density decided), ``"cameras"`` (the cameras' default,
             detection found no subject) or ``"checkpoint"`` (a resumed job's, decided before the interruption).
         note: why the cameras' default was used ("" otherwise).
-        air: ``(R, R, R)`` bool occupancy cells the cameras saw through (detected subjects only, else None).
+        air: ``(R, R, R)`` bool occupancy cells that are not the person: the cameras saw through them or see them
+            beside the person (detected subjects only, else None).
     """
 
     bounds: Any
@@ -114,9 +115,10 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
 
 
 def as_subject(ckpt: Any) -> int:
-    """Make a freshly loaded checkpoint render its subject: its occupancy grid loses the cells its cameras saw
-    through (``ckpt.subject_air``), so haze the reconstruction left in the air around a head (in front of a plain
-    wall, beside the neck) is neither rendered, stylized nor meshed with the subject. The whole scene (a render
+    """Make a freshly loaded checkpoint render its subject: its occupancy grid loses the cells that are not the
+    person (``ckpt.subject_air``: its cameras saw through them or see them beside the person), so haze the
+    reconstruction left around a head (in front of a plain wall, beside the neck) is neither rendered, stylized
+    nor meshed with the subject. The whole scene (a render
     with the background) keeps them: call this only where the checkpoint is used as the subject. Clears
     ``subject_air`` (a stylization of it must not lose what grows there). Returns the cells removed.
     """

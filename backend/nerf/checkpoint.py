@@ -8,7 +8,7 @@ occupancy grid), ``config`` (:class:`ReconstructConfig` dict), ``background`` ("
 ``normalization`` (``Normalization.to_dict()`` or None), ``cameras`` (world cameras as tensors and names),
 ``train_indices``, ``heldout_indices``, ``step``, ``metrics``, ``subject`` (the subject bounds,
 ``SubjectBounds.to_dict()`` in model coordinates, or None: checkpoints written before subject bounds existed
-have no key), optionally ``subject_air`` (the occupancy cells the cameras saw through, bool) and optionally
+have no key), optionally ``subject_air`` (the occupancy cells that are not the person, bool) and optionally
 ``train_state``.
 
 ``train_state`` is present only in a checkpoint of *unfinished* training (a job's periodic checkpoint, or the
@@ -61,7 +61,7 @@ class NeRFCheckpoint:
             for a finished model. Its ``"kind"`` says which loop wrote it (``"reconstruct"`` or ``"stylize"``).
         subject: the subject bounds (model coordinates) the jobs on this model use, or None when not known
             (then the whole scene is the subject).
-        subject_air: ``(R, R, R)`` bool occupancy cells of a reconstruction that its cameras saw through (the
+        subject_air: ``(R, R, R)`` bool occupancy cells of a reconstruction that are not the person (the
             subject detection's :class:`~backend.nerf.subject.SeenAir`): the whole scene renders them, the
             subject leaves them out (:func:`backend.jobs.subject.as_subject`). None when not known.
     """
