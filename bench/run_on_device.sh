@@ -12,13 +12,14 @@
 #   bash bench/run_on_device.sh scaleout WHEELS SCENE_PARENT  # issue 21: jobs/hour with 1 and 2 Ray workers (~6 min)
 #   bash bench/run_on_device.sh issue20 WHEELS SCENE_PARENT   # issue 20A in one call on ONE training: subject alpha
 #                                                             # and fps, then "a red face" (~8 min)
+#   bash bench/run_on_device.sh iou WHEELS SCENE_PARENT       # issue20's subject alpha and fps alone (~4 min)
 #
 # WHEELS: cp312 manylinux wheels of open_clip_torch, lpips, pyzmq and their pure-Python dependencies (and, for
 # scaleout, ray==2.60.0 with msgpack, protobuf, requests); SCENE_PARENT: a folder holding fangzhou_nature. Results
 # go to $OUT (the device's return folder) or bench/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?subject, detection, shape, issue20 or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
+what=${1:?subject, detection, shape, issue20, iou or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
 out=${OUT:-bench/results}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 -m pip install -q --no-index --no-deps --find-links "$wheels" "$wheels"/*.whl 2>&1 | tail -2
@@ -61,8 +62,16 @@ save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && spli
         timeout 170 python3 bench/bench_subject_stylize.py --data "$scene" --checkpoint /tmp/rec_unmatted.pt \
             --runs bounds --commit "$commit" --out "$out/subject_stylize.md" 2>&1 | grep -v Warning | tail -12
         split -b 15M -d /tmp/rec_unmatted.pt "$out/ck.pt." ;;
+    iou)
+        # issue20's first half alone (subject alpha and fps, 20-frame turntables), for a short device lease; the
+        # reconstruction comes back as in issue20.
+        timeout 250 python3 bench/bench_subject.py --data "$scene" --skip-matted --frames 20 --commit "$commit" \
+            --save-images /tmp/subject_images --save-checkpoint /tmp/rec_unmatted.pt \
+            --out "$out/subject.md" 2>&1 | grep -v Warning | tail -12
+        cp /tmp/subject_images/*000021* "$out/" 2>/dev/null
+        split -b 15M -d /tmp/rec_unmatted.pt "$out/ck.pt." ;;
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;
-    *) echo "unknown measurement $what (subject, detection, shape, issue20 or scaleout)" >&2; exit 2 ;;
+    *) echo "unknown measurement $what (subject, detection, shape, issue20, iou or scaleout)" >&2; exit 2 ;;
 esac
