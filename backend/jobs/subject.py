@@ -118,9 +118,9 @@ def as_subject(ckpt: Any) -> int:
     """Make a freshly loaded checkpoint render its subject: its occupancy grid loses the cells that are not the
     person (``ckpt.subject_air``: its cameras saw through them or see them beside the person), so haze the
     reconstruction left around a head (in front of a plain wall, beside the neck) is neither rendered, stylized
-    nor meshed with the subject. The whole scene (a render
-    with the background) keeps them: call this only where the checkpoint is used as the subject. Clears
-    ``subject_air`` (a stylization of it must not lose what grows there). Returns the cells removed.
+    nor meshed with the subject. The whole scene (a render with the background) keeps them: call this only where
+    the checkpoint is used as the subject. Clears ``subject_air`` (a stylization of it must not lose what grows
+    there). Returns the cells removed.
     """
     air = getattr(ckpt, "subject_air", None)
     if air is None:

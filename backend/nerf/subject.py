@@ -76,13 +76,12 @@ MIN_PERSON_SIZE = 0.2
 # person's seen surface stay the person's: a surface turns opaque over a voxel or so, and hair is soft.
 AIR_VIEW_FRACTION = 0.25
 AIR_GUARD_VOXELS = 2
-# Beside the person: each view's rays that end on (or within PERSON_NEAR_VOXELS of) the person's seen surface make
+# Beside the person: each view's rays that end on the person's seen surface or its guard (AIR_GUARD_VOXELS) make
 # that view's matte of the person; a voxel that projects off those mattes in at least this fraction of the views
 # that frame it is not the person (haze the rays stop in beside the head, which no view sees through), as a
 # matte's visual hull would carve it. Interior voxels project inside every matte, so only a matte's own holes
 # and ragged edges argue against them: filling the holes and a vote of several views tolerate both.
 BESIDE_VIEW_FRACTION = 0.5
-PERSON_NEAR_VOXELS = 2
 # Default half-sizes (up, side, front) when no density is known: the region of interest, a little taller.
 DEFAULT_HALF_EXTENTS = (1.2, 1.0, 1.0)
 # The shape a detection fits (module docstring).
@@ -545,8 +544,7 @@ def bounds_from_hits(
         guard = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=AIR_GUARD_VOXELS)
         air_voxels = seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))
         if ends:
-            near = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=PERSON_NEAR_VOXELS)
-            air_voxels |= beside_person(near, ends, frame, half_extent)
+            air_voxels |= beside_person(guard, ends, frame, half_extent)
         air_voxels &= ~guard
         air = SeenAir(air_voxels, np.asarray(frame, dtype=np.float64), float(half_extent))
     return Detection(SubjectBounds(shape, to_model @ local), True, len(person), air=air)
