@@ -8,6 +8,7 @@ result bit for bit.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -164,6 +165,36 @@ def test_the_region_grows_only_into_the_grown_bounds_and_leaves_the_room_out(ckp
     assert bool((grown & ~inside).any()), "the test needs growth beyond the bounds"
     assert bool((grid.binary & subject_cells(bounds.grown(SHAPE_FREEDOM_MAX), grid.resolution, domain)
                  & ~inside).any()), "the test needs room cells between the bounds and the grown bounds"
+
+
+def test_shape_never_grows_into_the_haze_the_subject_left_out(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:
+    """The cells a reconstruction's subject leaves out (``subject_air``: haze around a head) keep F_rec's density;
+    growth must not re-admit them, or a stylization with shape freedom brings the haze back as a shell of fog on its
+    first iteration. Here half of the person's own cells play that haze: without ``left_out`` the growth region
+    takes them back (the test's bite), with it none is marched, and the finished stylization holds none."""
+    from backend.jobs.subject import as_subject
+    from backend.stylize.standin_encoder import load_standin_clip
+
+    m = np.diag([0.5, 0.5, 0.5, 1.0])
+    m[:3, 3] = (0.3, 0.0, 0.0)
+    bounds = SubjectBounds("ellipsoid", m)
+    grid = ckpt.model.occupancy
+    inside = subject_cells(bounds, grid.resolution, ckpt.model.domain)
+    r = grid.resolution
+    upper = torch.zeros_like(grid.binary)
+    upper[:, :, r // 2:] = True
+    air = grid.binary & inside & upper
+    assert int(air.sum()) > 20, "the test needs occupied cells to leave out"
+    rec = dataclasses.replace(ckpt, model=copy.deepcopy(ckpt.model), subject=bounds, subject_air=air)
+    assert as_subject(rec) == int(air.sum())
+    readmitted = loop._allowed_cells(rec.model, SHAPE_FREEDOM_MAX, bounds) & air
+    assert int(readmitted.sum()) > 0, "without left_out the growth would take the haze back"
+    assert not bool((loop._allowed_cells(rec.model, SHAPE_FREEDOM_MAX, bounds, air) & air).any())
+
+    config = preset_config("tiny", "a big hat", iterations=3, shape_freedom=SHAPE_FREEDOM_MAX)
+    sty = stylize(rec, config, "cpu", clip=load_standin_clip(), perceptual=lpips)
+    assert not bool((sty.model.occupancy.binary & air).any())
+    assert sty.subject_air is None
 
 
 def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:

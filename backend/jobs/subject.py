@@ -119,8 +119,9 @@ def as_subject(ckpt: Any) -> int:
     person (``ckpt.subject_air``: its cameras saw through them or see them beside the person), so haze the
     reconstruction left around a head (in front of a plain wall, beside the neck) is neither rendered, stylized
     nor meshed with the subject. The whole scene (a render with the background) keeps them: call this only where
-    the checkpoint is used as the subject. Clears ``subject_air`` (a stylization of it must not lose what grows
-    there). Returns the cells removed.
+    the checkpoint is used as the subject. Keeps ``subject_air``: a stylization of the subject reads it so that
+    shape never grows into those cells (their density is still the reconstruction's haze); a stylized checkpoint
+    carries none. Returns the cells removed (0 when called again).
     """
     air = getattr(ckpt, "subject_air", None)
     if air is None:
@@ -129,7 +130,6 @@ def as_subject(ckpt: Any) -> int:
     cut = grid & air.to(grid.device)
     removed = int(cut.sum())
     grid &= ~cut
-    ckpt.subject_air = None
     return removed
 
 

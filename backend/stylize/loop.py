@@ -657,7 +657,8 @@ def _stylize(
     cams_model = zoomed_out(cams_model, zoom)
     model.train()
     # Occupancy (module docstring): march through F_rec's occupied cells grown by shape_freedom, and nowhere else.
-    allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, ckpt_rec.subject)
+    allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, ckpt_rec.subject,
+                                                             ckpt_rec.subject_air)
     if allowed is not None:
         model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
@@ -879,7 +880,8 @@ def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Ca
                        max_zoom=1.0 + config.shape_freedom)
 
 
-def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None) -> torch.Tensor:
+def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None,
+                   left_out: torch.Tensor | None = None) -> torch.Tensor:
     """The ``(R, R, R)`` cells a stylization marches.
 
     Without bounds: ``F_rec``'s occupied cells and those within ``shape_freedom`` model units of them. With
@@ -889,6 +891,11 @@ def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBound
     renders, kept so the result's grid holds its background). ``F_rec``'s cells *between* the bounds and the
     grown bounds are the room (a wall, a chair back): they are left out, so the losses never see them and the
     result's renders of the subject leave them out too.
+
+    ``left_out`` (``(R, R, R)`` bool, the reconstruction's ``subject_air``) are cells that are not the person: the
+    haze around a head that the subject leaves out. Growth never enters them: their density is F_rec's haze, not
+    empty space, so admitting them would bring that haze back at full strength on the first iteration (a shell of
+    fog around the head) rather than let shape grow.
     """
     grid: OccupancyGrid = model.occupancy
     if subject is None or shape_freedom == 0:
@@ -898,6 +905,8 @@ def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBound
     room = subject_cells(subject.grown(shape_freedom), grid.resolution, model.domain, device=cells.device)
     person = cells & inside
     growth = cells_within_distance(person, shape_freedom, model.domain) & room & ~cells
+    if left_out is not None:
+        growth &= ~left_out.to(cells.device)
     return person | growth | (cells & ~room)
 
 
