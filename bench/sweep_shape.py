@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from backend.nerf.subject import detect_subject_bounds  # noqa: E402
@@ -178,7 +178,12 @@ def main() -> int:
         det = detect_subject_bounds(rec.model.density, detection_cameras(rec), device,
                                     **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds: found {det.found} {det.reason}", flush=True)
-        rec = dataclasses.replace(rec, subject=det.bounds)
+        air = None if det.air is None else det.air.cells(rec.model.occupancy.resolution, rec.model.domain, device)
+        rec = dataclasses.replace(rec, subject=det.bounds, subject_air=air)
+    if rec.subject is not None:
+        # As the stylize job does: the subject without the haze around it, which the losses never see and shape
+        # never grows back into.
+        print(f"haze left out of the subject: {as_subject(rec)} cells", flush=True)
     held = rec.heldout_indices or list(range(len(rec.cameras)))
     held = held[:: max(1, math.ceil(len(held) / args.eval_views))]
     cams = rec.cameras.select(held).scaled(args.scale)
