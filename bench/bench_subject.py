@@ -49,21 +49,12 @@ if str(REPO) not in sys.path:
 
 from backend.demo.turntable import orbit_from_cameras, orbit_poses  # noqa: E402
 from backend.jobs.local import run_job_locally  # noqa: E402
-from backend.jobs.subject import as_subject, detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras, left_out_cells  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint  # noqa: E402
 from backend.nerf.evaluate import evaluate_psnr  # noqa: E402
 from backend.nerf.frame_renderer import FrameRenderer  # noqa: E402
-from backend.nerf.subject import (  # noqa: E402
-    DETECT_VIEWS,
-    SEARCH_HALF_EXTENT,
-    SEARCH_RESOLUTION,
-    SubjectBounds,
-    bounds_from_hits,
-    capture_frame,
-    default_subject_bounds,
-    seen_surface_hits,
-)
+from backend.nerf.subject import SubjectBounds, default_subject_bounds, detect_subject_bounds  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from captures import Cameras, load_capture  # noqa: E402
 from captures.images import MATTE_DIR_NAMES  # noqa: E402
@@ -241,18 +232,11 @@ def render_fps(job_id: str, cams: Cameras, work: Path, device: str, include_back
 
 
 def seen_through_only_cells(ckpt: NeRFCheckpoint, device: str) -> torch.Tensor:
-    """``(R, R, R)`` bool: the occupancy cells the detection left out before it also left out what the views see
-    beside the person: the air its cameras saw through, alone, on the same model (for comparison)."""
-    cams = detection_cameras(ckpt)
-    frame = capture_frame(cams)
-    hits, through, ends = seen_surface_hits(ckpt.model.density, cams, frame, device, resolution=SEARCH_RESOLUTION,
-                                            half_extent=SEARCH_HALF_EXTENT, n_views=DETECT_VIEWS)
-    det = bounds_from_hits(hits, len(ends), frame, SEARCH_HALF_EXTENT, default_subject_bounds(cams),
-                           seen_through=through)
-    grid = ckpt.model.occupancy
-    if det.air is None:
-        return torch.zeros_like(grid.binary)
-    return det.air.cells(grid.resolution, ckpt.model.domain, grid.binary.device)
+    """``(R, R, R)`` bool: the occupancy cells the detection leaves out without the difference key (the air its
+    cameras saw through, alone), on the same model, for comparison."""
+    det = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device)
+    cells = left_out_cells(ckpt, det, key=False) if det.found else None
+    return torch.zeros_like(ckpt.model.occupancy.binary) if cells is None else cells
 
 
 def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, size: int, work: Path, device: str,
@@ -269,7 +253,7 @@ def measure(r: Reconstruction, capture, params: dict[str, Any], n_frames: int, s
     matte_psnr, _ = evaluate_psnr(ckpt, cams, images, metric="matte", chunk=ckpt.config.eval_chunk)
     air_errors: list[tuple[float, float]] = []
     air_scores = subject_alpha_iou(ckpt, bounds, cams, images, errors=air_errors)
-    # The subject without the seen air alone (the rule before it also left out what the views see beside the
+    # The subject without the seen air alone (the rule before the difference key also left out the haze beside the
     # person), on the same grid, which is then restored.
     grid = ckpt.model.occupancy.binary
     whole_grid = grid.clone()
@@ -360,9 +344,10 @@ def main() -> int:
              "unmatted model, inside the matte for the matted one) and the full render scored inside the real "
              "matte.", "",
              "The subject is what the jobs render: the bounds without the occupied cells that are not the person "
-             "('air cells' counts them): those the cameras saw through (haze in the air around the head) and those "
-             "most views see beside the person (haze the rays stop in). 'Seen-through only': without the second "
-             "kind (the rule before). 'Air kept': the bounds with all of those cells.", "",
+             "('air cells' counts them): those the cameras saw through (haze in the air around the head) and the "
+             "haze the detection views' difference keys put beside the person (its colour is the background "
+             "plate's, backend/nerf/subject_key.py). 'Seen-through only': without the key. 'Air kept': the bounds "
+             "with all of those cells.", "",
              "| reconstruction | scene | training s (steps) | subject bounds | detection s | IoU mean | IoU worst "
              "(view) | air cells | IoU seen-through only mean / worst | IoU air kept mean / worst | IoU default box "
              "mean / worst | held-out PSNR (job) | PSNR inside matte | bounds aabb (model units) |",

@@ -13,13 +13,14 @@
 #   bash bench/run_on_device.sh issue20 WHEELS SCENE_PARENT   # issue 20A in one call on ONE training: subject alpha
 #                                                             # and fps, then "a red face" (~8 min)
 #   bash bench/run_on_device.sh iou WHEELS SCENE_PARENT       # issue20's subject alpha and fps alone (~4 min)
+#   bash bench/run_on_device.sh shape-from WHEELS SCENE_PARENT CK  # `shape` on a brought-back reconstruction (~4 min)
 #
 # WHEELS: cp312 manylinux wheels of open_clip_torch, lpips, pyzmq and their pure-Python dependencies (and, for
 # scaleout, ray==2.60.0 with msgpack, protobuf, requests); SCENE_PARENT: a folder holding fangzhou_nature. Results
 # go to $OUT (the device's return folder) or bench/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?subject, detection, shape, issue20, iou or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
+what=${1:?subject, detection, shape, shape-from, issue20, iou or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
 out=${OUT:-bench/results}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 -m pip install -q --no-index --no-deps --find-links "$wheels" "$wheels"/*.whl 2>&1 | tail -2
@@ -41,6 +42,12 @@ case $what in
             | grep -v Warning | tail -12
         python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.bench_subject import \
 save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && split -b 15M -d /tmp/ck.pt "$out/ck.pt." ;;
+    shape-from)
+        # `shape` on a reconstruction brought back by an earlier `shape` (4th argument; no training: a short lease,
+        # and the same F_rec before and after a change).
+        ck=${4:?a reconstruction checkpoint}
+        timeout 420 python3 bench/sweep_shape.py --data "$scene" --no-mattes --checkpoint "$ck" --iterations 400 \
+            --grid "0.5:d:s" --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 | grep -v Warning | tail -12 ;;
     detection)
         # The subject alpha of two trainings (the add-on's default photo scale 1, and 0.5), each with its per-view
         # images and its checkpoint (float16) for scoring other detections on the CPU (bench/subject_iou_cpu.py).

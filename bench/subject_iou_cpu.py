@@ -5,7 +5,9 @@ bounds. This script takes such a reconstruction's checkpoint instead (no trainin
 same held-out views (every ``--holdout-every``th) with the same rule (opacity of the subject-only render > 0.5
 vs the capture's matte > 0.5, :func:`bench.bench_subject.subject_alpha_iou`), at ``--scale`` of the photos:
 
-* **new**: the detection a reconstruct job runs now (:func:`backend.jobs.subject.decide_reconstruction_subject`);
+* **new**: the detection a reconstruct job runs now (:func:`backend.jobs.subject.decide_reconstruction_subject`),
+  scored with what it leaves out (the seen air and the keyed haze, :func:`backend.jobs.subject.left_out_cells`),
+  with the seen air alone (no key), and with nothing left out;
 * **old** (with ``--old-rev``): ``detect_subject_bounds`` of ``backend/nerf/subject.py`` at that git revision,
   called as the job called it then (all cameras, default settings);
 * **box** (with ``--box``): a box fitted to the same seen surface (``detect_subject_bounds(shape="box")``, the
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import as_subject, decide_reconstruction_subject, detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras, left_out_cells  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import load_checkpoint  # noqa: E402
 from backend.nerf.subject import (  # noqa: E402
@@ -114,16 +116,24 @@ def main() -> int:
 
     candidates: list[tuple[str, SubjectBounds, str, Any]] = []
     t0 = time.perf_counter()
-    decision = decide_reconstruction_subject(dataclasses.replace(ckpt, subject=None), None, device)
-    how = (f"{decision.source}{' (' + decision.note + ')' if decision.note else ''}, "
-           f"{time.perf_counter() - t0:.1f} s on {device}")
-    # What the jobs render: the subject without the air its cameras saw through (a copy of the model).
-    subject_ckpt = dataclasses.replace(ckpt, model=copy.deepcopy(ckpt.model), subject_air=decision.air)
-    removed = as_subject(subject_ckpt)
-    candidates.append(("new detection, seen air left out (the jobs' subject)", decision.bounds,
-                       f"{how}; {removed} occupied cells of seen air left out", subject_ckpt))
-    candidates.append(("new detection, seen air kept", decision.bounds, how, ckpt))
-    print(f"new detection: {candidates[-1][2]}; {frame_box(decision.bounds, frame)}", flush=True)
+    # As a reconstruct job decides it (decide_reconstruction_subject), with what is left out scored both ways.
+    detection = detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device)
+    detect_s = time.perf_counter() - t0
+    if not detection.found:
+        raise SystemExit(f"no subject found: {detection.reason}")
+    t0 = time.perf_counter()
+    keyed_air = left_out_cells(ckpt, detection)
+    key_s = time.perf_counter() - t0
+    seen_air = left_out_cells(ckpt, detection, key=False)
+    how = f"detection {detect_s:.1f} s, key {key_s:.1f} s on {device}"
+    for name, air in (("the jobs' subject: seen air and keyed haze left out", keyed_air),
+                      ("seen air left out, no key", seen_air)):
+        # What the jobs render: the subject without what is not the person (a copy of the model).
+        subject_ckpt = dataclasses.replace(ckpt, model=copy.deepcopy(ckpt.model), subject_air=air)
+        removed = as_subject(subject_ckpt)
+        candidates.append((name, detection.bounds, f"{how}; {removed} occupied cells left out", subject_ckpt))
+    candidates.append(("nothing left out", detection.bounds, how, ckpt))
+    print(f"new detection: {how}; {frame_box(detection.bounds, frame)}", flush=True)
     if args.old_rev:
         t0 = time.perf_counter()
         det = old_detection(args.old_rev, ckpt.model.density, model_cams)

@@ -158,6 +158,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             rec = load_checkpoint(args.checkpoint, device)
+            for tensor in rec.model.state_dict().values():  # a checkpoint brought back in float16 (save_halved)
+                if tensor.dtype == torch.float16:
+                    tensor.data = tensor.data.float()
             source = f"checkpoint {args.checkpoint.name}"
         else:
             rconf = (ReconstructConfig.tiny(steps=20, resolution_scale=0.05, background=background, far=6.0,

@@ -14,15 +14,12 @@ from backend.nerf.contraction import SceneDomain
 from backend.nerf.marching import MarchSettings, march_rays
 from backend.nerf.occupancy import OccupancyGrid
 from backend.nerf.subject import (
-    SEARCH_HALF_EXTENT,
     SubjectBounds,
     SubjectBoundsError,
-    bounds_from_hits,
     capture_frame,
     default_subject_bounds,
     detect_subject_bounds,
     min_volume_ellipsoid,
-    seen_surface_hits,
 )
 from captures.cameras import Cameras
 from captures.normalize import Normalization
@@ -376,33 +373,121 @@ def person_wall_and_dense_haze(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N
     return person_and_wall(x) + (clump | above).float() * 60.0
 
 
-def test_detection_leaves_out_dense_haze_that_the_views_see_beside_the_person() -> None:
+SKIN, SWEATER, GREY = (0.8, 0.55, 0.45), (0.75, 0.7, 0.6), (0.5, 0.5, 0.5)
+
+
+def person_colour(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N, 3]
+    """Skin on the head, a beige sweater below the chin, grey elsewhere (the wall, and the haze that stands in for
+    it)."""
+    head = (x * x).sum(-1) < 0.55**2
+    torso = (x[:, 2] < -0.4) & (x[:, 0].abs() < 0.9) & (x[:, 1].abs() < 0.4)
+    rgb = torch.tensor(GREY).expand(x.shape[0], 3).clone()
+    rgb[torso] = torch.tensor(SWEATER)
+    rgb[head] = torch.tensor(SKIN)
+    return rgb
+
+
+def analytic_plates(density_fn, colour_fn, bounds: SubjectBounds, step: float = 0.01, far: float = 6.0):
+    """A :data:`~backend.nerf.subject_key.PlateFn` of analytic fields, volume-rendered in ``step``s: each view's
+    render and its plate (the density inside ``bounds`` zeroed)."""
+    from backend.nerf.rays import rays_for_image
+    from backend.nerf.subject_key import Plate
+
+    def march(o: torch.Tensor, d: torch.Tensor, cut: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        t = (torch.arange(int(far / step), dtype=torch.float32) + 0.5) * step
+        pts = o[:, None] + d[:, None] * t[None, :, None]
+        flat = pts.reshape(-1, 3)
+        sigma = density_fn(flat)
+        if cut:
+            sigma = torch.where(bounds.contains(flat), 0.0, sigma)
+        alpha = 1.0 - torch.exp(-sigma.reshape(pts.shape[:2]) * step)
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
+        w = alpha * trans
+        rgb = (w[..., None] * colour_fn(flat).reshape(*pts.shape)).sum(1)
+        return torch.cat([rgb, w.sum(1, keepdim=True)], -1), (w * t).sum(1)
+
+    def plate(camera: Cameras) -> Plate:
+        o, d = rays_for_image(camera, 0, device="cpu", dtype=torch.float32)
+        h, w = int(camera.height[0]), int(camera.width[0])
+        rgba, _ = march(o, d, False)
+        plate_rgba, depth = march(o, d, True)
+        t_in, t_out = bounds.ray_interval(o.double(), d.double())
+        exit_t = torch.where(t_out > t_in.clamp_min(0.0), t_out, torch.full_like(t_out, -1.0))
+        return Plate(rgba.reshape(h, w, 4).numpy(), plate_rgba.reshape(h, w, 4).numpy(),
+                     depth.reshape(h, w).numpy(), exit_t.reshape(h, w).float().numpy())
+
+    return plate
+
+
+def keyed_air(density_fn, cams: Cameras):
+    """The detection and what it leaves out with the key, as a reconstruct job decides it."""
+    from backend.nerf.subject import SeenAir
+    from backend.nerf.subject_key import keyed_out_voxels
+
+    det = detect_subject_bounds(density_fn, cams, "cpu", resolution=64)
+    assert det.found and det.air is not None and len(det.views) == len(cams)
+    keyed = keyed_out_voxels(analytic_plates(density_fn, person_colour, det.bounds), det.views, det.air.frame,
+                             det.air.half_extent, 64)
+    return det, SeenAir(det.air.voxels | keyed, det.air.frame, det.air.half_extent)
+
+
+def person_far_wall_and_dense_haze(x: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N]
+    """:func:`person_and_wall` with the wall a head diameter further back (y = 2: the plate behind the bounds is
+    the wall, not matter just behind them, :data:`~backend.nerf.subject_key.BODY_GAP`) and dense clumps of haze
+    beside the head, inside the bounds (density 60: rays stop in it, no view sees through)."""
+    wall = (x[:, 1] > 1.2) & (x[:, 1] < 1.35)
+    far_wall = (x[:, 1] > 2.0) & (x[:, 1] < 2.15)
+    clump = (x - torch.tensor([0.6, -0.2, 0.25])).norm(dim=-1) < 0.12
+    return person_and_wall(x) + (far_wall.float() - wall.float()) * 500.0 + clump.float() * 60.0
+
+
+def test_the_key_leaves_out_dense_haze_beside_the_person_and_keeps_the_person() -> None:
+    """A dense clump of haze the colour of the wall beside the head: rays stop in it, so the seen air keeps it;
+    its colour is the plate's, so the key leaves it out. The head, the torso, the head's unseen back all stay."""
     cams = ring_cameras(focal=40.0)
-    det = detect_subject_bounds(person_wall_and_dense_haze, cams, "cpu", resolution=64)
-    assert det.found and det.air is not None
-    air = det.air.contains
-    # The clumps (their middle and the side the cameras see) are beside the person in every view.
-    clumps = torch.tensor([[0.66, 0.0, 0.3], [0.66, -0.1, 0.3], [0.6, -0.05, 0.35], [-0.2, 0.1, 0.75],
-                           [-0.2, 0.05, 0.7]])
-    assert bool(air(clumps).all())
-    # The person stays: its surface, its inside, the head's back no view sees, the torso.
+    det, air = keyed_air(person_far_wall_and_dense_haze, cams)
+    clumps = torch.tensor([[0.6, -0.2, 0.25], [0.6, -0.3, 0.25], [0.55, -0.25, 0.3], [0.65, -0.2, 0.2]])
+    assert bool(det.bounds.contains(clumps.float()).all()), "the test needs the clumps inside the bounds"
+    assert bool(air.contains(clumps).all())
+    assert not bool(det.air.contains(clumps[:1]).any()), "the seen air alone keeps the clump (no view sees through)"
     person = torch.tensor([[0.0, 0.0, 0.43], [0.46, 0.0, 0.0], [0.0, -0.47, 0.0], [-0.33, -0.33, 0.0],
                            [0.0, 0.0, 0.0], [0.2, 0.1, -0.1], [0.0, 0.4, 0.1], [0.0, -0.31, -0.8],
                            [0.6, -0.32, -1.0], [0.7, 0.2, -0.6]])
-    assert not bool(air(person).any())
-    # Without the views' ray ends (the seen air alone) the dense clump stayed: no view saw through it.
-    hits, through, ends = seen_surface_hits(person_wall_and_dense_haze, cams, capture_frame(cams), "cpu",
-                                            resolution=64, half_extent=SEARCH_HALF_EXTENT)
-    seen_air_only = bounds_from_hits(hits, len(ends), capture_frame(cams), SEARCH_HALF_EXTENT,
-                                     default_subject_bounds(cams), seen_through=through)
-    assert seen_air_only.air is not None and not bool(seen_air_only.air.contains(clumps[:1]).any())
+    assert not bool(air.contains(person).any())
 
 
-def test_the_smeared_edge_of_a_weak_person_is_not_left_out_as_beside_it() -> None:
+def test_the_key_keeps_the_smeared_edge_of_a_weak_person_in_haze() -> None:
     cams = ring_cameras(focal=40.0)
-    det = detect_subject_bounds(smeared_head_in_haze, cams, "cpu", resolution=64)
-    assert det.found and det.air is not None
+    _, air = keyed_air(smeared_head_in_haze, cams)
     # Points of the head and torso, to their smeared edge (the density is half its peak at radius 0.5).
     edge = torch.tensor([[0.0, 0.0, 0.48], [0.48, 0.0, 0.0], [-0.48, 0.0, 0.0], [0.0, -0.48, 0.0],
                          [0.34, -0.34, 0.0], [0.0, 0.0, 0.0], [0.78, -0.28, -0.8], [-0.5, 0.0, -1.05]])
-    assert not bool(det.air.contains(edge).any())
+    assert not bool(air.contains(edge).any())
+
+
+def test_a_key_matte_is_the_opacity_where_nothing_is_behind_and_the_person_where_the_body_goes_on() -> None:
+    """One view's matte: colour against the plate where the plate is opaque; the render's opacity where the plate
+    is empty (a capture with mattes); the person where the plate's matter lies just behind the bounds, whatever its
+    colour; single noisy pixels dropped and holes filled."""
+    from backend.nerf.subject_key import BODY_GAP, Plate, key_matte
+
+    h, w = 12, 12
+    rgba = np.zeros((h, w, 4), np.float32)
+    rgba[..., :3], rgba[..., 3] = GREY, 1.0
+    plate_rgba = rgba.copy()
+    depth = np.full((h, w), 9.0, np.float32)
+    exit_t = np.full((h, w), 3.0, np.float32)
+    rgba[2:7, 2:7, :3] = SKIN  # a face, its eye the wall's colour
+    rgba[4, 4, :3] = GREY
+    rgba[10, 10, :3] = SKIN  # one noisy pixel
+    rgba[8:11, 2:5, :3] = GREY  # grey sweater on a grey wall, the body going on just behind the bounds
+    depth[8:11, 2:5] = 3.0 + 0.5 * BODY_GAP
+    plate = Plate(rgba, plate_rgba, depth, exit_t)
+    matte = key_matte(plate)
+    assert matte[2:7, 2:7].all() and matte[8:11, 2:5].all()
+    assert not matte[10, 10] and int(matte.sum()) == 25 + 9
+    empty = np.zeros_like(plate_rgba)
+    alone = key_matte(Plate(rgba, empty, np.zeros_like(depth), exit_t))
+    assert alone.all(), "with nothing behind, every opaque pixel is the person's"
+
+

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.jobstore.context import JobContext, JobFailed
 from backend.jobstore.record import JobRecord
+
+if TYPE_CHECKING:
+    import torch
 
 PARAM = "subject_bounds"
 # Search grid and views of the detection for the tiny preset (CPU tests, smoke runs): an eighth of the
@@ -104,21 +107,37 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
                                       resolution=TINY_DETECT_RESOLUTION if tiny else SEARCH_RESOLUTION,
                                       n_views=TINY_DETECT_VIEWS if tiny else DETECT_VIEWS)
     if detection.found:
-        grid = ckpt.model.occupancy
-        air = None if detection.air is None else detection.air.cells(grid.resolution, ckpt.model.domain,
-                                                                      grid.binary.device)
-        return SubjectDecision(detection.bounds, "detected", air=air)
+        return SubjectDecision(detection.bounds, "detected", air=left_out_cells(ckpt, detection))
     note = (f"subject bounds: {detection.reason}; using the cameras' default box around where they look (edit "
             "the bounds to fit the subject)")
     log.warning(note)
     return SubjectDecision(detection.bounds, "cameras", note)
 
 
+def left_out_cells(ckpt: Any, detection: Any, *, key: bool = True) -> torch.Tensor | None:
+    """``(R, R, R)`` bool occupancy cells of ``ckpt`` that a found ``detection`` says are not the person: the air its
+    cameras saw through, and (``key``) the haze that the detection views' difference keys put beside the person
+    (:mod:`backend.nerf.subject_key`). None when the detection found no air."""
+    from backend.nerf.subject import SeenAir
+    from backend.nerf.subject_key import keyed_out_voxels, model_plates
+
+    seen = detection.air
+    if seen is None:
+        return None
+    voxels = seen.voxels
+    if key:
+        voxels = voxels | keyed_out_voxels(model_plates(ckpt.model, detection.bounds), detection.views, seen.frame,
+                                           seen.half_extent, seen.voxels.shape[0])
+    grid = ckpt.model.occupancy
+    return SeenAir(voxels, seen.frame, seen.half_extent).cells(grid.resolution, ckpt.model.domain,
+                                                               grid.binary.device)
+
+
 def as_subject(ckpt: Any) -> int:
     """Make a freshly loaded checkpoint render its subject: its occupancy grid loses the cells that are not the
-    person (``ckpt.subject_air``: its cameras saw through them or see them beside the person), so haze the
-    reconstruction left around a head (in front of a plain wall, beside the neck) is neither rendered, stylized
-    nor meshed with the subject. The whole scene (a render with the background) keeps them: call this only where
+    person (``ckpt.subject_air``: its cameras saw through them, or their colours key them out beside the person),
+    so haze the reconstruction left around a head (in front of a plain wall, beside the neck) is neither
+    rendered, stylized nor meshed with the subject. The whole scene (a render with the background) keeps them: call this only where
     the checkpoint is used as the subject. Keeps ``subject_air``: a stylization of the subject reads it so that
     shape never grows into those cells (their density is still the reconstruction's haze); a stylized checkpoint
     carries none. Returns the cells removed (0 when called again).

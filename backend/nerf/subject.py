@@ -33,6 +33,7 @@ is where renders from those views need it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,12 +77,6 @@ MIN_PERSON_SIZE = 0.2
 # person's seen surface stay the person's: a surface turns opaque over a voxel or so, and hair is soft.
 AIR_VIEW_FRACTION = 0.25
 AIR_GUARD_VOXELS = 2
-# Beside the person: each view's rays that end on the person's seen surface or its guard (AIR_GUARD_VOXELS) make
-# that view's matte of the person; a voxel that projects off those mattes in at least this fraction of the views
-# that frame it is not the person (haze the rays stop in beside the head, which no view sees through), as a
-# matte's visual hull would carve it. Interior voxels project inside every matte, so only a matte's own holes
-# and ragged edges argue against them: filling the holes and a vote of several views tolerate both.
-BESIDE_VIEW_FRACTION = 0.5
 # Default half-sizes (up, side, front) when no density is known: the region of interest, a little taller.
 DEFAULT_HALF_EXTENTS = (1.2, 1.0, 1.0)
 # The shape a detection fits (module docstring).
@@ -279,6 +274,8 @@ class Detection:
         surface_voxels: voxels of the person's seen surface (0 when not found).
         reason: why the default was used ("" when found).
         air: the empty space the cameras saw through around the person (None when not found).
+        views: the detection views, model coordinates, at the size their rays were marched (about one pixel per
+            search voxel at the look-at point); empty when not found.
     """
 
     bounds: SubjectBounds
@@ -286,6 +283,7 @@ class Detection:
     surface_voxels: int
     reason: str = ""
     air: SeenAir | None = None
+    views: tuple[Cameras, ...] = ()
 
 
 def search_voxel(x: torch.Tensor, frame: torch.Tensor, half_extent: float, n: int) -> torch.Tensor:
@@ -298,8 +296,8 @@ def search_voxel(x: torch.Tensor, frame: torch.Tensor, half_extent: float, n: in
 @dataclass(frozen=True)
 class SeenAir:
     """Voxels of the detection's search grid that are not the person, whatever density the reconstruction left
-    there: the space the cameras saw through (see :data:`AIR_VIEW_FRACTION`) and what most views see beside the
-    person (:data:`BESIDE_VIEW_FRACTION`).
+    there: the space the cameras saw through (see :data:`AIR_VIEW_FRACTION`), and what the views' keys put beside
+    the person (:mod:`backend.nerf.subject_key`).
 
     Attributes:
         voxels: ``(n, n, n)`` bool over the search cube, indexed along the capture frame's axes.
@@ -337,20 +335,6 @@ def detection_views(cameras_model: Cameras, n_views: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, n_views)).round().astype(np.int64))
 
 
-@dataclass(frozen=True)
-class ViewEnds:
-    """Where one detection view's rays ended (:func:`seen_surface_hits`).
-
-    Attributes:
-        camera: the view (one camera, model coordinates) at the resolution its rays were marched.
-        voxel: ``(H*W,)`` int64, per pixel in raster order, the flat search-grid voxel of its ray's median
-            termination point; -1 where the ray did not turn half opaque inside the search cube.
-    """
-
-    camera: Cameras
-    voxel: np.ndarray
-
-
 @torch.no_grad()
 def seen_surface_hits(
     density_fn: DensityFn,
@@ -362,9 +346,9 @@ def seen_surface_hits(
     half_extent: float,
     n_views: int = DETECT_VIEWS,
     chunk: int = 1 << 20,
-) -> tuple[np.ndarray, np.ndarray, list[ViewEnds]]:  # (n, n, n) int64 hits, (n, n, n) int64 seen through
+) -> tuple[np.ndarray, np.ndarray, list[Cameras]]:  # (n, n, n) int64 hits, (n, n, n) int64 seen through
     """Per voxel of the search grid (capture frame axes), how many camera rays end in it, and how many views saw
-    through it; and per view, where each of its rays ended (one :class:`ViewEnds` per view used).
+    through it; and the views used (model coordinates, at the size their rays were marched).
 
     Each ray of a view is marched through the search cube in steps of half a voxel, the density composited as
     the renderer does; where its opacity passes one half (its median termination point) it ends, and the voxel
@@ -383,7 +367,7 @@ def seen_surface_hits(
     hits = torch.zeros(n**3, dtype=torch.int64, device=device)
     through = torch.zeros(n**3, dtype=torch.int64, device=device)
     views = detection_views(cameras_model, n_views)
-    ends: list[ViewEnds] = []
+    marched: list[Cameras] = []
 
     def voxel_index(points: torch.Tensor) -> torch.Tensor:  # [m, 3] model points -> [m] flat voxel index
         idx = search_voxel(points, rot, half_extent, n).clamp(0, n - 1)
@@ -395,15 +379,13 @@ def seen_surface_hits(
         focal = float(min(cam.fx[0], cam.fy[0]))
         factor = min(distance / (focal * voxel), MAX_DETECT_PIXELS / float(max(cam.width[0], cam.height[0])))
         view = cam.scaled(factor)
+        marched.append(view)
         rays_o, rays_d = rays_for_image(view, 0, device=device, dtype=torch.float32)
-        ended_voxel = torch.full((rays_o.shape[0],), -1, dtype=torch.int64, device=device)
         t_in, t_out = cube_bounds.ray_interval(rays_o.double(), rays_d.double())
         t_in, t_out = t_in.float().clamp_min(0.0), t_out.float()
         enter = t_out > t_in
-        ray_index = torch.nonzero(enter).squeeze(1)
         rays_o, rays_d, t_in, t_out = rays_o[enter], rays_d[enter], t_in[enter], t_out[enter]
         if rays_o.shape[0] == 0:
-            ends.append(ViewEnds(view, ended_voxel.cpu().numpy()))
             continue
         n_steps = math.ceil(float((t_out - t_in).max()) / step)
         window = max(1, min(n_steps, chunk // max(1, rays_o.shape[0])))
@@ -435,9 +417,7 @@ def seen_surface_hits(
         if bool(ended.any()):
             where = voxel_index(rays_o[ended] + rays_d[ended] * end[ended, None])
             hits += torch.bincount(where, minlength=n**3)
-            ended_voxel[ray_index[ended]] = where
-        ends.append(ViewEnds(view, ended_voxel.cpu().numpy()))
-    return hits.reshape(n, n, n).cpu().numpy(), through.reshape(n, n, n).cpu().numpy(), ends
+    return hits.reshape(n, n, n).cpu().numpy(), through.reshape(n, n, n).cpu().numpy(), marched
 
 
 def _trimmed_extent(coords: np.ndarray, weights: np.ndarray, tail: float) -> tuple[float, float]:
@@ -478,10 +458,11 @@ def detect_subject_bounds(
     if shape not in SHAPES:
         raise SubjectBoundsError(f"subject bounds shape must be one of {SHAPES}, got {shape!r}")
     frame = capture_frame(cameras_model)
-    hits, through, ends = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=int(resolution),
-                                            half_extent=half_extent, n_views=n_views, chunk=chunk)
-    return bounds_from_hits(hits, len(ends), frame, half_extent, default_subject_bounds(cameras_model), shape,
-                            seen_through=through, ends=ends)
+    hits, through, views = seen_surface_hits(density_fn, cameras_model, frame, device, resolution=int(resolution),
+                                             half_extent=half_extent, n_views=n_views, chunk=chunk)
+    found = bounds_from_hits(hits, len(views), frame, half_extent, default_subject_bounds(cameras_model), shape,
+                             seen_through=through)
+    return dataclasses.replace(found, views=tuple(views)) if found.found else found
 
 
 def bounds_from_hits(
@@ -492,11 +473,9 @@ def bounds_from_hits(
     fallback: SubjectBounds,
     shape: str = DETECTED_SHAPE,
     seen_through: np.ndarray | None = None,  # (n, n, n) views that saw through each voxel
-    ends: list[ViewEnds] | None = None,
 ) -> Detection:
     """The person's piece of seen surface in ``hits`` (:func:`seen_surface_hits`) and its bounds; with
-    ``seen_through``, also what around the person is not the person (:class:`SeenAir`): the air the views saw
-    through, and with ``ends`` (each view's ray ends) what they saw beside the person."""
+    ``seen_through``, also the air around the person that the views saw through (:class:`SeenAir`)."""
     # scikit-image: imported here, only where bounds are detected
     from skimage.measure import label
 
@@ -542,48 +521,36 @@ def bounds_from_hits(
         from scipy.ndimage import binary_dilation
 
         guard = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=AIR_GUARD_VOXELS)
-        air_voxels = seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))
-        if ends:
-            air_voxels |= beside_person(guard, ends, frame, half_extent)
-        air_voxels &= ~guard
+        air_voxels = (seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))) & ~guard
         air = SeenAir(air_voxels, np.asarray(frame, dtype=np.float64), float(half_extent))
     return Detection(SubjectBounds(shape, to_model @ local), True, len(person), air=air)
 
 
-def beside_person(
-    person: np.ndarray,  # (n, n, n) bool: the person's seen surface (with a rim), capture frame axes
-    ends: list[ViewEnds],
+def off_matte_voxels(
+    mattes: list[np.ndarray],  # per view (H, W) bool
+    views: list[Cameras],  # one camera each, model coordinates, the mattes' size
     frame: np.ndarray,  # (3, 3) columns (side, up, front)
     half_extent: float,
-) -> np.ndarray:  # (n, n, n) bool
-    """Voxels that most of the views that frame them see beside the person (:data:`BESIDE_VIEW_FRACTION`).
-
-    Each view's matte of the person is its pixels whose rays ended in ``person``, holes filled (a face's dark
-    eyes, a few rays ending in a smear); each voxel centre is projected into each view (with its lens) and
-    counts the views that frame it and those that put it off their matte.
-    """
-    # scipy comes with scikit-image
-    from scipy.ndimage import binary_fill_holes
-
-    n = person.shape[0]
+    resolution: int,
+    fraction: float,
+) -> np.ndarray:  # (n, n, n) bool over the search grid
+    """Voxels of the search grid that at least ``fraction`` of the views that frame them (and at least two) put
+    off their matte of the person, as a visual hull of the mattes would carve them. Each voxel centre is projected
+    into each view with its lens."""
+    n = int(resolution)
     ticks = (np.arange(n) + 0.5) * (2.0 * half_extent / n) - half_extent
     local = np.stack(np.meshgrid(ticks, ticks, ticks, indexing="ij"), axis=-1).reshape(-1, 3)
     points = local @ np.asarray(frame, dtype=np.float64).T  # model coordinates
-    on_person = person.reshape(-1)
     framed = np.zeros(n**3, dtype=np.int32)
     off = np.zeros(n**3, dtype=np.int32)
-    for view in ends:
-        h, w = int(view.camera.height[0]), int(view.camera.width[0])
-        ended = view.voxel >= 0
-        matte = np.zeros(h * w, dtype=bool)
-        matte[ended] = on_person[view.voxel[ended]]
-        matte = binary_fill_holes(matte.reshape(h, w))
-        uv, z = project_points(view.camera, 0, points)
+    for matte, view in zip(mattes, views, strict=True):
+        h, w = matte.shape
+        uv, z = project_points(view, 0, points)
         col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
         inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
         framed += inside
         off[inside] += ~matte[row[inside].astype(np.int64), col[inside].astype(np.int64)]
-    need = np.maximum(2, np.ceil(BESIDE_VIEW_FRACTION * framed))
+    need = np.maximum(2, np.ceil(fraction * framed))
     return ((framed > 0) & (off >= need)).reshape(n, n, n)
 
 
