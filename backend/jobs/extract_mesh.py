@@ -43,7 +43,7 @@ def run_extract_mesh(ctx: JobContext) -> dict[str, Any]:
     bound = float(model.domain.bound) if model.domain.kind == "bounded" else 1.0
     aabb: AABB = (-bound, bound)
     if subject is not None:
-        as_subject(ckpt)  # the haze around the head (seen through, seen beside it) stays out of the mesh
+        as_subject(ckpt)  # the haze around the head (seen through, keyed out) stays out of the mesh
         density_fn, radiance_fn = subject_fields(subject, model.density, model.radiance, model.occupied)
         lo, hi = subject.aabb()
         if model.domain.kind == "bounded":  # nothing exists outside the model's box

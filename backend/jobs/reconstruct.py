@@ -10,8 +10,8 @@ given (checked before training starts), else found from the trained density arou
 checkpoint keeps them in model coordinates and the outputs give them in capture-world coordinates
 (``subject_bounds``), with ``subject_found`` and ``subject_source`` saying how they were decided. A detection also
 keeps what around the person is not the person (``subject_air``): the air its cameras saw through and the haze
-most of them see beside the head, which the whole scene renders and the subject leaves out (``subject_air_cells``
-counts its occupied cells).
+that looks like the wall behind it (``backend/nerf/subject_key.py``), which the whole scene renders and the subject
+leaves out (``subject_air_cells`` counts its occupied cells).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def run_reconstruct(ctx: JobContext) -> dict[str, Any]:
                "background": ckpt.background, "views": len(capture.cameras),
                "subject_bounds": bounds_to_world(ckpt.subject, ckpt.normalization),
                "subject_found": decision.found, "subject_source": decision.source,
-               # Occupied cells that are not the person (seen through, seen beside it): the subject leaves them out.
+               # Occupied cells that are not the person (seen through, keyed out as the wall): the subject leaves them out.
                "subject_air_cells": 0 if ckpt.subject_air is None else
                int((ckpt.subject_air & ckpt.model.occupancy.binary).sum())}
     if decision.note:

@@ -168,7 +168,7 @@ def run_stylize(ctx: JobContext) -> dict[str, Any]:
     # The bounds travel in the reconstruction handed to the loop; the stylized checkpoint keeps them.
     ckpt_rec = dataclasses.replace(ckpt_rec, subject=subject_for_job(params, ckpt_rec))
     if ckpt_rec.subject is not None:
-        # The subject without the haze around it (seen through, seen beside): neither the losses nor the result see it.
+        # The subject without the haze around it (seen through, keyed out): neither the losses nor the result see it.
         as_subject(ckpt_rec)
     resume, resume_note = resume_checkpoint(ctx, CHECKPOINT, TRAIN_STATE_KIND) if ctx.resuming else (None, "")
     if resume is not None:

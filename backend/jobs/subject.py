@@ -70,8 +70,8 @@ class SubjectDecision:
         source: ``"given"`` (params), ``"detected"`` (the density decided), ``"cameras"`` (the cameras' default,
             detection found no subject) or ``"checkpoint"`` (a resumed job's, decided before the interruption).
         note: why the cameras' default was used ("" otherwise).
-        air: ``(R, R, R)`` bool occupancy cells that are not the person: the cameras saw through them or see them
-            beside the person (detected subjects only, else None).
+        air: ``(R, R, R)`` bool occupancy cells that are not the person (:func:`left_out_cells`; detected subjects
+            only, else None).
     """
 
     bounds: Any
