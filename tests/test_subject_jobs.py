@@ -516,3 +516,38 @@ def test_the_command_line_takes_bounds_and_the_background_option(trained, tmp_pa
     assert "--subject-bounds: not JSON" in capsys.readouterr().err
     assert cli.main(["mesh", recon.job_id, "--subject-bounds", json.dumps({"shape": "box"}), *common]) == 2
     assert "--subject-bounds must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("takes_all", [True, False])
+def test_a_key_that_would_take_most_of_the_person_is_not_applied(monkeypatch: pytest.MonkeyPatch,
+                                                                  takes_all: bool) -> None:
+    """Haze is never most of what the cameras see: a difference key that would leave out most of the person's seen
+    surface (a model too young to render its person opaque) is dropped and only the seen air is left out; a key
+    that takes a little (the haze) is applied."""
+    import types
+
+    from test_subject_bounds import person_and_wall, ring_cameras
+
+    import backend.nerf.subject_key as subject_key
+    from backend.jobs.subject import left_out_cells
+    from backend.nerf.subject import detect_subject_bounds
+
+    det = detect_subject_bounds(person_and_wall, ring_cameras(focal=40.0), "cpu", resolution=48)
+    assert det.found and det.person is not None and det.air is not None
+    some = np.zeros_like(det.person)
+    some[20:28, 20:28, 20:28] = True  # a block inside the head, off its seen surface
+
+    def fake_key(plates, views, frame, half_extent, resolution):  # the whole cube, or the block
+        return np.ones_like(det.person) if takes_all else some
+
+    monkeypatch.setattr(subject_key, "keyed_out_voxels", fake_key)
+    ckpt = types.SimpleNamespace(model=ball_model(), background="contract")
+    with_key = left_out_cells(ckpt, det)
+    without = left_out_cells(ckpt, det, key=False)
+    assert with_key is not None and without is not None
+    if takes_all:
+        assert torch.equal(with_key, without)
+    else:
+        block = det.air.__class__(some, det.air.frame, det.air.half_extent)
+        cells = block.cells(ckpt.model.occupancy.resolution, ckpt.model.domain)
+        assert bool(cells.any()) and bool(with_key[cells].all()) and int(with_key.sum()) > int(without.sum())

@@ -114,6 +114,10 @@ def decide_reconstruction_subject(ckpt: Any, given: Any, device: str, *, tiny: b
     return SubjectDecision(detection.bounds, "cameras", note)
 
 
+#: The least fraction of the person's seen-surface voxels the difference key must keep to be applied.
+KEY_MIN_PERSON_KEPT = 0.5
+
+
 def left_out_cells(ckpt: Any, detection: Any, *, key: bool = True) -> torch.Tensor | None:
     """``(R, R, R)`` bool occupancy cells of ``ckpt`` that a found ``detection`` says are not the person: the air its
     cameras saw through, and (``key``) the haze that the detection views' difference keys put beside the person
@@ -125,9 +129,19 @@ def left_out_cells(ckpt: Any, detection: Any, *, key: bool = True) -> torch.Tens
     if seen is None:
         return None
     voxels = seen.voxels
-    if key:
-        voxels = voxels | keyed_out_voxels(model_plates(ckpt.model, detection.bounds), detection.views, seen.frame,
-                                           seen.half_extent, seen.voxels.shape[0])
+    # The key needs a background plate: a reconstruction with mattes has none (nothing to key against).
+    if key and getattr(ckpt, "background", None) == "contract":
+        keyed = keyed_out_voxels(model_plates(ckpt.model, detection.bounds), detection.views, seen.frame,
+                                 seen.half_extent, seen.voxels.shape[0])
+        person = detection.person
+        kept = 1.0 if person is None or not person.any() else float((person & ~keyed).sum() / person.sum())
+        if kept >= KEY_MIN_PERSON_KEPT:
+            voxels = voxels | keyed
+        else:
+            # Haze hugs a person; it is never most of what the cameras see. A key that takes most of the seen
+            # surface failed (a model too young to render its person opaque, a person the wall's colour).
+            log.warning("subject: the difference key would leave out %.0f %% of the person's seen surface; "
+                        "not applied (only the air the cameras saw through is left out)", 100 * (1 - kept))
     grid = ckpt.model.occupancy
     return SeenAir(voxels, seen.frame, seen.half_extent).cells(grid.resolution, ckpt.model.domain,
                                                                grid.binary.device)

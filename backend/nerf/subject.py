@@ -276,6 +276,7 @@ class Detection:
         air: the empty space the cameras saw through around the person (None when not found).
         views: the detection views, model coordinates, at the size their rays were marched (about one pixel per
             search voxel at the look-at point); empty when not found.
+        person: ``(n, n, n)`` bool, the person's seen surface over the search grid (None when not found).
     """
 
     bounds: SubjectBounds
@@ -284,6 +285,7 @@ class Detection:
     reason: str = ""
     air: SeenAir | None = None
     views: tuple[Cameras, ...] = ()
+    person: np.ndarray | None = None
 
 
 def search_voxel(x: torch.Tensor, frame: torch.Tensor, half_extent: float, n: int) -> torch.Tensor:
@@ -523,7 +525,7 @@ def bounds_from_hits(
         guard = binary_dilation(person_mask, np.ones((3, 3, 3), bool), iterations=AIR_GUARD_VOXELS)
         air_voxels = (seen_through >= max(2, math.ceil(AIR_VIEW_FRACTION * views))) & ~guard
         air = SeenAir(air_voxels, np.asarray(frame, dtype=np.float64), float(half_extent))
-    return Detection(SubjectBounds(shape, to_model @ local), True, len(person), air=air)
+    return Detection(SubjectBounds(shape, to_model @ local), True, len(person), air=air, person=person_mask)
 
 
 def off_matte_voxels(
