@@ -80,5 +80,5 @@ save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && spli
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;
-    *) echo "unknown measurement $what (subject, detection, shape, issue20, iou or scaleout)" >&2; exit 2 ;;
+    *) echo "unknown measurement $what (subject, detection, shape, shape-from, issue20, iou or scaleout)" >&2; exit 2 ;;
 esac

@@ -325,10 +325,19 @@ class SeenAir:
     def cells(self, resolution: int, domain: Any, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(R, R, R)`` bool: the occupancy cells (``resolution^3`` over ``domain``'s unit cube, indexed as
         :attr:`~backend.nerf.occupancy.OccupancyGrid.binary`) whose centre lies in seen air."""
-        r = int(resolution)
-        ticks = (torch.arange(r, dtype=torch.float64, device=device) + 0.5) / r
-        u = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)
-        return self.contains(domain.from_unit_cube(u)).reshape(r, r, r)
+        return cells_with_centre(self.contains, resolution, domain, device)
+
+
+@torch.no_grad()
+def cells_with_centre(inside: Callable[[torch.Tensor], torch.Tensor], resolution: int, domain: Any,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(R, R, R)`` bool: the occupancy cells (``resolution^3`` over ``domain``'s unit cube, indexed as
+    :attr:`~backend.nerf.occupancy.OccupancyGrid.binary`) whose centre satisfies ``inside`` (``[N, 3]`` float64
+    model points -> ``[N]`` bool)."""
+    r = int(resolution)
+    ticks = (torch.arange(r, dtype=torch.float64, device=device) + 0.5) / r
+    u = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)
+    return inside(domain.from_unit_cube(u)).reshape(r, r, r)
 
 
 def detection_views(cameras_model: Cameras, n_views: int) -> np.ndarray:

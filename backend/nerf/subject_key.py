@@ -32,7 +32,7 @@ from captures.cameras import Cameras
 from .evaluate import render_image
 from .model import NeRFModel
 from .rays import rays_for_image
-from .subject import SubjectBounds, off_matte_voxels
+from .subject import SubjectBounds, cells_with_centre, off_matte_voxels
 
 # The largest per-channel difference (colours in [0, 1]) between a render and its plate that still counts as the
 # plate showing through: haze the colour of the wall behind it. Calibrated on fangzhou_nature with its mattes
@@ -83,11 +83,7 @@ def model_plates(model: NeRFModel, bounds: SubjectBounds) -> PlateFn:
     """A :data:`PlateFn` rendering ``model``: the plate marches the occupancy grid without the cells whose centre
     lies inside ``bounds`` (restored after each call)."""
     grid = model.occupancy
-    r = grid.resolution
-    device = grid.binary.device
-    ticks = (torch.arange(r, dtype=torch.float64, device=device) + 0.5) / r
-    u = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), dim=-1).reshape(-1, 3)
-    inside = bounds.contains(model.domain.from_unit_cube(u)).reshape(r, r, r)
+    inside = cells_with_centre(bounds.contains, grid.resolution, model.domain, grid.binary.device)
 
     def plate(camera: Cameras) -> Plate:
         rgba, _ = render_image(model, camera, 0)
@@ -115,5 +111,5 @@ def keyed_out_voxels(
     resolution: int,
 ) -> np.ndarray:  # (n, n, n) bool over the detection's search grid
     """Voxels of the search grid that the views' difference keys put off the person (module docstring)."""
-    mattes = [key_matte(plates(view.select([0]))) for view in views]
+    mattes = [key_matte(plates(view)) for view in views]
     return off_matte_voxels(mattes, list(views), frame, half_extent, resolution, KEY_VIEW_FRACTION)
