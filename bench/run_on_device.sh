@@ -47,7 +47,8 @@ save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && spli
         # and the same F_rec before and after a change).
         ck=${4:?a reconstruction checkpoint}
         timeout 420 python3 bench/sweep_shape.py --data "$scene" --no-mattes --checkpoint "$ck" --iterations 400 \
-            --grid "0.5:d:s" --commit "$commit" --out "$out/sweep_shape_400.md" 2>&1 | grep -v Warning | tail -12 ;;
+            --grid "0.5:d:s" --commit "$commit" --save-images "$out" --out "$out/sweep_shape_400.md" 2>&1 \
+            | grep -v Warning | tail -12 ;;
     detection)
         # The subject alpha of two trainings (the add-on's default photo scale 1, and 0.5), each with its per-view
         # images and its checkpoint (float16) for scoring other detections on the CPU (bench/subject_iou_cpu.py).

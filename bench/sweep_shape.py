@@ -107,9 +107,22 @@ def model_cameras(ckpt: NeRFCheckpoint, cameras):
     return cameras if ckpt.normalization is None else ckpt.normalization.cameras_to_model(cameras)
 
 
-def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, cams, subject_only: bool) -> dict[str, float]:
+def save_strip(before: ViewRenders, after: ViewRenders, path: Path, n_views: int = 3) -> None:
+    """One JPEG: the first ``n_views`` measured views, F_rec above and F_sty below (over white)."""
+    from PIL import Image
+
+    rows = [torch.cat(list(r.rgb[:n_views]), dim=1) for r in (before, after)]  # each (H, k * W, 3)
+    strip = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).save(path, quality=90)
+
+
+def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, cams, subject_only: bool,
+            image: Path | None = None) -> dict[str, float]:
     radius = 1.0 if rec.normalization is None else float(rec.normalization.radius)
     before, after = renders(rec, cams, subject_only), renders(sty, cams, subject_only)
+    if image is not None:
+        save_strip(before, after, image)
     geo = geometry_change(before, after, radius)
     sil = silhouette_change(before.alpha, after.alpha)
     hz = haze_change(rec, sty, cams)
@@ -139,6 +152,7 @@ def main() -> int:
     parser.add_argument("--commit", default=os.environ.get("NERFART_COMMIT", "unknown"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--save-checkpoint", type=Path, help="keep the trained reconstruction here")
+    parser.add_argument("--save-images", type=Path, help="write each run's held-out views before and after here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 iterations, CPU-friendly")
     args = parser.parse_args()
     grid = parse_grid(args.grid)
@@ -250,7 +264,11 @@ def main() -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t1
-            m = measure(rec, sty, cams, subject_only)
+            image = None
+            if args.save_images is not None:
+                name = f"shape_{prompt.replace(' ', '-')}_{freedom:g}_{'d' if reg is None else f'{reg:g}'}.jpg"
+                image = args.save_images / name
+            m = measure(rec, sty, cams, subject_only, image)
             rows.append(f"| {prompt} | {freedom:g} | {config.resolved_weights().regularization:g} | "
                         f"{config.resolved_lr_grid():.2g} | " + " | ".join(format_metrics(m)) + f" | {seconds:.0f} |")
             print(rows[-1], flush=True)
