@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import as_subject, detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras, left_out_cells  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.capture_images import load_images  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
@@ -246,9 +246,10 @@ def report(args: argparse.Namespace, rec: NeRFCheckpoint, source: str, gpu: str,
         lines.append(f"| F_sty `{name}` | {r['inside']:.4f} | {r['inside'] - r0['inside']:+.4f} | {r['outside']:.4f} | "
                      f"{r['outside'] - r0['outside']:+.4f} | {r['outside_near']:.4f} | "
                      f"{r['outside_near'] - r0['outside_near']:+.4f} | {r['max_abs_outside_bounds']:.2e} |")
-    lines += ["", "`bounds`: the detected bounds without the air the cameras saw through (occupied cells left out of "
-              "the subject: " + ", ".join(f"{runs[n]['air_cells']:.0f}" for n in runs if n == "bounds") + "), as the "
-              "stylize job stylizes; `bounds_air`: the same bounds with that air kept (before); `none`: no bounds.",
+    lines += ["", "`bounds`: the detected bounds without the cells the reconstruct job leaves out of the subject (the "
+              "air the cameras saw through and the haze the difference key puts beside the person: "
+              + ", ".join(f"{runs[n]['air_cells']:.0f}" for n in runs if n == "bounds") + " occupied cells), as the "
+              "stylize job stylizes; `bounds_air`: the same bounds with those cells kept (before); `none`: no bounds.",
               "", "## Speed", "", "| run | s/iteration (median) | sources s | wall s | samples/view | peak GiB |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, t in runs.items():
@@ -276,9 +277,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--save-images", type=Path, help="write F_rec | bounds | none strips of each view here")
     parser.add_argument("--runs", default="bounds,none",
-                        help="comma-separated: 'bounds' (within the detected bounds, without the air the cameras "
-                        "saw through, as the stylize job does), 'bounds_air' (the bounds with that air kept, as "
-                        "before), 'none' (no bounds: the baseline)")
+                        help="comma-separated: 'bounds' (within the detected bounds, without the cells the "
+                        "reconstruct job leaves out of the subject, as the stylize job does), 'bounds_air' (the "
+                        "bounds with those cells kept, as before), 'none' (no bounds: the baseline)")
     parser.add_argument("--save-checkpoint", type=Path, help="keep the trained reconstruction here (for --checkpoint)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 iterations, any device")
     args = parser.parse_args()
@@ -340,12 +341,13 @@ def main() -> int:
                          "outside_near": float(((views.matte < 0.5) & ~views.outside_bounds).float().mean())}
         runs: dict[str, dict[str, float]] = {}
         frames: dict[str, torch.Tensor] = {}
-        # The subject as the stylize job hands it to the loop: its grid without the seen air (a copy: F_rec
-        # itself stays whole, for the background and the other runs).
-        subject_rec = dataclasses.replace(rec, model=copy.deepcopy(rec.model), subject_air=None if det.air is None
-                                          else det.air.cells(rec.model.occupancy.resolution, rec.model.domain, device))
+        # The subject as the stylize job hands it to the loop: its grid without the cells the reconstruct job
+        # leaves out of it (the air its cameras saw through and the haze the difference key puts beside the
+        # person; a copy: F_rec itself stays whole, for the background and the other runs).
+        left_out = left_out_cells(rec, det) if det.found else None
+        subject_rec = dataclasses.replace(rec, model=copy.deepcopy(rec.model), subject_air=left_out)
         air_cells = as_subject(subject_rec)
-        print(f"seen air: {air_cells} occupied cells left out of the subject", flush=True)
+        print(f"left out of the subject: {air_cells} occupied cells", flush=True)
         for name in args.runs.split(","):
             subject = None if name == "none" else det.bounds
             sty, runs[name] = run_stylize(subject_rec if name == "bounds" else rec, subject, args, device)

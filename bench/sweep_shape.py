@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.jobs.subject import as_subject, detection_cameras  # noqa: E402
+from backend.jobs.subject import as_subject, detection_cameras, left_out_cells  # noqa: E402
 from backend.nerf import ReconstructConfig, train_reconstruction  # noqa: E402
 from backend.nerf.checkpoint import NeRFCheckpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from backend.nerf.subject import detect_subject_bounds  # noqa: E402
@@ -195,8 +195,9 @@ def main() -> int:
         det = detect_subject_bounds(rec.model.density, detection_cameras(rec), device,
                                     **({"resolution": 32} if args.smoke else {}))
         print(f"subject bounds: found {det.found} {det.reason}", flush=True)
-        air = None if det.air is None else det.air.cells(rec.model.occupancy.resolution, rec.model.domain, device)
-        rec = dataclasses.replace(rec, subject=det.bounds, subject_air=air)
+        # The cells the reconstruct job leaves out of the subject: the air the cameras saw through and the haze
+        # the difference key puts beside the person.
+        rec = dataclasses.replace(rec, subject=det.bounds, subject_air=left_out_cells(rec, det) if det.found else None)
     if rec.subject is not None:
         # As the stylize job does: the subject without the haze around it, which the losses never see and shape
         # never grows back into.
