@@ -4,14 +4,16 @@ On a reconstruction of fangzhou_nature made without its mattes (a ``ck.pt`` that
 brings back), detect the subject as the reconstruct job does, then for each variant render the detection views'
 plates, key them, carve the search grid and score the subject-only render's alpha against the real mattes of the
 held-out views (as ``bench/bench_subject.py`` scores the job's own subject). A variant is
-``name:matte_scale:fill:vote:resolution:opening``:
+``name:matte_scale:fill:vote:resolution:opening[:gap]``:
 
 * ``matte_scale``: plates at this multiple of the detection views' size (1 is the job's);
 * ``fill``: ``plain`` fills the matte's holes (the job's); ``down`` also fills holes open to the image border the
   body leaves the frame through (a sweater's streaks that reach the bottom edge);
 * ``vote``: the fraction of the views framing a voxel that must put it off their mattes (the job's 0.75);
 * ``resolution``: the carved grid's voxels per axis (the job's search grid, 96);
-* ``opening``: the side of the square opening that removes specks (the job's 3; 1 for none).
+* ``opening``: the side of the square opening that removes specks (the job's 3; 1 for none);
+* ``gap``: model units behind the bounds within which the plate's matter counts as the person going on (the job's
+  :data:`~backend.nerf.subject_key.BODY_GAP`, 0.5).
 
 A name ending in ``!`` also writes its per-view images (colour, alpha, matte, errors) under ``OUT/key_images``.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -67,13 +70,13 @@ def fill_open_down(matte: np.ndarray, side: str) -> np.ndarray:
     return np.rot90(binary_fill_holes(np.concatenate([rotated, border[None]], 0))[:-1], -k)
 
 
-def variant_matte(plate: key_mod.Plate, side: str, fill: str, opening: int) -> np.ndarray:
+def variant_matte(plate: key_mod.Plate, side: str, fill: str, opening: int, gap: float) -> np.ndarray:
     """:func:`backend.nerf.subject_key.key_matte` with the study's fill and opening."""
     from scipy.ndimage import binary_fill_holes, binary_opening
 
     opaque = plate.rgba[..., 3] > 0.5
     differs = np.abs(plate.rgba[..., :3] - plate.plate_rgba[..., :3]).max(axis=-1) > key_mod.KEY_THRESHOLD
-    body = (plate.exit_t > 0) & (plate.plate_depth < plate.exit_t + key_mod.BODY_GAP)
+    body = (plate.exit_t > 0) & (plate.plate_depth < plate.exit_t + gap)
     matte = opaque & (~(plate.plate_rgba[..., 3] > 0.5) | differs | body)
     matte = fill_open_down(matte, side) if fill == "down" else binary_fill_holes(matte)
     return binary_opening(matte, np.ones((opening, opening), dtype=bool)) if opening > 1 else matte
@@ -86,6 +89,8 @@ def main() -> int:
     parser.add_argument("variants", help="name:matte_scale:fill:vote:resolution:opening,...")
     parser.add_argument("--score-scale", type=float, default=0.25, help="photo scale of the scored views")
     parser.add_argument("--out", type=Path, required=True, help="the results table (its folder gets key_images/)")
+    parser.add_argument("--cache", type=Path, help="keep the detection and the plates here and reuse them (a CPU "
+                        "study: they take minutes there); delete it for another checkpoint")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -100,7 +105,14 @@ def main() -> int:
     cams = ckpt.cameras.select(ckpt.heldout_indices)
     cams = cams.scaled(images.shape[2] / float(cams.width[0]))
     t0 = time.perf_counter()
-    det = subject_mod.detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device)
+    cached = None if args.cache is None else args.cache / "detection.pkl"
+    if cached is not None and cached.exists():
+        det = pickle.loads(cached.read_bytes())
+    else:
+        det = subject_mod.detect_subject_bounds(ckpt.model.density, detection_cameras(ckpt), device)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(pickle.dumps(det))
     detect_s = time.perf_counter() - t0
     seen = det.air
     frame = seen.frame
@@ -118,14 +130,20 @@ def main() -> int:
              "(the job applies the key when it keeps at least half); key s: plates, mattes and carving", "",
              "| variant | IoU mean | worst | extra | missing | person kept | key s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for spec in args.variants.split(","):
-        name, scale_s, fill, vote_s, res_s, opening_s = spec.split(":")
+        name, scale_s, fill, vote_s, res_s, opening_s, *gap_s = spec.split(":")
         scale, vote, res, opening = float(scale_s), float(vote_s), int(res_s), int(opening_s)
+        gap = float(gap_s[0]) if gap_s else key_mod.BODY_GAP
         t1 = time.perf_counter()
         views = [v.scaled(scale) for v in det.views]
+        cached = None if args.cache is None else args.cache / f"plates_x{scale:g}.pkl"
+        if scale not in plates and cached is not None and cached.exists():
+            plates[scale] = pickle.loads(cached.read_bytes())
         if scale not in plates:
             plate_fn = key_mod.model_plates(ckpt.model, det.bounds)
             plates[scale] = [plate_fn(v) for v in views]
-        mattes = [variant_matte(p, down_side(v, centre, frame[:, 1]), fill, opening)
+            if cached is not None:
+                cached.write_bytes(pickle.dumps(plates[scale]))
+        mattes = [variant_matte(p, down_side(v, centre, frame[:, 1]), fill, opening, gap)
                   for p, v in zip(plates[scale], views, strict=True)]
         keyed = subject_mod.off_matte_voxels(mattes, views, frame, seen.half_extent, res, vote)
         key_s = time.perf_counter() - t1

@@ -39,8 +39,10 @@ from .subject import SubjectBounds, cells_with_centre, off_matte_voxels
 # withheld (bench/results/subject_key_cpu_*.md); a wall within this of a person's colours defeats the key there.
 KEY_THRESHOLD = 0.06
 # Model units (head radii) behind the bounds' far side within which the plate's matter is taken as the person going
-# on past the bounds (shoulders, the back of the head), where the key cannot decide.
-BODY_GAP = 0.5
+# on past the bounds (shoulders, the back of the head), where the key cannot decide. Wider keeps a wall that stands
+# close behind the shoulders (0.5 kept the wall's haze beside the neck); narrower loses the torso (0 lost it all):
+# bench/results/subject_key_gap_cpu_2026-12-08.md, two reconstructions.
+BODY_GAP = 0.2
 # The fraction of the views framing a voxel that must put it off their mattes.
 KEY_VIEW_FRACTION = 0.75
 
