@@ -71,13 +71,10 @@ def fill_open_down(matte: np.ndarray, side: str) -> np.ndarray:
 
 
 def variant_matte(plate: key_mod.Plate, side: str, fill: str, opening: int, gap: float) -> np.ndarray:
-    """:func:`backend.nerf.subject_key.key_matte` with the study's fill and opening."""
+    """:func:`backend.nerf.subject_key.key_matte` with the study's fill, opening and gap."""
     from scipy.ndimage import binary_fill_holes, binary_opening
 
-    opaque = plate.rgba[..., 3] > 0.5
-    differs = np.abs(plate.rgba[..., :3] - plate.plate_rgba[..., :3]).max(axis=-1) > key_mod.KEY_THRESHOLD
-    body = (plate.exit_t > 0) & (plate.plate_depth < plate.exit_t + gap)
-    matte = opaque & (~(plate.plate_rgba[..., 3] > 0.5) | differs | body)
+    matte = key_mod.raw_key_matte(plate, body_gap=gap)
     matte = fill_open_down(matte, side) if fill == "down" else binary_fill_holes(matte)
     return binary_opening(matte, np.ones((opening, opening), dtype=bool)) if opening > 1 else matte
 

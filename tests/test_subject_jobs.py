@@ -530,7 +530,7 @@ def test_a_key_that_would_take_most_of_the_person_is_not_applied(monkeypatch: py
 
     import backend.nerf.subject_key as subject_key
     from backend.jobs.subject import left_out_cells
-    from backend.nerf.subject import detect_subject_bounds
+    from backend.nerf.subject import SeenAir, detect_subject_bounds
 
     det = detect_subject_bounds(person_and_wall, ring_cameras(focal=40.0), "cpu", resolution=48)
     assert det.found and det.person is not None and det.air is not None
@@ -548,6 +548,6 @@ def test_a_key_that_would_take_most_of_the_person_is_not_applied(monkeypatch: py
     if takes_all:
         assert torch.equal(with_key, without)
     else:
-        block = det.air.__class__(some, det.air.frame, det.air.half_extent)
+        block = SeenAir(some, det.air.frame, det.air.half_extent)
         cells = block.cells(ckpt.model.occupancy.resolution, ckpt.model.domain)
         assert bool(cells.any()) and bool(with_key[cells].all()) and int(with_key.sum()) > int(without.sum())

@@ -152,9 +152,9 @@ def as_subject(ckpt: Any) -> int:
     person (``ckpt.subject_air``: its cameras saw through them, or their colours key them out beside the person),
     so haze the reconstruction left around a head (in front of a plain wall, beside the neck) is neither
     rendered, stylized nor meshed with the subject. The whole scene (a render with the background) keeps them:
-    call this only where the checkpoint is used as the subject. Keeps ``subject_air``: a stylization of the subject reads it so that
-    shape never grows into those cells (their density is still the reconstruction's haze); a stylized checkpoint
-    carries none. Returns the cells removed (0 when called again).
+    call this only where the checkpoint is used as the subject. Keeps ``subject_air``: a stylization of the
+    subject reads it so that shape never grows into those cells (their density is still the reconstruction's
+    haze); a stylized checkpoint carries none. Returns the cells removed (0 when called again).
     """
     air = getattr(ckpt, "subject_air", None)
     if air is None:

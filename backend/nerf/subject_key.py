@@ -67,16 +67,21 @@ class Plate:
 PlateFn = Callable[[Cameras], Plate]  # one camera (model coordinates) -> its Plate
 
 
+def raw_key_matte(plate: Plate, threshold: float = KEY_THRESHOLD, body_gap: float = BODY_GAP) -> np.ndarray:
+    """``(H, W)`` bool: the person's matte in one view (module docstring), before cleaning."""
+    opaque = plate.rgba[..., 3] > 0.5
+    plate_opaque = plate.plate_rgba[..., 3] > 0.5
+    differs = np.abs(plate.rgba[..., :3] - plate.plate_rgba[..., :3]).max(axis=-1) > threshold
+    body_behind = (plate.exit_t > 0) & (plate.plate_depth < plate.exit_t + body_gap)
+    return opaque & (~plate_opaque | differs | body_behind)
+
+
 def key_matte(plate: Plate, threshold: float = KEY_THRESHOLD, body_gap: float = BODY_GAP) -> np.ndarray:
     """``(H, W)`` bool: the person's matte in one view (module docstring), cleaned."""
     # scipy comes with scikit-image
     from scipy.ndimage import binary_fill_holes, binary_opening
 
-    opaque = plate.rgba[..., 3] > 0.5
-    plate_opaque = plate.plate_rgba[..., 3] > 0.5
-    differs = np.abs(plate.rgba[..., :3] - plate.plate_rgba[..., :3]).max(axis=-1) > threshold
-    body_behind = (plate.exit_t > 0) & (plate.plate_depth < plate.exit_t + body_gap)
-    matte = opaque & (~plate_opaque | differs | body_behind)
+    matte = raw_key_matte(plate, threshold, body_gap)
     # Holes first (an eye the wall's colour), so that the opening does not eat the ring around one.
     return binary_opening(binary_fill_holes(matte), np.ones((3, 3), dtype=bool))
 
