@@ -107,8 +107,13 @@ class OccupancyGrid(nn.Module):
         new = torch.full_like(self.occs, -1.0).scatter_reduce(0, indices, occ.to(self.occs.dtype), reduce="amax")
         visited = new >= 0.0
         self.occs.copy_(torch.where(visited, torch.maximum(self.occs * ema_decay, new), self.occs))
-        thre = torch.clamp(self.occs.mean(), max=threshold)
-        self.binary.copy_((self.occs > thre).view(self.binary.shape))
+        self.binary.copy_(self.measured(threshold))
+
+    def measured(self, threshold: float = 0.01) -> torch.Tensor:  # -> [R, R, R] bool
+        """The cells whose running value passes ``min(threshold, mean)``: what :meth:`update` and :meth:`refresh`
+        mark occupied, whatever was taken out of :attr:`binary` since (a subject's haze cut from its march keeps
+        its density, and this still finds it)."""
+        return (self.occs > torch.clamp(self.occs.mean(), max=threshold)).view(self.binary.shape)
 
     def dilated(self, cells: int) -> torch.Tensor:  # -> [R, R, R] bool
         """The occupied cells grown by ``cells`` in every direction (a cube of side ``2 cells + 1``).
@@ -172,7 +177,7 @@ class OccupancyGrid(nn.Module):
             occ = torch.cat([occ_eval_fn(u[i : i + max_points]) for i in range(0, u.shape[0], max_points)])
             best = torch.maximum(best, occ.to(best.dtype))
         self.occs.copy_(best)
-        binary = (self.occs > torch.clamp(self.occs.mean(), max=threshold)).view(self.binary.shape)
+        binary = self.measured(threshold)
         self.binary.copy_(binary if allowed is None else binary & allowed)
 
 
