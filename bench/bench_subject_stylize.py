@@ -163,12 +163,14 @@ class Views:
     matte: torch.Tensor
     rec: torch.Tensor
     outside_bounds: torch.Tensor
+    chunk: int  # rays per render call: a room's rays take thousands of samples each, too many for a CPU at 2^15
 
 
-def prepare_views(rec: NeRFCheckpoint, subject: SubjectBounds, cams: Any, matte: torch.Tensor) -> Views:
-    before = torch.stack([render_image(rec, cams, i)[0][..., :3].cpu() for i in range(len(cams))])
+def prepare_views(rec: NeRFCheckpoint, subject: SubjectBounds, cams: Any, matte: torch.Tensor,
+                  chunk: int = 2**15) -> Views:
+    before = torch.stack([render_image(rec, cams, i, chunk=chunk)[0][..., :3].cpu() for i in range(len(cams))])
     outside = torch.stack([outside_projection(subject, rec, cams, i) for i in range(len(cams))])
-    return Views(cams, matte, before, outside)
+    return Views(cams, matte, before, outside, chunk)
 
 
 def redness_table(rgb: torch.Tensor, views: Views) -> dict[str, float]:
@@ -187,9 +189,9 @@ def measure(rec: NeRFCheckpoint, sty: NeRFCheckpoint, views: Views) -> tuple[dic
     frames = []
     for i in range(len(views.cams)):
         if sty.subject is not None:
-            img = render_image_with_background(sty, rec, views.cams, i)
+            img = render_image_with_background(sty, rec, views.cams, i, chunk=views.chunk)
         else:
-            img = render_image(sty, views.cams, i)[0]
+            img = render_image(sty, views.cams, i, chunk=views.chunk)[0]
         frames.append(img[..., :3].cpu())
     rgb = torch.stack(frames)
     out = redness_table(rgb, views)
@@ -333,7 +335,8 @@ def main() -> int:
         held = held or list(range(len(capture.cameras)))
         held = held[:: max(1, math.ceil(len(held) / args.eval_views))]
         cams = capture.cameras.select(held).scaled(args.scale)
-        views = prepare_views(rec, det.bounds, cams, torch.from_numpy(load_images(capture, held, scale=args.scale)[..., 3]))
+        views = prepare_views(rec, det.bounds, cams, torch.from_numpy(load_images(capture, held, scale=args.scale)[..., 3]),
+                              chunk=2**15 if device.type == "cuda" else 2**11)
         size = f"{int(cams.width[0])}x{int(cams.height[0])}"
         red: dict[str, dict[str, float]] = {"F_rec": redness_table(views.rec, views)}
         red["pixels"] = {"inside": float((views.matte >= 0.5).float().mean()),
