@@ -86,14 +86,15 @@ class _Stage:
 
 
 def profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, tf32: bool,
-                    device: torch.device) -> dict[str, Any]:
+                    device: torch.device, hash_backward: str = "atomic") -> dict[str, Any]:
+    name = f"{encoder}{' tf32' if tf32 else ''}{' runs' if hash_backward == 'runs' else ''}"
     with matmul_precision("high" if tf32 else "highest"):
-        result = _profile_encoder(args, rec, encoder, f"{encoder}{' tf32' if tf32 else ''}", device)
+        result = _profile_encoder(args, rec, encoder, name, device, hash_backward)
     return result
 
 
 def _profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, name: str,
-                     device: torch.device) -> dict[str, Any]:
+                     device: torch.device, hash_backward: str = "atomic") -> dict[str, Any]:
     clip = load_encoder(encoder, device, args.smoke)
     perceptual = load_perceptual("lpips", device, random_init=True)
     prompt = RED_FACE if encoder == "standin" else VAN_GOGH
@@ -107,6 +108,8 @@ def _profile_encoder(args: argparse.Namespace, rec: Any, encoder: str, name: str
                               scale=config.scale, novel_views=0)
     cams = views.cameras if rec.normalization is None else rec.normalization.cameras_to_model(views.cameras)
     model = copy_model(rec.model, device, compile=device.type == "cuda" and not args.smoke)
+    if hash_backward == "runs" and model.field.encoding.impl == "triton":
+        model.field.encoding.impl = "triton-runs"  # one atomic per run of samples on a row (bench_hash_backward)
     model.train()
     bg = torch.ones(3, device=device) if rec.background == "matte" else None
     eps = float(rec.config.early_stop_eps)
@@ -227,6 +230,8 @@ def main() -> int:
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", type=Path, help="results table (default bench/results/stylize-profile_<gpu>_<date>.md)")
     parser.add_argument("--out-dir", type=Path, help="profiler tables")
+    parser.add_argument("--hash-backward", default="atomic",
+                        help="the hash grid's backward on CUDA: atomic (one per point), runs (one per run) or both")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -245,8 +250,9 @@ def main() -> int:
     results = []
     for tf32 in args.tf32.split(","):
         for encoder in args.encoders.split(","):
-            results.append(profile_encoder(args, rec, encoder, tf32 == "on", device))
-            print(results[-1], flush=True)
+            for hash_backward in args.hash_backward.split(","):
+                results.append(profile_encoder(args, rec, encoder, tf32 == "on", device, hash_backward))
+                print(results[-1], flush=True)
     text = report(args, gpu, results)
     print(text, flush=True)
     write_results(text, args.out, "stylize-profile", gpu, dt.date.today().isoformat(), args.smoke)

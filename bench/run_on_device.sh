@@ -16,13 +16,15 @@
 #   bash bench/run_on_device.sh shape-from WHEELS SCENE_PARENT CK  # `shape` on a brought-back reconstruction (~4 min)
 #   bash bench/run_on_device.sh step WHEELS SCENE_PARENT      # issue 22: uniform vs cone steps, PSNR and ms/frame
 #                                                             # (~5 min)
+#   bash bench/run_on_device.sh hash WHEELS SCENE_PARENT      # issue 22: the hash backward per run vs per point:
+#                                                             # GPU tests, micro-benchmark, stylize profile (~5 min)
 #
 # WHEELS: cp312 manylinux wheels of open_clip_torch, lpips, pyzmq and their pure-Python dependencies (and, for
 # scaleout, ray==2.60.0 with msgpack, protobuf, requests); SCENE_PARENT: a folder holding fangzhou_nature. Results
 # go to $OUT (the device's return folder) or bench/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?subject, detection, shape, shape-from, issue20, iou, step or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
+what=${1:?subject, detection, shape, shape-from, issue20, iou, step, hash or scaleout} wheels=${2:?wheel folder} scene=${3:?folder holding fangzhou_nature}
 out=${OUT:-bench/results}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 -m pip install -q --no-index --no-deps --find-links "$wheels" "$wheels"/*.whl 2>&1 | tail -2
@@ -85,8 +87,17 @@ save_halved; save_halved(Path('/tmp/rec_shape.pt'), Path('/tmp/ck.pt'))" && spli
         # cone stepping (1/256, the no-mattes default), one 60 s training each (~5 min).
         timeout 560 python3 bench/bench_march_step.py --data "$scene" --commit "$commit" \
             --out "$out/march_step.md" 2>&1 | grep -v Warning | tail -8 ;;
+    hash)
+        # Issue 22: the hash grid's backward with one atomic per run of samples, checked against the per-point one
+        # on the GPU (tests), its micro-benchmark, and stylize iterations with each (~5 min).
+        timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_nerf_triton.py 2>&1 | tail -3
+        timeout 120 python3 bench/bench_hash_backward.py --commit "$commit" --out "$out/hash_backward.md" 2>&1 \
+            | grep -v Warning | tail -5
+        timeout 260 python3 bench/profile_stylize.py --data "$scene" --encoders standin --tf32 off \
+            --hash-backward atomic,runs --commit "$commit" --out "$out/stylize_profile_runs.md" 2>&1 \
+            | grep -v Warning | tail -22 ;;
     scaleout)
         timeout 560 python3 bench/bench_scaleout.py --capture "$scene/fangzhou_nature" --workers 1,2 \
             --commit "$commit" --out "$out/scaleout.md" 2>&1 | grep -v Warning | tail -30 ;;
-    *) echo "unknown measurement $what (subject, detection, shape, shape-from, issue20, iou, step or scaleout)" >&2; exit 2 ;;
+    *) echo "unknown measurement $what (subject, detection, shape, shape-from, issue20, iou, step, hash or scaleout)" >&2; exit 2 ;;
 esac

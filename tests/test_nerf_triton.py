@@ -42,6 +42,28 @@ def test_triton_hash_encoding_matches_torch_twin(n: int, levels: int, log2_t: in
     torch.testing.assert_close(g.double(), g_ref, rtol=1e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("n_rays,steps", [(1, 1), (300, 200), (4096, 333)])
+def test_runs_backward_matches_the_atomic_one_on_ray_ordered_points(n_rays: int, steps: int) -> None:
+    """The backward that adds one atomic per run of consecutive points on a row (``runs``) gives the table
+    gradient of the one that adds one per point, on samples packed in ray order (runs of dozens of points on
+    the coarse levels, split across blocks) as on random ones."""
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(steps)
+    enc = HashGridEncoding(device=device)
+    buffers = (enc.level_resolution, enc.level_offset, enc.level_size, enc.level_dense)
+    origins = torch.rand(n_rays, 1, 3, device=device, generator=gen) * 0.5 + 0.25
+    dirs = torch.nn.functional.normalize(torch.randn(n_rays, 1, 3, device=device, generator=gen), dim=-1)
+    t = torch.arange(steps, device=device, dtype=torch.float32)[None, :, None] * 0.005
+    layouts = [(origins + dirs * t).reshape(-1, 3).clamp(0.0, 1.0), torch.rand(n_rays * steps, 3, device=device,
+                                                                                generator=gen)]
+    for x in layouts:
+        grad = torch.randn(x.shape[0], enc.output_dim, device=device, generator=gen)
+        atomic = torch.ops.nerfart.hash_encode_bwd(grad, x, enc.table.shape[0], *buffers, False)
+        runs = torch.ops.nerfart.hash_encode_bwd(grad, x, enc.table.shape[0], *buffers, True)
+        # float32 sums in another order: equal to rounding, relative to the largest row's gradient.
+        torch.testing.assert_close(runs, atomic, rtol=0.0, atol=1e-5 * float(atomic.abs().max()) + 1e-6)
+
+
 def test_auto_impl_uses_triton_on_cuda() -> None:
     enc = HashGridEncoding(n_levels=4, log2_table_size=12, base_resolution=4, max_resolution=64,
                            device=torch.device("cuda"))

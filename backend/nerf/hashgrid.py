@@ -154,18 +154,20 @@ def hash_encode(
 
     Args:
         impl: ``"torch"`` (the pure-PyTorch twin, any device), ``"triton"`` (CUDA kernels; gradient only
-            for ``table``) or ``"auto"`` (Triton for float32 CUDA inputs with ``F`` a power of two).
+            for ``table``), ``"triton-runs"`` (the same, its backward adding one atomic per run of consecutive
+            points on a row: for points in ray order) or ``"auto"`` (Triton for float32 CUDA inputs with ``F``
+            a power of two).
     """
-    if impl not in ("auto", "torch", "triton"):
-        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    if impl not in ("auto", "torch", "triton", "triton-runs"):
+        raise ValueError(f"impl must be 'auto', 'torch', 'triton' or 'triton-runs', got {impl!r}")
     f = table.shape[-1]
     triton_ok = x.is_cuda and table.dtype == torch.float32 and f & (f - 1) == 0
-    if impl == "triton" and not triton_ok:
+    if impl.startswith("triton") and not triton_ok:
         raise ValueError(f"the Triton hash encoding needs float32 CUDA tensors and F a power of 2, got "
                          f"{x.device} {table.dtype} F={f}")
-    if impl == "triton" or (impl == "auto" and triton_ok and has_triton()):
+    if impl.startswith("triton") or (impl == "auto" and triton_ok and has_triton()):
         return torch.ops.nerfart.hash_encode_fwd(x.float().contiguous(), table, level_resolution, level_offset,
-                                                 level_size, level_dense)
+                                                 level_size, level_dense, impl == "triton-runs")
     return _hash_encode_torch(x, table, level_resolution, level_offset, level_size, level_dense)
 
 
