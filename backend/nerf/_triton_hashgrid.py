@@ -41,6 +41,14 @@ def _corner_rows(b0, b1, b2, f0, f1, f2, corner: tl.constexpr, stride, dense, si
 
 
 @triton.jit
+def _level(res_ptr, offset_ptr, size_ptr, dense_ptr, level):
+    # One level's resolution, first row, hash mask, dense flag and dense row stride.
+    res = tl.load(res_ptr + level)
+    return (res, tl.load(offset_ptr + level), tl.load(size_ptr + level) - 1, tl.load(dense_ptr + level),
+            res.to(tl.int64) + 1)
+
+
+@triton.jit
 def _cell(x_ptr, offs, m, res):
     x0 = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 0, mask=m, other=0.0), 0.0), 1.0)
     x1 = tl.minimum(tl.maximum(tl.load(x_ptr + offs * 3 + 1, mask=m, other=0.0), 0.0), 1.0)
@@ -61,11 +69,7 @@ def _hash_fwd_kernel(x_ptr, table_ptr, out_ptr, res_ptr, offset_ptr, size_ptr, d
     level = tl.program_id(1)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n_points
-    res = tl.load(res_ptr + level)
-    offset = tl.load(offset_ptr + level)
-    size_mask = tl.load(size_ptr + level) - 1
-    dense = tl.load(dense_ptr + level)
-    stride = res.to(tl.int64) + 1
+    res, offset, size_mask, dense, stride = _level(res_ptr, offset_ptr, size_ptr, dense_ptr, level)
     b0, b1, b2, f0, f1, f2 = _cell(x_ptr, offs, m, res)
     fr = tl.arange(0, F)
     acc = tl.zeros((BLOCK, F), dtype=tl.float32)
@@ -83,11 +87,7 @@ def _hash_bwd_kernel(x_ptr, grad_ptr, grad_table_ptr, res_ptr, offset_ptr, size_
     level = tl.program_id(1)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n_points
-    res = tl.load(res_ptr + level)
-    offset = tl.load(offset_ptr + level)
-    size_mask = tl.load(size_ptr + level) - 1
-    dense = tl.load(dense_ptr + level)
-    stride = res.to(tl.int64) + 1
+    res, offset, size_mask, dense, stride = _level(res_ptr, offset_ptr, size_ptr, dense_ptr, level)
     b0, b1, b2, f0, f1, f2 = _cell(x_ptr, offs, m, res)
     fr = tl.arange(0, F)
     g = tl.load(grad_ptr + offs[:, None] * (N_LEVELS * F) + level * F + fr[None, :], mask=m[:, None], other=0.0)
@@ -115,11 +115,7 @@ def _hash_bwd_runs_kernel(x_ptr, grad_ptr, grad_table_ptr, res_ptr, offset_ptr, 
     lane = tl.arange(0, BLOCK)
     offs = pid.to(tl.int64) * BLOCK + lane
     m = offs < n_points
-    res = tl.load(res_ptr + level)
-    offset = tl.load(offset_ptr + level)
-    size_mask = tl.load(size_ptr + level) - 1
-    dense = tl.load(dense_ptr + level)
-    stride = res.to(tl.int64) + 1
+    res, offset, size_mask, dense, stride = _level(res_ptr, offset_ptr, size_ptr, dense_ptr, level)
     b0, b1, b2, f0, f1, f2 = _cell(x_ptr, offs, m, res)
     # The neighbours' cells, to find where runs start and end (a block's first point starts one, its last or
     # the array's last ends one, whatever its neighbour).
