@@ -3,7 +3,8 @@
 On a reconstruction of fangzhou_nature made without its mattes (a ``ck.pt`` that ``bench/run_on_device.sh issue20``
 brings back), take the subject as the reconstruct job does (seen air plus the difference key, ``left_out_cells``),
 cut it as the stylize job does (``as_subject``) and count the occupancy cells the stylization may grow into
-(:func:`backend.stylize.loop._allowed_cells`) at each freedom: in all, those F_rec left empty, those holding the
+at each freedom under two rules: only the left-out haze closed (accbde9, reverted) and every left-out cell
+closed (:func:`backend.stylize.loop._allowed_cells`, the rule): in all, those F_rec left empty, those holding the
 haze the subject left out (must be 0), those above the person's highest cell (where a hat goes), and, for
 comparison, what growth could reach with nothing left out. No rendering of the stylization: a CPU figure in
 seconds once the detection and the key's plates are cached (``--cache``, the same files as
@@ -96,15 +97,15 @@ def main() -> int:
              f"(the haze as_subject cut: {cut}) and left empty {int((left_out & ~rec_cells).sum())}",
              "- growth: cells allowed and not marched by F_rec's subject; above the top: their centre higher "
              "(capture up) than the person's highest cell",
-             "- all left out closed: growth had every left-out cell stayed closed to it, as before 2026-12-08 (the "
-             "seen air too, not only the haze)", "",
+             "- growth cells: with only the haze closed (accbde9, reverted); all left out closed: the stylization's "
+             "rule (the seen air too, not only the haze)", "",
              "| shape freedom | growth cells | F_rec left empty | F_rec's haze | above the top | all left out closed "
              "(above the top) | with nothing left out |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for freedom in (float(f) for f in args.freedoms.split(",")):
-        allowed = _allowed_cells(ckpt.model, freedom, det.bounds, left_out, ckpt.config.occ_threshold)
-        growth = allowed & ~cells
         everything = _allowed_cells(ckpt.model, freedom, det.bounds) & ~cells
+        # Only the haze closed (accbde9's rule, reverted: on a real head the opened air turned to cloud).
+        growth = everything & ~(left_out & grid.measured(ckpt.config.occ_threshold))
         lines.append(f"| {freedom:g} | {int(growth.sum())} | {int((growth & ~rec_cells).sum())} | "
                      f"{int((growth & rec_cells).sum())} | {int((growth & (height > top)).sum())} | "
                      f"{int((growth & ~left_out).sum())} ({int((growth & ~left_out & (height > top)).sum())}) | "

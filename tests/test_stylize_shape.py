@@ -197,34 +197,20 @@ def test_shape_never_grows_into_the_haze_the_subject_left_out(ckpt: NeRFCheckpoi
     assert sty.subject_air is None
 
 
-def test_shape_grows_into_the_air_the_subject_left_out(ckpt: NeRFCheckpoint) -> None:
-    """The cells a subject leaves out that F_rec left empty (the air its cameras saw through beside and above a
-    head) are where a fuller outline or a hat forms: growth enters every one of them, while the left-out cells
-    that hold F_rec's density (haze) stay out, though the subject already took them out of its march. Here the
-    upper half plays both: its empty cells within reach are the air, its occupied cells inside the bounds the
-    haze."""
-    from backend.jobs.subject import as_subject
-
+def test_shape_stays_out_of_the_air_the_subject_left_out(ckpt: NeRFCheckpoint) -> None:
+    """The cells a subject leaves out that F_rec left empty (the air its cameras saw through beside a head) stay
+    closed to growth as its haze does: opened, they let "a big hat" fill the grown bounds with cloud on a real head
+    (bench/results/sweep_shape_h100_2026-12-08_seen-air-open.md). Here the upper half's empty cells within reach
+    play that air: growth reaches them when nothing is left out (the test's bite), and none when they are."""
     m = np.diag([0.5, 0.5, 0.5, 1.0])
     m[:3, 3] = (0.3, 0.0, 0.0)
     bounds = SubjectBounds("ellipsoid", m)
     grid = ckpt.model.occupancy
-    r = grid.resolution
     upper = torch.zeros_like(grid.binary)
-    upper[:, :, r // 2:] = True
-    rec = dataclasses.replace(ckpt, model=copy.deepcopy(ckpt.model), subject=bounds)
-    reach = loop._allowed_cells(rec.model, SHAPE_FREEDOM_MAX, bounds) & ~grid.binary
-    air = reach & upper
-    haze = grid.binary & subject_cells(bounds, r, ckpt.model.domain) & upper
-    assert int(air.sum()) > 20 and int(haze.sum()) > 20, "the test needs empty and occupied cells to leave out"
-    rec.subject_air = air | haze
-    assert as_subject(rec) == int(haze.sum())
-    allowed = loop._allowed_cells(rec.model, SHAPE_FREEDOM_MAX, bounds, rec.subject_air,
-                                  ckpt.config.occ_threshold)
-    # Growth reaches from what is left of the person; leaving the air out must take none of that reach away.
-    open_to_all = loop._allowed_cells(rec.model, SHAPE_FREEDOM_MAX, bounds)
-    assert int((allowed & air).sum()) > 20 and torch.equal(allowed & air, open_to_all & air)
-    assert bool((open_to_all & haze).any()) and not bool((allowed & haze).any())
+    upper[:, :, grid.resolution // 2:] = True
+    air = loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, bounds) & ~grid.binary & upper
+    assert int(air.sum()) > 20, "the test needs empty cells within reach to leave out"
+    assert not bool((loop._allowed_cells(ckpt.model, SHAPE_FREEDOM_MAX, bounds, air) & air).any())
 
 
 def test_freedom_0_is_the_former_stylization_bit_for_bit(ckpt: NeRFCheckpoint, lpips: LpipsLoss) -> None:

@@ -153,8 +153,8 @@ def as_subject(ckpt: Any) -> int:
     so haze the reconstruction left around a head (in front of a plain wall, beside the neck) is neither
     rendered, stylized nor meshed with the subject. The whole scene (a render with the background) keeps them:
     call this only where the checkpoint is used as the subject. Keeps ``subject_air``: a stylization of the
-    subject reads it so that shape never grows into those of its cells that hold the reconstruction's haze (the
-    empty air in it stays open to growth); a stylized checkpoint carries none. Returns the cells removed (0 when called again).
+    subject reads it so that shape never grows into those cells (haze, and air that growth turned to cloud); a
+    stylized checkpoint carries none. Returns the cells removed (0 when called again).
     """
     air = getattr(ckpt, "subject_air", None)
     if air is None:

@@ -61,8 +61,8 @@ touching the subject bounds grown by the freedom when the checkpoint has them (:
 detected bounds fit a head within a few percent, so without that room a hat could not form. The grown bounds are
 where the stylization renders and what its result carries; ``F_rec``'s cells between the bounds and the grown
 bounds belong to the room (a wall close behind the head), so they are left out of the march and of the result's
-grid, and shape grows only into cells ``F_rec`` left empty, the air around the head its cameras saw through
-included, never into the haze the subject left out (:func:`_allowed_cells`). A head capture also frames
+grid, and shape grows only into cells ``F_rec`` left empty that the subject keeps: never into the haze or the
+air its cameras saw through that the subject left out (:func:`_allowed_cells`). A head capture also frames
 the head closely (fangzhou's fills 95 % of its views' height), so what grows above it would lie outside every
 image the losses see: each view whose subject fits inside the frame on a side widens (its focal length shrinks,
 :func:`view_zoom`, at most ``1 + shape_freedom``) until the region that may grow fits too. The price is fewer
@@ -659,7 +659,7 @@ def _stylize(
     model.train()
     # Occupancy (module docstring): march through F_rec's occupied cells grown by shape_freedom, and nowhere else.
     allowed = None if config.colour_only else _allowed_cells(model, config.shape_freedom, ckpt_rec.subject,
-                                                             ckpt_rec.subject_air, ckpt_rec.config.occ_threshold)
+                                                             ckpt_rec.subject_air)
     if allowed is not None:
         model.occupancy.binary.copy_(allowed)
     density_params = model.field.density_parameters()
@@ -882,7 +882,7 @@ def view_zoom(ckpt_rec: NeRFCheckpoint, config: StylizeConfig, cameras_model: Ca
 
 
 def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBounds | None,
-                   left_out: torch.Tensor | None = None, threshold: float = 0.01) -> torch.Tensor:
+                   left_out: torch.Tensor | None = None) -> torch.Tensor:
     """The ``(R, R, R)`` cells a stylization marches.
 
     Without bounds: ``F_rec``'s occupied cells and those within ``shape_freedom`` model units of them. With
@@ -894,13 +894,12 @@ def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBound
     result's renders of the subject leave them out too.
 
     ``left_out`` (``(R, R, R)`` bool, the reconstruction's ``subject_air``) are cells that are not the person: the
-    air its cameras saw through around the head and the haze its key put beside it. Growth never enters those
-    that hold F_rec's density (the grid's running values pass ``threshold``, the reconstruction's occupancy
-    threshold, though the subject took them out of its march): that density is haze, not empty space, so
-    admitting it would bring the haze back at full strength on the first iteration (a shell of fog around the
-    head) rather than let shape grow. Growth does enter those F_rec left empty: beside and above a head they are
-    the air the cameras saw through, exactly where a fuller outline or a hat forms (keeping them out too closed
-    most of the air beside a head without mattes, where its outline would move).
+    air its cameras saw through around the head and the haze its key put beside it. Growth never enters them.
+    Those that hold F_rec's density are haze, not empty space: admitting them brings the haze back at full
+    strength on the first iteration (a shell of fog around the head) rather than let shape grow. Those F_rec left
+    empty are where a fuller outline would form, but opening them let the stand-in's "a big hat" fill the whole
+    grown bounds with an opaque cloud on a real head without mattes (bench/results/sweep_shape_h100_2026-12-08_
+    seen-air-open.md), so they stay closed until growth there can be kept from turning to cloud.
     """
     grid: OccupancyGrid = model.occupancy
     if subject is None or shape_freedom == 0:
@@ -911,7 +910,7 @@ def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBound
     person = cells & inside
     growth = cells_within_distance(person, shape_freedom, model.domain) & room & ~cells
     if left_out is not None:
-        growth &= ~(left_out.to(cells.device) & grid.measured(threshold))
+        growth &= ~left_out.to(cells.device)
     return person | growth | (cells & ~room)
 
 
