@@ -898,8 +898,9 @@ def _allowed_cells(model: NeRFModel, shape_freedom: float, subject: SubjectBound
     Those that hold F_rec's density are haze, not empty space: admitting them brings the haze back at full
     strength on the first iteration (a shell of fog around the head) rather than let shape grow. Those F_rec left
     empty are where a fuller outline would form, but opening them let the stand-in's "a big hat" fill the whole
-    grown bounds with an opaque cloud on a real head without mattes (bench/results/sweep_shape_h100_2026-12-08_
-    seen-air-open.md), so they stay closed until growth there can be kept from turning to cloud.
+    grown bounds with an opaque cloud on a real head without mattes
+    (``bench/results/sweep_shape_h100_2026-12-08_seen-air-open.md``), so they stay closed until growth there can be
+    kept from turning to cloud.
     """
     grid: OccupancyGrid = model.occupancy
     if subject is None or shape_freedom == 0:
